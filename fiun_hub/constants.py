@@ -1,0 +1,20 @@
+"""Constants shared across fiun-hub, in one place."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DEFAULT_HUB = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fiun-hub"
+HUB_ENV = "FIUN_HUB"
+DEFAULT_BRANCH = "main"
+FIUN_DIR = ".fiun"  # fiun-hub's own records inside a hub
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+CARD_FILE = "README.md"
+FIM_FILE = "fim.safetensors"
+FIM_CLASSES_FILE = "fim-classes.safetensors"
+
+RELATIONS = ("finetune", "merge", "adapter", "quantized")
+DEFAULT_AUTHOR = os.environ.get("USER", "fiun-hub")
+TAG = "fiun-hub"
