@@ -132,7 +132,7 @@ def load_data(spec: str, in_chans: int = 1, input_size: Sequence[int] | None = N
 
 def shape_images(x: np.ndarray | torch.Tensor, in_chans: int = 1, input_size: Sequence[int] | None = None) -> torch.Tensor:
     """uint8 or float images (N,H,W) / (N,C,H,W) / (N,H,W,C) -> normalised float32 (N,in_chans,H',W')."""
-    t = torch.as_tensor(np.asarray(x))
+    t = torch.as_tensor(np.array(x, copy=True)) if isinstance(x, np.ndarray) else torch.as_tensor(x)
     if t.dtype == torch.uint8:
         t = t.float() / 255.0
     else:
