@@ -1,0 +1,222 @@
+"""The ``fiun-hub`` command line: each command parses, calls one library function, prints text or JSON.
+
+Exit codes: 0 success, 1 a failed check (audit, verify, lineage --check), 2 bad input.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from typing import Any, Callable
+
+import click
+
+from fiun_hub.errors import FiunError
+
+
+class Ctx:
+    def __init__(self, hub: str | None, as_json: bool):
+        self.hub_spec = hub
+        self.as_json = as_json
+
+    def hub(self, create: bool = False):
+        from fiun_hub.hub import open_hub
+
+        return open_hub(self.hub_spec, create=create)
+
+    def emit(self, data: Any, text: str | Callable[[], str] | None = None) -> None:
+        if self.as_json:
+            click.echo(json.dumps(data, indent=2, default=str))
+        else:
+            click.echo(text() if callable(text) else (text if text is not None else str(data)))
+
+
+def fail(msg: str, code: int = 2) -> None:
+    click.echo(f"fiun-hub: error: {msg}", err=True)
+    sys.exit(code)
+
+
+def handled(fn: Callable) -> Callable:
+    """Map library errors to one line on stderr and the exit code they carry."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except FiunError as exc:
+            fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, exc.exit_code)
+        except KeyboardInterrupt:
+            fail("interrupted", 130)
+
+    return wrapper
+
+
+pass_ctx = click.make_pass_decorator(Ctx)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--hub", "hub", metavar="PATH", envvar="FIUN_HUB",
+              help="Hub folder (default: $FIUN_HUB, else ~/.cache/fiun-hub).")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON instead of text.")
+@click.version_option(package_name="fiun-hub")
+@click.pass_context
+def main(ctx: click.Context, hub: str | None, as_json: bool) -> None:
+    """fiun-hub: unlearning across whole families of derived models.
+
+    Models and their Fisher sidecars live in versioned, Hugging Face-style repos whose cards record their
+    parents; `forget` removes classes from an origin model and from every model derived from it in one
+    parallel, data-free pass (FIUn), and `audit` proves afterwards that every model that had to forget did.
+    """
+    ctx.obj = Ctx(hub, as_json)
+
+
+@main.command()
+@pass_ctx
+@handled
+def init(c: Ctx) -> None:
+    """Create an empty hub (a folder in the Hugging Face cache layout)."""
+    hub = c.hub(create=True)
+    c.emit({"hub": str(hub.root)}, f"hub ready at {hub.root}")
+
+
+@main.command()
+@click.argument("folder", type=click.Path(file_okay=False, path_type=str))
+@click.argument("repo")
+@click.option("--parent", "parents", multiple=True, metavar="REPO[@REV]",
+              help="A model this one derives from; pinned to REV, or to the parent's current head. Repeatable.")
+@click.option("--relation", type=click.Choice(["finetune", "merge", "adapter", "quantized"]),
+              help="How it derives from its parents (default: finetune, or merge with several parents).")
+@click.option("-m", "--message", help="Commit message.")
+@pass_ctx
+@handled
+def push(c: Ctx, folder: str, repo: str, parents: tuple[str, ...], relation: str | None, message: str | None) -> None:
+    """Commit a timm-format model FOLDER (config.json + model.safetensors) as a new revision of REPO.
+
+    The card's front matter records base_model, base_model_relation and the parents pinned to exact revisions.
+    Sidecars (fim.safetensors, fim-classes.safetensors) in the folder are committed with it.
+    """
+    from fiun_hub.repo import push_folder
+
+    info = push_folder(c.hub(), folder, repo, parents, relation, message)
+    c.emit(info, f"pushed {repo}@{info['revision']}")
+
+
+@main.command()
+@click.argument("spec", metavar="REPO[@REV]")
+@pass_ctx
+@handled
+def show(c: Ctx, spec: str) -> None:
+    """One revision: commit, files, parents, labels, sidecar state and forget records."""
+    from fiun_hub.hub import split_repo_rev
+    from fiun_hub.repo import show as show_rev
+
+    repo, rev = split_repo_rev(spec)
+    info = show_rev(c.hub(), repo, rev)
+
+    def text() -> str:
+        lines = [
+            f"{info['repo']}@{info['revision']}" + ("  (head)" if info["is_head"] else ""),
+            f"  tags:     {', '.join(info['tags']) or '-'}",
+            f"  author:   {info['author']}   time: {info['time']}",
+            f"  message:  {info['message']}",
+            f"  relation: {info['relation'] or '-'}",
+            "  parents:  " + (", ".join(f"{p['repo']}@{(p['revision'] or 'UNPINNED')[:12]}" for p in info["parents"])
+                              or "- (root)"),
+            f"  labels:   {', '.join(info['labels'])}",
+            f"  sidecar:  {info['sidecar']['state']}"
+            + (f" ({info['sidecar'].get('estimator')}, layers {info['sidecar'].get('layers')})"
+               if info["sidecar"]["state"] in ("ok", "stale") else ""),
+        ]
+        if info["sidecar"].get("fix"):
+            lines.append(f"            stale: computed on other weights; run `{info['sidecar']['fix']}`")
+        if info["card_error"]:
+            lines.append(f"  card:     ERROR {info['card_error']}")
+        for u in info["unlearned"]:
+            lines.append(f"  forgot:   {u.get('request')} classes={u.get('classes')} at {u.get('at')}")
+        lines.append("  files:")
+        for p, f in sorted(info["files"].items()):
+            lines.append(f"    {p:28s} {f['size'] if f['size'] is not None else '?':>10} {f['sha256'][:12]}")
+        return "\n".join(lines)
+
+    c.emit(info, text)
+
+
+@main.command()
+@click.argument("repo")
+@click.option("-n", "--limit", type=int, help="Show at most N revisions.")
+@pass_ctx
+@handled
+def log(c: Ctx, repo: str, limit: int | None) -> None:
+    """Revision history of REPO, newest first, with the forget requests each revision carries."""
+    from fiun_hub.hub import split_repo_rev
+    from fiun_hub.repo import log as repo_log
+
+    name, rev = split_repo_rev(repo)
+    entries = repo_log(c.hub(), name, rev, limit)
+    c.emit(entries, lambda: "\n".join(
+        f"{e['revision'][:12]}  {e['time'][:19]}  {e['author']:12s} {e['message']}"
+        + (f"  [forgot: {', '.join(e['unlearned'])}]" if e["unlearned"] else "") for e in entries))
+
+
+@main.command()
+@click.argument("repo")
+@click.argument("name")
+@click.option("--revision", "-r", help="Revision to tag (default: head).")
+@click.option("--force", is_flag=True, help="Move the tag if it exists.")
+@pass_ctx
+@handled
+def tag(c: Ctx, repo: str, name: str, revision: str | None, force: bool) -> None:
+    """Tag a revision of REPO as NAME (refs/tags/NAME)."""
+    cid = c.hub().tag(repo, name, revision, force=force)
+    c.emit({"repo": repo, "tag": name, "revision": cid}, f"tagged {repo}@{cid[:12]} as {name}")
+
+
+@main.command()
+@click.argument("repo", required=False)
+@click.option("--up", is_flag=True, help="Only REPO's ancestors.")
+@click.option("--down", is_flag=True, help="Only REPO's descendants.")
+@click.option("--format", "fmt", type=click.Choice(["tree", "json", "dot", "mermaid", "png"]), default=None,
+              help="Output format (default: tree; json with --json).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write to FILE (required for png).")
+@click.option("--check", is_flag=True, help="List provenance problems (unknown/unpinned parents, cycles, "
+                                            "pins to pre-forget revisions, stale sidecars); exit 1 if any.")
+@click.option("--rebuild", is_flag=True, help="Read every card instead of the lineage index.")
+@pass_ctx
+@handled
+def lineage(c: Ctx, repo: str | None, up: bool, down: bool, fmt: str | None, output: str | None, check: bool,
+            rebuild: bool) -> None:
+    """Show the inheritance DAG of the hub, or of REPO (its ancestors and descendants)."""
+    from fiun_hub import lineage as L
+
+    hub = c.hub()
+    g = L.resolve(hub, rebuild=rebuild)
+    if check:
+        problems = L.check(hub, g)
+        c.emit([p.to_dict() for p in problems],
+               lambda: "\n".join(p.message for p in problems) or f"lineage ok: {g.number_of_nodes()} repos")
+        if problems:
+            sys.exit(1)
+        return
+    g = L.subgraph(g, repo, up, down)
+    fmt = fmt or ("json" if c.as_json else "tree")
+    if fmt == "png":
+        if not output:
+            raise click.UsageError("--format png needs -o FILE")
+        path = L.to_png(g, output, title=f"lineage of {repo}" if repo else "fiun-hub lineage")
+        c.emit({"png": str(path), "nodes": g.number_of_nodes(), "edges": g.number_of_edges()}, f"wrote {path}")
+        return
+    text = {"tree": L.to_tree, "dot": L.to_dot, "mermaid": L.to_mermaid,
+            "json": lambda gr: json.dumps(L.to_json(gr), indent=2, default=str)}[fmt](g)
+    if output:
+        with open(output, "w") as fh:
+            fh.write(text + "\n")
+        if c.as_json:
+            click.echo(json.dumps({"output": output, "format": fmt}))
+        else:
+            click.echo(f"wrote {output}")
+    else:
+        click.echo(text)
+
+
+if __name__ == "__main__":
+    main()

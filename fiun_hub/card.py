@@ -1,0 +1,194 @@
+"""The model card (``README.md``): YAML front matter with the lineage, read and written through
+huggingface_hub's ``ModelCard`` / ``ModelCardData``. The schema is documented in docs/card-schema.md.
+
+```yaml
+library_name: timm
+base_model: [org/parent-a, org/parent-b]      # direct parents, ids only (HF standard)
+base_model_relation: merge                    # finetune | merge | adapter | quantized (always set)
+tags: [fiun-hub]
+fiun:
+  parents: [{repo: org/parent-a, revision: <40 hex>}, ...]
+  labels: [tshirt, trouser, ...]              # head-row order
+  fim: {file: fim.safetensors, classes_file: fim-classes.safetensors, layers: [...], estimator: per-sample}
+  unlearned: [{request: ..., classes: [...], origins: [...], from_revision: ..., alpha: ..., lambda: ..., at: ...}]
+```
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .constants import FIM_CLASSES_FILE, FIM_FILE, RELATIONS, TAG
+from .errors import CardError, FiunError
+from .hub.ids import COMMIT_RE, validate_repo_id
+
+MAX_CARD_BYTES = 1 << 20  # a card larger than this is refused before YAML parsing
+MAX_LIST = 100_000
+DEFAULT_BODY = "\n# {repo}\n\nA timm classifier stored by fiun-hub. Its lineage lives in the front matter above.\n"
+
+
+@dataclass
+class ParentRef:
+    repo: str
+    revision: str
+
+    def to_dict(self) -> dict:
+        return {"repo": self.repo, "revision": self.revision}
+
+
+@dataclass
+class CardMeta:
+    """The lineage facts of one revision's card."""
+
+    parents: list[ParentRef] = field(default_factory=list)
+    relation: str | None = None
+    labels: list[str] = field(default_factory=list)
+    fim: dict[str, Any] | None = None
+    unlearned: list[dict[str, Any]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)  # other front-matter keys, kept as they were
+
+    @property
+    def base_model(self) -> list[str]:
+        return [p.repo for p in self.parents]
+
+
+def _fail(where: str, msg: str) -> CardError:
+    return CardError(f"{where}: {msg}" if where else msg)
+
+
+def _str_list(value: Any, what: str, where: str) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or len(value) > MAX_LIST or not all(isinstance(v, (str, int)) for v in value):
+        raise _fail(where, f"card field {what} must be a list of strings")
+    return [str(v) for v in value]
+
+
+def parse_card(text: str | bytes, where: str = "") -> CardMeta:
+    """Parse a card's front matter into :class:`CardMeta`; malformed or ill-typed YAML raises :class:`CardError`.
+
+    >>> meta = parse_card("---\\nbase_model: a/b\\nbase_model_relation: finetune\\n"
+    ...                   "fiun: {parents: [{repo: a/b, revision: '%s'}], labels: [x, y]}\\n---\\n" % ("0" * 40))
+    >>> meta.base_model, meta.relation, meta.labels
+    (['a/b'], 'finetune', ['x', 'y'])
+    """
+    from huggingface_hub import ModelCard
+
+    if isinstance(text, bytes):
+        if len(text) > MAX_CARD_BYTES:
+            raise _fail(where, f"card is {len(text)} bytes, more than the {MAX_CARD_BYTES} allowed")
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError:
+            raise _fail(where, "card is not UTF-8 text") from None
+    if len(text) > MAX_CARD_BYTES:
+        raise _fail(where, f"card is larger than the {MAX_CARD_BYTES} bytes allowed")
+    try:
+        data = ModelCard(text, ignore_metadata_errors=False).data.to_dict()
+    except RecursionError:
+        raise _fail(where, "card front matter is nested too deeply") from None
+    except Exception as exc:  # yaml errors, "metadata block should be a dict", ...
+        msg = " ".join(str(exc).split())[:200]
+        raise _fail(where, f"malformed card front matter: {msg}") from None
+    return meta_from_dict(data, where)
+
+
+def meta_from_dict(data: dict[str, Any], where: str = "") -> CardMeta:
+    """Validate front-matter data (as a dict) against the schema."""
+    if not isinstance(data, dict):
+        raise _fail(where, "card front matter must be a mapping")
+    data = dict(data)
+    base = _str_list(data.pop("base_model", None), "base_model", where)
+    relation = data.pop("base_model_relation", None)
+    if relation is not None and relation not in RELATIONS:
+        raise _fail(where, f"base_model_relation {relation!r} is not one of {', '.join(RELATIONS)}")
+    fiun = data.pop("fiun", None) or {}
+    if not isinstance(fiun, dict):
+        raise _fail(where, "card field fiun must be a mapping")
+    raw_parents = fiun.get("parents") or []
+    if not isinstance(raw_parents, list) or len(raw_parents) > 1000:
+        raise _fail(where, "card field fiun.parents must be a list of {repo, revision}")
+    parents = []
+    for p in raw_parents:
+        if not isinstance(p, dict) or not isinstance(p.get("repo"), str) or not isinstance(p.get("revision"), str):
+            raise _fail(where, "each fiun.parents entry needs repo and revision strings")
+        try:
+            validate_repo_id(p["repo"])
+        except FiunError as exc:
+            raise _fail(where, f"fiun.parents: {exc}") from None
+        if not COMMIT_RE.match(p["revision"]):
+            raise _fail(where, f"fiun.parents: revision of {p['repo']} must be a 40-hex commit id, got {p['revision']!r}")
+        parents.append(ParentRef(p["repo"], p["revision"]))
+    pinned = [p.repo for p in parents]
+    for repo in base:
+        try:
+            validate_repo_id(repo)
+        except FiunError as exc:
+            raise _fail(where, f"base_model: {exc}") from None
+        if repo not in pinned:
+            # A parent named only by base_model (e.g. a card written by another tool) is unpinned.
+            parents.append(ParentRef(repo, ""))
+    labels = _str_list(fiun.get("labels"), "fiun.labels", where)
+    if len(set(labels)) != len(labels):
+        raise _fail(where, "card field fiun.labels has duplicates")
+    fim = fiun.get("fim")
+    if fim is not None and not isinstance(fim, dict):
+        raise _fail(where, "card field fiun.fim must be a mapping")
+    unlearned = fiun.get("unlearned") or []
+    if not isinstance(unlearned, list) or not all(isinstance(u, dict) for u in unlearned) or len(unlearned) > MAX_LIST:
+        raise _fail(where, "card field fiun.unlearned must be a list of records")
+    for u in unlearned:
+        if not isinstance(u.get("request"), str):
+            raise _fail(where, "each fiun.unlearned record needs a request id")
+    extra_fiun = {k: v for k, v in fiun.items() if k not in ("parents", "labels", "fim", "unlearned")}
+    if extra_fiun:
+        data["fiun"] = extra_fiun
+    return CardMeta(parents=parents, relation=relation, labels=labels, fim=fim, unlearned=unlearned, extra=data)
+
+
+def meta_to_dict(meta: CardMeta) -> dict[str, Any]:
+    """Front-matter dict of ``meta`` (HF keys first, then ``fiun``)."""
+    data: dict[str, Any] = {"library_name": "timm"}
+    data.update({k: v for k, v in meta.extra.items() if k != "fiun"})
+    tags = list(data.get("tags") or [])
+    if TAG not in tags:
+        tags.append(TAG)
+    data["tags"] = tags
+    if meta.parents:
+        data["base_model"] = meta.base_model if len(meta.parents) > 1 else meta.parents[0].repo
+        data["base_model_relation"] = meta.relation or ("merge" if len(meta.parents) > 1 else "finetune")
+    fiun: dict[str, Any] = dict(meta.extra.get("fiun") or {})
+    fiun["parents"] = [p.to_dict() for p in meta.parents]
+    fiun["labels"] = list(meta.labels)
+    if meta.fim:
+        fiun["fim"] = dict(meta.fim)
+    if meta.unlearned:
+        fiun["unlearned"] = [dict(u) for u in meta.unlearned]
+    data["fiun"] = fiun
+    return data
+
+
+def render_card(meta: CardMeta, body: str | None = None, repo: str = "") -> str:
+    """The full ``README.md`` text for ``meta`` (front matter written by ``ModelCardData``)."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    card_data = ModelCardData(**meta_to_dict(meta))
+    text = f"---\n{card_data.to_yaml()}\n---\n"
+    card = ModelCard(text + (body if body is not None else DEFAULT_BODY.format(repo=repo or "model")))
+    return str(card.content)
+
+
+def card_body(text: str) -> str:
+    """The Markdown below the front matter (kept when a card is rewritten)."""
+    from huggingface_hub import ModelCard
+
+    try:
+        return ModelCard(text, ignore_metadata_errors=True).text
+    except Exception:
+        return ""
+
+
+def fim_entry(layers: list[str], estimator: str) -> dict[str, Any]:
+    return {"file": FIM_FILE, "classes_file": FIM_CLASSES_FILE, "layers": list(layers), "estimator": estimator}

@@ -1,0 +1,451 @@
+"""LocalHub: versioned model repos in the Hugging Face cache layout (docs/hub-layout.md).
+
+```
+HUB/models--{org}--{name}/blobs/{sha256}            immutable, content-addressed
+HUB/models--{org}--{name}/snapshots/{commit}/{path}  relative symlink to ../../blobs/{sha256}
+HUB/models--{org}--{name}/refs/main                  head commit id, 40 hex, no newline
+HUB/models--{org}--{name}/refs/tags/{tag}            tag -> commit id
+HUB/.fiun/hub.json                                   marks the folder as a hub
+HUB/.fiun/commits/{id[:2]}/{id}.json                 commit records (repo, parents, author, time, message, files)
+HUB/.fiun/journal.json                               ref moves of an unfinished publish (crash recovery)
+HUB/.fiun/lineage.json                               the lineage index, rewritten on every publish
+HUB/.fiun/lock                                       the writers' lock (flock)
+```
+
+Blobs, commits and snapshots are written first and are invisible until a ref points at them; the ref moves of
+one publish are recorded in a journal (fsync'ed) and then applied by atomic renames, so a publish over many
+repos lands whole or, after a crash, is finished by the next process that opens the hub.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator, Mapping
+
+from ..constants import DEFAULT_AUTHOR, DEFAULT_BRANCH, FIUN_DIR
+from ..errors import (
+    BadInput,
+    ConflictError,
+    EntryNotFound,
+    HubNotFound,
+    RepoNotFound,
+    RevisionNotFound,
+)
+from .ids import (
+    COMMIT_RE,
+    repo_folder_name,
+    repo_from_folder,
+    validate_ref_name,
+    validate_repo_id,
+    validate_repo_path,
+)
+
+HUB_FORMAT = "fiun-hub/1"
+LOCK_TIMEOUT_S = float(os.environ.get("FIUN_HUB_LOCK_TIMEOUT", "120"))
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class CommitInfo:
+    """One immutable commit of one repo."""
+
+    id: str
+    repo: str
+    parents: list[str]
+    author: str
+    time: str
+    message: str
+    files: dict[str, str]  # path -> sha256 of content
+    sizes: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class RepoChange:
+    """New revision of one repo inside a :meth:`LocalHub.publish`.
+
+    ``files`` add or replace paths (content as bytes, or a Path to copy from); ``delete`` removes paths.
+    ``parent_commit`` is the head the writer expects: a commit id, ``""`` for "the repo must not exist yet",
+    or None for "whatever the head is when the lock is taken".
+    """
+
+    repo: str
+    files: Mapping[str, bytes | Path] = field(default_factory=dict)
+    message: str = ""
+    parent_commit: str | None = None
+    delete: tuple[str, ...] = ()
+    author: str | None = None
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes, fsync: bool = True) -> None:
+    """Write ``data`` to ``path`` through a temporary file and an atomic rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        if fsync:
+            fh.flush()
+            os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    if fsync:
+        _fsync_dir(path.parent)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(_CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def commit_id(record: Mapping) -> str:
+    """40-hex id derived from a commit's content (repo, tree, parents, author, time, message)."""
+    body = {k: record[k] for k in ("repo", "files", "parents", "author", "time", "message")}
+    return hashlib.sha1(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+class LocalHub:
+    """A hub directory. Reads need no lock; writes go through :meth:`publish` (or :meth:`tag`) under the lock."""
+
+    def __init__(self, root: str | os.PathLike, *, recover: bool = True):
+        self.root = Path(root).expanduser().absolute()
+        self.meta = self.root / FIUN_DIR
+        if not (self.meta / "hub.json").is_file():
+            raise HubNotFound(f"no fiun-hub hub at {self.root}; create one with `fiun-hub --hub {self.root} init`")
+        if recover and (self.meta / "journal.json").exists():
+            with self.lock():
+                self._recover()
+
+    # ------------------------------------------------------------------ creation
+    @classmethod
+    def init(cls, root: str | os.PathLike, exist_ok: bool = True) -> "LocalHub":
+        """Create an empty hub (or open an existing one when ``exist_ok``)."""
+        root = Path(root).expanduser().absolute()
+        marker = root / FIUN_DIR / "hub.json"
+        if marker.is_file():
+            if not exist_ok:
+                raise BadInput(f"a hub already exists at {root}")
+            return cls(root)
+        if root.exists() and not root.is_dir():
+            raise BadInput(f"{root} exists and is not a directory")
+        if root.is_dir() and any(p.name != FIUN_DIR for p in root.iterdir()):
+            raise BadInput(f"{root} is not empty and is not a hub; pick an empty or new folder")
+        (root / FIUN_DIR / "commits").mkdir(parents=True, exist_ok=True)
+        atomic_write(marker, json.dumps({"format": HUB_FORMAT, "created": _now()}).encode())
+        return cls(root)
+
+    # ------------------------------------------------------------------ paths
+    def repo_dir(self, repo: str) -> Path:
+        return self.root / repo_folder_name(repo)
+
+    def _commit_path(self, cid: str) -> Path:
+        return self.meta / "commits" / cid[:2] / f"{cid}.json"
+
+    # ------------------------------------------------------------------ reads
+    def list_repos(self) -> list[str]:
+        out = []
+        for entry in os.scandir(self.root):
+            repo = repo_from_folder(entry.name)
+            if repo and os.path.isfile(os.path.join(entry.path, "refs", DEFAULT_BRANCH)):
+                out.append(repo)
+        return sorted(out)
+
+    def repo_exists(self, repo: str) -> bool:
+        return (self.repo_dir(repo) / "refs" / DEFAULT_BRANCH).is_file()
+
+    def head(self, repo: str) -> str:
+        return self.resolve(repo, DEFAULT_BRANCH)
+
+    def _read_ref(self, path: Path) -> str | None:
+        try:
+            value = path.read_text().strip()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return value if COMMIT_RE.match(value) else None
+
+    def resolve(self, repo: str, revision: str | None = None) -> str:
+        """Commit id of ``revision`` (commit id or unique prefix of >= 7 hex, branch, tag, ``tags/NAME``)."""
+        revision = revision or DEFAULT_BRANCH
+        rdir = self.repo_dir(repo)
+        if not (rdir / "refs" / DEFAULT_BRANCH).is_file():
+            raise RepoNotFound(f"repo {repo} not found in hub {self.root}")
+        if COMMIT_RE.match(revision):
+            if self._commit_exists(repo, revision):
+                return revision
+            raise RevisionNotFound(f"revision {revision} not found in {repo}")
+        validate_ref_name(revision.removeprefix("tags/"), what="revision")
+        for ref in (rdir / "refs" / revision, rdir / "refs" / "tags" / revision.removeprefix("tags/")):
+            cid = self._read_ref(ref)
+            if cid:
+                return cid
+        if 7 <= len(revision) < 40 and all(c in "0123456789abcdef" for c in revision):
+            matches = [c for c in self.commits(repo) if c.startswith(revision)]
+            if len(matches) == 1:
+                return matches[0]
+            if len(matches) > 1:
+                raise RevisionNotFound(f"revision {revision} is ambiguous in {repo} ({len(matches)} commits match)")
+        raise RevisionNotFound(f"revision {revision!r} not found in {repo} (not a commit, branch or tag)")
+
+    def _commit_exists(self, repo: str, cid: str) -> bool:
+        return (self.repo_dir(repo) / "snapshots" / cid).is_dir() and self._commit_path(cid).is_file()
+
+    def commits(self, repo: str) -> list[str]:
+        """Every commit id stored for ``repo`` (reachable or not)."""
+        snap = self.repo_dir(repo) / "snapshots"
+        return sorted(p.name for p in snap.iterdir() if COMMIT_RE.match(p.name)) if snap.is_dir() else []
+
+    def commit_info(self, repo: str, revision: str | None = None) -> CommitInfo:
+        cid = self.resolve(repo, revision)
+        try:
+            record = json.loads(self._commit_path(cid).read_text())
+        except (OSError, ValueError) as exc:
+            raise RevisionNotFound(f"commit record {cid} of {repo} is unreadable: {exc}") from None
+        if record.get("repo") != repo:
+            raise RevisionNotFound(f"revision {cid} does not belong to {repo}")
+        return CommitInfo(**{k: record[k] for k in CommitInfo.__dataclass_fields__ if k in record})
+
+    def list_files(self, repo: str, revision: str | None = None) -> dict[str, str]:
+        """path -> sha256 of the tree at ``revision``."""
+        return dict(self.commit_info(repo, revision).files)
+
+    def history(self, repo: str, revision: str | None = None, limit: int | None = None) -> list[CommitInfo]:
+        """Commits from ``revision`` back to the first, newest first (first-parent walk)."""
+        out: list[CommitInfo] = []
+        info = self.commit_info(repo, revision)
+        while True:
+            out.append(info)
+            if (limit and len(out) >= limit) or not info.parents:
+                return out
+            info = self.commit_info(repo, info.parents[0])
+
+    def refs(self, repo: str) -> dict[str, dict[str, str]]:
+        """``{"branches": {name: commit}, "tags": {name: commit}}``."""
+        rdir = self.repo_dir(repo) / "refs"
+        if not (rdir / DEFAULT_BRANCH).is_file():
+            raise RepoNotFound(f"repo {repo} not found in hub {self.root}")
+        branches = {p.name: self._read_ref(p) for p in rdir.iterdir() if p.is_file() and not p.name.startswith(".")}
+        tags_dir = rdir / "tags"
+        tags = {p.name: self._read_ref(p) for p in tags_dir.iterdir() if p.is_file()} if tags_dir.is_dir() else {}
+        return {"branches": {k: v for k, v in branches.items() if v}, "tags": {k: v for k, v in tags.items() if v}}
+
+    def blob_path(self, repo: str, sha: str) -> Path:
+        return self.repo_dir(repo) / "blobs" / sha
+
+    def file_path(self, repo: str, path: str, revision: str | None = None) -> Path:
+        """Path of the blob holding ``path`` at ``revision`` (inside the hub; never follows a snapshot link)."""
+        info = self.commit_info(repo, revision)
+        sha = info.files.get(path)
+        if sha is None:
+            raise EntryNotFound(f"{path} not found in {repo}@{info.id[:12]}")
+        blob = self.blob_path(repo, sha)
+        if not blob.is_file() or blob.is_symlink():
+            raise EntryNotFound(f"blob {sha[:12]} of {repo}:{path} is missing; run `fiun-hub verify`")
+        return blob
+
+    def read_file(self, repo: str, path: str, revision: str | None = None, verify: bool = False) -> bytes:
+        blob = self.file_path(repo, path, revision)
+        data = blob.read_bytes()
+        if verify and hashlib.sha256(data).hexdigest() != blob.name:
+            raise EntryNotFound(f"blob {blob.name[:12]} of {repo}:{path} is corrupt (sha256 mismatch)")
+        return data
+
+    # ------------------------------------------------------------------ locking and journal
+    @contextlib.contextmanager
+    def lock(self, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+        """The writers' lock: one writer at a time across processes (flock on ``.fiun/lock``)."""
+        if getattr(self, "_locked", False):
+            yield
+            return
+        fd = os.open(self.meta / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError as exc:
+                    if exc.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() > deadline:
+                        raise ConflictError(f"hub {self.root} is locked by another writer; try again") from None
+                    time.sleep(0.02)
+            self._locked = True
+            try:
+                if (self.meta / "journal.json").exists():
+                    self._recover()
+                yield
+            finally:
+                self._locked = False
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+    def _recover(self) -> None:
+        """Finish an interrupted publish: every object it names exists, so moving the refs completes it."""
+        journal = self.meta / "journal.json"
+        try:
+            entries = json.loads(journal.read_text())
+        except (OSError, ValueError):
+            # A journal is renamed into place whole; an unreadable one predates any ref move.
+            journal.unlink(missing_ok=True)
+            return
+        for move in entries.get("moves", []):
+            self._write_ref(move["repo"], move["ref"], move["new"])
+        self._update_index([m["repo"] for m in entries.get("moves", [])])
+        journal.unlink(missing_ok=True)
+        _fsync_dir(self.meta)
+
+    def _write_ref(self, repo: str, ref: str, cid: str) -> None:
+        atomic_write(self.repo_dir(repo) / "refs" / ref, cid.encode())
+
+    # ------------------------------------------------------------------ writes
+    def _store_blob(self, repo: str, content: bytes | Path) -> tuple[str, int]:
+        blobs = self.repo_dir(repo) / "blobs"
+        blobs.mkdir(parents=True, exist_ok=True)
+        tmp = blobs / f".incoming-{uuid.uuid4().hex}"
+        h = hashlib.sha256()
+        size = 0
+        with open(tmp, "wb") as out:
+            if isinstance(content, (bytes, bytearray, memoryview)):
+                h.update(content)
+                out.write(content)
+                size = len(content)
+            else:
+                with open(content, "rb") as src:
+                    for chunk in iter(lambda: src.read(_CHUNK), b""):
+                        h.update(chunk)
+                        out.write(chunk)
+                        size += len(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+        sha = h.hexdigest()
+        final = blobs / sha
+        if final.is_file():
+            tmp.unlink()  # identical content is stored once
+        else:
+            os.replace(tmp, final)
+        return sha, size
+
+    def _make_snapshot(self, repo: str, cid: str, files: Mapping[str, str]) -> None:
+        snaps = self.repo_dir(repo) / "snapshots"
+        final = snaps / cid
+        if final.is_dir():
+            return
+        tmp = snaps / f".tmp-{cid}-{uuid.uuid4().hex[:8]}"
+        for path, sha in files.items():
+            link = tmp / path
+            link.parent.mkdir(parents=True, exist_ok=True)
+            depth = path.count("/") + 2  # snapshots/{cid}/ + nested folders
+            target = "/".join([".."] * depth + ["blobs", sha])
+            try:
+                os.symlink(target, link)
+            except OSError:
+                shutil.copyfile(self.blob_path(repo, sha), link)
+        tmp.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, final)
+
+    def publish(self, changes: list[RepoChange], *, author: str | None = None) -> dict[str, str]:
+        """Commit a new revision to every repo in ``changes``, all or nothing. Returns repo -> new commit id.
+
+        Raises :class:`ConflictError` (nothing moved) if a repo's head is not the ``parent_commit`` its
+        change expects.
+        """
+        if not changes:
+            return {}
+        seen = set()
+        for ch in changes:
+            validate_repo_id(ch.repo)
+            if ch.repo in seen:
+                raise BadInput(f"repo {ch.repo} appears twice in one publish")
+            seen.add(ch.repo)
+            for p in list(ch.files) + list(ch.delete):
+                validate_repo_path(p)
+        with self.lock():
+            heads: dict[str, str | None] = {}
+            for ch in changes:
+                current = self._read_ref(self.repo_dir(ch.repo) / "refs" / DEFAULT_BRANCH)
+                if ch.parent_commit is not None and (ch.parent_commit or None) != current:
+                    expected = ch.parent_commit[:12] if ch.parent_commit else "a new repo"
+                    raise ConflictError(
+                        f"{ch.repo} moved: expected head {expected}, found {current[:12] if current else 'no repo'}; "
+                        "re-read and retry"
+                    )
+                heads[ch.repo] = current
+            moves = []
+            for ch in changes:
+                parent = heads[ch.repo]
+                tree = dict(self.commit_info(ch.repo, parent).files) if parent else {}
+                sizes = dict(self.commit_info(ch.repo, parent).sizes) if parent else {}
+                for p in ch.delete:
+                    tree.pop(p, None)
+                    sizes.pop(p, None)
+                for p, content in ch.files.items():
+                    tree[p], sizes[p] = self._store_blob(ch.repo, content)
+                record = {
+                    "repo": ch.repo,
+                    "parents": [parent] if parent else [],
+                    "author": ch.author or author or DEFAULT_AUTHOR,
+                    "time": _now(),
+                    "message": ch.message or f"Update {ch.repo}",
+                    "files": dict(sorted(tree.items())),
+                    "sizes": dict(sorted(sizes.items())),
+                }
+                cid = commit_id(record)
+                record["id"] = cid
+                self._make_snapshot(ch.repo, cid, tree)
+                atomic_write(self._commit_path(cid), json.dumps(record, indent=1).encode())
+                moves.append({"repo": ch.repo, "ref": DEFAULT_BRANCH, "old": parent, "new": cid})
+            journal = self.meta / "journal.json"
+            atomic_write(journal, json.dumps({"moves": moves, "time": _now()}).encode())
+            for move in moves:
+                self._write_ref(move["repo"], move["ref"], move["new"])
+            self._update_index([m["repo"] for m in moves])
+            journal.unlink()
+            _fsync_dir(self.meta)
+        return {m["repo"]: m["new"] for m in moves}
+
+    def tag(self, repo: str, name: str, revision: str | None = None, *, force: bool = False) -> str:
+        """Point tag ``name`` of ``repo`` at ``revision`` (default: head). Returns the commit id."""
+        validate_ref_name(name)
+        with self.lock():
+            cid = self.resolve(repo, revision)
+            ref = self.repo_dir(repo) / "refs" / "tags" / name
+            if ref.exists() and not force:
+                raise BadInput(f"tag {name} already exists in {repo}; use --force to move it")
+            self._write_ref(repo, f"tags/{name}", cid)
+        return cid
+
+    # ------------------------------------------------------------------ lineage index
+    def _update_index(self, repos: list[str]) -> None:
+        from ..lineage import index_entry, read_index_file, write_index_file
+
+        index = read_index_file(self)
+        if index is None:  # no index yet (or it was removed): rebuild it whole from the cards
+            repos, index = self.list_repos(), {}
+        for repo in repos:
+            index[repo] = index_entry(self, repo)
+        write_index_file(self, index)

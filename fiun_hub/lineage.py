@@ -1,0 +1,409 @@
+"""The resolver: model cards -> the inheritance DAG (a ``networkx.DiGraph``), its checks, queries and exports.
+
+Nodes are repos, with attributes ``head``, ``labels``, ``relation``, ``sidecar`` (none | ok | stale | invalid),
+``unlearned`` (forget records at the head), ``card_error`` and ``missing`` (a parent named by a card but absent
+from the hub). Edges run parent -> child with ``relation`` and ``revision`` (the pinned parent commit, "" when
+unpinned).
+
+The graph is built from the lineage index (``HUB/.fiun/lineage.json``), which every publish keeps current, so a
+large hub resolves from one file; ``resolve(hub, rebuild=True)`` reads every card instead and gives the same graph.
+"""
+from __future__ import annotations
+
+import json
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import networkx as nx
+
+from .card import parse_card
+from .constants import CARD_FILE, FIM_FILE, FIUN_DIR, WEIGHTS_FILE
+from .errors import BadInput, CardError, LineageError, RepoNotFound
+
+INDEX_FILE = "lineage.json"
+INDEX_FORMAT = "fiun-lineage/1"
+
+
+# ---------------------------------------------------------------------------- index
+def sidecar_state(hub, repo: str, files: dict[str, str], revision: str) -> str:
+    """``none``, ``ok``, ``stale`` (computed on other weights) or ``invalid`` for the FIM sidecar at a revision."""
+    from .safetensors_io import read_header
+
+    if FIM_FILE not in files:
+        return "none"
+    try:
+        _, meta = read_header(hub.file_path(repo, FIM_FILE, revision))
+    except Exception:
+        return "invalid"
+    weights = files.get(WEIGHTS_FILE)
+    if meta.get("weights_sha256"):
+        return "ok" if meta["weights_sha256"] == weights else "stale"
+    commit = meta.get("model_commit")
+    if commit:
+        try:
+            return "ok" if hub.list_files(repo, commit).get(WEIGHTS_FILE) == weights else "stale"
+        except Exception:
+            return "stale"
+    return "invalid"
+
+
+def index_entry(hub, repo: str, revision: str | None = None) -> dict:
+    """What the lineage index records for one repo at its head (or ``revision``)."""
+    info = hub.commit_info(repo, revision)
+    entry = {
+        "head": info.id,
+        "time": info.time,
+        "parents": [],
+        "relation": None,
+        "labels": [],
+        "sidecar": sidecar_state(hub, repo, info.files, info.id),
+        "unlearned": [],
+        "card_error": None,
+    }
+    if CARD_FILE not in info.files:
+        entry["card_error"] = f"{repo}: no {CARD_FILE}"
+        return entry
+    try:
+        meta = parse_card(hub.read_file(repo, CARD_FILE, info.id), where=f"{repo}@{info.id[:12]}")
+    except CardError as exc:
+        entry["card_error"] = str(exc)
+        return entry
+    entry.update(
+        parents=[p.to_dict() for p in meta.parents],
+        relation=meta.relation,
+        labels=meta.labels,
+        unlearned=meta.unlearned,
+    )
+    return entry
+
+
+def _index_path(hub) -> Path:
+    return Path(hub.root) / FIUN_DIR / INDEX_FILE
+
+
+def read_index_file(hub) -> dict | None:
+    """The index's repo entries, or None if there is no (readable) index."""
+    try:
+        data = json.loads(_index_path(hub).read_bytes())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("format") != INDEX_FORMAT or not isinstance(data.get("repos"), dict):
+        return None
+    return data["repos"]
+
+
+def write_index_file(hub, repos: dict) -> None:
+    from .hub.local import atomic_write
+
+    body = json.dumps({"format": INDEX_FORMAT, "repos": repos}, separators=(",", ":"), sort_keys=True)
+    atomic_write(_index_path(hub), body.encode())
+
+
+def rebuild_index(hub) -> dict:
+    """Entries for every repo, read from the cards (not from the index)."""
+    return {repo: index_entry(hub, repo) for repo in hub.list_repos()}
+
+
+# ---------------------------------------------------------------------------- graph
+def graph_from_entries(entries: dict) -> nx.DiGraph:
+    """Build the DAG from index entries (pure; no I/O)."""
+    g = nx.DiGraph()
+    for repo, e in entries.items():
+        g.add_node(
+            repo,
+            head=e["head"],
+            labels=e["labels"],
+            relation=e["relation"],
+            sidecar=e["sidecar"],
+            unlearned=e["unlearned"],
+            card_error=e["card_error"],
+            missing=False,
+        )
+    for repo, e in entries.items():
+        for p in e["parents"]:
+            if p["repo"] not in g:
+                g.add_node(p["repo"], missing=True, head=None, labels=[], relation=None, sidecar="none",
+                           unlearned=[], card_error=None)
+            g.add_edge(p["repo"], repo, relation=e["relation"], revision=p["revision"])
+    return g
+
+
+def resolve(hub, *, rebuild: bool = False) -> nx.DiGraph:
+    """The inheritance DAG of a hub: from the index, or from every card when ``rebuild`` (or no index)."""
+    entries = None if rebuild else read_index_file(hub)
+    if entries is None:
+        entries = rebuild_index(hub)
+    return graph_from_entries(entries)
+
+
+# ---------------------------------------------------------------------------- queries
+def _check_known(g: nx.DiGraph, repos: Iterable[str]) -> list[str]:
+    repos = list(repos)
+    for r in repos:
+        if r not in g or g.nodes[r].get("missing"):
+            raise RepoNotFound(f"repo {r} not found in the lineage")
+    return repos
+
+
+def roots(g: nx.DiGraph) -> list[str]:
+    """Repos with no parent.
+
+    >>> g = nx.DiGraph([("a/root", "a/child"), ("a/child", "a/grandchild")])
+    >>> roots(g)
+    ['a/root']
+    """
+    return sorted(n for n in g if g.in_degree(n) == 0 and not g.nodes[n].get("missing"))
+
+
+def ancestors(g: nx.DiGraph, repo: str) -> set[str]:
+    """Every repo ``repo`` derives from, directly or not."""
+    return nx.ancestors(g, _check_known(g, [repo])[0])
+
+
+def descendants(g: nx.DiGraph, repo: str) -> set[str]:
+    """Every repo derived from ``repo``, directly or not."""
+    return nx.descendants(g, _check_known(g, [repo])[0])
+
+
+def affected(g: nx.DiGraph, origins: Iterable[str]) -> dict[str, int]:
+    """The affected set of a forget at ``origins``: origins and all their descendants, by BFS, with depth.
+
+    Depth is the shortest number of edges from any origin (origins have depth 0).
+
+    >>> g = nx.DiGraph([("o/a", "o/b"), ("o/a", "o/c"), ("o/b", "o/d"), ("o/c", "o/d"), ("x/y", "x/z")])
+    >>> affected(g, ["o/a"])
+    {'o/a': 0, 'o/b': 1, 'o/c': 1, 'o/d': 2}
+    """
+    origins = _check_known(g, origins)
+    depth = {o: 0 for o in origins}
+    queue = deque(origins)
+    while queue:
+        node = queue.popleft()
+        for child in sorted(g.successors(node)):
+            if child not in depth:
+                depth[child] = depth[node] + 1
+                queue.append(child)
+    return depth
+
+
+def merge_sources(g: nx.DiGraph, origins: Iterable[str], repo: str) -> list[str]:
+    """The origins whose unlearning FIM ``repo`` merges: ``repo`` itself if it is one, and its ancestors among them.
+
+    >>> g = nx.DiGraph([("o/a", "o/c"), ("o/b", "o/c"), ("o/c", "o/d")])
+    >>> merge_sources(g, ["o/a", "o/b"], "o/d")
+    ['o/a', 'o/b']
+    """
+    up = nx.ancestors(g, repo) | {repo}
+    return sorted(o for o in origins if o in up)
+
+
+def subgraph(g: nx.DiGraph, repo: str | None, up: bool = False, down: bool = False) -> nx.DiGraph:
+    """The part of ``g`` around ``repo``: ancestors (``up``), descendants (``down``) or both (neither flag)."""
+    if repo is None:
+        return g
+    _check_known(g, [repo])
+    keep = {repo}
+    if up or not down:
+        keep |= nx.ancestors(g, repo)
+    if down or not up:
+        keep |= nx.descendants(g, repo)
+    return g.subgraph(keep).copy()
+
+
+# ---------------------------------------------------------------------------- checks
+@dataclass
+class Problem:
+    repo: str
+    kind: str  # cycle | missing-parent | unpinned | unknown-revision | pre-forget-pin | stale-sidecar | card
+    message: str
+
+    def to_dict(self) -> dict:
+        return {"repo": self.repo, "kind": self.kind, "message": self.message}
+
+
+def check(hub, g: nx.DiGraph | None = None) -> list[Problem]:
+    """Provenance problems across the hub: cycles, missing or unpinned parents, pins to unknown revisions,
+    children pinned to a revision that predates a forget applied to their parent, stale or invalid sidecars,
+    malformed cards."""
+    g = g if g is not None else resolve(hub)
+    problems: list[Problem] = []
+    for cyc in nx.simple_cycles(g):
+        problems.append(Problem(cyc[0], "cycle", f"lineage cycle: {' -> '.join(cyc + [cyc[0]])}"))
+    pre_forget_cache: dict[tuple[str, str], set[str]] = {}
+    for repo in sorted(g):
+        attrs = g.nodes[repo]
+        if attrs.get("missing"):
+            kids = ", ".join(sorted(g.successors(repo)))
+            problems.append(Problem(repo, "missing-parent", f"{kids} names parent {repo}, which is not in the hub"))
+            continue
+        if attrs.get("card_error"):
+            problems.append(Problem(repo, "card", attrs["card_error"]))
+        if attrs.get("sidecar") in ("stale", "invalid"):
+            problems.append(Problem(repo, "stale-sidecar",
+                                    f"{repo}: FIM sidecar is {attrs['sidecar']}; run `fiun-hub fim {repo} --data ...`"))
+        for parent in sorted(g.predecessors(repo)):
+            pin = g.edges[parent, repo].get("revision")
+            if g.nodes[parent].get("missing"):
+                continue
+            if not pin:
+                problems.append(Problem(repo, "unpinned", f"{repo}: parent {parent} is not pinned to a revision"))
+                continue
+            if pin not in set(hub.commits(parent)):
+                problems.append(Problem(repo, "unknown-revision",
+                                        f"{repo}: pinned revision {pin[:12]} of {parent} does not exist"))
+                continue
+            mine = {u.get("request") for u in attrs.get("unlearned") or []}
+            for rec in g.nodes[parent].get("unlearned") or []:
+                if rec.get("request") in mine or not rec.get("from_revision"):
+                    continue
+                key = (parent, rec["from_revision"])
+                if key not in pre_forget_cache:
+                    try:
+                        pre_forget_cache[key] = {c.id for c in hub.history(parent, rec["from_revision"])}
+                    except BadInput:
+                        pre_forget_cache[key] = set()
+                if pin in pre_forget_cache[key]:
+                    problems.append(Problem(
+                        repo, "pre-forget-pin",
+                        f"{repo}: derived from {parent}@{pin[:12]}, a revision that still holds data forgotten by "
+                        f"request {rec['request']}",
+                    ))
+    return problems
+
+
+def validate_new_parents(g: nx.DiGraph, repo: str, parents: Iterable[str]) -> None:
+    """Refuse parents that are ``repo`` itself or derive from it (a cycle)."""
+    for p in parents:
+        if p == repo or (repo in g and p in g and p in nx.descendants(g, repo)):
+            raise LineageError(f"--parent {p} would create a cycle: {p} derives from {repo}")
+
+
+# ---------------------------------------------------------------------------- exports
+def to_json(g: nx.DiGraph) -> dict:
+    """networkx node-link data (``nodes`` with ``id``, ``links`` with ``source``/``target``) plus attributes."""
+    return nx.node_link_data(g, edges="links")
+
+
+def _short(rev: str | None) -> str:
+    return rev[:12] if rev else "-"
+
+
+def _node_label(g: nx.DiGraph, n: str) -> str:
+    a = g.nodes[n]
+    if a.get("missing"):
+        return f"{n} (missing)"
+    bits = [f"@{_short(a.get('head'))}"]
+    if a.get("relation"):
+        bits.append(a["relation"])
+    if a.get("sidecar") != "none":
+        bits.append(f"fim:{a.get('sidecar')}")
+    if a.get("unlearned"):
+        bits.append("forgot:" + ",".join(u.get("request", "?") for u in a["unlearned"]))
+    return f"{n} [{' '.join(bits)}]"
+
+
+def to_tree(g: nx.DiGraph) -> str:
+    """An indented text tree from the roots down; a node with several parents is expanded once."""
+    lines: list[str] = []
+    shown: set[str] = set()
+
+    def walk(n: str, prefix: str, last: bool, top: bool) -> None:
+        branch = "" if top else ("└── " if last else "├── ")
+        if n in shown:
+            lines.append(f"{prefix}{branch}{n} (see above)")
+            return
+        shown.add(n)
+        lines.append(f"{prefix}{branch}{_node_label(g, n)}")
+        kids = sorted(g.successors(n))
+        for i, k in enumerate(kids):
+            walk(k, prefix + ("" if top else ("    " if last else "│   ")), i == len(kids) - 1, False)
+
+    starts = sorted(n for n in g if g.in_degree(n) == 0)
+    for r in starts:
+        walk(r, "", True, True)
+    for n in sorted(g):  # nodes only reachable through a cycle
+        if n not in shown:
+            walk(n, "", True, True)
+    return "\n".join(lines)
+
+
+def _q(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def to_dot(g: nx.DiGraph) -> str:
+    out = ["digraph lineage {", "  rankdir=TB;", "  node [shape=box, style=rounded];"]
+    for n in sorted(g):
+        a = g.nodes[n]
+        style = ', style="dashed"' if a.get("missing") else (', color="red"' if a.get("unlearned") else "")
+        out.append(f"  {_q(n)} [label={_q(_node_label(g, n))}{style}];")
+    for u, v, e in sorted(g.edges(data=True)):
+        out.append(f"  {_q(u)} -> {_q(v)} [label={_q((e.get('relation') or '') + ' @' + _short(e.get('revision')))}];")
+    out.append("}")
+    return "\n".join(out)
+
+
+def to_mermaid(g: nx.DiGraph) -> str:
+    ids = {n: f"n{i}" for i, n in enumerate(sorted(g))}
+    out = ["graph TD"]
+    for n in sorted(g):
+        out.append(f'  {ids[n]}["{_node_label(g, n).replace(chr(34), "#quot;")}"]')
+    for u, v, e in sorted(g.edges(data=True)):
+        out.append(f"  {ids[u]} -->|{e.get('relation') or ''}| {ids[v]}")
+    return "\n".join(out)
+
+
+def layered_positions(g: nx.DiGraph) -> dict[str, tuple[float, float]]:
+    """Top-down positions: one row per topological generation (falls back to a spring layout on cycles)."""
+    try:
+        gens = list(nx.topological_generations(g))
+    except nx.NetworkXUnfeasible:
+        return nx.spring_layout(g, seed=0)
+    pos = {}
+    for depth, gen in enumerate(gens):
+        gen = sorted(gen)
+        for i, n in enumerate(gen):
+            pos[n] = (i - (len(gen) - 1) / 2.0, -float(depth))
+    return pos
+
+
+def to_png(g: nx.DiGraph, path: str | Path, title: str = "fiun-hub lineage",
+           colors: dict[str, str] | None = None) -> Path:
+    """Draw the DAG top-down to a PNG: boxes per repo (short name and head), arrows labelled by relation.
+
+    ``colors`` maps repo -> fill colour; by default unlearned repos are orange, missing ones grey.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pos = layered_positions(g)
+    width = max([abs(x) for x, _ in pos.values()] + [1.0])
+    depth = max([-y for _, y in pos.values()] + [1.0])
+    fig, ax = plt.subplots(figsize=(min(4 + 2.6 * width, 40), min(2 + 1.4 * depth, 40)))
+    for u, v, e in g.edges(data=True):
+        (x0, y0), (x1, y1) = pos[u], pos[v]
+        ax.annotate("", xy=(x1, y1 + 0.18), xytext=(x0, y0 - 0.18),
+                    arrowprops=dict(arrowstyle="-|>", color="#555", lw=1.2, shrinkA=4, shrinkB=4))
+        if e.get("relation"):
+            ax.text((x0 + x1) / 2, (y0 + y1) / 2, e["relation"], fontsize=7, color="#555", ha="center",
+                    va="center", bbox=dict(boxstyle="round,pad=0.1", fc="white", ec="none"))
+    for n, (x, y) in pos.items():
+        a = g.nodes[n]
+        fill = (colors or {}).get(n) or ("#dddddd" if a.get("missing") else "#ffd8a8" if a.get("unlearned")
+                                         else "#d0ebff")
+        label = n + ("\n(missing)" if a.get("missing") else f"\n@{_short(a.get('head'))[:8]}")
+        ax.text(x, y, label, ha="center", va="center", fontsize=8,
+                bbox=dict(boxstyle="round,pad=0.4", fc=fill, ec="#333"))
+    ax.set_xlim(-width - 1, width + 1)
+    ax.set_ylim(-depth - 0.6, 0.6)
+    ax.set_title(title)
+    ax.axis("off")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,178 @@
+"""timm models in timm's Hub format: ``config.json`` (architecture, num_classes, label_names, pretrained_cfg,
+model_args) and ``model.safetensors``. timm loads such a folder or hub repo unchanged; fiun-hub builds the model
+from the config and reads the weights with safetensors only.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from .constants import CONFIG_FILE, WEIGHTS_FILE
+from .errors import BadInput
+from .safetensors_io import header_of_bytes, load_tensors, read_header
+
+MAX_CONFIG_BYTES = 1 << 20
+
+
+@dataclass
+class ModelConfig:
+    """The parts of ``config.json`` fiun-hub uses."""
+
+    architecture: str
+    num_classes: int
+    labels: list[str]
+    classifier: str
+    in_chans: int
+    input_size: tuple[int, int, int]
+    model_args: dict[str, Any]
+    raw: dict[str, Any]
+
+
+def parse_config(data: bytes | str, where: str = "config.json") -> ModelConfig:
+    """Validate a timm Hub ``config.json``."""
+    if isinstance(data, bytes) and len(data) > MAX_CONFIG_BYTES:
+        raise BadInput(f"{where}: config is larger than {MAX_CONFIG_BYTES} bytes")
+    try:
+        raw = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        raise BadInput(f"{where}: not valid JSON") from None
+    if not isinstance(raw, dict):
+        raise BadInput(f"{where}: must be a JSON object")
+    arch = raw.get("architecture")
+    if not isinstance(arch, str) or not arch:
+        raise BadInput(f"{where}: missing 'architecture'")
+    num_classes = raw.get("num_classes")
+    if not isinstance(num_classes, int) or num_classes <= 0:
+        raise BadInput(f"{where}: 'num_classes' must be a positive integer")
+    pcfg = raw.get("pretrained_cfg") or {}
+    if not isinstance(pcfg, dict):
+        raise BadInput(f"{where}: 'pretrained_cfg' must be an object")
+    names = raw.get("label_names")
+    if isinstance(names, dict):  # timm allows {index: name}
+        names = [names.get(str(i), names.get(i, str(i))) for i in range(num_classes)]
+    labels = [str(n) for n in names] if isinstance(names, list) else [str(i) for i in range(num_classes)]
+    if len(labels) != num_classes:
+        raise BadInput(f"{where}: {len(labels)} label_names for num_classes={num_classes}")
+    if len(set(labels)) != len(labels):
+        raise BadInput(f"{where}: label_names has duplicates")
+    model_args = raw.get("model_args") or {}
+    if not isinstance(model_args, dict):
+        raise BadInput(f"{where}: 'model_args' must be an object")
+    input_size = tuple(int(v) for v in (pcfg.get("input_size") or (model_args.get("in_chans", 3), 224, 224)))
+    in_chans = int(model_args.get("in_chans", input_size[0]))
+    classifier = pcfg.get("classifier") or "fc"
+    if isinstance(classifier, (list, tuple)):
+        classifier = classifier[0]
+    return ModelConfig(arch, num_classes, labels, str(classifier), in_chans, (in_chans, *input_size[1:]),
+                       model_args, raw)
+
+
+def build_model(config: ModelConfig) -> torch.nn.Module:
+    """An untrained timm model of the config's architecture and head size (no download)."""
+    import timm
+
+    kwargs = dict(config.model_args)
+    kwargs["num_classes"] = config.num_classes
+    try:
+        model = timm.create_model(config.architecture, pretrained=False, **kwargs)
+    except Exception as exc:
+        raise BadInput(f"cannot build timm model {config.architecture!r}: {exc}") from None
+    return model
+
+
+def load_state(model: torch.nn.Module, weights: bytes, where: str = "") -> torch.nn.Module:
+    """Load safetensors weights into ``model``, strictly (every key, every shape)."""
+    tensors = load_tensors(weights, where)
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        raise BadInput(f"{where}: weights do not fit the config: {' '.join(first[:3])[:300]}") from None
+    for name, t in tensors.items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise BadInput(f"{where}: weight {name} holds NaN or Inf")
+    return model.eval()
+
+
+def load_model(hub, repo: str, revision: str | None = None) -> tuple[torch.nn.Module, ModelConfig, str]:
+    """Model, config and commit id of ``repo`` at ``revision``, read from the hub (never the network)."""
+    cid = hub.resolve(repo, revision)
+    where = f"{repo}@{cid[:12]}"
+    config = parse_config(hub.read_file(repo, CONFIG_FILE, cid), f"{where}:{CONFIG_FILE}")
+    model = build_model(config)
+    return load_state(model, hub.read_file(repo, WEIGHTS_FILE, cid), f"{where}:{WEIGHTS_FILE}"), config, cid
+
+
+def state_bytes(model_or_state: torch.nn.Module | dict) -> bytes:
+    """safetensors bytes of a model's state dict (contiguous, CPU)."""
+    from safetensors.torch import save
+
+    state = model_or_state.state_dict() if isinstance(model_or_state, torch.nn.Module) else model_or_state
+    return save({k: v.detach().cpu().contiguous() for k, v in state.items()})
+
+
+def config_dict(model: torch.nn.Module, labels: Sequence[str], input_size: Sequence[int] | None = None) -> dict:
+    """timm's own config.json for ``model`` with ``label_names``."""
+    from timm.models._hub import save_config_for_hf
+
+    labels = [str(x) for x in labels]
+    if len(labels) != model.num_classes:
+        raise BadInput(f"{len(labels)} labels for a head of {model.num_classes} classes")
+    data_config = {"input_size": tuple(input_size)} if input_size else None
+    quiet = logging.getLogger("timm")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # timm warns that ImageNet's 3-channel mean does not fit in_chans=1
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / CONFIG_FILE
+        save_config_for_hf(model, str(path), model_config={"label_names": labels}, data_config=data_config)
+        cfg = json.loads(path.read_text())
+    quiet.setLevel(level)
+    return cfg
+
+
+def save_model_folder(model: torch.nn.Module, folder: str | Path, labels: Sequence[str],
+                      input_size: Sequence[int] | None = None) -> Path:
+    """Save any timm model (and its label names, in head-row order) as a timm Hub folder.
+
+    ``input_size`` is the ``(C, H, W)`` the model was trained at (recorded in ``pretrained_cfg``).
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = config_dict(model, labels, input_size)
+    (folder / CONFIG_FILE).write_text(json.dumps(cfg, indent=2))
+    (folder / WEIGHTS_FILE).write_bytes(state_bytes(model))
+    return folder
+
+
+def check_folder(folder: str | Path) -> ModelConfig:
+    """Validate a model folder for ``push``: config.json parses, model.safetensors is whole and fits the config."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise BadInput(f"{folder} is not a folder")
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        if not (folder / name).is_file():
+            raise BadInput(f"{folder} has no {name}; save the model with fiun_hub.models.save_model_folder")
+    config = parse_config((folder / CONFIG_FILE).read_bytes(), str(folder / CONFIG_FILE))
+    header, _ = read_header(folder / WEIGHTS_FILE)
+    model = build_model(config)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    got = {k: tuple(v["shape"]) for k, v in header.items()}
+    missing = sorted(set(expected) - set(got))
+    extra = sorted(set(got) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(got) if expected[k] != got[k])
+    if missing or extra or wrong:
+        detail = (f"missing {missing[:3]}" if missing else f"unexpected {extra[:3]}" if extra
+                  else f"shape of {wrong[0]} is {got[wrong[0]]}, config needs {expected[wrong[0]]}")
+        raise BadInput(f"{folder / WEIGHTS_FILE} does not fit {config.architecture} with "
+                       f"{config.num_classes} classes: {detail}")
+    return config
+
+
+__all__ = ["ModelConfig", "parse_config", "build_model", "load_state", "load_model", "state_bytes",
+           "save_model_folder", "check_folder", "config_dict", "header_of_bytes"]

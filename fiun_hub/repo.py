@@ -1,0 +1,148 @@
+"""Repo-level operations behind the CLI: push a model folder with its lineage, show a revision, log, tag."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+from .card import CardMeta, ParentRef, card_body, fim_entry, parse_card, render_card
+from .constants import CARD_FILE, FIM_CLASSES_FILE, FIM_FILE, RELATIONS, WEIGHTS_FILE
+from .errors import BadInput
+from .hub.ids import split_repo_rev, validate_repo_id
+from .hub.local import LocalHub, RepoChange
+from .lineage import resolve, sidecar_state, validate_new_parents
+from .models import check_folder
+from .safetensors_io import read_header
+
+SIDECARS = (FIM_FILE, FIM_CLASSES_FILE)
+
+
+def pin_parents(hub: LocalHub, specs: Sequence[str]) -> list[ParentRef]:
+    """``org/x`` -> x's current head; ``org/x@REV`` -> that revision's commit id (must exist)."""
+    out: list[ParentRef] = []
+    for spec in specs:
+        repo, rev = split_repo_rev(spec)
+        if repo in [p.repo for p in out]:
+            raise BadInput(f"--parent {repo} given twice")
+        out.append(ParentRef(repo, hub.resolve(repo, rev)))
+    return out
+
+
+def push_folder(
+    hub: LocalHub,
+    folder: str | Path,
+    repo: str,
+    parents: Sequence[str] = (),
+    relation: str | None = None,
+    message: str | None = None,
+    author: str | None = None,
+) -> dict[str, Any]:
+    """Commit a timm-format model folder as a new revision of ``repo``, writing its lineage into the card.
+
+    Sidecars (``fim.safetensors``, ``fim-classes.safetensors``) in the folder are committed too; a previous
+    revision's sidecars are dropped, since they describe other weights. Returns the new revision's summary.
+    """
+    validate_repo_id(repo)
+    folder = Path(folder)
+    config = check_folder(folder)
+    if relation is not None and relation not in RELATIONS:
+        raise BadInput(f"--relation {relation!r} is not one of {', '.join(RELATIONS)}")
+    if relation is not None and not parents:
+        raise BadInput("--relation needs at least one --parent")
+    pins = pin_parents(hub, parents)
+    validate_new_parents(resolve(hub), repo, [p.repo for p in pins])
+    head = hub.head(repo) if hub.repo_exists(repo) else ""
+
+    body = None
+    if (folder / CARD_FILE).is_file():
+        text = (folder / CARD_FILE).read_bytes()
+        parse_card(text, where=str(folder / CARD_FILE))  # malformed YAML is refused, not silently dropped
+        body = card_body(text.decode())
+    files: dict[str, bytes | Path] = {"config.json": folder / "config.json", WEIGHTS_FILE: folder / WEIGHTS_FILE}
+    meta = CardMeta(parents=pins, relation=relation or (("merge" if len(pins) > 1 else "finetune") if pins else None),
+                    labels=config.labels)
+    present = [s for s in SIDECARS if (folder / s).is_file()]
+    if present:
+        if len(present) != 2:
+            raise BadInput(f"{folder} has {present[0]} but not its partner; push both sidecars or neither")
+        from .fisher import read_sidecars
+
+        sc = read_sidecars((folder / FIM_FILE).read_bytes(), (folder / FIM_CLASSES_FILE).read_bytes(),
+                           where=str(folder))
+        if sc.labels != config.labels:
+            raise BadInput(f"{folder}: sidecar labels {sc.labels} differ from the model's {config.labels}")
+        meta.fim = fim_entry(sc.layers, sc.estimator)
+        files.update({s: folder / s for s in SIDECARS})
+    delete = tuple(s for s in SIDECARS if s not in present and head and s in hub.list_files(repo, head))
+    files[CARD_FILE] = render_card(meta, body, repo).encode()
+    parent_names = ", ".join(p.repo for p in pins)
+    msg = message or (f"Push {repo}" + (f" ({meta.relation} of {parent_names})" if pins else ""))
+    cid = hub.publish([RepoChange(repo, files, msg, parent_commit=head, delete=delete, author=author)])[repo]
+    return show(hub, repo, cid)
+
+
+def read_meta(hub: LocalHub, repo: str, revision: str | None = None) -> CardMeta:
+    """The card's lineage facts at a revision (a missing or malformed card raises)."""
+    cid = hub.resolve(repo, revision)
+    return parse_card(hub.read_file(repo, CARD_FILE, cid), where=f"{repo}@{cid[:12]}")
+
+
+def sidecar_summary(hub: LocalHub, repo: str, files: dict[str, str], cid: str) -> dict[str, Any]:
+    state = sidecar_state(hub, repo, files, cid)
+    out: dict[str, Any] = {"state": state}
+    if state in ("ok", "stale"):
+        _, meta = read_header(hub.file_path(repo, FIM_FILE, cid))
+        out.update({k: meta.get(k) for k in ("estimator", "batch_size", "model_commit", "data_spec", "dataset")})
+        for k in ("layers", "counts"):
+            try:
+                import json
+
+                out[k] = json.loads(meta.get(k, "null"))
+            except ValueError:
+                out[k] = None
+    if state == "stale":
+        out["fix"] = f"fiun-hub fim {repo} --data SPEC"
+    return out
+
+
+def show(hub: LocalHub, repo: str, revision: str | None = None) -> dict[str, Any]:
+    """Everything about one revision: commit, files, lineage, labels, sidecar state, forget records, tags."""
+    info = hub.commit_info(repo, revision)
+    refs = hub.refs(repo)
+    try:
+        meta = parse_card(hub.read_file(repo, CARD_FILE, info.id), where=f"{repo}@{info.id[:12]}")
+        card: dict[str, Any] = {
+            "parents": [p.to_dict() for p in meta.parents],
+            "relation": meta.relation,
+            "labels": meta.labels,
+            "unlearned": meta.unlearned,
+            "card_error": None,
+        }
+    except BadInput as exc:
+        card = {"parents": [], "relation": None, "labels": [], "unlearned": [], "card_error": str(exc)}
+    return {
+        "repo": repo,
+        "revision": info.id,
+        "is_head": refs["branches"].get("main") == info.id,
+        "tags": sorted(t for t, c in refs["tags"].items() if c == info.id),
+        "author": info.author,
+        "time": info.time,
+        "message": info.message,
+        "parent_commits": info.parents,
+        "files": {p: {"sha256": s, "size": info.sizes.get(p)} for p, s in info.files.items()},
+        **card,
+        "sidecar": sidecar_summary(hub, repo, info.files, info.id),
+    }
+
+
+def log(hub: LocalHub, repo: str, revision: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+    """Revision history, newest first, each with the forget requests its card records."""
+    out = []
+    for info in hub.history(repo, revision, limit=limit):
+        try:
+            meta = parse_card(hub.read_file(repo, CARD_FILE, info.id))
+            forgets = [u.get("request") for u in meta.unlearned]
+        except BadInput:
+            forgets = []
+        out.append({"revision": info.id, "author": info.author, "time": info.time, "message": info.message,
+                    "unlearned": forgets})
+    return out

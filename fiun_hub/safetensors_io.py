@@ -1,0 +1,95 @@
+"""Checked reading of safetensors files: the header is validated against the file before any tensor is read.
+
+safetensors is the only weight format fiun-hub reads; nothing is ever unpickled.
+"""
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+from .errors import BadInput
+
+DTYPE_SIZES = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+    "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8,
+}
+MAX_HEADER = 100 << 20
+
+
+def parse_header(head: bytes, total_size: int, where: str = "") -> tuple[dict, dict[str, str]]:
+    """Validate a safetensors header (``head`` = the file's first bytes, at least 8 + header length).
+
+    Returns ``(tensors, metadata)`` where tensors maps name -> {dtype, shape, data_offsets}. Raises
+    :class:`BadInput` if the header is truncated, not JSON, or lies about dtypes, shapes or offsets.
+    """
+    prefix = f"{where}: " if where else ""
+    if total_size < 8 or len(head) < 8:
+        raise BadInput(f"{prefix}not a safetensors file (truncated: {total_size} bytes)")
+    (n,) = struct.unpack("<Q", head[:8])
+    if n > MAX_HEADER or 8 + n > total_size:
+        raise BadInput(f"{prefix}not a safetensors file (header length {n} exceeds the file's {total_size} bytes)")
+    if len(head) < 8 + n:
+        raise BadInput(f"{prefix}safetensors header is truncated")
+    try:
+        header = json.loads(head[8: 8 + n])
+    except ValueError:
+        raise BadInput(f"{prefix}safetensors header is not valid JSON") from None
+    if not isinstance(header, dict):
+        raise BadInput(f"{prefix}safetensors header is not a JSON object")
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise BadInput(f"{prefix}safetensors metadata must map strings to strings")
+    body = total_size - 8 - n
+    end_max = 0
+    for name, t in header.items():
+        if not isinstance(t, dict):
+            raise BadInput(f"{prefix}tensor {name!r}: malformed entry")
+        dtype, shape, offs = t.get("dtype"), t.get("shape"), t.get("data_offsets")
+        if dtype not in DTYPE_SIZES:
+            raise BadInput(f"{prefix}tensor {name!r}: unknown dtype {dtype!r}")
+        if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
+            raise BadInput(f"{prefix}tensor {name!r}: malformed shape {shape!r}")
+        if not (isinstance(offs, list) and len(offs) == 2 and all(isinstance(o, int) for o in offs)):
+            raise BadInput(f"{prefix}tensor {name!r}: malformed data_offsets")
+        numel = 1
+        for d in shape:
+            numel *= d
+        if offs[1] - offs[0] != numel * DTYPE_SIZES[dtype] or offs[0] < 0:
+            raise BadInput(f"{prefix}tensor {name!r}: header size disagrees with its {dtype} shape {shape}")
+        if offs[1] > body:
+            raise BadInput(f"{prefix}tensor {name!r} runs past the end of the file (truncated)")
+        end_max = max(end_max, offs[1])
+    if end_max != body:
+        raise BadInput(f"{prefix}safetensors data is {body} bytes but the header accounts for {end_max}")
+    return header, metadata
+
+
+def read_header(path: str | Path, where: str = "") -> tuple[dict, dict[str, str]]:
+    """Header of a safetensors file on disk, validated against the file size."""
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+        with open(p, "rb") as fh:
+            first = fh.read(8)
+            if len(first) == 8:
+                (n,) = struct.unpack("<Q", first)
+                first += fh.read(min(n, MAX_HEADER))
+    except OSError as exc:
+        raise BadInput(f"{where or p}: cannot read: {exc.strerror}") from None
+    return parse_header(first, size, where or str(p))
+
+
+def header_of_bytes(data: bytes, where: str = "") -> tuple[dict, dict[str, str]]:
+    return parse_header(data, len(data), where)
+
+
+def load_tensors(data: bytes, where: str = "") -> dict:
+    """Tensors of a safetensors byte string, after validating its header."""
+    from safetensors.torch import load
+
+    header_of_bytes(data, where)
+    try:
+        return load(data)
+    except Exception as exc:
+        raise BadInput(f"{where}: unreadable safetensors: {exc}") from None
