@@ -218,5 +218,131 @@ def lineage(c: Ctx, repo: str | None, up: bool, down: bool, fmt: str | None, out
         click.echo(text)
 
 
+def _progress(c: Ctx, total: int | None, description: str):
+    """A rich progress bar on stderr (silent with --json or when stderr is not a terminal)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = Console(stderr=True)
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, disable=c.as_json or not console.is_terminal, transient=True), total, description
+
+
+@main.command()
+@click.argument("repo")
+@click.option("--data", "data_spec", required=True, metavar="SPEC",
+              help="The model's training data: digits, fashion-mnist[:DIR], npz:PATH, folder:PATH (+ :train/:test).")
+@click.option("--layers", default="head", show_default=True,
+              help="Unlearnable layers: head (the classifier timm names), all, or comma-separated globs.")
+@click.option("--estimator", type=click.Choice(["per-sample", "batch"]), default="per-sample", show_default=True,
+              help="per-sample: exact empirical Fisher; batch: the paper's squared batch gradients.")
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--device", help="torch device (default: cuda if available, else cpu).")
+@pass_ctx
+@handled
+def fim(c: Ctx, repo: str, data_spec: str, layers: str, estimator: str, batch_size: int, device: str | None) -> None:
+    """Compute REPO's Fisher sidecars (model FIM and per-class FIMs) on its training data and commit them."""
+    from fiun_hub.sidecars import compute_and_commit
+
+    bar, _, desc = _progress(c, None, f"Fisher of {repo}")
+    with bar:
+        task = bar.add_task(desc, total=None)
+        info = compute_and_commit(c.hub(), repo, data_spec, layers=layers, estimator=estimator,
+                                  batch_size=batch_size, device=device,
+                                  progress=lambda n: bar.update(task, advance=n))
+    c.emit(info, f"committed sidecars to {repo}@{info['revision']} ({info['estimator']}, {info['samples']} samples, "
+                 f"layers {', '.join(info['layers'])})")
+
+
+def _plan_text(plan) -> str:
+    lines = [f"request {plan.request_id}: forget "
+             + (f"classes {', '.join(plan.classes)}" if plan.classes else f"samples of {plan.data_spec}")
+             + f" at {', '.join(plan.origins)} (alpha={plan.alpha:g}, lambda={plan.lam:g})",
+             f"affected: {len(plan.nodes)} repo(s), {plan.unaffected} other repo(s) untouched"]
+    lines.append(f"  {'repo':32s} {'depth':>5s}  {'head':12s} {'sidecar':8s} {'head shape':12s} merges")
+    for n in plan.nodes:
+        shape = "x".join(map(str, n.head_shape)) if n.head_shape else "-"
+        state = "done" if n.done else n.sidecar
+        lines.append(f"  {n.repo:32s} {n.depth:>5d}  {n.head[:12]:12s} {state:8s} {shape:12s} "
+                     f"{', '.join(n.sources)}")
+        for p in n.problems:
+            lines.append(f"      ! {p}")
+    return "\n".join(lines)
+
+
+@main.command()
+@click.option("--origin", "origins", multiple=True, required=True, metavar="REPO",
+              help="A model whose own training data held what must go. Repeatable.")
+@click.option("--classes", help="Class-wise forget: comma-separated label names (needs no data).")
+@click.option("--data", "data_spec", metavar="SPEC", help="Sample-wise forget: the samples to forget.")
+@click.option("--request-id", help="Id recorded in every card (default: derived from origins and forget set); "
+                                   "re-running the same id is a no-op.")
+@click.option("--alpha", type=float, default=None, help="Selection threshold: M > alpha * F (default 1).")
+@click.option("--lambda", "lam", type=float, default=None, help="Dampening strength (default 1).")
+@click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")
+@click.option("--workers", type=int, default=1, show_default=True, help="Processes for the per-repo work.")
+@click.option("--executor", type=click.Choice(["local"]), default="local", show_default=True)
+@pass_ctx
+@handled
+def forget(c: Ctx, origins, classes, data_spec, request_id, alpha, lam, dry_run, workers, executor) -> None:
+    """Unlearn classes (or samples) at the ORIGINs and at every model derived from them, in one pass.
+
+    Each affected repo gets a new revision: dampened weights, sidecars without the forgotten classes and a
+    `fiun.unlearned` record. All new revisions land together or none does.
+    """
+    from fiun_hub.unlearn import DEFAULT_ALPHA, DEFAULT_LAMBDA, plan_forget, run_forget
+
+    hub = c.hub()
+    plan = plan_forget(hub, list(origins), classes, data_spec, request_id,
+                       DEFAULT_ALPHA if alpha is None else alpha, DEFAULT_LAMBDA if lam is None else lam)
+    if dry_run or plan.problems:
+        c.emit(plan.to_dict(), lambda: _plan_text(plan))
+        if plan.problems:
+            fail(plan.problems[0] + (f" (and {len(plan.problems) - 1} more problem(s); see --dry-run)"
+                                     if len(plan.problems) > 1 else ""))
+        return
+    if not plan.todo:
+        c.emit({"request_id": plan.request_id, "noop": True},
+               f"request {plan.request_id} is already applied to all {len(plan.nodes)} affected repo(s); nothing to do")
+        return
+    bar, _, _ = _progress(c, len(plan.todo), "unlearning")
+    with bar:
+        task = bar.add_task("unlearning", total=len(plan.todo))
+        result = run_forget(hub, plan, workers=workers, executor=executor,
+                            progress=lambda repo: bar.update(task, advance=1, description=repo))
+    c.emit({"plan": plan.to_dict(), **result.to_dict()}, lambda: _plan_text(plan) + "\n" + "\n".join(
+        [f"published {len(result.revisions)} new revision(s) in {result.seconds['total']:.2f}s:"]
+        + [f"  {r}: {v['from'][:12]} -> {v['to'][:12]}  ({result.stats[r]['changed']} of "
+           f"{result.stats[r]['params']} unlearnable parameters dampened)" for r, v in result.revisions.items()]))
+
+
+@main.command(name="eval")
+@click.argument("spec", metavar="REPO[@REV]")
+@click.option("--data", "data_spec", required=True, metavar="SPEC", help="Held-out data, e.g. digits:test.")
+@click.option("--forget-classes", help="Comma-separated forgotten classes: report forget and retain accuracy.")
+@pass_ctx
+@handled
+def eval_cmd(c: Ctx, spec: str, data_spec: str, forget_classes: str | None) -> None:
+    """Accuracy of REPO on DATA; with --forget-classes, forget accuracy (on those classes) and retain accuracy."""
+    from fiun_hub.evaluate import evaluate_repo
+    from fiun_hub.hub import split_repo_rev
+
+    repo, rev = split_repo_rev(spec)
+    classes = [x.strip() for x in forget_classes.split(",") if x.strip()] if forget_classes else None
+    res = evaluate_repo(c.hub(), repo, data_spec, classes, revision=rev)
+
+    def text() -> str:
+        def pct(v):
+            return "n/a" if v is None else f"{v:.2f}%"
+        out = [f"{repo}@{res['revision'][:12]} on {data_spec} ({res['samples']} samples)",
+               f"  accuracy:        {pct(res['accuracy'])}"]
+        if classes:
+            out += [f"  forget accuracy: {pct(res['forget_acc'])}  (classes {', '.join(classes)})",
+                    f"  retain accuracy: {pct(res['retain_acc'])}"]
+        return "\n".join(out)
+
+    c.emit(res, text)
+
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,357 @@
+"""Plan and carry out a forget request with FIUn (DESIGN.md section 5).
+
+1. :func:`plan_forget`: origins -> affected set (BFS) -> per affected repo: depth, merge sources (the origins it
+   is or descends from), head shape, sidecar state, and every problem that would stop the forget.
+2. :func:`run_forget`: the unlearning FIM U(o) of each origin, from its per-class sidecar (class-wise, no data)
+   or from ``--data`` (sample-wise), computed on the origin's weights *before* any change; per affected repo
+   the MFIM M(v) = max over its sources of U(o), rows aligned by label name; the dampening of v's unlearnable
+   layers from M(v) and v's own model FIM only. Every repo is independent of the others (any order, any
+   number of workers); the new revisions are then published together, all or nothing.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Sequence
+
+import networkx as nx
+import torch
+
+from .card import card_body, render_card
+from .constants import CARD_FILE, CONFIG_FILE, FIM_CLASSES_FILE, FIM_FILE, WEIGHTS_FILE
+from .errors import BadInput, FiunError, LineageError, UnlearnError
+from .hub.ids import validate_repo_id
+from .hub.local import LocalHub, RepoChange
+from .lineage import affected, merge_sources, resolve
+from .models import parse_config
+from .repo import read_meta
+from .sidecars import load_sidecars
+
+DEFAULT_ALPHA = 1.0
+DEFAULT_LAMBDA = 1.0
+
+
+@dataclass
+class NodePlan:
+    """One affected repo in a plan."""
+
+    repo: str
+    depth: int
+    head: str
+    sources: list[str]
+    labels: list[str]
+    forget_here: list[str]  # forget classes this repo's head has a row for
+    head_shape: list[int] | None
+    sidecar: str
+    done: bool  # already carries the request
+    problems: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Plan:
+    request_id: str
+    origins: list[str]
+    classes: list[str] | None
+    data_spec: str | None
+    alpha: float
+    lam: float
+    nodes: list[NodePlan]
+    unaffected: int
+
+    @property
+    def problems(self) -> list[str]:
+        return [p for n in self.nodes for p in n.problems]
+
+    @property
+    def todo(self) -> list[NodePlan]:
+        return [n for n in self.nodes if not n.done]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["problems"] = self.problems
+        d["noop"] = not self.todo
+        return d
+
+
+def default_request_id(origins: Sequence[str], classes: Sequence[str] | None, data_spec: str | None) -> str:
+    """A stable id for the same request, so that re-running it is a no-op."""
+    key = json.dumps([sorted(origins), sorted(classes or []), data_spec or ""])
+    return "forget-" + hashlib.sha1(key.encode()).hexdigest()[:12]
+
+
+def _parse_classes(classes: Sequence[str] | str | None) -> list[str] | None:
+    if classes is None:
+        return None
+    if isinstance(classes, str):
+        classes = classes.split(",")
+    out = list(dict.fromkeys(c.strip() for c in classes if c and c.strip()))
+    if not out:
+        raise UnlearnError("empty forget set: give --classes A,B or --data SPEC")
+    return out
+
+
+def _head_params(layers: Sequence[str], classifier: str) -> list[str]:
+    return [n for n in layers if n.rsplit(".", 1)[0] == classifier]
+
+
+def plan_forget(
+    hub: LocalHub,
+    origins: Sequence[str],
+    classes: Sequence[str] | str | None = None,
+    data_spec: str | None = None,
+    request_id: str | None = None,
+    alpha: float = DEFAULT_ALPHA,
+    lam: float = DEFAULT_LAMBDA,
+) -> Plan:
+    """Work out what a forget would do, without changing anything. Problems are listed per repo."""
+    origins = list(dict.fromkeys(origins))
+    if not origins:
+        raise UnlearnError("no --origin given: name the model(s) whose training data held what must go")
+    for o in origins:
+        validate_repo_id(o)
+    if (classes is None) == (data_spec is None):
+        raise UnlearnError("give exactly one of --classes A,B (class-wise) or --data SPEC (sample-wise)")
+    classes = _parse_classes(classes)
+    if not (alpha > 0 and lam > 0) or not all(map(lambda v: v == v and v != float("inf"), (alpha, lam))):
+        raise UnlearnError(f"--alpha and --lambda must be positive and finite (got {alpha}, {lam})")
+    request_id = request_id or default_request_id(origins, classes, data_spec)
+    g = resolve(hub)
+    depths = affected(g, origins)
+    sub = g.subgraph(depths)
+    if not nx.is_directed_acyclic_graph(sub):
+        cyc = nx.find_cycle(sub)
+        raise LineageError(f"the affected lineage has a cycle: {' -> '.join(u for u, _ in cyc)}; fix the cards")
+    if classes is not None:
+        known = set().union(*(set(g.nodes[o].get("labels") or []) for o in origins))
+        unknown = [c for c in classes if c not in known]
+        if unknown:
+            raise UnlearnError(f"class(es) {', '.join(unknown)} are not labels of origin(s) {', '.join(origins)} "
+                               f"(labels: {', '.join(sorted(known))})")
+    nodes = []
+    for repo in sorted(depths, key=lambda r: (depths[r], r)):
+        a = g.nodes[repo]
+        done = any(u.get("request") == request_id for u in a.get("unlearned") or [])
+        labels = list(a.get("labels") or [])
+        node = NodePlan(repo, depths[repo], a["head"], merge_sources(g, origins, repo), labels,
+                        [c for c in (classes or []) if c in labels], None, a.get("sidecar", "none"), done)
+        if a.get("card_error"):
+            node.problems.append(a["card_error"])
+        if not done:
+            try:
+                config = parse_config(hub.read_file(repo, CONFIG_FILE, node.head), f"{repo}:{CONFIG_FILE}")
+                sc = load_sidecars(hub, repo, node.head)
+                heads = _head_params(sc.layers, config.classifier)
+                node.head_shape = list(sc.model_fim[heads[0]].shape) if heads else None
+                if sc.labels != labels:
+                    node.problems.append(f"{repo}: sidecar labels differ from the card's; recompute the sidecar")
+                if repo in origins and classes is not None:
+                    have = [c for c in node.forget_here if sc.counts.get(c, 0) > 0]
+                    if not have:
+                        node.problems.append(f"{repo}: origin has no per-class FIM for {', '.join(classes)}; "
+                                             f"run `fiun-hub fim {repo} --data SPEC` on data holding them")
+            except FiunError as exc:
+                node.problems.append(str(exc))
+        nodes.append(node)
+    return Plan(request_id, origins, classes, data_spec, float(alpha), float(lam), nodes,
+                g.number_of_nodes() - len(depths))
+
+
+# ------------------------------------------------------------------------------------------------ unlearning
+def origin_unlearning_fim(hub: LocalHub, plan: Plan, origin: str, device: str | None = None) -> tuple[dict, list[str],
+                                                                                                    str, str]:
+    """U(o) for one origin, on its weights before this request: (fim, labels, revision used, estimator)."""
+    from .dampening import unlearning_fim
+
+    g_node = next(n for n in plan.nodes if n.repo == origin)
+    revision = g_node.head
+    if g_node.done:  # already unlearned: use the revision the request started from
+        meta = read_meta(hub, origin, g_node.head)
+        rec = next(u for u in meta.unlearned if u.get("request") == plan.request_id)
+        revision = rec.get("from_revision") or revision
+    sc = load_sidecars(hub, origin, revision)
+    if plan.classes is not None:
+        have = [c for c in plan.classes if sc.counts.get(c, 0) > 0]
+        return unlearning_fim(sc.class_fims, sc.counts, have), sc.labels, revision, sc.estimator
+    from .data import load_data
+    from .fisher import compute_fisher
+    from .models import load_model
+
+    model, config, _ = load_model(hub, origin, revision)
+    data = load_data(plan.data_spec, in_chans=config.in_chans, input_size=config.input_size)
+    data = data.to_label_space(config.labels)
+    if len(data) == 0:
+        raise UnlearnError(f"forget data {plan.data_spec} holds no sample of {origin}'s classes")
+    res = compute_fisher(model, data.x, data.y, config.labels, sc.layers, estimator=sc.estimator,
+                         batch_size=sc.batch_size or 64, device=device)
+    return res.model_fim, sc.labels, revision, sc.estimator
+
+
+@dataclass
+class NodeTask:
+    """Everything one affected repo needs: its weights file, its own model FIM and its MFIM."""
+
+    repo: str
+    weights_path: str
+    model_fim: dict[str, torch.Tensor]
+    mfim: dict[str, torch.Tensor]
+    alpha: float
+    lam: float
+
+
+def unlearn_node(task: NodeTask) -> tuple[str, bytes, dict[str, Any]]:
+    """Dampen one repo's unlearnable layers; returns (repo, new safetensors bytes, stats). Pure apart from
+    reading the weights file; runs in any worker."""
+    from safetensors import safe_open
+    from safetensors.torch import save
+
+    from .dampening import dampen
+    from .safetensors_io import read_header
+
+    read_header(task.weights_path, where=task.repo)
+    with safe_open(task.weights_path, framework="pt") as fh:
+        meta = fh.metadata()
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    missing = [n for n in task.mfim if n not in tensors]
+    if missing:
+        raise UnlearnError(f"{task.repo}: weights lack the sidecar's layer(s) {missing}")
+    params = {n: tensors[n] for n in task.mfim}
+    new = dampen(params, task.model_fim, task.mfim, alpha=task.alpha, lam=task.lam)
+    changed = 0
+    total = 0
+    for n, t in new.items():
+        if not torch.isfinite(t).all():
+            raise UnlearnError(f"{task.repo}: dampening produced non-finite values in {n}")
+        changed += int((t != params[n]).sum())
+        total += t.numel()
+        tensors[n] = t.contiguous()
+    return task.repo, save(tensors, metadata=meta), {"changed": changed, "params": total}
+
+
+@dataclass
+class ForgetResult:
+    request_id: str
+    noop: bool
+    revisions: dict[str, dict[str, str]]  # repo -> {"from": old, "to": new}
+    stats: dict[str, dict[str, Any]]
+    seconds: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _with_metadata(data: bytes, extra: dict[str, str]) -> bytes:
+    """Rewrite a safetensors byte string with header metadata updated (tensors unchanged)."""
+    from safetensors.torch import load, save
+
+    from .safetensors_io import header_of_bytes
+
+    _, meta = header_of_bytes(data)
+    meta = {**meta, **extra}
+    return save(load(data), metadata=meta)
+
+
+def run_forget(
+    hub: LocalHub,
+    plan: Plan,
+    *,
+    workers: int = 1,
+    executor: str = "local",
+    device: str | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> ForgetResult:
+    """Carry out a plan: compute U per origin, M per repo, dampen every affected repo independently, then
+    publish all new revisions together (or none, if anything failed or a head moved)."""
+    import time
+
+    from .executors import run_tasks
+    from .fisher import read_sidecars, strip_classes
+
+    if plan.problems:
+        raise UnlearnError(plan.problems[0])
+    if not plan.todo:
+        return ForgetResult(plan.request_id, True, {}, {}, {})
+    t0 = time.perf_counter()
+    fims = {o: origin_unlearning_fim(hub, plan, o, device) for o in plan.origins}
+    t_origin = time.perf_counter() - t0
+
+    tasks, sidecars, configs = [], {}, {}
+    for node in plan.todo:
+        config = parse_config(hub.read_file(node.repo, CONFIG_FILE, node.head), node.repo)
+        sc = load_sidecars(hub, node.repo, node.head)
+        heads = _head_params(sc.layers, config.classifier)
+        from .dampening import align_rows, merge_fims
+
+        aligned = [align_rows(fims[o][0], fims[o][1], node.labels, heads) for o in node.sources]
+        for o, f in zip(node.sources, aligned):
+            for name, t in f.items():
+                if name not in sc.model_fim or sc.model_fim[name].shape != t.shape:
+                    raise UnlearnError(f"{node.repo}: layer {name} of origin {o} cannot be aligned "
+                                       f"(shape {tuple(t.shape)} vs {tuple(sc.model_fim[name].shape) if name in sc.model_fim else 'absent'})")
+        mfim = merge_fims(aligned)
+        tasks.append(NodeTask(node.repo, str(hub.file_path(node.repo, WEIGHTS_FILE, node.head)),
+                              {n: sc.model_fim[n] for n in mfim}, mfim, plan.alpha, plan.lam))
+        sidecars[node.repo] = sc
+        configs[node.repo] = config
+    t1 = time.perf_counter()
+    results = run_tasks(unlearn_node, tasks, workers=workers, executor=executor, progress=progress)
+    t_nodes = time.perf_counter() - t1
+
+    now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    origin_revs = [f"{o}@{fims[o][2]}" for o in plan.origins]
+    changes, stats = [], {}
+    for node in plan.todo:
+        _, weights, st = results[node.repo]
+        sha = hashlib.sha256(weights).hexdigest()
+        sc = sidecars[node.repo]
+        fim_b = hub.read_file(node.repo, FIM_FILE, node.head)
+        cls_b = hub.read_file(node.repo, FIM_CLASSES_FILE, node.head)
+        if node.forget_here:
+            fim_b, cls_b = strip_classes(read_sidecars(fim_b, cls_b, where=node.repo), node.forget_here)
+        extra = {"weights_sha256": sha, "derived_by": plan.request_id, "derived_from": node.head}
+        fim_b, cls_b = _with_metadata(fim_b, extra), _with_metadata(cls_b, extra)
+        meta = read_meta(hub, node.repo, node.head)
+        record = {
+            "request": plan.request_id,
+            "classes": plan.classes,
+            "origins": origin_revs,
+            "from_revision": node.head,
+            "alpha": plan.alpha,
+            "lambda": plan.lam,
+            "estimator": sc.estimator,
+            "at": now,
+        }
+        if plan.data_spec is not None:
+            record["data"] = plan.data_spec
+        meta.unlearned = list(meta.unlearned) + [record]
+        card = render_card(meta, card_body(hub.read_file(node.repo, CARD_FILE, node.head).decode()), node.repo)
+        what = f"classes {', '.join(plan.classes)}" if plan.classes else f"samples {plan.data_spec}"
+        changes.append(RepoChange(
+            node.repo,
+            {WEIGHTS_FILE: weights, FIM_FILE: fim_b, FIM_CLASSES_FILE: cls_b, CARD_FILE: card.encode()},
+            f"Forget {what} (request {plan.request_id}, FIUn from {', '.join(node.sources)})",
+            parent_commit=node.head,
+        ))
+        stats[node.repo] = {**st, "weights_sha256": sha}
+    t2 = time.perf_counter()
+    new = hub.publish(changes)
+    t_publish = time.perf_counter() - t2
+    return ForgetResult(
+        plan.request_id, False,
+        {n.repo: {"from": n.head, "to": new[n.repo]} for n in plan.todo},
+        stats,
+        {"origin_fims": t_origin, "unlearn": t_nodes, "publish": t_publish,
+         "total": time.perf_counter() - t0},
+    )
+
+
+def forget(hub: LocalHub, origins: Sequence[str], classes=None, data_spec=None, request_id=None,
+           alpha: float = DEFAULT_ALPHA, lam: float = DEFAULT_LAMBDA, **kwargs) -> tuple[Plan, ForgetResult]:
+    """Plan and run a forget in one call (what ``fiun-hub forget`` does)."""
+    plan = plan_forget(hub, origins, classes, data_spec, request_id, alpha, lam)
+    return plan, run_forget(hub, plan, **kwargs)
+
+
+__all__ = ["Plan", "NodePlan", "plan_forget", "run_forget", "forget", "unlearn_node", "NodeTask",
+           "ForgetResult", "default_request_id", "BadInput"]
