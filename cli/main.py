@@ -344,5 +344,24 @@ def eval_cmd(c: Ctx, spec: str, data_spec: str, forget_classes: str | None) -> N
     c.emit(res, text)
 
 
+@main.command()
+@click.option("--repair-index", is_flag=True, help="Rewrite the lineage index from the cards first.")
+@pass_ctx
+@handled
+def verify(c: Ctx, repair_index: bool) -> None:
+    """Check the hub's integrity: blob hashes, refs, commits, snapshots, journal, lineage index. Exit 1 on problems."""
+    from fiun_hub.verify import repair_index as repair
+    from fiun_hub.verify import verify as check_hub
+
+    hub = c.hub()
+    if repair_index:
+        repair(hub)
+    problems = check_hub(hub)
+    c.emit({"ok": not problems, "problems": problems},
+           lambda: "\n".join(problems) if problems else f"hub ok: {len(hub.list_repos())} repos verified")
+    if problems:
+        sys.exit(1)
+
+
 if __name__ == "__main__":
     main()

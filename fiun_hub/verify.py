@@ -1,0 +1,89 @@
+"""``fiun-hub verify``: the integrity of a LocalHub, checked from the bytes up.
+
+Checks: every blob's content matches its sha256 name; every ref names a commit record of that repo; every
+commit's snapshot lists exactly its files and each entry points at the right blob; every file a commit names has
+its blob; no unfinished journal; the lineage index agrees with a rebuild from the cards.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+from .constants import FIUN_DIR
+from .hub.ids import COMMIT_RE
+from .hub.local import LocalHub, sha256_file
+from .lineage import read_index_file, rebuild_index
+
+
+def verify(hub: LocalHub) -> list[str]:
+    """One line per problem found; an empty list means the hub is sound."""
+    problems: list[str] = []
+    if (hub.root / FIUN_DIR / "journal.json").exists():
+        problems.append("unfinished publish journal in .fiun/journal.json (open the hub with a write to finish it)")
+    repos = hub.list_repos()
+    for repo in repos:
+        rdir = hub.repo_dir(repo)
+        blobs = rdir / "blobs"
+        for blob in sorted(blobs.iterdir()) if blobs.is_dir() else []:
+            if blob.name.startswith("."):
+                continue
+            if blob.is_symlink() or not blob.is_file():
+                problems.append(f"{repo}: blob {blob.name[:12]} is not a regular file")
+            elif sha256_file(blob) != blob.name:
+                problems.append(f"{repo}: blob {blob.name[:12]} is corrupt (content does not match its sha256)")
+        try:
+            refs = hub.refs(repo)
+        except Exception as exc:
+            problems.append(f"{repo}: unreadable refs: {exc}")
+            continue
+        raw_main = (rdir / "refs" / "main").read_bytes()
+        if not COMMIT_RE.match(raw_main.decode(errors="replace")):
+            problems.append(f"{repo}: refs/main is not a bare 40-hex commit id")
+        for kind, named in refs.items():
+            for name, cid in named.items():
+                try:
+                    hub.commit_info(repo, cid)
+                except Exception:
+                    problems.append(f"{repo}: {kind[:-1]} {name} points at unknown commit {cid[:12]}")
+        for cid in hub.commits(repo):
+            try:
+                info = hub.commit_info(repo, cid)
+            except Exception as exc:
+                problems.append(f"{repo}: commit {cid[:12]}: {exc}")
+                continue
+            snap = rdir / "snapshots" / cid
+            listed = {str(p.relative_to(snap)) for p in snap.rglob("*") if p.is_file() or p.is_symlink()}
+            if listed != set(info.files):
+                problems.append(f"{repo}: snapshot {cid[:12]} lists {sorted(listed ^ set(info.files))[:3]} "
+                                "differently from its commit")
+            for path, sha in info.files.items():
+                if not (blobs / sha).is_file():
+                    problems.append(f"{repo}@{cid[:12]}: blob of {path} is missing")
+                    continue
+                entry = snap / path
+                if entry.is_symlink():
+                    target = (entry.parent / os.readlink(entry)).resolve()
+                    if target != (blobs / sha).resolve():
+                        problems.append(f"{repo}@{cid[:12]}: {path} links to the wrong blob")
+    index = read_index_file(hub)
+    if index is None:
+        problems.append("lineage index .fiun/lineage.json is missing or unreadable")
+    else:
+        fresh = rebuild_index(hub)
+        for repo in sorted(set(index) | set(fresh)):
+            if json.dumps(index.get(repo), sort_keys=True) != json.dumps(fresh.get(repo), sort_keys=True):
+                problems.append(f"{repo}: lineage index disagrees with the cards")
+    return problems
+
+
+def repair_index(hub: LocalHub) -> int:
+    """Rewrite the lineage index from the cards; returns the number of repos indexed."""
+    from .lineage import write_index_file
+
+    with hub.lock():
+        fresh = rebuild_index(hub)
+        write_index_file(hub, fresh)
+    return len(fresh)
+
+
+__all__ = ["verify", "repair_index"]
