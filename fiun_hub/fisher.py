@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Callable, Iterable, Mapping, Sequence
@@ -328,7 +329,7 @@ def _closed_form(model, head, x, y, k, batch, bs, dev, pdtype, acc_dtype, progre
         shapes[bname] = lin.bias.shape
     acc = _Acc(shapes, k, dev, acc_dtype, batch)
     seen: list[tuple[torch.Tensor, torch.Tensor]] = []
-    handle = lin.register_forward_hook(lambda mod, inp, out: seen.append((inp[0], out)))
+    handle = lin.register_forward_hook(lambda mod, inp, out: seen.append((inp[0] if inp else None, out)))
     pending: dict[int, list[list[torch.Tensor]]] = {}  # batch: class -> [[e...], [h...]] not yet a full batch
     pending_n: dict[int, int] = {}
 
@@ -364,14 +365,17 @@ def _closed_form(model, head, x, y, k, batch, bs, dev, pdtype, acc_dtype, progre
                 h, o = seen[0]
                 if not isinstance(out, torch.Tensor) or not isinstance(h, torch.Tensor) or h.ndim != 2:
                     raise _NotHead
+                if o is not out and not isinstance(o, torch.Tensor):
+                    raise _NotHead
                 if o is not out and (o.shape != out.shape or not torch.equal(o, out)):
                     raise _NotHead
                 _as_logits(out, k)
                 e = torch.softmax(out.to(acc_dtype), dim=1)
                 e[torch.arange(e.shape[0], device=e.device), yb] -= 1.0
                 hh = h.to(acc_dtype)
-                classes = yb.unique().tolist() if batch or e.shape[0] * k * k * hh.shape[1] > _ONEHOT_FLOPS else []
-                if not batch and e.shape[0] * k * k * hh.shape[1] <= _ONEHOT_FLOPS:
+                onehot_ok = not batch and e.shape[0] * k * k * hh.shape[1] <= _ONEHOT_FLOPS
+                classes = [] if onehot_ok else yb.unique().tolist()
+                if onehot_ok:
                     # all classes at once: rows (class c, output j) of onehot_c * e^2_j, times h^2
                     e2, h2 = e * e, hh * hh
                     onehot = torch.zeros(e.shape[0], k, dtype=acc_dtype, device=e.device)
@@ -438,7 +442,9 @@ def _per_sample_generic(model, layers, x, y, k, bs, dev, pdtype, acc_dtype, prog
             try:
                 if per_grad is None:
                     per_grad = torch.func.vmap(torch.func.grad(loss_fn), in_dims=(None, 0, 0))
-                with torch.enable_grad():
+                with torch.enable_grad(), warnings.catch_warnings():
+                    # ops without a batching rule (e.g. CPU flash attention) run correctly, only slower
+                    warnings.filterwarnings("ignore", message=".*performance drop.*")
                     grads = per_grad(sel, xb, yb)
             except Exception:  # noqa: BLE001 - vmap has no batching rule for some op: loop instead
                 use_vmap, grads = False, None
