@@ -15,6 +15,9 @@ fiun:
 """
 from __future__ import annotations
 
+import copy
+import hashlib
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,12 +70,22 @@ def _str_list(value: Any, what: str, where: str) -> list[str]:
 
 
 def parse_card(text: str | bytes, where: str = "") -> CardMeta:
-    """Parse a card's front matter into :class:`CardMeta`; malformed or ill-typed YAML raises :class:`CardError`.
+    """Parse a card's front matter (see :func:`parse_card_full`)."""
+    return parse_card_full(text, where)[0]
 
-    >>> meta = parse_card("---\\nbase_model: a/b\\nbase_model_relation: finetune\\n"
-    ...                   "fiun: {parents: [{repo: a/b, revision: '%s'}], labels: [x, y]}\\n---\\n" % ("0" * 40))
-    >>> meta.base_model, meta.relation, meta.labels
-    (['a/b'], 'finetune', ['x', 'y'])
+
+_PARSED: "OrderedDict[str, tuple[dict, str]]" = OrderedDict()
+_PARSED_MAX = 4096
+
+
+def parse_card_full(text: str | bytes, where: str = "") -> tuple[CardMeta, str]:
+    """Parse a card into its front matter as :class:`CardMeta` and the Markdown body below it; malformed or
+    ill-typed YAML raises :class:`CardError`.
+
+    >>> meta, body = parse_card_full("---\\nbase_model: a/b\\nbase_model_relation: finetune\\n"
+    ...     "fiun: {parents: [{repo: a/b, revision: '%s'}], labels: [x, y]}\\n---\\nhello\\n" % ("0" * 40))
+    >>> meta.base_model, meta.relation, meta.labels, body.strip()
+    (['a/b'], 'finetune', ['x', 'y'], 'hello')
     """
     from huggingface_hub import ModelCard
 
@@ -85,14 +98,28 @@ def parse_card(text: str | bytes, where: str = "") -> CardMeta:
             raise _fail(where, "card is not UTF-8 text") from None
     if len(text) > MAX_CARD_BYTES:
         raise _fail(where, f"card is larger than the {MAX_CARD_BYTES} bytes allowed")
+    # Cards are immutable blobs and YAML parsing is slow: parse each distinct text once per process.
+    key = hashlib.sha256(text.encode()).hexdigest()
+    if key in _PARSED:
+        data, body = _PARSED[key]
+        return meta_from_dict(copy.deepcopy(data), where), body
     try:
-        data = ModelCard(text, ignore_metadata_errors=False).data.to_dict()
+        card = ModelCard(text, ignore_metadata_errors=False)
+        data, body = card.data.to_dict(), card.text
     except RecursionError:
         raise _fail(where, "card front matter is nested too deeply") from None
     except Exception as exc:  # yaml errors, "metadata block should be a dict", ...
         msg = " ".join(str(exc).split())[:200]
         raise _fail(where, f"malformed card front matter: {msg}") from None
-    return meta_from_dict(data, where)
+    meta = meta_from_dict(copy.deepcopy(data), where)  # validates before caching
+    _remember(text, data, body)
+    return meta, body
+
+
+def _remember(text: str, data: dict, body: str) -> None:
+    _PARSED[hashlib.sha256(text.encode()).hexdigest()] = (copy.deepcopy(data), body)
+    if len(_PARSED) > _PARSED_MAX:
+        _PARSED.popitem(last=False)
 
 
 def meta_from_dict(data: dict[str, Any], where: str = "") -> CardMeta:
@@ -171,22 +198,22 @@ def meta_to_dict(meta: CardMeta) -> dict[str, Any]:
 
 
 def render_card(meta: CardMeta, body: str | None = None, repo: str = "") -> str:
-    """The full ``README.md`` text for ``meta`` (front matter written by ``ModelCardData``)."""
-    from huggingface_hub import ModelCard, ModelCardData
+    """The full ``README.md`` text for ``meta``: front matter written by ``ModelCardData.to_yaml``, then ``body``."""
+    from huggingface_hub import ModelCardData
 
-    card_data = ModelCardData(**meta_to_dict(meta))
-    text = f"---\n{card_data.to_yaml()}\n---\n"
-    card = ModelCard(text + (body if body is not None else DEFAULT_BODY.format(repo=repo or "model")))
-    return str(card.content)
+    data = meta_to_dict(meta)
+    body = body if body is not None else DEFAULT_BODY.format(repo=repo or "model")
+    text = f"---\n{ModelCardData(**data).to_yaml()}\n---\n" + body
+    # What we just wrote parses back to ``data`` (tests check the round trip), so the index need not re-parse it.
+    _remember(text, ModelCardData(**data).to_dict(), body)
+    return text
 
 
 def card_body(text: str) -> str:
     """The Markdown below the front matter (kept when a card is rewritten)."""
-    from huggingface_hub import ModelCard
-
     try:
-        return ModelCard(text, ignore_metadata_errors=True).text
-    except Exception:
+        return parse_card_full(text)[1]
+    except CardError:
         return ""
 
 

@@ -691,15 +691,20 @@ def read_sidecars(fim: bytes, classes: bytes | None = None, *, where: str = "") 
                     estimator=estimator, batch_size=batch_size, metadata=meta)
 
 
-def strip_classes(s: Sidecars, drop: Iterable[str]) -> tuple[bytes, bytes]:
+def strip_classes(s: Sidecars, drop: Iterable[str], metadata: dict[str, str] | None = None) -> tuple[bytes, bytes]:
     """Sidecar bytes with the ``drop`` classes' FIMs and counts removed, the model FIM recomputed as the
-    count-weighted mean of the remaining class FIMs, metadata kept, and ``forgotten`` (JSON list, cumulative)
-    added. Exact for the per-sample estimator; for ``batch`` it is an approximation (header
-    ``model_fim_source`` says so). Dropping a class already absent is a no-op."""
+    count-weighted mean of the remaining class FIMs, metadata kept (updated by ``metadata``), and ``forgotten``
+    (JSON list, cumulative) added. Exact for the per-sample estimator; for ``batch`` it is an approximation
+    (header ``model_fim_source`` says so). Dropping nothing re-encodes the sidecars unchanged apart from
+    ``metadata``; dropping a class already absent is a no-op."""
     drop = list(dict.fromkeys(str(d) for d in drop))
     unknown = [d for d in drop if d not in s.labels]
     if unknown:
         raise UnlearnError(f"cannot forget {unknown}: not among the model's labels {s.labels}")
+    meta = {k: v for k, v in s.metadata.items() if k not in RESERVED_KEYS}
+    meta.update(metadata or {})
+    if not any(d in s.class_fims or s.counts.get(d, 0) for d in drop):
+        return _encode(s.model_fim, s.class_fims, s.counts, s.labels, s.layers, s.estimator, s.batch_size, meta)
     needed = [lab for lab in s.labels if s.counts.get(lab, 0) > 0]
     if any(lab not in s.class_fims for lab in needed):
         raise SidecarError("stripping classes needs the per-class sidecar (fim-classes.safetensors)")
@@ -715,7 +720,6 @@ def strip_classes(s: Sidecars, drop: Iterable[str]) -> tuple[bytes, bytes]:
             acc += counts[lab] * s.class_fims[lab][n].double()
         model_fim[n] = (acc / total).float()
     class_fims = {lab: s.class_fims[lab] for lab in keep}
-    meta = {k: v for k, v in s.metadata.items() if k not in RESERVED_KEYS}
     meta["forgotten"] = json.dumps(list(dict.fromkeys(s.forgotten + drop)))
     meta["model_fim_source"] = "class-weighted-mean"
     return _encode(model_fim, class_fims, counts, s.labels, s.layers, s.estimator, s.batch_size, meta)

@@ -17,6 +17,29 @@ DTYPE_SIZES = {
 MAX_HEADER = 100 << 20
 
 
+def _torch_dtypes() -> dict:
+    import torch
+
+    names = {"BOOL": "bool", "U8": "uint8", "I8": "int8", "I16": "int16", "I32": "int32", "I64": "int64",
+             "F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64", "U16": "uint16",
+             "U32": "uint32", "U64": "uint64", "F8_E5M2": "float8_e5m2", "F8_E4M3": "float8_e4m3fn"}
+    return {k: getattr(torch, v) for k, v in names.items() if hasattr(torch, v)}
+
+
+class _LazyDtypes(dict):
+    """safetensors dtype name -> torch dtype (torch imported on first use)."""
+
+    def __missing__(self, key):
+        if not self:
+            self.update(_torch_dtypes())
+            if key in self:
+                return self[key]
+        raise KeyError(key)
+
+
+DTYPES = _LazyDtypes()
+
+
 def parse_header(head: bytes, total_size: int, where: str = "") -> tuple[dict, dict[str, str]]:
     """Validate a safetensors header (``head`` = the file's first bytes, at least 8 + header length).
 

@@ -13,13 +13,13 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, Sequence
 
 import networkx as nx
 import torch
 
-from .card import card_body, render_card
+from .card import parse_card_full, render_card
 from .constants import CARD_FILE, CONFIG_FILE, FIM_CLASSES_FILE, FIM_FILE, WEIGHTS_FILE
 from .errors import BadInput, FiunError, LineageError, UnlearnError
 from .hub.ids import validate_repo_id
@@ -59,6 +59,8 @@ class Plan:
     lam: float
     nodes: list[NodePlan]
     unaffected: int
+    # Checked sidecars and configs read while planning, reused by run_forget (not part of the plan's data).
+    _loaded: dict[str, tuple[Any, Any]] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def problems(self) -> list[str]:
@@ -69,7 +71,8 @@ class Plan:
         return [n for n in self.nodes if not n.done]
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
+        d["nodes"] = [asdict(n) for n in self.nodes]
         d["problems"] = self.problems
         d["noop"] = not self.todo
         return d
@@ -129,7 +132,7 @@ def plan_forget(
         if unknown:
             raise UnlearnError(f"class(es) {', '.join(unknown)} are not labels of origin(s) {', '.join(origins)} "
                                f"(labels: {', '.join(sorted(known))})")
-    nodes = []
+    nodes, loaded = [], {}
     for repo in sorted(depths, key=lambda r: (depths[r], r)):
         a = g.nodes[repo]
         done = any(u.get("request") == request_id for u in a.get("unlearned") or [])
@@ -142,6 +145,7 @@ def plan_forget(
             try:
                 config = parse_config(hub.read_file(repo, CONFIG_FILE, node.head), f"{repo}:{CONFIG_FILE}")
                 sc = load_sidecars(hub, repo, node.head)
+                loaded[repo] = (config, sc)
                 heads = _head_params(sc.layers, config.classifier)
                 node.head_shape = list(sc.model_fim[heads[0]].shape) if heads else None
                 if sc.labels != labels:
@@ -155,7 +159,7 @@ def plan_forget(
                 node.problems.append(str(exc))
         nodes.append(node)
     return Plan(request_id, origins, classes, data_spec, float(alpha), float(lam), nodes,
-                g.number_of_nodes() - len(depths))
+                g.number_of_nodes() - len(depths), loaded)
 
 
 # ------------------------------------------------------------------------------------------------ unlearning
@@ -201,32 +205,39 @@ class NodeTask:
 
 
 def unlearn_node(task: NodeTask) -> tuple[str, bytes, dict[str, Any]]:
-    """Dampen one repo's unlearnable layers; returns (repo, new safetensors bytes, stats). Pure apart from
-    reading the weights file; runs in any worker."""
-    from safetensors import safe_open
-    from safetensors.torch import save
+    """Dampen one repo's unlearnable layers; returns (repo, new safetensors bytes, stats).
 
+    Only the unlearnable tensors change and they keep dtype and shape, so the new file is the old one with those
+    tensors' byte ranges rewritten: same header, every other byte identical, no full deserialisation.
+    """
     from .dampening import dampen
-    from .safetensors_io import read_header
+    from .safetensors_io import DTYPES, header_of_bytes
 
-    read_header(task.weights_path, where=task.repo)
-    with safe_open(task.weights_path, framework="pt") as fh:
-        meta = fh.metadata()
-        tensors = {k: fh.get_tensor(k) for k in fh.keys()}
-    missing = [n for n in task.mfim if n not in tensors]
+    with open(task.weights_path, "rb") as fh:
+        data = bytearray(fh.read())
+    header, _ = header_of_bytes(data, where=task.repo)
+    start = 8 + int.from_bytes(data[:8], "little")
+    missing = [n for n in task.mfim if n not in header]
     if missing:
         raise UnlearnError(f"{task.repo}: weights lack the sidecar's layer(s) {missing}")
-    params = {n: tensors[n] for n in task.mfim}
+    params = {}
+    for n in task.mfim:
+        h = header[n]
+        a, b = h["data_offsets"]
+        params[n] = torch.frombuffer(data, dtype=DTYPES[h["dtype"]], count=(b - a) // DTYPES[h["dtype"]].itemsize,
+                                     offset=start + a).reshape(h["shape"]).clone()
     new = dampen(params, task.model_fim, task.mfim, alpha=task.alpha, lam=task.lam)
-    changed = 0
-    total = 0
+    changed = total = 0
     for n, t in new.items():
         if not torch.isfinite(t).all():
             raise UnlearnError(f"{task.repo}: dampening produced non-finite values in {n}")
+        if t.dtype != params[n].dtype or t.shape != params[n].shape:
+            raise UnlearnError(f"{task.repo}: dampening changed the dtype or shape of {n}")
         changed += int((t != params[n]).sum())
         total += t.numel()
-        tensors[n] = t.contiguous()
-    return task.repo, save(tensors, metadata=meta), {"changed": changed, "params": total}
+        a, b = header[n]["data_offsets"]
+        data[start + a: start + b] = t.contiguous().view(torch.uint8).numpy().tobytes()
+    return task.repo, bytes(data), {"changed": changed, "params": total}
 
 
 @dataclass
@@ -239,17 +250,6 @@ class ForgetResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _with_metadata(data: bytes, extra: dict[str, str]) -> bytes:
-    """Rewrite a safetensors byte string with header metadata updated (tensors unchanged)."""
-    from safetensors.torch import load, save
-
-    from .safetensors_io import header_of_bytes
-
-    _, meta = header_of_bytes(data)
-    meta = {**meta, **extra}
-    return save(load(data), metadata=meta)
 
 
 def run_forget(
@@ -266,7 +266,7 @@ def run_forget(
     import time
 
     from .executors import run_tasks
-    from .fisher import read_sidecars, strip_classes
+    from .fisher import strip_classes
 
     if plan.problems:
         raise UnlearnError(plan.problems[0])
@@ -278,8 +278,9 @@ def run_forget(
 
     tasks, sidecars, configs = [], {}, {}
     for node in plan.todo:
-        config = parse_config(hub.read_file(node.repo, CONFIG_FILE, node.head), node.repo)
-        sc = load_sidecars(hub, node.repo, node.head)
+        config, sc = plan._loaded.get(node.repo) or (
+            parse_config(hub.read_file(node.repo, CONFIG_FILE, node.head), node.repo),
+            load_sidecars(hub, node.repo, node.head))
         heads = _head_params(sc.layers, config.classifier)
         from .dampening import align_rows, merge_fims
 
@@ -305,13 +306,10 @@ def run_forget(
         _, weights, st = results[node.repo]
         sha = hashlib.sha256(weights).hexdigest()
         sc = sidecars[node.repo]
-        fim_b = hub.read_file(node.repo, FIM_FILE, node.head)
-        cls_b = hub.read_file(node.repo, FIM_CLASSES_FILE, node.head)
-        if node.forget_here:
-            fim_b, cls_b = strip_classes(read_sidecars(fim_b, cls_b, where=node.repo), node.forget_here)
-        extra = {"weights_sha256": sha, "derived_by": plan.request_id, "derived_from": node.head}
-        fim_b, cls_b = _with_metadata(fim_b, extra), _with_metadata(cls_b, extra)
-        meta = read_meta(hub, node.repo, node.head)
+        # The new sidecars: the forgotten classes stripped, the rest kept as computed on the pre-forget weights.
+        fim_b, cls_b = strip_classes(sc, node.forget_here, {"weights_sha256": sha, "derived_by": plan.request_id,
+                                                            "derived_from": node.head})
+        meta, body = parse_card_full(hub.read_file(node.repo, CARD_FILE, node.head), where=node.repo)
         record = {
             "request": plan.request_id,
             "classes": plan.classes,
@@ -325,7 +323,7 @@ def run_forget(
         if plan.data_spec is not None:
             record["data"] = plan.data_spec
         meta.unlearned = list(meta.unlearned) + [record]
-        card = render_card(meta, card_body(hub.read_file(node.repo, CARD_FILE, node.head).decode()), node.repo)
+        card = render_card(meta, body, node.repo)
         what = f"classes {', '.join(plan.classes)}" if plan.classes else f"samples {plan.data_spec}"
         changes.append(RepoChange(
             node.repo,
