@@ -128,12 +128,13 @@ def config_dict(model: torch.nn.Module, labels: Sequence[str], input_size: Seque
     quiet = logging.getLogger("timm")
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # timm warns that ImageNet's 3-channel mean does not fit in_chans=1
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / CONFIG_FILE
-        save_config_for_hf(model, str(path), model_config={"label_names": labels}, data_config=data_config)
-        cfg = json.loads(path.read_text())
-    quiet.setLevel(level)
-    return cfg
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / CONFIG_FILE
+            save_config_for_hf(model, str(path), model_config={"label_names": labels}, data_config=data_config)
+            return json.loads(path.read_text())
+    finally:
+        quiet.setLevel(level)
 
 
 def save_model_folder(model: torch.nn.Module, folder: str | Path, labels: Sequence[str],
