@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import click
 
-from fiun_hub.errors import FiunError
+from fiun_hub.errors import BadInput, FiunError
 
 
 class Ctx:
@@ -54,7 +54,25 @@ def handled(fn: Callable) -> Callable:
 pass_ctx = click.make_pass_decorator(Ctx)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class OneLineErrors(click.Group):
+    """Usage errors (unknown option, bad choice, missing argument) print one line too, exit 2."""
+
+    def main(self, *args, standalone_mode: bool = True, **kwargs):
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            rv = super().main(*args, standalone_mode=False, **kwargs)
+        except click.exceptions.Exit as exc:
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            fail("aborted", 1)
+        except click.ClickException as exc:
+            hint = f" (see `{exc.ctx.command_path} --help`)" if getattr(exc, "ctx", None) else ""
+            fail(" ".join(exc.format_message().split()) + hint, 2)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--hub", "hub", metavar="PATH", envvar="FIUN_HUB",
               help="Hub folder (default: $FIUN_HUB, else ~/.cache/fiun-hub).")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON instead of text.")
@@ -201,7 +219,7 @@ def lineage(c: Ctx, repo: str | None, up: bool, down: bool, fmt: str | None, out
     fmt = fmt or ("json" if c.as_json else "tree")
     if fmt == "png":
         if not output:
-            raise click.UsageError("--format png needs -o FILE")
+            raise BadInput("--format png needs -o FILE")
         path = L.to_png(g, output, title=f"lineage of {repo}" if repo else "fiun-hub lineage")
         c.emit({"png": str(path), "nodes": g.number_of_nodes(), "edges": g.number_of_edges()}, f"wrote {path}")
         return

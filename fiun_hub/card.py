@@ -16,6 +16,7 @@ fiun:
 from __future__ import annotations
 
 import copy
+import datetime as _dt
 import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -122,11 +123,26 @@ def _remember(text: str, data: dict, body: str) -> None:
         _PARSED.popitem(last=False)
 
 
+def _plain(value: Any, where: str, depth: int = 0) -> Any:
+    """Front-matter values as JSON data: YAML dates and times become ISO strings; other types are refused."""
+    if depth > 50:
+        raise _fail(where, "card front matter is nested too deeply")
+    if isinstance(value, dict):
+        return {str(k): _plain(v, where, depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, where, depth + 1) for v in value]
+    if isinstance(value, (_dt.date, _dt.datetime)):
+        return value.isoformat().replace("+00:00", "Z")
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    raise _fail(where, f"card front matter holds a {type(value).__name__} value, which is not plain data")
+
+
 def meta_from_dict(data: dict[str, Any], where: str = "") -> CardMeta:
     """Validate front-matter data (as a dict) against the schema."""
     if not isinstance(data, dict):
         raise _fail(where, "card front matter must be a mapping")
-    data = dict(data)
+    data = _plain(data, where)
     base = _str_list(data.pop("base_model", None), "base_model", where)
     relation = data.pop("base_model_relation", None)
     if relation is not None and relation not in RELATIONS:

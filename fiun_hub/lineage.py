@@ -70,6 +70,9 @@ def index_entry(hub, repo: str, revision: str | None = None) -> dict:
     except CardError as exc:
         entry["card_error"] = str(exc)
         return entry
+    except Exception as exc:  # a card must never make the hub unusable: record it as a card problem
+        entry["card_error"] = f"{repo}@{info.id[:12]}: unreadable card ({type(exc).__name__}: {exc})"[:300]
+        return entry
     entry.update(
         parents=[p.to_dict() for p in meta.parents],
         relation=meta.relation,
@@ -97,7 +100,7 @@ def read_index_file(hub) -> dict | None:
 def write_index_file(hub, repos: dict) -> None:
     from .hub.local import atomic_write
 
-    body = json.dumps({"format": INDEX_FORMAT, "repos": repos}, separators=(",", ":"), sort_keys=True)
+    body = json.dumps({"format": INDEX_FORMAT, "repos": repos}, separators=(",", ":"), sort_keys=True, default=str)
     atomic_write(_index_path(hub), body.encode())
 
 
@@ -132,10 +135,19 @@ def graph_from_entries(entries: dict) -> nx.DiGraph:
 
 def resolve(hub, *, rebuild: bool = False) -> nx.DiGraph:
     """The inheritance DAG of a hub: from the index, or from every card when ``rebuild`` (or no index)."""
-    entries = None if rebuild else read_index_file(hub)
-    if entries is None:
-        entries = rebuild_index(hub)
-    return graph_from_entries(entries)
+    import gc
+
+    # Millions of small objects: the cyclic GC would rescan them over and over while they are built.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        entries = None if rebuild else read_index_file(hub)
+        if entries is None:
+            entries = rebuild_index(hub)
+        return graph_from_entries(entries)
+    finally:
+        if enabled:
+            gc.enable()
 
 
 # ---------------------------------------------------------------------------- queries

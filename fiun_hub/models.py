@@ -18,6 +18,7 @@ from .errors import BadInput
 from .safetensors_io import header_of_bytes, load_tensors, read_header
 
 MAX_CONFIG_BYTES = 1 << 20
+UNSAFE_ARG_SUFFIXES = ("_path", "_file", "_dir", "_url")
 
 
 @dataclass
@@ -64,6 +65,11 @@ def parse_config(data: bytes | str, where: str = "config.json") -> ModelConfig:
     model_args = raw.get("model_args") or {}
     if not isinstance(model_args, dict):
         raise BadInput(f"{where}: 'model_args' must be an object")
+    for key in model_args:
+        # Arguments that make timm read files or weights (and torch.load them) are never taken from a config.
+        k = key.lower()
+        if k.startswith("pretrained") or "checkpoint" in k or k.endswith(UNSAFE_ARG_SUFFIXES) or k == "cache_dir":
+            raise BadInput(f"{where}: model_args may not set {key!r} (fiun-hub never loads weights named by a config)")
     input_size = tuple(int(v) for v in (pcfg.get("input_size") or (model_args.get("in_chans", 3), 224, 224)))
     in_chans = int(model_args.get("in_chans", input_size[0]))
     classifier = pcfg.get("classifier") or "fc"
@@ -161,7 +167,11 @@ def check_folder(folder: str | Path) -> ModelConfig:
             raise BadInput(f"{folder} has no {name}; save the model with fiun_hub.models.save_model_folder")
     config = parse_config((folder / CONFIG_FILE).read_bytes(), str(folder / CONFIG_FILE))
     header, _ = read_header(folder / WEIGHTS_FILE)
-    model = build_model(config)
+    try:  # only the shapes are needed: build on the meta device, allocating nothing
+        with torch.device("meta"):
+            model = build_model(config)
+    except BadInput:
+        model = build_model(config)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     got = {k: tuple(v["shape"]) for k, v in header.items()}
     missing = sorted(set(expected) - set(got))

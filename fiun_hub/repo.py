@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from .card import CardMeta, ParentRef, card_body, fim_entry, parse_card, render_card
+from .card import CardMeta, ParentRef, fim_entry, parse_card, parse_card_full, render_card
 from .constants import CARD_FILE, FIM_CLASSES_FILE, FIM_FILE, RELATIONS, WEIGHTS_FILE
 from .errors import BadInput
 from .hub.ids import split_repo_rev, validate_repo_id
@@ -52,14 +52,20 @@ def push_folder(
     validate_new_parents(resolve(hub), repo, [p.repo for p in pins])
     head = hub.head(repo) if hub.repo_exists(repo) else ""
 
-    body = None
+    body, extra = None, {}
     if (folder / CARD_FILE).is_file():
-        text = (folder / CARD_FILE).read_bytes()
-        parse_card(text, where=str(folder / CARD_FILE))  # malformed YAML is refused, not silently dropped
-        body = card_body(text.decode())
+        # Malformed YAML is refused, not silently dropped; the body and other front-matter keys are kept.
+        given, body = parse_card_full((folder / CARD_FILE).read_bytes(), where=str(folder / CARD_FILE))
+        extra = given.extra
+    elif head:
+        try:  # keep the previous revision's other front-matter keys (license, ...) and body
+            given, body = parse_card_full(hub.read_file(repo, CARD_FILE, head))
+            extra = given.extra
+        except BadInput:
+            pass
     files: dict[str, bytes | Path] = {"config.json": folder / "config.json", WEIGHTS_FILE: folder / WEIGHTS_FILE}
     meta = CardMeta(parents=pins, relation=relation or (("merge" if len(pins) > 1 else "finetune") if pins else None),
-                    labels=config.labels)
+                    labels=config.labels, extra=extra)
     present = [s for s in SIDECARS if (folder / s).is_file()]
     if present:
         if len(present) != 2:

@@ -6,9 +6,9 @@ import re
 from ..errors import BadInput, InvalidRepoId
 
 _PART = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9_])?"
-REPO_ID_RE = re.compile(rf"^({_PART})/({_PART})$")
-COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
-REF_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+REPO_ID_RE = re.compile(rf"^({_PART})/({_PART})\Z")
+COMMIT_RE = re.compile(r"^[0-9a-f]{40}\Z")
+REF_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z")
 MAX_PATH = 255
 
 

@@ -203,7 +203,7 @@ class LocalHub:
     def _read_ref(self, path: Path) -> str | None:
         try:
             value = path.read_text().strip()
-        except (FileNotFoundError, NotADirectoryError):
+        except (OSError, UnicodeDecodeError):  # absent, a folder (refs/tags), unreadable
             return None
         return value if COMMIT_RE.match(value) else None
 
@@ -211,11 +211,11 @@ class LocalHub:
         """Commit id of ``revision`` (commit id or unique prefix of >= 7 hex, branch, tag, ``tags/NAME``)."""
         revision = revision or DEFAULT_BRANCH
         rdir = self.repo_dir(repo)
+        if COMMIT_RE.match(revision) and self._commit_exists(repo, revision):
+            return revision  # (also a commit a publish has written but not yet made a head)
         if not (rdir / "refs" / DEFAULT_BRANCH).is_file():
             raise RepoNotFound(f"repo {repo} not found in hub {self.root}")
         if COMMIT_RE.match(revision):
-            if self._commit_exists(repo, revision):
-                return revision
             raise RevisionNotFound(f"revision {revision} not found in {repo}")
         validate_ref_name(revision.removeprefix("tags/"), what="revision")
         for ref in (rdir / "refs" / revision, rdir / "refs" / "tags" / revision.removeprefix("tags/")):
@@ -372,17 +372,21 @@ class LocalHub:
         if final.is_dir():
             return
         tmp = snaps / f".tmp-{cid}-{uuid.uuid4().hex[:8]}"
-        for path, sha in files.items():
-            link = tmp / path
-            link.parent.mkdir(parents=True, exist_ok=True)
-            depth = path.count("/") + 2  # snapshots/{cid}/ + nested folders
-            target = "/".join([".."] * depth + ["blobs", sha])
-            try:
-                os.symlink(target, link)
-            except OSError:
-                shutil.copyfile(self.blob_path(repo, sha), link)
-        tmp.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, final)
+        try:
+            for path, sha in files.items():
+                link = tmp / path
+                link.parent.mkdir(parents=True, exist_ok=True)
+                depth = path.count("/") + 2  # snapshots/{cid}/ + nested folders
+                target = "/".join([".."] * depth + ["blobs", sha])
+                try:
+                    os.symlink(target, link)
+                except OSError:
+                    shutil.copyfile(self.blob_path(repo, sha), link)
+            tmp.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
     def publish(self, changes: list[RepoChange], *, author: str | None = None) -> dict[str, str]:
         """Commit a new revision to every repo in ``changes``, all or nothing. Returns repo -> new commit id.
@@ -414,11 +418,16 @@ class LocalHub:
             moves = []
             for ch in changes:
                 parent = heads[ch.repo]
-                tree = dict(self.commit_info(ch.repo, parent).files) if parent else {}
-                sizes = dict(self.commit_info(ch.repo, parent).sizes) if parent else {}
+                base = self.commit_info(ch.repo, parent) if parent else None
+                tree = dict(base.files) if base else {}
+                sizes = dict(base.sizes) if base else {}
                 for p in ch.delete:
                     tree.pop(p, None)
                     sizes.pop(p, None)
+                final = set(tree) | set(ch.files)
+                clash = sorted(p for p in final if any(p.startswith(q + "/") for q in final))
+                if clash:
+                    raise BadInput(f"{ch.repo}: {clash[0]} is both a file and a folder in the new revision")
                 for p, content in ch.files.items():
                     tree[p], sizes[p] = self._store_blob(ch.repo, content)
                 record = {
@@ -435,6 +444,8 @@ class LocalHub:
                 self._make_snapshot(ch.repo, cid, tree)
                 atomic_write(self._commit_path(cid), json.dumps(record, indent=1).encode(), fsync=False)
                 moves.append({"repo": ch.repo, "ref": DEFAULT_BRANCH, "old": parent, "new": cid})
+            # The index entries are computed before any ref moves, so nothing can fail between the moves.
+            entries = self._index_entries({m["repo"]: m["new"] for m in moves})
             # Blobs, commits and snapshots were written unsynced: make them durable in one go before the
             # journal names them, then move the refs and make that durable before the journal goes.
             sync_filesystem(self.root)
@@ -442,7 +453,7 @@ class LocalHub:
             atomic_write(journal, json.dumps({"moves": moves, "time": _now()}).encode())
             for move in moves:
                 self._write_ref(move["repo"], move["ref"], move["new"], fsync=False)
-            self._update_index([m["repo"] for m in moves])
+            self._write_index(entries)
             sync_filesystem(self.root)
             journal.unlink()
             _fsync_dir(self.meta)
@@ -460,12 +471,19 @@ class LocalHub:
         return cid
 
     # ------------------------------------------------------------------ lineage index
-    def _update_index(self, repos: list[str]) -> None:
-        from ..lineage import index_entry, read_index_file, write_index_file
+    def _index_entries(self, heads: dict[str, str]) -> dict[str, dict]:
+        from ..lineage import index_entry
+
+        return {repo: index_entry(self, repo, cid) for repo, cid in heads.items()}
+
+    def _write_index(self, entries: dict[str, dict]) -> None:
+        from ..lineage import read_index_file, write_index_file
 
         index = read_index_file(self)
         if index is None:  # no index yet (or it was removed): rebuild it whole from the cards
-            repos, index = self.list_repos(), {}
-        for repo in repos:
-            index[repo] = index_entry(self, repo)
+            index = self._index_entries({r: self.head(r) for r in self.list_repos()})
+        index.update(entries)
         write_index_file(self, index)
+
+    def _update_index(self, repos: list[str]) -> None:
+        self._write_index(self._index_entries({r: self.head(r) for r in repos}))
