@@ -1,6 +1,44 @@
-"""FIUn maths (placeholder, being researched)."""
+"""The FIUn maths: unlearning FIM, row alignment, MFIM, selection and dampening. Tensors in, tensors out.
+
+DESIGN.md section 5, with the changes that ``benchmarks/ablation_dampening.py`` justifies (write-up and numbers:
+``docs/method.md``). A FIM here is ``{param name: tensor}`` shaped like the parameters; head parameters
+(classifier weight / bias) have one row per label, in the model's label order.
+
+The class-wise step for one affected model ``v`` (origin or descendant), all of it data-free::
+
+    U      = unlearning_fim(origin.class_fims, origin.counts, forget)          # at each origin, once
+    M      = merge_fims([align_rows(U_o, o.labels, v.labels, head) for o in origins of v])
+    new    = class_forget_update(v.params, v.labels, v.model_fim, v.class_fims, v.counts, M, forget, head)
+
+:func:`class_forget_update` is :func:`dampen` with the chosen defaults:
+
+1. the model FIM it compares against is v's **retain FIM** (:func:`retain_fim`: v's model FIM with its own
+   forget-class FIMs taken out, from its own sidecars). The paper compares against the FIM of all of v's
+   training data, forget classes included, which bounds the dampening of a forget row below by about
+   ``n_forget / n`` (10% of the row left for one class in ten, 40% for four) and so never removes the class;
+2. on the head, only the rows of the forgotten labels may be selected (:func:`forget_rows_only`): retained
+   rows are left bit-identical;
+3. dampened head rows shrink toward the **mean of the retained rows** (:func:`retained_mean_reference`),
+   not toward 0. A softmax head is only defined up to adding one vector to every row; shrinking toward 0
+   drives a forgotten logit to 0, which still wins whenever the other logits are negative (the common case
+   for a confident model on a sample of the forgotten class). Shrunk toward the retained mean, a fully
+   dampened class gets the average of the retained logits, which is below their maximum on every input;
+4. ``alpha = 1``, ``lam = 0.01``: a forget-row entry is selected when the forget data weigh on it more than the
+   retained data do, and then keeps at most 1% of its distance to its reference (``lam = 1``, the paper's
+   value, leaves up to all of it when the two FIMs are close, and misses the 4-class targets).
+
+These defaults assume FIMs from the ``normalized`` per-sample estimator (each sample's squared gradient
+divided by its squared norm over the unlearnable layers, see :func:`normalized_head_fisher`): such FIMs sum to
+1 over the layers for every model, so an origin's unlearning FIM is on the same scale as any descendant's
+model FIM. With the plain empirical Fisher, whose scale follows each model's training loss (three orders of
+magnitude across one DAG in the benchmark), no single ``alpha`` fits every descendant.
+
+:func:`dampen` alone, with ``reference=None`` and ``alpha=1, lam=1``, is the paper's rule (SSD's
+``modify_weight``): where ``M > alpha * F``, ``theta <- theta * min((lam * F / M) ** exponent, 1)``.
+"""
 from __future__ import annotations
 
+import math
 from typing import Mapping, Sequence
 
 import torch
@@ -9,57 +47,374 @@ from .errors import UnlearnError
 
 Fim = dict[str, torch.Tensor]
 
+#: chosen defaults (docs/method.md): one alpha / lambda for every scenario
+DEFAULT_ALPHA = 1.0
+DEFAULT_LAMBDA = 0.01
+DEFAULT_EXPONENT = 1.0
 
-def unlearning_fim(class_fims: Mapping[str, Mapping[str, torch.Tensor]], counts: Mapping[str, int],
-                   classes: Sequence[str]) -> Fim:
+
+# --------------------------------------------------------------------------------------------------- FIMs
+
+
+def _finite_nonneg(t: torch.Tensor) -> torch.Tensor:
+    """float64 copy with NaN -> 0 and negatives -> 0 (+Inf kept: it means "infinitely important")."""
+    t = t.detach().to("cpu", torch.float64)
+    t = torch.where(torch.isnan(t), torch.zeros_like(t), t)
+    return t.clamp_min(0.0)
+
+
+def unlearning_fim(
+    class_fims: Mapping[str, Mapping[str, torch.Tensor]], counts: Mapping[str, int], classes: Sequence[str]
+) -> Fim:
+    """The unlearning FIM of a class-wise forget: ``sum_c n_c F_c / sum_c n_c`` over ``classes``
+    (DESIGN.md section 5.3), from an origin's per-class sidecar. float32 out.
+
+    Every class must have a class FIM and a positive count (else :class:`UnlearnError`).
+
+    >>> f = {"a": {"w": torch.tensor([1.0])}, "b": {"w": torch.tensor([4.0])}}
+    >>> unlearning_fim(f, {"a": 3, "b": 1}, ["a", "b"])["w"].tolist()
+    [1.75]
+    """
     classes = list(dict.fromkeys(str(c) for c in classes))
+    if not classes:
+        raise UnlearnError("no classes to forget")
     missing = [c for c in classes if c not in class_fims or int(counts.get(c, 0)) <= 0]
     if missing:
-        raise UnlearnError(f"no class FIM for {missing}")
-    total = sum(int(counts[c]) for c in classes)
+        raise UnlearnError(f"the origin has no class FIM (or no training sample) for {missing}")
     names = list(class_fims[classes[0]].keys())
-    out = {}
+    for c in classes[1:]:
+        if set(class_fims[c].keys()) != set(names):
+            raise UnlearnError(f"class FIMs of {classes[0]!r} and {c!r} cover different parameters")
+    total = float(sum(int(counts[c]) for c in classes))
+    out: Fim = {}
     for n in names:
-        acc = torch.zeros(class_fims[classes[0]][n].shape, dtype=torch.float64)
+        ref_shape = class_fims[classes[0]][n].shape
+        acc = torch.zeros(ref_shape, dtype=torch.float64)
         for c in classes:
-            acc += int(counts[c]) * class_fims[c][n].double()
+            t = class_fims[c][n]
+            if t.shape != ref_shape:
+                raise UnlearnError(f"class FIM {n}@{c} has shape {tuple(t.shape)}, expected {tuple(ref_shape)}")
+            acc += int(counts[c]) * _finite_nonneg(t)
         out[n] = (acc / total).float()
     return out
 
 
-def align_rows(fim, from_labels, to_labels, head_params):
-    from_labels, to_labels = list(from_labels), list(to_labels)
-    out = {}
+def retain_fim(
+    model_fim: Mapping[str, torch.Tensor],
+    class_fims: Mapping[str, Mapping[str, torch.Tensor]],
+    counts: Mapping[str, int],
+    forget: Sequence[str],
+) -> Fim:
+    """A model's FIM over its training data *without* the ``forget`` classes, from its own sidecars:
+    ``(N F_m - sum_{c in forget} n_c F_c) / (N - sum n_c)`` with ``N = sum of all counts``; exact for the
+    per-sample estimators (whose model FIM is the count-weighted mean of the class FIMs), clamped at 0
+    against rounding. Forget classes the model has no sample of are skipped (then it is ``F_m`` itself).
+
+    >>> fm = {"w": torch.tensor([2.5])}
+    >>> retain_fim(fm, {"a": {"w": torch.tensor([1.0])}, "b": {"w": torch.tensor([4.0])}}, {"a": 1, "b": 1}, ["b"])["w"].tolist()
+    [1.0]
+    """
+    total = sum(int(v) for v in counts.values())
+    drop = [c for c in dict.fromkeys(str(c) for c in forget) if int(counts.get(c, 0)) > 0]
+    missing = [c for c in drop if c not in class_fims]
+    if missing:
+        raise UnlearnError(f"the retain FIM needs the class FIMs of {missing} (fim-classes sidecar)")
+    n_drop = sum(int(counts[c]) for c in drop)
+    if not drop:
+        return {n: _finite_nonneg(t).float() for n, t in model_fim.items()}
+    if total - n_drop <= 0:
+        raise UnlearnError(f"forgetting {list(forget)} leaves no retained training sample")
+    out: Fim = {}
+    for n, t in model_fim.items():
+        acc = total * _finite_nonneg(t)
+        for c in drop:
+            if n not in class_fims[c] or class_fims[c][n].shape != t.shape:
+                raise UnlearnError(f"class FIM {n}@{c} is missing or shaped unlike the model FIM")
+            acc -= int(counts[c]) * _finite_nonneg(class_fims[c][n])
+        out[n] = (acc / (total - n_drop)).clamp_min(0.0).float()
+    return out
+
+
+def align_rows(
+    fim: Mapping[str, torch.Tensor], from_labels: Sequence[str], to_labels: Sequence[str], head_params: Sequence[str]
+) -> Fim:
+    """Re-index the head parameters of ``fim`` (first dim = label rows) from ``from_labels`` to ``to_labels``
+    by label name: row ``i`` of the result is the source row of label ``to_labels[i]``, or zeros when the
+    source has no such label (a gained label: nothing of it to forget). Other parameters are copied and must
+    already match the target in shape (the caller checks against the target model); a head parameter whose
+    first dim is not ``len(from_labels)`` raises :class:`UnlearnError`.
+
+    >>> f = {"fc.bias": torch.tensor([1.0, 2.0, 3.0])}
+    >>> align_rows(f, ["a", "b", "c"], ["c", "x", "a"], ["fc.bias"])["fc.bias"].tolist()
+    [3.0, 0.0, 1.0]
+    """
+    src, dst = [str(v) for v in from_labels], [str(v) for v in to_labels]
+    if len(set(src)) != len(src) or len(set(dst)) != len(dst):
+        raise UnlearnError("label lists must not repeat a label")
+    pos = {lab: i for i, lab in enumerate(src)}
+    index = torch.tensor([pos.get(lab, -1) for lab in dst], dtype=torch.long)
+    have = index >= 0
+    head = set(head_params)
+    out: Fim = {}
     for n, t in fim.items():
-        if n in head_params:
-            new = torch.zeros((len(to_labels), *t.shape[1:]), dtype=t.dtype)
-            for r, lab in enumerate(to_labels):
-                if lab in from_labels:
-                    new[r] = t[from_labels.index(lab)]
+        if n in head:
+            if t.ndim == 0 or t.shape[0] != len(src):
+                raise UnlearnError(f"head parameter {n} has {tuple(t.shape)[:1] or 'no'} rows but {len(src)} labels")
+            new = torch.zeros((len(dst), *t.shape[1:]), dtype=t.dtype)
+            if bool(have.any()):
+                new[have] = t[index[have]]
             out[n] = new
         else:
-            out[n] = t.clone()
+            out[n] = t.detach().clone()
     return out
 
 
-def merge_fims(fims, scale_per_extra_origin=1.0):
-    out = {}
+def check_shapes(fim: Mapping[str, torch.Tensor], params: Mapping[str, torch.Tensor], what: str = "FIM") -> None:
+    """Raise :class:`UnlearnError` unless every tensor of ``fim`` names a parameter of the same shape."""
+    for n, t in fim.items():
+        if n not in params:
+            raise UnlearnError(f"{what} covers {n}, which the model does not have")
+        if tuple(t.shape) != tuple(params[n].shape):
+            raise UnlearnError(f"{what} of {n} is {tuple(t.shape)} but the parameter is {tuple(params[n].shape)}")
+
+
+def merge_fims(fims: Sequence[Mapping[str, torch.Tensor]], scale_per_extra_origin: float = 1.0) -> Fim:
+    """MFIM: the element-wise maximum of several (aligned) unlearning FIMs; a parameter present in only some
+    of them takes the max over those. ``scale_per_extra_origin = c`` divides the result by ``c ** (K - 1)``
+    for K FIMs (the paper code's ad hoc knob, c = 5 there; 1 = off, the default).
+
+    >>> a, b = {"w": torch.tensor([1.0, 5.0])}, {"w": torch.tensor([3.0, 2.0])}
+    >>> merge_fims([a, b])["w"].tolist()
+    [3.0, 5.0]
+    """
+    if not fims:
+        raise UnlearnError("nothing to merge: no unlearning FIM")
+    if not (isinstance(scale_per_extra_origin, (int, float)) and math.isfinite(scale_per_extra_origin)
+            and scale_per_extra_origin > 0):
+        raise UnlearnError(f"scale_per_extra_origin must be a positive number, got {scale_per_extra_origin!r}")
+    out: dict[str, torch.Tensor] = {}
     for f in fims:
         for n, t in f.items():
-            out[n] = t.clone() if n not in out else torch.maximum(out[n], t)
-    if len(fims) > 1 and scale_per_extra_origin != 1.0:
-        out = {n: t / scale_per_extra_origin ** (len(fims) - 1) for n, t in out.items()}
+            t = _finite_nonneg(t)
+            if n not in out:
+                out[n] = t
+            else:
+                if out[n].shape != t.shape:
+                    raise UnlearnError(f"cannot merge FIMs of {n}: shapes {tuple(out[n].shape)} and {tuple(t.shape)}")
+                out[n] = torch.maximum(out[n], t)
+    div = float(scale_per_extra_origin) ** (len(fims) - 1)
+    return {n: (t / div).float() for n, t in out.items()}
+
+
+# --------------------------------------------------------------------------------------------------- head helpers
+
+
+def forget_rows_only(
+    mfim: Mapping[str, torch.Tensor], labels: Sequence[str], forget: Sequence[str], head_params: Sequence[str]
+) -> Fim:
+    """Zero the head rows of ``mfim`` that belong to retained labels, so that on the head only the rows of the
+    forgotten labels can be selected (a zero unlearning FIM never exceeds ``alpha * F``). Other parameters are
+    returned unchanged."""
+    forget_set = {str(c) for c in forget}
+    mask = torch.tensor([str(lab) in forget_set for lab in labels], dtype=torch.bool)
+    head = set(head_params)
+    out: Fim = {}
+    for n, t in mfim.items():
+        if n in head:
+            if t.ndim == 0 or t.shape[0] != len(labels):
+                raise UnlearnError(f"head parameter {n} has {tuple(t.shape)[:1] or 'no'} rows but {len(labels)} labels")
+            m = mask.reshape(-1, *([1] * (t.ndim - 1)))
+            out[n] = torch.where(m, t, torch.zeros_like(t))
+        else:
+            out[n] = t
     return out
 
 
-def dampen(params, model_fim, mfim, *, alpha, lam, exponent=1.0):
-    out = {}
+def retained_mean_reference(
+    params: Mapping[str, torch.Tensor], labels: Sequence[str], forget: Sequence[str], head_params: Sequence[str]
+) -> Fim:
+    """For each head parameter, a tensor whose every row is the mean of the retained labels' rows (the
+    point a dampened row shrinks toward). Needs at least one retained label. Non-head parameters get no
+    reference (they shrink toward 0)."""
+    forget_set = {str(c) for c in forget}
+    keep = [i for i, lab in enumerate(labels) if str(lab) not in forget_set]
+    if not keep:
+        raise UnlearnError(f"every label of the model ({list(labels)}) is to be forgotten; nothing to keep")
+    idx = torch.tensor(keep, dtype=torch.long)
+    out: Fim = {}
+    for n in head_params:
+        if n not in params:
+            raise UnlearnError(f"head parameter {n} is not among the parameters")
+        p = params[n].detach()
+        if p.ndim == 0 or p.shape[0] != len(labels):
+            raise UnlearnError(f"head parameter {n} has {tuple(p.shape)[:1] or 'no'} rows but {len(labels)} labels")
+        mean = p.to(torch.float64).index_select(0, idx).mean(0, keepdim=True)
+        out[n] = mean.expand_as(p).to(p.dtype).clone()
+    return out
+
+
+# --------------------------------------------------------------------------------------------------- dampening
+
+
+def dampen(
+    params: Mapping[str, torch.Tensor],
+    model_fim: Mapping[str, torch.Tensor],
+    mfim: Mapping[str, torch.Tensor],
+    *,
+    alpha: float = DEFAULT_ALPHA,
+    lam: float = DEFAULT_LAMBDA,
+    exponent: float = DEFAULT_EXPONENT,
+    reference: Mapping[str, torch.Tensor] | None = None,
+) -> Fim:
+    """Selection and dampening (DESIGN.md section 5.5; SSD's ``modify_weight``).
+
+    For every parameter ``n`` in both ``params`` and ``mfim`` (others are returned unchanged, as a clone) and
+    every element: selected where ``M > alpha * F`` (``F = model_fim[n]``, ``M = mfim[n]``); a selected
+    element moves toward its reference ``r`` (``reference[n]``, default 0):
+    ``theta <- r + beta * (theta - r)`` with ``beta = min((lam * F / M) ** exponent, 1)``. With ``r = 0``
+    parameters never grow in magnitude; in general they never move away from their reference.
+
+    Guards: NaN in either FIM, negative values and ``F = +Inf`` leave the element unselected (unchanged);
+    ``F = 0 < M`` or ``M = +Inf`` give ``beta = 0`` (the element is set to its reference). Elements not
+    selected are returned bit-identical. Raises :class:`UnlearnError` on shape mismatches, non-finite
+    parameters or references, or bad ``alpha`` / ``lam`` / ``exponent``.
+    """
+    for name, val in (("alpha", alpha), ("lam", lam), ("exponent", exponent)):
+        if isinstance(val, bool) or not isinstance(val, (int, float)) or not math.isfinite(val) or val < 0:
+            raise UnlearnError(f"{name} must be a finite number >= 0, got {val!r}")
+    if exponent == 0:
+        raise UnlearnError("exponent must be > 0")
+    out: Fim = {}
     for n, p in params.items():
         if n not in mfim:
-            out[n] = p.clone()
+            out[n] = p.detach().clone()
             continue
-        fd, ff = model_fim[n].double(), mfim[n].double()
-        sel = ff > alpha * fd
-        beta = torch.where(sel, (lam * fd / ff.clamp_min(1e-300)).pow(exponent).clamp(max=1.0), torch.ones_like(fd))
-        out[n] = (p.double() * beta).to(p.dtype)
+        if n not in model_fim:
+            raise UnlearnError(f"the model FIM lacks {n}, which the unlearning FIM covers")
+        m_raw, f_raw = mfim[n].detach().to("cpu"), model_fim[n].detach().to("cpu")
+        if m_raw.shape != p.shape or f_raw.shape != p.shape:
+            raise UnlearnError(f"{n}: parameter {tuple(p.shape)}, model FIM {tuple(f_raw.shape)}, "
+                               f"unlearning FIM {tuple(m_raw.shape)}")
+        theta = p.detach().to("cpu", torch.float64)
+        if not bool(torch.isfinite(theta).all()):
+            raise UnlearnError(f"parameter {n} holds non-finite values")
+        m, f = m_raw.to(torch.float64), f_raw.to(torch.float64)
+        valid = ~(torch.isnan(m) | torch.isnan(f) | (m < 0) | (f < 0) | torch.isinf(f))
+        sel = valid & (m > alpha * f)
+        if not bool(sel.any()):
+            out[n] = p.detach().clone()
+            continue
+        ratio = torch.where(torch.isinf(m) | (f == 0), torch.zeros_like(m),
+                            (lam * f) / torch.where(m > 0, m, torch.ones_like(m)))
+        beta = ratio.pow(exponent).clamp(0.0, 1.0)
+        beta = torch.where(torch.isfinite(beta), beta, torch.zeros_like(beta))
+        if reference is not None and n in reference:
+            r = reference[n].detach().to("cpu", torch.float64)
+            if r.shape != p.shape:
+                raise UnlearnError(f"reference of {n} is {tuple(r.shape)}, parameter {tuple(p.shape)}")
+            if not bool(torch.isfinite(r).all()):
+                raise UnlearnError(f"reference of {n} holds non-finite values")
+            moved = r + beta * (theta - r)
+        else:
+            moved = beta * theta
+        new = p.detach().clone()
+        new[sel.to(new.device)] = moved[sel].to(new.dtype).to(new.device)
+        out[n] = new
     return out
+
+
+def class_forget_update(
+    params: Mapping[str, torch.Tensor],
+    labels: Sequence[str],
+    model_fim: Mapping[str, torch.Tensor],
+    class_fims: Mapping[str, Mapping[str, torch.Tensor]],
+    counts: Mapping[str, int],
+    mfim: Mapping[str, torch.Tensor],
+    forget: Sequence[str],
+    head_params: Sequence[str],
+    *,
+    alpha: float = DEFAULT_ALPHA,
+    lam: float = DEFAULT_LAMBDA,
+    exponent: float = DEFAULT_EXPONENT,
+    use_retain_fim: bool = True,
+    forget_rows: bool = True,
+    mean_reference: bool = True,
+) -> Fim:
+    """The class-wise FIUn step for one affected model, with the chosen defaults (module docstring).
+
+    ``params``: the model's unlearnable parameters; ``labels``: its head rows; ``model_fim`` /
+    ``class_fims`` / ``counts``: ITS OWN sidecars; ``mfim``: the merged unlearning FIM already aligned to
+    ``labels`` (:func:`align_rows`, :func:`merge_fims`); ``forget``: the forgotten label names. The three
+    switches turn each change back into the paper's behaviour for ablations. Labels of ``forget`` the model
+    does not have are ignored (nothing to forget there).
+    """
+    labels = [str(v) for v in labels]
+    forget = [str(c) for c in forget]
+    check_shapes(mfim, params, "unlearning FIM")
+    check_shapes({n: t for n, t in model_fim.items() if n in mfim}, params, "model FIM")
+    known = [c for c in forget if c in labels]
+    f = retain_fim(model_fim, class_fims, counts, forget) if use_retain_fim else dict(model_fim)
+    m = dict(mfim)
+    ref = None
+    head = [n for n in head_params if n in params]
+    if known and head:
+        if forget_rows:
+            m = forget_rows_only(m, labels, known, head)
+        if mean_reference and len(known) < len(labels):
+            ref = retained_mean_reference(params, labels, known, head)
+    return dampen(params, f, m, alpha=alpha, lam=lam, exponent=exponent, reference=ref)
+
+
+# --------------------------------------------------------------------------------------------------- estimator
+
+
+def normalized_head_fisher(
+    features: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, bias: bool = True
+) -> tuple[Fim, dict[int, Fim], dict[int, int]]:
+    """The ``normalized`` per-sample Fisher of a linear head, in closed form (pure; the caller runs the
+    model). Per sample, the squared gradient of the cross-entropy is divided by its squared norm over the
+    head: ``g_i^2 / ||g_i||^2`` with ``g_W = e h^T``, ``g_b = e``, ``e = softmax(z) - onehot(y)``, so
+    ``||g||^2 = ||e||^2 (||h||^2 + 1)``. Every sample carries unit importance: the FIM sums to 1 over the
+    head whatever the model's confidence, and a sample's own row gets at least half of it. ``e`` is formed
+    from log-probabilities (``e_y = -sum_{k != y} p_k``) so that a confidently fit sample keeps its direction
+    instead of rounding to a zero gradient; a sample whose gradient is exactly 0 contributes nothing.
+
+    ``features``: (N, D) head inputs; ``logits``: (N, K); ``y``: (N,) row indices. Returns
+    ``(model_fim, class_fims, counts)`` keyed ``"weight"`` / ``"bias"`` (rename to the parameter names) and
+    by class row; float32.
+    """
+    h = features.detach().to(torch.float64)
+    z = logits.detach().to(torch.float64)
+    y = y.detach().long()
+    n, k = z.shape
+    p = torch.softmax(z, dim=1)
+    e = p.clone()
+    others = p.clone()
+    others[torch.arange(n), y] = 0.0
+    e[torch.arange(n), y] = -others.sum(1)
+    gn2 = (e * e).sum(1) * ((h * h).sum(1) + (1.0 if bias else 0.0))
+    w = torch.where(gn2 > 0, 1.0 / torch.where(gn2 > 0, gn2, torch.ones_like(gn2)), torch.zeros_like(gn2))
+    e2 = e * e * w[:, None]
+    h2 = h * h
+    model_fim = {"weight": (e2.T @ h2 / max(n, 1)).float()}
+    if bias:
+        model_fim["bias"] = (e2.sum(0) / max(n, 1)).float()
+    class_fims: dict[int, Fim] = {}
+    counts: dict[int, int] = {}
+    for c in range(k):
+        mask = y == c
+        counts[c] = int(mask.sum())
+        if counts[c] == 0:
+            continue
+        cf = {"weight": (e2[mask].T @ h2[mask] / counts[c]).float()}
+        if bias:
+            cf["bias"] = (e2[mask].sum(0) / counts[c]).float()
+        class_fims[c] = cf
+    return model_fim, class_fims, counts
+
+
+__all__ = [
+    "DEFAULT_ALPHA", "DEFAULT_LAMBDA", "DEFAULT_EXPONENT", "unlearning_fim", "retain_fim", "align_rows",
+    "check_shapes", "merge_fims", "forget_rows_only", "retained_mean_reference", "dampen",
+    "class_forget_update", "normalized_head_fisher",
+]

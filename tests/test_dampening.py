@@ -1,0 +1,222 @@
+"""FIUn maths (fiun_hub.dampening): unit properties plus one real forget on a trained timm model."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fiun_hub import dampening as D
+from fiun_hub.errors import UnlearnError
+
+HEAD = ["fc.weight", "fc.bias"]
+
+
+# --------------------------------------------------------------------------------------------------- FIMs
+
+
+def test_unlearning_fim_is_count_weighted_mean():
+    cf = {"a": {"w": torch.tensor([1.0, 0.0]), "b": torch.tensor(2.0)},
+          "b": {"w": torch.tensor([3.0, 4.0]), "b": torch.tensor(0.0)},
+          "c": {"w": torch.tensor([100.0, 100.0]), "b": torch.tensor(100.0)}}
+    u = D.unlearning_fim(cf, {"a": 1, "b": 3, "c": 50}, ["a", "b"])
+    assert torch.allclose(u["w"], torch.tensor([(1 + 9) / 4, 12 / 4]))
+    assert torch.allclose(u["b"], torch.tensor(2 / 4))
+    with pytest.raises(UnlearnError):
+        D.unlearning_fim(cf, {"a": 1, "b": 3}, ["z"])
+    with pytest.raises(UnlearnError):
+        D.unlearning_fim(cf, {"a": 0, "b": 3}, ["a"])
+
+
+def test_retain_fim_removes_forget_classes_exactly():
+    g = torch.Generator().manual_seed(0)
+    cf = {c: {"w": torch.rand(3, 4, generator=g)} for c in "abc"}
+    counts = {"a": 5, "b": 2, "c": 3}
+    model = {"w": sum(counts[c] * cf[c]["w"] for c in cf) / 10}
+    r = D.retain_fim(model, cf, counts, ["b"])
+    assert torch.allclose(r["w"], (5 * cf["a"]["w"] + 3 * cf["c"]["w"]) / 8, atol=1e-6)
+    # a forget class the model never saw: the model FIM itself
+    assert torch.equal(D.retain_fim(model, cf, {**counts, "z": 0}, ["z"])["w"], model["w"].float())
+    with pytest.raises(UnlearnError):
+        D.retain_fim(model, cf, counts, ["a", "b", "c"])
+
+
+def test_align_rows_by_name_gained_lost_reordered():
+    w = torch.arange(12.0).reshape(3, 4)  # rows a, b, c
+    fim = {"fc.weight": w, "fc.bias": torch.tensor([1.0, 2.0, 3.0]), "conv.weight": torch.ones(2, 2)}
+    out = D.align_rows(fim, ["a", "b", "c"], ["c", "new", "a"], HEAD)  # b lost, new gained, reordered
+    assert torch.equal(out["fc.weight"][0], w[2]) and torch.equal(out["fc.weight"][2], w[0])
+    assert torch.equal(out["fc.weight"][1], torch.zeros(4))
+    assert out["fc.bias"].tolist() == [3.0, 0.0, 1.0]
+    assert torch.equal(out["conv.weight"], fim["conv.weight"])
+    with pytest.raises(UnlearnError):  # head rows do not match the source labels
+        D.align_rows(fim, ["a", "b"], ["a"], HEAD)
+    with pytest.raises(UnlearnError):
+        D.check_shapes({"conv.weight": torch.ones(3, 3)}, {"conv.weight": torch.ones(2, 2)})
+
+
+def test_merge_is_elementwise_max_with_optional_scale():
+    a = {"w": torch.tensor([1.0, 5.0, 0.0]), "only_a": torch.tensor([2.0])}
+    b = {"w": torch.tensor([3.0, 2.0, 0.0])}
+    m = D.merge_fims([a, b])
+    assert m["w"].tolist() == [3.0, 5.0, 0.0] and m["only_a"].tolist() == [2.0]
+    assert D.merge_fims([a, b], scale_per_extra_origin=5.0)["w"].tolist() == pytest.approx([0.6, 1.0, 0.0])
+    assert D.merge_fims([a], scale_per_extra_origin=5.0)["w"].tolist() == [1.0, 5.0, 0.0]
+    with pytest.raises(UnlearnError):
+        D.merge_fims([a, {"w": torch.ones(2)}])
+    with pytest.raises(UnlearnError):
+        D.merge_fims([])
+
+
+# --------------------------------------------------------------------------------------------------- dampen
+
+
+def test_dampen_never_grows_and_leaves_unselected_bit_identical():
+    g = torch.Generator().manual_seed(1)
+    p = {"w": torch.randn(50, 20, generator=g), "untouched": torch.randn(7, generator=g)}
+    f = {"w": torch.rand(50, 20, generator=g)}
+    m = {"w": torch.rand(50, 20, generator=g) * 2}
+    for alpha, lam, ex in ((1.0, 1.0, 1.0), (0.5, 3.0, 1.0), (2.0, 0.1, 2.0)):
+        out = D.dampen(p, f, m, alpha=alpha, lam=lam, exponent=ex)
+        assert bool((out["w"].abs() <= p["w"].abs()).all())
+        sel = m["w"] > alpha * f["w"]
+        assert torch.equal(out["w"][~sel], p["w"][~sel])
+        assert torch.equal(out["untouched"], p["untouched"])
+    # the paper rule exactly
+    out = D.dampen(p, f, m, alpha=1.0, lam=1.0)
+    sel = m["w"] > f["w"]
+    assert torch.allclose(out["w"][sel], p["w"][sel] * (f["w"][sel] / m["w"][sel]).clamp(max=1))
+
+
+def test_dampen_guards_zero_and_non_finite():
+    p = {"w": torch.tensor([1.0, -2.0, 3.0, 4.0, 5.0, 6.0, 7.0])}
+    f = {"w": torch.tensor([0.0, 0.0, float("nan"), 1.0, float("inf"), 1.0, 1.0])}
+    m = {"w": torch.tensor([1.0, 0.0, 5.0, float("nan"), 5.0, float("inf"), -3.0])}
+    out = D.dampen(p, f, m, alpha=1.0, lam=1.0)["w"]
+    assert bool(torch.isfinite(out).all())
+    # F=0<M -> 0; F=M=0 unselected; NaN unselected; F=Inf unselected; M=Inf -> 0; negative M unselected
+    assert out.tolist() == [0.0, -2.0, 3.0, 4.0, 5.0, 0.0, 7.0]
+    with pytest.raises(UnlearnError):
+        D.dampen({"w": torch.tensor([float("nan")])}, {"w": torch.zeros(1)}, {"w": torch.ones(1)}, alpha=1, lam=1)
+    with pytest.raises(UnlearnError):
+        D.dampen(p, f, {"w": torch.ones(3)}, alpha=1, lam=1)
+    with pytest.raises(UnlearnError):
+        D.dampen(p, f, m, alpha=-1, lam=1)
+
+
+def test_dampen_toward_reference_never_moves_away():
+    g = torch.Generator().manual_seed(2)
+    p = {"w": torch.randn(10, 6, generator=g)}
+    ref = {"w": torch.randn(10, 6, generator=g)}
+    f = {"w": torch.rand(10, 6, generator=g)}
+    m = {"w": torch.rand(10, 6, generator=g) * 3}
+    out = D.dampen(p, f, m, alpha=1.0, lam=0.5, reference=ref)["w"]
+    assert bool(((out - ref["w"]).abs() <= (p["w"] - ref["w"]).abs() + 1e-6).all())
+    sel = m["w"] > f["w"]
+    assert torch.equal(out[~sel], p["w"][~sel])
+
+
+def test_head_helpers():
+    w = torch.tensor([[1.0, 1.0], [3.0, 5.0], [5.0, 9.0]])  # rows a, b, c
+    params = {"fc.weight": w, "fc.bias": torch.tensor([0.0, 2.0, 4.0])}
+    ref = D.retained_mean_reference(params, ["a", "b", "c"], ["a"], HEAD)
+    assert ref["fc.weight"].tolist() == [[4.0, 7.0]] * 3 and ref["fc.bias"].tolist() == [3.0] * 3
+    m = D.forget_rows_only({"fc.weight": torch.ones(3, 2), "fc.bias": torch.ones(3), "x": torch.ones(1)},
+                           ["a", "b", "c"], ["b"], HEAD)
+    assert m["fc.weight"][:, 0].tolist() == [0.0, 1.0, 0.0] and m["fc.bias"].tolist() == [0.0, 1.0, 0.0]
+    assert m["x"].tolist() == [1.0]
+    with pytest.raises(UnlearnError):
+        D.retained_mean_reference(params, ["a", "b", "c"], ["a", "b", "c"], HEAD)
+
+
+def test_normalized_head_fisher_matches_autograd():
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(5, 3)
+    h = torch.randn(12, 5).relu()
+    y = torch.randint(0, 3, (12,))
+    mf, cf, counts = D.normalized_head_fisher(h, lin(h), y)
+    acc_w, acc_b = torch.zeros(3, 5, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)
+    for i in range(12):
+        gw, gb = torch.autograd.grad(F.cross_entropy(lin(h[i:i + 1]), y[i:i + 1]), [lin.weight, lin.bias])
+        n2 = gw.double().pow(2).sum() + gb.double().pow(2).sum()
+        acc_w += gw.double() ** 2 / n2
+        acc_b += gb.double() ** 2 / n2
+    assert torch.allclose(mf["weight"].double(), acc_w / 12, atol=1e-6)
+    assert torch.allclose(mf["bias"].double(), acc_b / 12, atol=1e-6)
+    assert float(mf["weight"].sum() + mf["bias"].sum()) == pytest.approx(1.0, abs=1e-5)
+    # model FIM is the count-weighted mean of the class FIMs
+    tot = sum(counts[c] * cf[c]["weight"] for c in cf) / 12
+    assert torch.allclose(tot, mf["weight"], atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------------- real model
+
+
+@pytest.fixture(scope="module")
+def trained():
+    import timm
+
+    from fiun_hub.data import load_data
+    from fiun_hub.training import train_classifier
+
+    torch.manual_seed(0)
+    train = load_data("digits:train", in_chans=1, input_size=(16, 16))
+    test = load_data("digits:test", in_chans=1, input_size=(16, 16))
+    model = timm.create_model("test_resnet", num_classes=10, in_chans=1)
+    train_classifier(model, train, epochs=6, lr=3e-3, seed=0)
+    model.eval()
+    return model, train, test
+
+
+def _apply(model, new):
+    m = copy.deepcopy(model)
+    with torch.no_grad():
+        named = dict(m.named_parameters())
+        for n, t in new.items():
+            named[n].copy_(t)
+    return m
+
+
+def test_trained_model_forgets_class_and_keeps_the_rest(trained):
+    from fiun_hub.evaluate import forget_retain_accuracy
+
+    model, train, test = trained
+    labels = [str(i) for i in range(10)]
+    with torch.no_grad():
+        h = model.forward_head(model.forward_features(train.x), pre_logits=True)
+        z = model.fc(h)
+    mf, cf, cnt = D.normalized_head_fisher(h, z, train.y)
+    ren = lambda d: {"fc.weight": d["weight"], "fc.bias": d["bias"]}  # noqa: E731
+    model_fim = ren(mf)
+    class_fims = {labels[c]: ren(v) for c, v in cf.items()}
+    counts = {labels[c]: n for c, n in cnt.items()}
+    forget = ["3"]
+    u = D.unlearning_fim(class_fims, counts, forget)
+    params = {n: p.detach() for n, p in model.named_parameters() if n in HEAD}
+    f0, r0 = forget_retain_accuracy(model, labels, test, forget)
+    assert f0 > 80 and r0 > 80
+
+    new = D.class_forget_update(params, labels, model_fim, class_fims, counts, u, forget, HEAD)
+    f1, r1 = forget_retain_accuracy(_apply(model, new), labels, test, forget)
+    assert f1 <= 5.0, f1
+    assert r1 >= r0 - 3.0, (r0, r1)
+    # only the forgotten row changed
+    keep = [i for i in range(10) if i != 3]
+    assert torch.equal(new["fc.weight"][keep], params["fc.weight"][keep])
+    assert torch.equal(new["fc.bias"][keep], params["fc.bias"][keep])
+
+    # a descendant whose head is reordered uses the aligned U and its own FIMs: same outcome
+    perm = list(reversed(range(10)))
+    child = copy.deepcopy(model)
+    with torch.no_grad():
+        child.fc.weight.copy_(model.fc.weight[perm])
+        child.fc.bias.copy_(model.fc.bias[perm])
+    c_labels = [labels[i] for i in perm]
+    c_fim = {n: t[perm] for n, t in model_fim.items()}
+    c_class = {c: {n: t[perm] for n, t in v.items()} for c, v in class_fims.items()}
+    ua = D.align_rows(u, labels, c_labels, HEAD)
+    c_params = {n: p.detach() for n, p in child.named_parameters() if n in HEAD}
+    c_new = D.class_forget_update(c_params, c_labels, c_fim, c_class, counts, ua, forget, HEAD)
+    fc1, rc1 = forget_retain_accuracy(_apply(child, c_new), c_labels, test, forget)
+    assert (fc1, rc1) == pytest.approx((f1, r1))
