@@ -252,8 +252,10 @@ def _progress(c: Ctx, total: int | None, description: str):
               help="The model's training data: digits, fashion-mnist[:DIR], npz:PATH, folder:PATH (+ :train/:test).")
 @click.option("--layers", default="head", show_default=True,
               help="Unlearnable layers: head (the classifier timm names), all, or comma-separated globs.")
-@click.option("--estimator", type=click.Choice(["per-sample", "batch"]), default="per-sample", show_default=True,
-              help="per-sample: exact empirical Fisher; batch: the paper's squared batch gradients.")
+@click.option("--estimator", type=click.Choice(["normalized", "per-sample", "batch"]), default="normalized",
+              show_default=True,
+              help="normalized: per-sample squared gradients over their squared norm (scale-free, the default); "
+                   "per-sample: the exact empirical Fisher; batch: the paper's squared batch gradients.")
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option("--device", help="torch device (default: cuda if available, else cpu).")
 @pass_ctx
@@ -295,8 +297,12 @@ def _plan_text(plan) -> str:
 @click.option("--data", "data_spec", metavar="SPEC", help="Sample-wise forget: the samples to forget.")
 @click.option("--request-id", help="Id recorded in every card (default: derived from origins and forget set); "
                                    "re-running the same id is a no-op.")
-@click.option("--alpha", type=float, default=None, help="Selection threshold: M > alpha * F (default 1).")
-@click.option("--lambda", "lam", type=float, default=None, help="Dampening strength (default 1).")
+@click.option("--alpha", type=float, default=None,
+              help="Selection: a parameter is dampened where its MFIM exceeds alpha x its own (retain) FIM "
+                   "(default 1).")
+@click.option("--lambda", "lam", type=float, default=None,
+              help="Dampening: a selected parameter keeps min(lambda x F / M, 1) of its distance to its "
+                   "reference (default 0.01).")
 @click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")
 @click.option("--workers", type=int, default=1, show_default=True, help="Processes for the per-repo work.")
 @click.option("--executor", type=click.Choice(["local"]), default="local", show_default=True)

@@ -137,3 +137,33 @@ def mia_score(
     clf = LogisticRegression(class_weight="balanced", solver="lbfgs")
     clf.fit(x, y)
     return 100.0 * float(clf.predict(e_forget[:, None]).mean())
+
+
+def evaluate_repo(hub, repo: str, data_spec: str, forget: Sequence[str] | None = None, *,
+                  revision: str | None = None, device=None) -> dict:
+    """Held-out accuracy of ``repo`` (at ``revision``) on ``data_spec``; with ``forget`` also forget accuracy
+    (on those classes) and retain accuracy (on the model's other classes), in percent.
+
+    The data is shaped for the model (its ``in_chans`` and input size) and mapped to its labels by name;
+    samples of classes the model does not know are ignored.
+    """
+    from .data import load_data
+    from .errors import DataSpecError
+    from .models import load_model
+
+    model, config, cid = load_model(hub, repo, revision)
+    data = load_data(data_spec, in_chans=config.in_chans, input_size=config.input_size)
+    forget = [str(c) for c in (forget or [])]
+    unknown = [c for c in forget if c not in config.labels]
+    if unknown:
+        raise DataSpecError(f"{repo} has no class {', '.join(unknown)} (labels: {', '.join(config.labels)})")
+    known = data.to_label_space(config.labels)
+    if len(known) == 0:
+        raise DataSpecError(f"data {data_spec} holds no sample of {repo}'s classes")
+    out = {"repo": repo, "revision": cid, "data": data_spec, "samples": len(known),
+           "accuracy": accuracy(model, known, device=device), "forget_classes": forget,
+           "forget_acc": None, "retain_acc": None}
+    if forget:
+        out["forget_acc"], out["retain_acc"] = forget_retain_accuracy(model, config.labels, data, forget,
+                                                                      device=device)
+    return out

@@ -8,6 +8,12 @@ DESIGN.md sections 3 and 5. Two estimators:
   ``e = softmax(logits) - onehot(y)``, ``grad_W = e outer h`` and ``grad_b = e``, so the squared gradients
   are ``e^2 outer h^2``. Any other layers go through ``torch.func`` (``vmap(grad(...))`` in chunks), or a
   plain per-sample autograd loop where ``vmap`` fails.
+- ``normalized`` (fiun-hub's default for sidecars, ``DEFAULT_ESTIMATOR``): the per-sample estimator with each sample's squared gradient divided by its
+  squared norm over the covered layers, ``F = mean_i g_i^2 / ||g_i||^2``, so every sample carries unit
+  importance whatever the model's confidence (the plain empirical Fisher vanishes on confidently fit
+  samples, which puts different models' FIMs on scales decades apart; docs/method.md). For the head, the
+  closed form uses ``||g||^2 = ||e||^2 (||h||^2 + 1)`` and forms ``e_y = -sum_{k != y} p_k`` so that a
+  confident sample keeps its direction instead of rounding to zero.
 - ``batch``: the estimator of the FIUn/SSD code, ``mean over batches of (grad of the batch-mean loss)^2``,
   batches in data order, unshuffled, the last partial batch counting as one batch; per-class FIMs come from
   batches drawn within each class (in data order). It depends on the batch size and on the data order, and
@@ -15,7 +21,7 @@ DESIGN.md sections 3 and 5. Two estimators:
 
 The model is always evaluated in eval mode (BatchNorm running statistics); loss is cross-entropy with the
 true labels. Per-class FIMs are means over that class's samples (or batches), so for ``per-sample`` the
-model FIM equals ``sum_c n_c F_c / sum_c n_c``, which is what :func:`strip_classes` relies on.
+and ``normalized`` the model FIM equals ``sum_c n_c F_c / sum_c n_c``, which is what :func:`strip_classes` relies on.
 
 Sidecars are safetensors only, read with ``safetensors.torch.load`` (never pickle) and validated.
 """
@@ -38,7 +44,10 @@ from .constants import FIM_CLASSES_FILE, FIM_FILE
 from .errors import BadInput, SidecarError, UnlearnError
 
 FORMAT = "fiun-fim/1"
-ESTIMATORS = ("per-sample", "batch")
+ESTIMATORS = ("normalized", "per-sample", "batch")
+#: what fiun-hub writes into sidecars unless told otherwise (compute_fisher itself defaults to the textbook
+#: per-sample estimator)
+DEFAULT_ESTIMATOR = "normalized"
 #: header metadata keys written by this module; callers' metadata may not set them to other values
 RESERVED_KEYS = ("format", "estimator", "batch_size", "layers", "labels", "counts")
 #: accumulate in float64 while the accumulators fit in this many bytes, else in float32
@@ -62,8 +71,8 @@ class FisherResult:
     counts: dict[str, int]  # label -> number of samples of that class (every label, 0 included)
     labels: list[str]  # the model's label names in head-row order
     layers: list[str]  # param names covered
-    estimator: str  # "per-sample" | "batch"
-    batch_size: int | None  # batch estimator's batch size (None for per-sample)
+    estimator: str  # "normalized" | "per-sample" | "batch"
+    batch_size: int | None  # batch estimator's batch size (None otherwise)
 
 
 @dataclass
@@ -271,6 +280,7 @@ def compute_fisher(
     shapes = {n: params[n].shape for n in layers}
     acc_dtype = _acc_dtype(shapes, k)
     batch = estimator == "batch"
+    normalized = estimator == "normalized"
     counts = torch.bincount(y, minlength=k)
     try:
         model.eval()
@@ -280,7 +290,8 @@ def compute_fisher(
         head = _head_linear(model, layers)
         if head is not None:
             try:
-                acc = _closed_form(model, head, x, y, k, batch, batch_size, dev, pdtype, acc_dtype, progress)
+                acc = _closed_form(model, head, x, y, k, batch, batch_size, dev, pdtype, acc_dtype, progress,
+                                   normalized)
             except _NotHead:
                 acc = None
         if acc is None:
@@ -289,7 +300,8 @@ def compute_fisher(
             if batch:
                 acc = _batch_autograd(model, layers, x, y, k, batch_size, dev, pdtype, acc_dtype, progress)
             else:
-                acc = _per_sample_generic(model, layers, x, y, k, batch_size, dev, pdtype, acc_dtype, progress)
+                acc = _per_sample_generic(model, layers, x, y, k, batch_size, dev, pdtype, acc_dtype, progress,
+                                          normalized)
     finally:
         if moved:
             model.to(orig_dev)
@@ -320,7 +332,7 @@ def compute_fisher(
     )
 
 
-def _closed_form(model, head, x, y, k, batch, bs, dev, pdtype, acc_dtype, progress) -> _Acc:
+def _closed_form(model, head, x, y, k, batch, bs, dev, pdtype, acc_dtype, progress, normalized=False) -> _Acc:
     """Head-only FIM from one forward pass: squared gradients are (p - e)^2 outer h^2 (per-sample), or
     ((p - e)^T h / B)^2 per batch (batch). Raises _NotHead if the Linear's output is not the logits."""
     lin, wname, bname = head
@@ -370,9 +382,19 @@ def _closed_form(model, head, x, y, k, batch, bs, dev, pdtype, acc_dtype, progre
                 if o is not out and (o.shape != out.shape or not torch.equal(o, out)):
                     raise _NotHead
                 _as_logits(out, k)
+                rows = torch.arange(out.shape[0], device=out.device)
                 e = torch.softmax(out.to(acc_dtype), dim=1)
-                e[torch.arange(e.shape[0], device=e.device), yb] -= 1.0
                 hh = h.to(acc_dtype)
+                if normalized:
+                    # e_y = -(sum of the other probabilities): exact where 1 - p_y would round to 0
+                    others = e.clone()
+                    others[rows, yb] = 0.0
+                    e[rows, yb] = -others.sum(1)
+                    gn2 = (e * e).sum(1) * ((hh * hh).sum(1) + (1.0 if bname else 0.0))
+                    scale = torch.where(gn2 > 0, gn2, torch.ones_like(gn2)).rsqrt() * (gn2 > 0)
+                    e = e * scale[:, None]  # so that e^2 h^2 is the squared gradient over its squared norm
+                else:
+                    e[rows, yb] -= 1.0
                 onehot_ok = not batch and e.shape[0] * k * k * hh.shape[1] <= _ONEHOT_FLOPS
                 classes = [] if onehot_ok else yb.unique().tolist()
                 if onehot_ok:
@@ -414,7 +436,7 @@ def _closed_form(model, head, x, y, k, batch, bs, dev, pdtype, acc_dtype, progre
     return acc
 
 
-def _per_sample_generic(model, layers, x, y, k, bs, dev, pdtype, acc_dtype, progress) -> _Acc:
+def _per_sample_generic(model, layers, x, y, k, bs, dev, pdtype, acc_dtype, progress, normalized=False) -> _Acc:
     """Exact per-sample squared gradients via torch.func (vmap over grad), chunked; per-sample autograd
     loop when vmap cannot handle the model."""
     params = dict(model.named_parameters())
@@ -454,9 +476,13 @@ def _per_sample_generic(model, layers, x, y, k, bs, dev, pdtype, acc_dtype, prog
                     p.requires_grad_(n in sel)
                 loop_ready = True
             grads = _loop_grads(model, [params[n] for n in layers], layers, xb, yb)
+        sq = {n: grads[n].to(acc_dtype) ** 2 for n in layers}
+        if normalized:  # each sample's squared gradient over its squared norm across the covered layers
+            gn2 = sum(t.reshape(t.shape[0], -1).sum(1) for t in sq.values())
+            inv = torch.where(gn2 > 0, 1.0 / torch.where(gn2 > 0, gn2, torch.ones_like(gn2)), torch.zeros_like(gn2))
+            sq = {n: t * inv.reshape(-1, *([1] * (t.ndim - 1))) for n, t in sq.items()}
         for n in layers:
-            g = grads[n].to(acc_dtype)
-            acc.cls[n].index_add_(0, yb, g * g)
+            acc.cls[n].index_add_(0, yb, sq[n])
         acc.cls_n += torch.bincount(yb.cpu(), minlength=k).double()
         done += xb.shape[0]
         if progress is not None:
@@ -555,7 +581,7 @@ def _encode(model_fim, class_fims, counts, labels, layers, estimator, batch_size
     meta_core = {
         "format": FORMAT,
         "estimator": estimator,
-        "batch_size": "" if estimator == "per-sample" else str(int(batch_size)),
+        "batch_size": str(int(batch_size)) if estimator == "batch" else "",
         "layers": json.dumps(layers),
         "labels": json.dumps(labels),
         "counts": json.dumps({lab: int(counts[lab]) for lab in labels if lab in counts}),

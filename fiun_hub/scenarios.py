@@ -57,6 +57,7 @@ import torch.nn as nn
 from .constants import FIM_CLASSES_FILE, FIM_FILE, WEIGHTS_FILE
 from .data import LabeledData, load_data, parse_spec
 from .errors import BadInput
+from .fisher import DEFAULT_ESTIMATOR
 
 SCENARIOS = ("fl", "ddpl", "il", "tl")
 INITS = ("scratch", "parents-average", "parent", "parent-frozen-backbone")
@@ -630,7 +631,7 @@ def _plan_tl(base, labels, dealer, pool, depth, width, shard_size, st):
 
 # ----------------------------------------------------------------------------------------------- building
 def sidecar_files(model: nn.Module, labels: Sequence[str], data: LabeledData, weights_sha256: str, *,
-                  data_spec: str, layers: str = "head", estimator: str = "per-sample", device=None,
+                  data_spec: str, layers: str = "head", estimator: str = DEFAULT_ESTIMATOR, device=None,
                   extra: Mapping[str, str] | None = None) -> tuple[bytes, bytes]:
     """``(fim.safetensors, fim-classes.safetensors)`` bytes of ``model`` on in-memory ``data`` (targets in
     head-row order), bound to the weights by ``weights_sha256`` so they can be committed with them.
@@ -653,7 +654,7 @@ def sidecar_files(model: nn.Module, labels: Sequence[str], data: LabeledData, we
 
 def push_model(hub, model: nn.Module, repo: str, labels: Sequence[str], *, input_size: Sequence[int],
                parents: Sequence[str] = (), relation: str | None = None, message: str | None = None,
-               fim_data: LabeledData | None = None, data_spec: str = "", estimator: str = "per-sample",
+               fim_data: LabeledData | None = None, data_spec: str = "", estimator: str = DEFAULT_ESTIMATOR,
                device=None) -> dict[str, Any]:
     """Save ``model`` as a timm folder, add sidecars computed on ``fim_data`` (when given) and push weights +
     sidecars as ONE revision of ``repo`` (``parents`` as ``org/x@rev``). Returns push_folder's summary."""
@@ -679,7 +680,7 @@ def _as_hub(hub):
     return hub
 
 
-def realize_scenario(scenario: Scenario, hub, *, estimator: str = "per-sample", device=None,
+def realize_scenario(scenario: Scenario, hub, *, estimator: str = DEFAULT_ESTIMATOR, device=None,
                      num_threads: int | None = 1, progress: ProgressFn | None = None) -> Scenario:
     """Train every planned model in topological order and push it (weights + sidecars, lineage pinned to the
     parents' new revisions). Fills ``revision`` and ``metrics`` of each node; returns the scenario.
@@ -742,7 +743,7 @@ def build_scenario(
     prefix: str | None = None,
     input_size: Sequence[int] = (1, 16, 16),
     forget_classes: Sequence[str] | None = None,
-    estimator: str = "per-sample",
+    estimator: str = DEFAULT_ESTIMATOR,
     device=None,
     num_threads: int | None = 1,
     progress: ProgressFn | None = None,

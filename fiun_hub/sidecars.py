@@ -11,11 +11,11 @@ from .card import fim_entry, render_card
 from .constants import CARD_FILE, FIM_CLASSES_FILE, FIM_FILE, WEIGHTS_FILE
 from .data import load_data
 from .errors import SidecarError
+from .fisher import DEFAULT_ESTIMATOR, ESTIMATORS
 from .hub.local import LocalHub, RepoChange
 from .models import load_model
 from .repo import read_meta
 
-ESTIMATORS = ("per-sample", "batch")
 
 
 def load_sidecars(hub: LocalHub, repo: str, revision: str | None = None, *, need_classes: bool = True):
@@ -49,7 +49,7 @@ def compute_and_commit(
     data_spec: str,
     *,
     layers: str = "head",
-    estimator: str = "per-sample",
+    estimator: str = DEFAULT_ESTIMATOR,
     batch_size: int = 64,
     device: str | None = None,
     progress: Callable[[int], None] | None = None,
@@ -60,7 +60,7 @@ def compute_and_commit(
     from .fisher import compute_fisher, resolve_layers, sidecar_bytes
 
     if estimator not in ESTIMATORS:
-        raise SidecarError(f"unknown estimator {estimator!r}; use per-sample or batch")
+        raise SidecarError(f"unknown estimator {estimator!r}; use one of {', '.join(ESTIMATORS)}")
     model, config, cid = load_model(hub, repo)
     data = load_data(data_spec, in_chans=config.in_chans, input_size=config.input_size)
     known = [n for n in config.labels if n in data.labels]

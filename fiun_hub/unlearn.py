@@ -29,8 +29,7 @@ from .models import parse_config
 from .repo import read_meta
 from .sidecars import load_sidecars
 
-DEFAULT_ALPHA = 1.0
-DEFAULT_LAMBDA = 1.0
+from .dampening import DEFAULT_ALPHA, DEFAULT_LAMBDA  # noqa: E402  (one place for the method's defaults)
 
 
 @dataclass
@@ -194,12 +193,18 @@ def origin_unlearning_fim(hub: LocalHub, plan: Plan, origin: str, device: str | 
 
 @dataclass
 class NodeTask:
-    """Everything one affected repo needs: its weights file, its own model FIM and its MFIM."""
+    """Everything one affected repo needs: its weights file, its own sidecars (head rows named by ``labels``)
+    and its MFIM. Never the forget data, never another repo's new weights."""
 
     repo: str
     weights_path: str
+    labels: list[str]
     model_fim: dict[str, torch.Tensor]
+    class_fims: dict[str, dict[str, torch.Tensor]]
+    counts: dict[str, int]
     mfim: dict[str, torch.Tensor]
+    forget: list[str]  # forgotten class names (empty for a sample-wise forget)
+    head_params: list[str]
     alpha: float
     lam: float
 
@@ -210,7 +215,7 @@ def unlearn_node(task: NodeTask) -> tuple[str, bytes, dict[str, Any]]:
     Only the unlearnable tensors change and they keep dtype and shape, so the new file is the old one with those
     tensors' byte ranges rewritten: same header, every other byte identical, no full deserialisation.
     """
-    from .dampening import dampen
+    from .dampening import class_forget_update
     from .safetensors_io import DTYPES, header_of_bytes
 
     with open(task.weights_path, "rb") as fh:
@@ -226,7 +231,8 @@ def unlearn_node(task: NodeTask) -> tuple[str, bytes, dict[str, Any]]:
         a, b = h["data_offsets"]
         params[n] = torch.frombuffer(data, dtype=DTYPES[h["dtype"]], count=(b - a) // DTYPES[h["dtype"]].itemsize,
                                      offset=start + a).reshape(h["shape"]).clone()
-    new = dampen(params, task.model_fim, task.mfim, alpha=task.alpha, lam=task.lam)
+    new = class_forget_update(params, task.labels, task.model_fim, task.class_fims, task.counts, task.mfim,
+                              task.forget, task.head_params, alpha=task.alpha, lam=task.lam)
     changed = total = 0
     for n, t in new.items():
         if not torch.isfinite(t).all():
@@ -290,9 +296,15 @@ def run_forget(
                 if name not in sc.model_fim or sc.model_fim[name].shape != t.shape:
                     raise UnlearnError(f"{node.repo}: layer {name} of origin {o} cannot be aligned "
                                        f"(shape {tuple(t.shape)} vs {tuple(sc.model_fim[name].shape) if name in sc.model_fim else 'absent'})")
+        for o in node.sources:
+            if fims[o][3] != sc.estimator:
+                raise UnlearnError(f"{node.repo}: its sidecar uses the {sc.estimator} estimator but origin {o}'s "
+                                   f"uses {fims[o][3]}; recompute one with `fiun-hub fim --estimator ...`")
         mfim = merge_fims(aligned)
-        tasks.append(NodeTask(node.repo, str(hub.file_path(node.repo, WEIGHTS_FILE, node.head)),
-                              {n: sc.model_fim[n] for n in mfim}, mfim, plan.alpha, plan.lam))
+        tasks.append(NodeTask(node.repo, str(hub.file_path(node.repo, WEIGHTS_FILE, node.head)), node.labels,
+                              {n: sc.model_fim[n] for n in mfim},
+                              {c: {n: f[n] for n in mfim} for c, f in sc.class_fims.items()}, dict(sc.counts),
+                              mfim, list(plan.classes or []), heads, plan.alpha, plan.lam))
         sidecars[node.repo] = sc
         configs[node.repo] = config
     t1 = time.perf_counter()
@@ -318,6 +330,7 @@ def run_forget(
             "alpha": plan.alpha,
             "lambda": plan.lam,
             "estimator": sc.estimator,
+            "reference": "retained-mean" if plan.classes else "zero",
             "at": now,
         }
         if plan.data_spec is not None:

@@ -434,3 +434,54 @@ def test_strip_classes(resnet, data, result):
         strip_classes(s, data.labels)
     with pytest.raises(SidecarError):
         strip_classes(read_sidecars(fim), ["3"])  # needs the per-class sidecar
+
+
+# ------------------------------------------------------------------------------------------ normalized estimator
+
+
+def brute_normalized(model, x, y, names, k=10):
+    """sum_i g_i^2 / ||g_i||^2 per class (float64), the norm taken over all of ``names``."""
+    model.eval()
+    params = dict(model.named_parameters())
+    plist = [params[n] for n in names]
+    sums = {n: torch.zeros((k, *params[n].shape), dtype=torch.float64) for n in names}
+    for i in range(x.shape[0]):
+        loss = F.cross_entropy(model(x[i:i + 1]).double(), y[i:i + 1])
+        gs = [g.double() for g in torch.autograd.grad(loss, plist)]
+        norm2 = sum(float((g * g).sum()) for g in gs)
+        for n, g in zip(names, gs):
+            if norm2 > 0:
+                sums[n][y[i]] += g * g / norm2
+    return sums, torch.bincount(y, minlength=k)
+
+
+@pytest.mark.parametrize("layers", [HEAD, HEAD + BODY])
+def test_normalized_estimator_against_brute_force(resnet, data, layers, monkeypatch):
+    if layers == HEAD:
+        def no_generic(*a, **k):
+            raise AssertionError("head FIM must use the closed form")
+        monkeypatch.setattr(fisher, "_per_sample_generic", no_generic)
+    x, y = data.x[:60], data.y[:60]
+    res = compute_fisher(resnet, x, y, data.labels, layers, estimator="normalized")
+    assert res.estimator == "normalized" and res.batch_size is None
+    sums, counts = brute_normalized(resnet, x, y, layers)
+    for n in layers:
+        assert torch.allclose(res.model_fim[n].double(), sums[n].sum(0) / counts.sum(), rtol=1e-3, atol=1e-9), n
+        for c, lab in enumerate(data.labels):
+            if counts[c]:
+                assert torch.allclose(res.class_fims[lab][n].double(), sums[n][c] / counts[c], rtol=1e-3, atol=1e-9)
+    # every sample carries unit importance: the FIM sums to 1 over the covered layers
+    assert abs(sum(float(res.model_fim[n].double().sum()) for n in layers) - 1.0) < 1e-4
+
+
+def test_normalized_sidecar_round_trip_and_strip(resnet, data):
+    res = compute_fisher(resnet, data.x[:N], data.y[:N], data.labels, HEAD, estimator="normalized")
+    fim, cls = sidecar_bytes(res, META)
+    sc = read_sidecars(fim, cls)
+    assert sc.estimator == "normalized" and sc.batch_size is None
+    # like per-sample, the model FIM is the count-weighted mean of the class FIMs, so stripping is exact
+    for n in HEAD:
+        assert close(sc.model_fim[n], weighted_mean_of_classes(res, n))
+    f2, c2 = strip_classes(sc, ["3"])
+    stripped = read_sidecars(f2, c2)
+    assert "3" not in stripped.class_fims and stripped.counts.get("3", 0) == 0

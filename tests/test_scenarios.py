@@ -8,6 +8,7 @@ import networkx as nx
 import pytest
 import torch
 
+from fiun_hub.fisher import DEFAULT_ESTIMATOR
 from fiun_hub.errors import BadInput
 from fiun_hub.evaluate import accuracy
 from fiun_hub.hub.local import LocalHub
@@ -151,7 +152,7 @@ def test_every_repo_has_fresh_sidecars_on_its_own_shard(built, graph, name):
         sc = load_sidecars(hub, repo)  # raises if missing or stale
         files = hub.list_files(repo)
         assert sc.metadata["weights_sha256"] == files["model.safetensors"]
-        assert sc.estimator == "per-sample" and sc.layers == ["fc.weight", "fc.bias"]
+        assert sc.estimator == DEFAULT_ESTIMATOR and sc.layers == ["fc.weight", "fc.bias"]
         assert sc.labels == node.labels
         assert sc.metadata["dataset"] == scn.train_data(repo).fingerprint
         expected = collections.Counter(train.labels[int(train.y[i])] for i in node.shard)
