@@ -5,6 +5,7 @@ run, interleaved, ``--repeats`` times:
 
   forward               a plain no-grad forward pass over the data (chunks of --batch-size)
   per_sample_head       compute_fisher(..., estimator="per-sample") on the head: the closed form
+  normalized_head       compute_fisher(..., estimator="normalized") on the head (fiun-hub's sidecar default)
   batch_head            compute_fisher(..., estimator="batch") on the head (closed form as well)
   batch_head_autograd   the same batch estimator the paper's way (forward + backward per batch)
   per_sample_torch_func the per-sample head FIM without the closed form (torch.func vmap over grad)
@@ -68,6 +69,9 @@ def main() -> None:
     def batch_head():
         fisher.compute_fisher(model, x, y, labels, layers, estimator="batch", batch_size=bs, device=dev)
 
+    def normalized_head():
+        fisher.compute_fisher(model, x, y, labels, layers, estimator="normalized", batch_size=bs, device=dev)
+
     def without_closed_form(estimator):
         def run():
             real = fisher._head_linear
@@ -81,6 +85,7 @@ def main() -> None:
     cases = {
         "forward": forward,
         "per_sample_head": per_sample_head,
+        "normalized_head": normalized_head,
         "batch_head": batch_head,
         "batch_head_autograd": without_closed_form("batch"),
         "per_sample_torch_func": without_closed_form("per-sample"),

@@ -23,7 +23,7 @@ from .card import parse_card_full, render_card
 from .constants import CARD_FILE, CONFIG_FILE, FIM_CLASSES_FILE, FIM_FILE, WEIGHTS_FILE
 from .errors import BadInput, FiunError, LineageError, UnlearnError
 from .hub.ids import validate_repo_id
-from .hub.local import LocalHub, RepoChange
+from .hub.local import Blob, LocalHub, RepoChange
 from .lineage import affected, merge_sources, resolve
 from .models import parse_config
 from .repo import read_meta
@@ -316,7 +316,8 @@ def run_forget(
     changes, stats = [], {}
     for node in plan.todo:
         _, weights, st = results[node.repo]
-        sha = hashlib.sha256(weights).hexdigest()
+        blob = Blob.of(weights)
+        sha = blob.sha256
         sc = sidecars[node.repo]
         # The new sidecars: the forgotten classes stripped, the rest kept as computed on the pre-forget weights.
         fim_b, cls_b = strip_classes(sc, node.forget_here, {"weights_sha256": sha, "derived_by": plan.request_id,
@@ -340,7 +341,7 @@ def run_forget(
         what = f"classes {', '.join(plan.classes)}" if plan.classes else f"samples {plan.data_spec}"
         changes.append(RepoChange(
             node.repo,
-            {WEIGHTS_FILE: weights, FIM_FILE: fim_b, FIM_CLASSES_FILE: cls_b, CARD_FILE: card.encode()},
+            {WEIGHTS_FILE: blob, FIM_FILE: fim_b, FIM_CLASSES_FILE: cls_b, CARD_FILE: card.encode()},
             f"Forget {what} (request {plan.request_id}, FIUn from {', '.join(node.sources)})",
             parent_commit=node.head,
         ))

@@ -72,6 +72,18 @@ class CommitInfo:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class Blob:
+    """File content whose sha256 the writer already computed (saves hashing it twice)."""
+
+    data: bytes
+    sha256: str
+
+    @classmethod
+    def of(cls, data: bytes) -> "Blob":
+        return cls(data, hashlib.sha256(data).hexdigest())
+
+
 @dataclass
 class RepoChange:
     """New revision of one repo inside a :meth:`LocalHub.publish`.
@@ -82,7 +94,7 @@ class RepoChange:
     """
 
     repo: str
-    files: Mapping[str, bytes | Path] = field(default_factory=dict)
+    files: Mapping[str, bytes | Blob | Path] = field(default_factory=dict)
     message: str = ""
     parent_commit: str | None = None
     delete: tuple[str, ...] = ()
@@ -341,9 +353,16 @@ class LocalHub:
         atomic_write(self.repo_dir(repo) / "refs" / ref, cid.encode(), fsync=fsync)
 
     # ------------------------------------------------------------------ writes
-    def _store_blob(self, repo: str, content: bytes | Path) -> tuple[str, int]:
+    def _store_blob(self, repo: str, content: bytes | Blob | Path) -> tuple[str, int]:
         blobs = self.repo_dir(repo) / "blobs"
         blobs.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, Blob):
+            final = blobs / content.sha256
+            if not final.is_file():
+                tmp = blobs / f".incoming-{uuid.uuid4().hex}"
+                tmp.write_bytes(content.data)
+                os.replace(tmp, final)
+            return content.sha256, len(content.data)
         tmp = blobs / f".incoming-{uuid.uuid4().hex}"
         h = hashlib.sha256()
         size = 0
