@@ -25,14 +25,6 @@ from fiun_hub.unlearn import forget
 TINY = dict(shard_size=48, epochs=8, batch_size=16, lr=1e-2)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     hub = LocalHub.init(tmp_path_factory.mktemp("baselines") / "hub")

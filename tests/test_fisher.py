@@ -45,15 +45,6 @@ def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int = 20, 
     model.eval()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These models are tiny: on a shared 2-core box, 2 intra-op threads are up to 10x slower than 1."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def data():
     return load_data("digits:train", in_chans=1, input_size=(16, 16))

@@ -24,15 +24,6 @@ SHAPES = {"fl": dict(depth=4, width=2), "ddpl": dict(depth=2, width=2), "il": di
           "tl": dict(width=2, shard_size=48)}  # the TL base trains on two shards
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These models are tiny: on a shared 2-core box, 2 intra-op threads are much slower than 1."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     """All four scenarios, built once into one hub (distinct repo prefixes)."""
