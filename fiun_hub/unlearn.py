@@ -149,16 +149,39 @@ def plan_forget(
                 node.head_shape = list(sc.model_fim[heads[0]].shape) if heads else None
                 if sc.labels != labels:
                     node.problems.append(f"{repo}: sidecar labels differ from the card's; recompute the sidecar")
+                if not heads:
+                    node.problems.append(f"{repo}: its sidecar does not cover the head {config.classifier}, so it "
+                                         f"cannot be aligned; run `fiun-hub fim {repo} --layers head --data SPEC`")
                 if repo in origins and classes is not None:
                     have = [c for c in node.forget_here if sc.counts.get(c, 0) > 0]
                     if not have:
                         node.problems.append(f"{repo}: origin has no per-class FIM for {', '.join(classes)}; "
                                              f"run `fiun-hub fim {repo} --data SPEC` on data holding them")
+                for o in node.sources:
+                    if o != repo and o in loaded:
+                        node.problems += _mismatch(repo, sc, heads, o, loaded[o][1])
             except FiunError as exc:
                 node.problems.append(str(exc))
         nodes.append(node)
     return Plan(request_id, origins, classes, data_spec, float(alpha), float(lam), nodes,
                 g.number_of_nodes() - len(depths), loaded)
+
+
+def _mismatch(repo: str, sc, heads: Sequence[str], origin: str, osc) -> list[str]:
+    """Why ``origin``'s unlearning FIM could not be merged into ``repo``'s (empty if it can). Head rows are
+    aligned by label, so only their other dimensions must agree; other layers must agree whole."""
+    fix = f"recompute one with `fiun-hub fim --estimator {osc.estimator} {repo} --data SPEC`"
+    if sc.estimator != osc.estimator:
+        return [f"{repo}: its sidecar uses the {sc.estimator} estimator but origin {origin}'s uses "
+                f"{osc.estimator}; {fix}"]
+    for name, t in osc.model_fim.items():
+        if name not in sc.model_fim:
+            return [f"{repo}: its sidecar lacks layer {name} of origin {origin}; {fix}"]
+        mine = sc.model_fim[name]
+        if (t.shape[1:] != mine.shape[1:]) if name in heads else (t.shape != mine.shape):
+            return [f"{repo}: layer {name} has shape {tuple(mine.shape)}, origin {origin}'s {tuple(t.shape)}; "
+                    "it cannot be aligned"]
+    return []
 
 
 # ------------------------------------------------------------------------------------------------ unlearning
@@ -299,7 +322,8 @@ def run_forget(
         for o in node.sources:
             if fims[o][3] != sc.estimator:
                 raise UnlearnError(f"{node.repo}: its sidecar uses the {sc.estimator} estimator but origin {o}'s "
-                                   f"uses {fims[o][3]}; recompute one with `fiun-hub fim --estimator ...`")
+                                   f"uses {fims[o][3]}; recompute one with `fiun-hub fim --estimator {fims[o][3]} "
+                                   f"{node.repo} --data SPEC`")
         mfim = merge_fims(aligned)
         tasks.append(NodeTask(node.repo, str(hub.file_path(node.repo, WEIGHTS_FILE, node.head)), node.labels,
                               {n: sc.model_fim[n] for n in mfim},
