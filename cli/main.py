@@ -416,5 +416,14 @@ def demo(c: Ctx, directory: str, scenario: str, forget_class: str, seed: int, no
     c.emit(out, lambda: format_report(out))
 
 
+def _register_compliance() -> None:
+    from .compliance import audit, takedown
+
+    main.add_command(takedown)
+    main.add_command(audit)
+
+
+_register_compliance()
+
 if __name__ == "__main__":
     main()

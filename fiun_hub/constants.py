@@ -18,3 +18,4 @@ FIM_CLASSES_FILE = "fim-classes.safetensors"
 RELATIONS = ("finetune", "merge", "adapter", "quantized")
 DEFAULT_AUTHOR = os.environ.get("USER", "fiun-hub")
 TAG = "fiun-hub"
+LEDGER_REPO = "fiun-hub/ledger"  # the takedown ledger: a repo in the hub, not a model (kept out of the lineage)

@@ -19,7 +19,7 @@ from typing import Iterable
 import networkx as nx
 
 from .card import parse_card
-from .constants import CARD_FILE, FIM_FILE, FIUN_DIR, WEIGHTS_FILE
+from .constants import CARD_FILE, FIM_FILE, FIUN_DIR, LEDGER_REPO, WEIGHTS_FILE
 from .errors import BadInput, CardError, LineageError, RepoNotFound
 
 INDEX_FILE = "lineage.json"
@@ -113,6 +113,7 @@ def rebuild_index(hub) -> dict:
 def graph_from_entries(entries: dict) -> nx.DiGraph:
     """Build the DAG from index entries (pure; no I/O)."""
     g = nx.DiGraph()
+    entries = {r: e for r, e in entries.items() if r != LEDGER_REPO}
     for repo, e in entries.items():
         g.add_node(
             repo,

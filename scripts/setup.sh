@@ -16,4 +16,9 @@ if ! python -c "import torch, torchvision" >/dev/null 2>&1; then
   esac
 fi
 python -m pip install -q -e ".${extras}"
+# The HTML-report test renders pages in a real headless browser: Debian's Chromium.
+if [ -n "$extras" ] && ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >/dev/null 2>&1 \
+    || echo "warning: could not install chromium; the browser test will be skipped" >&2
+fi
 echo "fiun-hub installed in $(pwd)/.venv"

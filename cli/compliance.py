@@ -1,0 +1,247 @@
+"""``fiun-hub takedown`` and ``fiun-hub audit``: carry out a takedown request and prove it later (docs/takedowns.md).
+
+Standalone click commands over :mod:`fiun_hub.compliance`; ``cli/main.py`` registers them with
+``main.add_command(takedown)`` and ``main.add_command(audit)``. They use main's context object (``Ctx``: the hub,
+``--json``, ``emit``) and its error handling (one line on stderr; exit 0 success, 1 a failed audit, 2 bad input).
+``handled`` and ``fail`` are looked up when a command runs, so this module imports nothing from ``main`` at import
+time and ``main`` may import it from anywhere.
+"""
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Any, Callable
+
+import click
+
+ACTIONS = {"pending": "forget", "pre-forget-pin": "forget", "derived-from-flagged": "forget",
+           "unpinned-parent": "forget", "lost-record": "forget", "unrecorded": "record (already carries it)",
+           "done": "done", "inherited": "keep (derived after the takedown)",
+           "weights-changed": "left as is (see `fiun-hub audit --fix`)"}
+
+
+def _handled(fn: Callable) -> Callable:
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from fiun_hub_cli.main import handled
+
+        return handled(fn)(*args, **kwargs)
+
+    return wrapper
+
+
+def _fail(msg: str, code: int = 2) -> None:
+    from fiun_hub_cli.main import fail
+
+    fail(msg, code)
+
+
+def _check_report_path(path: str | None) -> None:
+    from pathlib import Path
+
+    from fiun_hub.errors import BadInput
+    from fiun_hub.report import FORMATS
+
+    if path is not None and Path(path).suffix.lower() not in FORMATS:
+        raise BadInput(f"--report {path}: the file name must end in .md, .html or .json")
+
+
+def _pct(v: Any) -> str:
+    return "-" if v is None else f"{v:.1f}%"
+
+
+def _request_lines(req: dict) -> list[str]:
+    f = req["forget"]
+    what = "classes " + ", ".join(f["classes"]) if f.get("classes") else f"samples of {f['data']}"
+    return [f"request {req['id']}: forget {what} at {', '.join(req['origins'])}",
+            f"  reason: {req['reason']}",
+            f"  requested by {req['requested_by']}, received {req['received']}"
+            + (f", deadline {req['deadline']}" if req.get("deadline") else "")]
+
+
+def _plan_text(tp) -> str:
+    lines = _request_lines(tp.request.to_dict())
+    lines.append(f"affected: {len(tp.states)} repo(s); {len(tp.targets)} to forget"
+                 + (f", {len(tp.record_only)} to record" if tp.record_only else ""))
+    lines.append(f"  {'repo':32s} {'depth':>5s}  {'head':12s}  action")
+    for s in tp.states:
+        lines.append(f"  {s.repo:32s} {s.depth:>5d}  {s.head[:12]:12s}  {ACTIONS.get(s.status, s.status)}")
+        if s.status not in ("pending", "done") and s.message:
+            lines.append(f"      {s.message}")
+    for p in tp.problems:
+        lines.append(f"  ! {p}")
+    return "\n".join(lines)
+
+
+def _outcome_text(tp, result: dict) -> str:
+    lines = [_plan_text(tp)]
+    if result["noop"]:
+        lines.append(f"request {tp.request.id} is already carried out and recorded for every affected repo; "
+                     "nothing to do")
+        return "\n".join(lines)
+    ev = result["event"]
+    lines.append(f"published {len(result['revisions'])} new revision(s) and the ledger record "
+                 f"({'fiun-hub/ledger'}@{result['ledger_revision'][:12]}) in {result['seconds']:.2f}s:")
+    for repo, e in ev["repos"].items():
+        acc = ""
+        if "forget_acc" in e or "retain_acc" in e:
+            acc = (f"  forget {_pct(e.get('forget_acc_before'))} -> {_pct(e.get('forget_acc'))}"
+                   f"  retain {_pct(e.get('retain_acc_before'))} -> {_pct(e.get('retain_acc'))}")
+        if e.get("action") == "recorded":
+            lines.append(f"  {repo:32s} recorded at {e['to'][:12]}  weights {(e['weights_sha256'] or '-')[:12]}{acc}")
+        else:
+            lines.append(f"  {repo:32s} {e['from'][:12]} -> {e['to'][:12]}  weights {e['weights_sha256'][:12]}{acc}")
+    return "\n".join(lines)
+
+
+@click.command()
+@click.argument("request_file", metavar="REQUEST.yaml", type=click.Path(dir_okay=False))
+@click.option("--dry-run", is_flag=True, help="Validate and show the affected set; change nothing.")
+@click.option("--eval-data", metavar="SPEC",
+              help="Held-out data (e.g. digits:test): measure forget / retain accuracy of every repo before and "
+                   "after, and record them in the ledger.")
+@click.option("--report", "report_path", metavar="FILE",
+              help="Also write a report: FILE.html (one self-contained page with the lineage picture), .md or .json.")
+@click.option("--workers", type=int, default=1, show_default=True, help="Processes for the per-repo work.")
+@click.pass_obj
+@_handled
+def takedown(c, request_file: str, dry_run: bool, eval_data: str | None, report_path: str | None,
+             workers: int) -> None:
+    """Carry out the takedown request in REQUEST.yaml across every model derived from its origins.
+
+    Validates the request, plans the forget (the affected set), unlearns every affected repo with FIUn and
+    records the request and its outcome (every repo, old and new revision, sha256 of the new weights, accuracies
+    with --eval-data) in the hub's ledger (the repo fiun-hub/ledger), in the same all-or-nothing publish as the
+    new revisions. Re-running a request applies it to what was derived since from pre-takedown revisions.
+
+    \b
+    REQUEST.yaml:
+      id: TKD-2026-001
+      reason: erasure request under GDPR art. 17
+      requested_by: dpo@example.org
+      received: 2026-11-20
+      deadline: 2026-12-20          # optional
+      origins: [acme/base]          # org/name[@revision]: models whose training data held it
+      forget: {classes: ["3"]}      # or {data: npz:PATH}; optional alpha, lambda
+      notes: free text              # optional
+    """
+    from fiun_hub.compliance import load_request, plan_report, plan_takedown, run_takedown
+    from fiun_hub.data import parse_spec
+    from fiun_hub.report import write_report
+
+    _check_report_path(report_path)
+    if eval_data is not None:
+        parse_spec(eval_data)
+    hub = c.hub()
+    request = load_request(request_file)
+    tp = plan_takedown(hub, request)
+    if dry_run or tp.problems:
+        if report_path:
+            write_report(plan_report(hub, tp), report_path)
+        c.emit({**tp.to_dict(), "dry_run": True, "report": report_path}, lambda: _plan_text(tp))
+        if tp.problems:
+            _fail(tp.problems[0] + (f" (and {len(tp.problems) - 1} more problem(s))" if len(tp.problems) > 1 else ""))
+        return
+    result = run_takedown(hub, tp, eval_data=eval_data, workers=workers)
+    if report_path:
+        write_report(result["report"], report_path)
+    data = {"request": request.to_dict(), "plan": tp.to_dict(), **{k: v for k, v in result.items() if k != "report"},
+            "ok": result["report"]["ok"], "report": report_path}
+    c.emit(data, lambda: _outcome_text(tp, result) + (f"\nwrote {report_path}" if report_path else ""))
+
+
+def _audit_text(data: dict) -> str:
+    lines = []
+    if not data["requests"]:
+        return "the ledger holds no request; nothing to audit"
+    for entry in data["requests"]:
+        lines += _request_lines(entry["request"])
+        done = entry.get("completed_at")
+        met = entry.get("deadline_met")
+        lines.append(f"  completed {done or '-'}" + ("" if met is None else " (deadline met)" if met
+                                                      else " (DEADLINE MISSED)"))
+        lines.append(f"  {'repo':32s} {'status':20s} {'head':12s}  {'weights':12s}  {'forget':>7s} {'retain':>7s}"
+                     + ("" if data.get("eval_data") else "  (accuracies as recorded)"))
+        for r in entry["repos"]:
+            status = r["status"].upper() if r["finding"] else r["status"]
+            lines.append(f"  {r['repo']:32s} {status:20s} {r['head'][:12]:12s}  {(r['weights_sha256'] or '-')[:12]:12s}"
+                         f"  {_pct(r.get('forget_acc', r.get('forget_acc_recorded'))):>7s}"
+                         f" {_pct(r.get('retain_acc', r.get('retain_acc_recorded'))):>7s}")
+            if r["finding"] or r.get("eval_error"):
+                lines.append(f"      ! {r['message'] or r.get('eval_error')}")
+        for f in entry["findings"]:
+            if f["kind"] == "origin-missing":
+                lines.append(f"      ! {f['message']}")
+    return "\n".join(lines)
+
+
+def _summary(data: dict) -> str:
+    n, k = len(data["findings"]), len(data["requests"])
+    repos = sum(len(e["repos"]) for e in data["requests"])
+    note = ""
+    if data.get("untracked_requests"):
+        note = (f"; forgets without a ledger record (not audited; see `fiun-hub lineage --check`): "
+                f"{', '.join(data['untracked_requests'])}")
+    if data["ok"]:
+        return f"audit ok: {k} request(s), {repos} repo(s) checked{note}"
+    return (f"audit failed: {n} finding(s) in {sum(not e['ok'] for e in data['requests'])} of {k} request(s); "
+            "`fiun-hub audit --fix` applies the request to the flagged repos" + note)
+
+
+@click.command()
+@click.option("--request", "request_id", metavar="ID", help="Only this request (default: every request in the ledger).")
+@click.option("--eval-data", metavar="SPEC",
+              help="Held-out data (e.g. digits:test): re-measure forget / retain accuracy of every affected repo.")
+@click.option("--max-forget-acc", type=float, default=5.0, show_default=True, metavar="PCT",
+              help="With --eval-data: a class-wise forget accuracy above PCT percent is a finding.")
+@click.option("--report", "report_path", metavar="FILE",
+              help="Also write a report: FILE.html (one self-contained page with the lineage picture), .md or .json.")
+@click.option("--fix", "do_fix", is_flag=True,
+              help="Apply the request to the flagged repos (new revisions, ledger updated), then audit again.")
+@click.option("--workers", type=int, default=1, show_default=True, help="Processes for the per-repo work (--fix).")
+@click.pass_obj
+@_handled
+def audit(c, request_id: str | None, eval_data: str | None, max_forget_acc: float, report_path: str | None,
+          do_fix: bool, workers: int) -> None:
+    """Prove every takedown in the ledger still holds; exit 1 on any finding.
+
+    For each request (or --request ID) the affected set is recomputed from the lineage now, and each repo's
+    head must carry the request. Findings: repos derived later from a pre-takedown revision of an affected repo
+    (pre-forget-pin), heads that lost the record (lost-record), heads whose weights changed to ones the ledger
+    never recorded (weights-changed), repos that carry the request without a ledger entry (unrecorded), and with
+    --eval-data a forget accuracy above --max-forget-acc. Repos derived after the takedown from cleaned
+    revisions are fine (inherited).
+    """
+    from fiun_hub import compliance as C
+    from fiun_hub.report import write_report
+
+    _check_report_path(report_path)
+    hub = c.hub()
+    data = C.audit(hub, request_id, eval_data=eval_data, max_forget_acc=max_forget_acc)
+    text = [_audit_text(data), _summary(data)]
+    if do_fix and not data["ok"]:
+        fixed = C.fix(hub, data, eval_data=eval_data, workers=workers)
+        for f in fixed:
+            revs = ", ".join(f"{r} -> {v['to'][:12]}" for r, v in f["revisions"].items())
+            line = f"--fix {f['request_id']}: " + (f"new revision(s) {revs}" if revs else "no new revision")
+            recorded = [r for r in f["fixed"] if r not in f["revisions"]]
+            if recorded:
+                line += f"; recorded {', '.join(recorded)}"
+            if f.get("ledger_revision"):
+                line += f"; ledger fiun-hub/ledger@{f['ledger_revision'][:12]}"
+            text.append(line)
+            text += [f"  could not fix {r}: {why}" for r, why in f["blocked"].items()]
+        after = C.audit(hub, request_id, eval_data=eval_data, max_forget_acc=max_forget_acc)
+        after["fixed"] = fixed
+        after["findings_before_fix"] = data["findings"]
+        data = after
+        text += ["after the fix:", _audit_text(data), _summary(data)]
+    if report_path:
+        write_report(data, report_path)
+        text.append(f"wrote {report_path}")
+    c.emit(data, "\n".join(text))
+    if not data["ok"]:
+        sys.exit(1)
+
+
+__all__ = ["takedown", "audit"]

@@ -1,0 +1,1000 @@
+"""Compliance: takedown requests, their ledger inside the hub, and audits that prove them (docs/takedowns.md).
+
+A *takedown request* is a YAML file a compliance team receives (who asked, why, when, by when, which models'
+training data held what, and what must go). :func:`plan_takedown` validates it against the hub and works out
+the affected set; :func:`run_takedown` carries it out with FIUn (:mod:`fiun_hub.unlearn`) and records the
+request and its outcome (every repo, old and new revision, hash of the new weights, measured accuracies) in
+the *ledger*: the repo ``fiun-hub/ledger`` of the same hub, one ``records/{id}.json`` and ``requests/{id}.yaml``
+per request. The ledger record lands in the **same** publish as the forget's new revisions, so a takedown
+lands whole or not at all; a second ledger commit then adds the new revision ids and the accuracies.
+
+:func:`audit` recomputes each request's affected set from the lineage *now* and classifies every repo in it:
+
+========================  ==============================================================================
+status                    meaning
+========================  ==============================================================================
+``done``                  its head carries the request and its weights are the ones the ledger recorded
+                          (or later ones the ledger also recorded, e.g. from another request)
+``inherited``             its head does not carry the request, but it derives only from revisions that do
+                          (a model derived after the takedown from a cleaned revision): nothing to forget
+``pre-forget-pin``        **finding** (a): derived from a revision of an affected repo that predates the
+                          takedown (the lineage pin shows it)
+``derived-from-flagged``  **finding**: derived from a revision that lost the request's record
+``unpinned-parent``       **finding**: derived from an affected repo without a pinned revision
+``lost-record``           **finding** (b): the ledger recorded the forget here, but the head's card no longer
+                          carries it (a later push dropped it)
+``weights-changed``       **finding** (c): the head carries the request, but its weights changed after the
+                          forget to ones the ledger never recorded
+``unrecorded``            **finding**: the head carries the request but the ledger has no entry for it
+``pending``               **finding** (in an audit) / to do (in a takedown): the request was never applied here
+``forget-accuracy``       **finding** (with ``eval_data``): held-out forget accuracy above the threshold
+========================  ==============================================================================
+
+:func:`fix` applies the request to the flagged repos (new revisions, ledger updated): a repo derived from a
+pre-takedown revision is dampened with the origin's *pre-forget* unlearning FIM, which
+:func:`fiun_hub.unlearn.run_forget` takes from the origin's ``from_revision`` when the origin already carries the
+request.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import hashlib
+import json
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from .constants import CARD_FILE, DEFAULT_AUTHOR, LEDGER_REPO, WEIGHTS_FILE
+from .errors import BadInput, FiunError
+from .hub.ids import split_repo_rev
+from .hub.local import Blob, LocalHub, RepoChange
+
+LEDGER_TAG = "fiun-hub-ledger"
+LEDGER_FORMAT = "fiun-ledger/1"
+REQUEST_KEYS = ("id", "reason", "requested_by", "received", "deadline", "origins", "forget", "notes")
+FORGET_KEYS = ("classes", "data", "alpha", "lambda")
+MAX_REQUEST_BYTES = 1 << 20
+REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,126}[A-Za-z0-9])?\Z")
+DEFAULT_MAX_FORGET_ACC = 5.0  # percent; above it a class-wise forget is reported as not holding
+
+#: statuses that are findings in an audit, and those that --fix (or a takedown re-run) repairs by forgetting
+FINDINGS = ("pending", "pre-forget-pin", "derived-from-flagged", "unpinned-parent", "lost-record", "weights-changed",
+            "unrecorded", "forget-accuracy", "origin-missing")
+APPLY = ("pending", "pre-forget-pin", "derived-from-flagged", "unpinned-parent", "lost-record", "weights-changed")
+
+
+class RequestError(BadInput):
+    """A takedown request file that is malformed or contradicts the ledger."""
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# ------------------------------------------------------------------------------------------------ requests
+@dataclass
+class TakedownRequest:
+    """One validated takedown request. ``origins`` keep the ``org/name[@rev]`` form they were given in."""
+
+    id: str
+    reason: str
+    requested_by: str
+    received: str  # ISO date (or date-time)
+    origins: list[str]
+    classes: list[str] | None = None
+    data: str | None = None
+    deadline: str | None = None
+    notes: str | None = None
+    alpha: float | None = None
+    lam: float | None = None
+    text: str = field(default="", repr=False, compare=False)  # the file as received
+
+    @property
+    def origin_repos(self) -> list[str]:
+        return [split_repo_rev(o)[0] for o in self.origins]
+
+    def forget_text(self) -> str:
+        return f"classes {', '.join(self.classes)}" if self.classes else f"samples of {self.data}"
+
+    def to_dict(self) -> dict[str, Any]:
+        forget: dict[str, Any] = {"classes": list(self.classes)} if self.classes else {"data": self.data}
+        if self.alpha is not None:
+            forget["alpha"] = self.alpha
+        if self.lam is not None:
+            forget["lambda"] = self.lam
+        return {"id": self.id, "reason": self.reason, "requested_by": self.requested_by, "received": self.received,
+                "deadline": self.deadline, "origins": list(self.origins), "forget": forget, "notes": self.notes}
+
+    def fingerprint(self) -> str:
+        """sha256 of the request's content (not of its formatting): the same request gives the same value."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], text: str = "") -> "TakedownRequest":
+        f = d.get("forget") or {}
+        return cls(d["id"], d["reason"], d["requested_by"], d["received"], list(d["origins"]),
+                   list(f["classes"]) if f.get("classes") else None, f.get("data"), d.get("deadline"),
+                   d.get("notes"), f.get("alpha"), f.get("lambda"), text)
+
+
+def _date(value: Any, key: str, where: str) -> str:
+    """A YAML date, date-time or ISO string -> ISO text (date-times in UTC)."""
+    if isinstance(value, _dt.datetime):
+        value = value if value.tzinfo else value.replace(tzinfo=_dt.timezone.utc)
+        return value.astimezone(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if isinstance(value, _dt.date):
+        return value.isoformat()
+    if isinstance(value, str):
+        try:
+            return _dt.date.fromisoformat(value.strip()).isoformat()
+        except ValueError:
+            pass
+        try:
+            return _date(_dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00")), key, where)
+        except ValueError:
+            pass
+    raise RequestError(f"{where}: {key} must be a date like 2026-11-20, got {value!r}")
+
+
+def _day(iso: str) -> _dt.date:
+    return _dt.date.fromisoformat(iso[:10])
+
+
+def _text(d: dict, key: str, where: str, required: bool = True, max_len: int = 10_000) -> str | None:
+    value = d.get(key)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        if required:
+            raise RequestError(f"{where}: {key} is required (a non-empty string)")
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        raise RequestError(f"{where}: {key} must be a string, got {type(value).__name__}")
+    if len(value) > max_len:
+        raise RequestError(f"{where}: {key} is longer than {max_len} characters")
+    return value.strip()
+
+
+def _number(value: Any, key: str, where: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise RequestError(f"{where}: forget.{key} must be a positive number, got {value!r}")
+    return float(value)
+
+
+def parse_request(text: str | bytes, where: str = "request") -> TakedownRequest:
+    """Validate a takedown request (YAML text). Every problem is a :class:`RequestError` naming the field.
+
+    >>> r = parse_request("id: TKD-1\\nreason: erasure\\nrequested_by: dpo@example.org\\nreceived: 2026-11-20\\n"
+    ...                   "origins: [acme/base]\\nforget: {classes: [3]}\\n")
+    >>> r.id, r.origins, r.classes, r.received
+    ('TKD-1', ['acme/base'], ['3'], '2026-11-20')
+    """
+    import yaml
+
+    if isinstance(text, bytes):
+        if len(text) > MAX_REQUEST_BYTES:
+            raise RequestError(f"{where}: request file is larger than {MAX_REQUEST_BYTES} bytes")
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError:
+            raise RequestError(f"{where}: request file is not UTF-8 text") from None
+    if len(text) > MAX_REQUEST_BYTES:
+        raise RequestError(f"{where}: request file is larger than {MAX_REQUEST_BYTES} bytes")
+    try:
+        d = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise RequestError(f"{where}: malformed YAML{at}: {problem}") from None
+    except RecursionError:
+        raise RequestError(f"{where}: YAML nested too deeply") from None
+    if not isinstance(d, dict):
+        raise RequestError(f"{where}: a request must be a YAML mapping with keys {', '.join(REQUEST_KEYS)}")
+    unknown = [str(k) for k in d if k not in REQUEST_KEYS]
+    if unknown:
+        raise RequestError(f"{where}: unknown key(s) {', '.join(unknown)}; a request has {', '.join(REQUEST_KEYS)}")
+    rid = d.get("id")
+    if isinstance(rid, int) and not isinstance(rid, bool):
+        rid = str(rid)
+    if not isinstance(rid, str) or not REQUEST_ID_RE.match(rid) or ".." in rid:
+        raise RequestError(f"{where}: id must be a string of letters, digits, '.', '_', '-' (at most 128, e.g. "
+                           f"TKD-2026-001), got {rid!r}")
+    reason = _text(d, "reason", where)
+    by = _text(d, "requested_by", where, max_len=500)
+    if d.get("received") is None:
+        raise RequestError(f"{where}: received is required (the date the request arrived, e.g. 2026-11-20)")
+    received = _date(d["received"], "received", where)
+    deadline = _date(d["deadline"], "deadline", where) if d.get("deadline") is not None else None
+    if deadline and _day(deadline) < _day(received):
+        raise RequestError(f"{where}: deadline {deadline} is before received {received}")
+    origins = d.get("origins")
+    if isinstance(origins, str):
+        origins = [origins]
+    if not isinstance(origins, list) or not origins:
+        raise RequestError(f"{where}: origins is required: a list of org/name[@revision] (the models whose "
+                           "training data held what must go)")
+    seen = set()
+    for o in origins:
+        if not isinstance(o, str):
+            raise RequestError(f"{where}: each origin must be a string org/name[@revision], got {o!r}")
+        try:
+            repo, _ = split_repo_rev(o.strip())
+        except BadInput as exc:
+            raise RequestError(f"{where}: origins: {exc}") from None
+        if repo == LEDGER_REPO:
+            raise RequestError(f"{where}: origins: {LEDGER_REPO} is the takedown ledger, not a model")
+        if repo in seen:
+            raise RequestError(f"{where}: origins: {repo} is given twice")
+        seen.add(repo)
+    origins = [o.strip() for o in origins]
+    forget = d.get("forget")
+    if not isinstance(forget, dict):
+        raise RequestError(f"{where}: forget is required: a mapping with classes: [A, B] or data: SPEC")
+    unknown = [str(k) for k in forget if k not in FORGET_KEYS]
+    if unknown:
+        raise RequestError(f"{where}: forget: unknown key(s) {', '.join(unknown)}; use classes or data "
+                           "(and optionally alpha, lambda)")
+    if ("classes" in forget) == ("data" in forget):
+        raise RequestError(f"{where}: forget needs exactly one of classes: [A, B] (class-wise) or data: SPEC "
+                           "(sample-wise)")
+    classes, data = None, None
+    if "classes" in forget:
+        raw = forget["classes"]
+        if isinstance(raw, (str, int)) and not isinstance(raw, bool):
+            raw = [c for c in str(raw).split(",")]
+        if not isinstance(raw, list) or not raw or not all(isinstance(c, (str, int)) and not isinstance(c, bool)
+                                                           for c in raw):
+            raise RequestError(f"{where}: forget.classes must be a non-empty list of label names")
+        classes = list(dict.fromkeys(str(c).strip() for c in raw if str(c).strip()))
+        if not classes:
+            raise RequestError(f"{where}: forget.classes must be a non-empty list of label names")
+    else:
+        from .data import parse_spec
+
+        if not isinstance(forget["data"], str):
+            raise RequestError(f"{where}: forget.data must be a data spec string (npz:PATH, folder:PATH, ...)")
+        try:
+            parse_spec(forget["data"])
+        except FiunError as exc:
+            raise RequestError(f"{where}: forget.data: {exc}") from None
+        data = forget["data"]
+    notes = d.get("notes")
+    if notes is not None and not isinstance(notes, str):
+        notes = json.dumps(notes, default=str) if isinstance(notes, (list, dict)) else str(notes)
+    return TakedownRequest(rid, reason, by, received, origins, classes, data, deadline,
+                           notes.strip() if isinstance(notes, str) else None,
+                           _number(forget.get("alpha"), "alpha", where), _number(forget.get("lambda"), "lambda", where),
+                           text)
+
+
+def load_request(path: str | Path) -> TakedownRequest:
+    """Read and validate a request file."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise RequestError(f"cannot read request file {path}: {exc.strerror or exc}") from None
+    return parse_request(data, where=str(path))
+
+
+# ------------------------------------------------------------------------------------------------ ledger
+def ledger_exists(hub: LocalHub) -> bool:
+    return hub.repo_exists(LEDGER_REPO)
+
+
+def ledger_records(hub: LocalHub, revision: str | None = None) -> dict[str, dict]:
+    """Every request's ledger record, by request id (empty when the hub has no ledger yet)."""
+    if not ledger_exists(hub):
+        return {}
+    out = {}
+    files = hub.list_files(LEDGER_REPO, revision)
+    for path in sorted(files):
+        if path.startswith("records/") and path.endswith(".json"):
+            rid = path[len("records/"):-len(".json")]
+            try:
+                rec = json.loads(hub.read_file(LEDGER_REPO, path, revision))
+            except (ValueError, UnicodeDecodeError):
+                raise BadInput(f"ledger record {path} in {LEDGER_REPO} is not valid JSON; "
+                               f"see `fiun-hub log {LEDGER_REPO}`") from None
+            well_formed = isinstance(rec, dict) and rec.get("format") == LEDGER_FORMAT and isinstance(
+                rec.get("repos"), dict) and isinstance(rec.get("request"), dict) and rec["request"].get("id") == rid
+            if not well_formed:
+                raise BadInput(f"ledger record {path} in {LEDGER_REPO} is not a {LEDGER_FORMAT} record")
+            out[rid] = rec
+    return out
+
+
+def ledger_record(hub: LocalHub, request_id: str) -> dict | None:
+    return ledger_records(hub).get(request_id)
+
+
+def _ledger_card(records: dict[str, dict]) -> str:
+    lines = ["---", "tags:", f"- {LEDGER_TAG}", "fiun:", f"  ledger: {LEDGER_FORMAT}", "---", "",
+             "# Takedown ledger", "",
+             "One record per takedown request: `requests/{id}.yaml` is the request as received, `records/{id}.json` "
+             "what was done (every repo, old and new revision, sha256 of the new weights, accuracies). Written by "
+             "`fiun-hub takedown` and `fiun-hub audit --fix`; its history is the audit trail (`fiun-hub log "
+             f"{LEDGER_REPO}`). Do not edit by hand.", "",
+             "| request | received | deadline | forget | origins | repos | completed |",
+             "|---|---|---|---|---|---|---|"]
+    for rid, rec in sorted(records.items()):
+        r = rec["request"]
+        f = r["forget"]
+        what = "classes " + ", ".join(f["classes"]) if f.get("classes") else f"samples of {f.get('data')}"
+        lines.append(f"| {rid} | {r['received']} | {r.get('deadline') or '-'} | {what} | {', '.join(r['origins'])} "
+                     f"| {len(rec['repos'])} | {rec.get('completed_at') or '-'} |")
+    return "\n".join(lines) + "\n"
+
+
+def _ledger_change(hub: LocalHub, updates: dict[str, dict], texts: dict[str, str], message: str) -> RepoChange:
+    """One ledger commit writing ``updates`` (request id -> record) and the request files in ``texts``."""
+    parent = hub.head(LEDGER_REPO) if ledger_exists(hub) else ""
+    records = {**ledger_records(hub, parent or None), **updates}
+    files: dict[str, bytes] = {f"records/{rid}.json": (json.dumps(rec, indent=2, sort_keys=True) + "\n").encode()
+                               for rid, rec in updates.items()}
+    files.update({f"requests/{rid}.yaml": text.encode() for rid, text in texts.items()})
+    files[CARD_FILE] = _ledger_card(records).encode()
+    return RepoChange(LEDGER_REPO, files, message, parent_commit=parent)
+
+
+class _PublishWithLedger(LocalHub):
+    """The hub as :func:`run_forget` sees it: its one publish also commits the ledger change that ``build``
+    makes from the forget's changes, so the new revisions and their record land together or not at all."""
+
+    def __init__(self, hub: LocalHub, build: Callable[[list[RepoChange]], RepoChange]):
+        super().__init__(hub.root, recover=False)
+        self._build = build
+        self.ledger_commit: str | None = None
+
+    def publish(self, changes, *, author=None):
+        changes = list(changes)
+        out = super().publish(changes + [self._build(changes)], author=author)
+        self.ledger_commit = out[LEDGER_REPO]
+        return out
+
+
+# ------------------------------------------------------------------------------------------------ classification
+def _weights_of(change: RepoChange) -> str | None:
+    content = change.files.get(WEIGHTS_FILE)
+    if isinstance(content, Blob):
+        return content.sha256
+    if isinstance(content, (bytes, bytearray)):
+        return hashlib.sha256(content).hexdigest()
+    if isinstance(content, Path):
+        from .hub.local import sha256_file
+
+        return sha256_file(content)
+    return None
+
+
+class _Lineage:
+    """Cached reads of cards and histories for one classification."""
+
+    def __init__(self, hub: LocalHub):
+        self.hub = hub
+        self._meta: dict[tuple[str, str], Any] = {}
+        self._hist: dict[tuple[str, str], list] = {}
+
+    def meta(self, repo: str, rev: str):
+        from .repo import read_meta
+
+        key = (repo, rev)
+        if key not in self._meta:
+            try:
+                self._meta[key] = read_meta(self.hub, repo, rev)
+            except BadInput as exc:
+                self._meta[key] = exc
+        return self._meta[key]
+
+    def carries(self, repo: str, rev: str, request_id: str) -> bool:
+        m = self.meta(repo, rev)
+        return not isinstance(m, Exception) and any(u.get("request") == request_id for u in m.unlearned)
+
+    def record(self, repo: str, rev: str, request_id: str) -> dict | None:
+        m = self.meta(repo, rev)
+        if isinstance(m, Exception):
+            return None
+        return next((u for u in m.unlearned if u.get("request") == request_id), None)
+
+    def history(self, repo: str, rev: str) -> list:
+        key = (repo, rev)
+        if key not in self._hist:
+            try:
+                self._hist[key] = self.hub.history(repo, rev)
+            except BadInput:
+                self._hist[key] = []
+        return self._hist[key]
+
+    def history_ids(self, repo: str, rev: str) -> list[str]:
+        return [c.id for c in self.history(repo, rev)]
+
+
+@dataclass
+class RepoState:
+    """Where one repo of a request's affected set stands."""
+
+    repo: str
+    depth: int
+    status: str
+    head: str
+    weights_sha256: str | None
+    message: str = ""
+    ledger: dict | None = None  # the ledger's entry for this repo, if any
+    eval: dict = field(default_factory=dict)  # forget_acc, retain_acc (now)
+
+    @property
+    def finding(self) -> bool:
+        return self.status in FINDINGS
+
+    def to_dict(self) -> dict[str, Any]:
+        led = self.ledger or {}
+        return {"repo": self.repo, "depth": self.depth, "status": self.status, "finding": self.finding,
+                "message": self.message, "head": self.head, "weights_sha256": self.weights_sha256,
+                "from": led.get("from"), "to": led.get("to"), "recorded_weights_sha256": led.get("weights_sha256"),
+                "at": led.get("at"), "forget_acc_before": led.get("forget_acc_before"),
+                "retain_acc_before": led.get("retain_acc_before"), "forget_acc_recorded": led.get("forget_acc"),
+                "retain_acc_recorded": led.get("retain_acc"), **{k: v for k, v in self.eval.items()}}
+
+
+def _find_to(lin: _Lineage, repo: str, head: str, entry: dict, request_id: str) -> str | None:
+    """The commit a ledger entry's forget created: recorded, else the first commit after ``from`` on the head's
+    line that carries the request (a ledger whose second commit was lost to a crash)."""
+    if entry.get("to"):
+        return entry["to"]
+    hist = lin.history(repo, head)
+    for older, newer in zip(hist[1:], hist[:-1]):
+        if older.id == entry.get("from") and lin.carries(repo, newer.id, request_id):
+            return newer.id
+    return None
+
+
+def classify(hub: LocalHub, request: TakedownRequest, record: dict | None, all_records: dict[str, dict],
+             g=None, lin: _Lineage | None = None) -> tuple[list[RepoState], list[dict]]:
+    """Every repo of the request's affected set *now*, with its status (module docstring), and the problems that
+    concern the request as a whole (an origin missing from the hub)."""
+    from .lineage import affected, resolve
+
+    g = g if g is not None else resolve(hub)
+    lin = lin or _Lineage(hub)
+    rid = request.id
+    origins = request.origin_repos
+    missing = [o for o in origins if o not in g or g.nodes[o].get("missing")]
+    problems = [{"request": rid, "repo": o, "kind": "origin-missing",
+                 "message": f"origin {o} of request {rid} is not in the hub"} for o in missing]
+    present = [o for o in origins if o not in missing]
+    depths = affected(g, present) if present else {}
+    ledger_repos = (record or {}).get("repos", {})
+    heads = {r: g.nodes[r]["head"] for r in depths}
+    applied = {r for r in depths if r in ledger_repos or lin.carries(r, heads[r], rid)}
+    known_weights: dict[str, set[str]] = {}
+    for rec in all_records.values():
+        for r, e in rec.get("repos", {}).items():
+            known_weights.setdefault(r, set()).add(e.get("weights_sha256"))
+        for ev in rec.get("events", []):
+            for r, e in ev.get("repos", {}).items():
+                known_weights.setdefault(r, set()).add(e.get("weights_sha256"))
+
+    def first_from(repo: str) -> str | None:
+        if repo in ledger_repos:
+            return ledger_repos[repo].get("first_from") or ledger_repos[repo].get("from")
+        rec = lin.record(repo, heads[repo], rid)
+        return rec.get("from_revision") if rec else None
+
+    def predates(repo: str, rev: str) -> bool:
+        f = first_from(repo)
+        return f is None or rev in set(lin.history_ids(repo, f))
+
+    memo: dict[tuple[str, str], tuple[list[tuple[str, str]], str] | None] = {}
+
+    def dirt(repo: str, rev: str, stack: frozenset = frozenset()) -> tuple[list[tuple[str, str]], str] | None:
+        """None if ``repo@rev`` holds nothing the request removes; else (the chain of pins down to the cause,
+        why): ``origin`` / ``predates`` (a revision from before the forget), ``lost`` (a revision after the
+        forget without its record), ``unpinned``, ``card``."""
+        key = (repo, rev)
+        if key in memo:
+            return memo[key]
+        if key in stack:  # a cycle: lineage --check reports it
+            return None
+        meta = lin.meta(repo, rev)
+        out: tuple[list[tuple[str, str]], str] | None
+        if isinstance(meta, Exception):
+            out = ([(repo, rev)], "card")
+        elif any(u.get("request") == rid for u in meta.unlearned):
+            out = None
+        elif repo in applied and not predates(repo, rev):
+            out = ([(repo, rev)], "lost")
+        elif repo in origins:
+            out = ([(repo, rev)], "origin")
+        else:
+            out = None
+            for p in meta.parents:
+                if p.repo not in depths:
+                    continue
+                if not p.revision:
+                    out = ([(p.repo, "")], "unpinned")
+                    break
+                d = dirt(p.repo, p.revision, stack | {key})
+                if d is not None:
+                    out = ([(p.repo, p.revision)] + d[0], d[1])
+                    break
+        memo[key] = out
+        return out
+
+    states = []
+    for repo in sorted(depths, key=lambda r: (depths[r], r)):
+        head = heads[repo]
+        weights = hub.list_files(repo, head).get(WEIGHTS_FILE)
+        entry = ledger_repos.get(repo)
+        st = RepoState(repo, depths[repo], "done", head, weights, ledger=entry)
+        if lin.carries(repo, head, rid):
+            if entry is None:
+                st.status = "unrecorded"
+                st.message = (f"{repo}: its head carries request {rid} but the ledger has no entry for it "
+                              "(forgotten outside `fiun-hub takedown`)")
+            else:
+                to = _find_to(lin, repo, head, entry, rid)
+                hist = lin.history(repo, head)
+                ids = [c.id for c in hist]
+                if to is None or to not in ids:
+                    st.status = "weights-changed"
+                    st.message = (f"{repo}: its head does not descend from the revision the ledger recorded for "
+                                  f"request {rid} ({(to or '?')[:12]})")
+                elif hist[ids.index(to)].files.get(WEIGHTS_FILE) != entry.get("weights_sha256"):
+                    st.status = "weights-changed"
+                    st.message = f"{repo}@{to[:12]}: weights differ from the sha256 the ledger recorded"
+                else:
+                    ok = known_weights.get(repo, set())
+                    for c, parent in zip(hist[:ids.index(to)], hist[1:ids.index(to) + 1]):
+                        w = c.files.get(WEIGHTS_FILE)
+                        if w != parent.files.get(WEIGHTS_FILE) and w not in ok:
+                            st.status = "weights-changed"
+                            st.message = (f"{repo}: weights changed at {c.id[:12]} ({c.message[:60]!r}) after the "
+                                          f"forget of request {rid}, to weights the ledger never recorded")
+                            break
+        elif entry is not None:
+            st.status = "lost-record"
+            st.message = (f"{repo}: the ledger recorded request {rid} at {(entry.get('to') or '?')[:12]}, but its "
+                          f"head {head[:12]} no longer carries it")
+        else:
+            d = dirt(repo, head)
+            if d is None:
+                st.status = "inherited"
+                pins = [f"{p.repo}@{p.revision[:12]}" for p in lin.meta(repo, head).parents if p.repo in depths]
+                st.message = f"derived after the takedown from {', '.join(pins)}, which carry request {rid}"
+            else:
+                chain, why = d
+                first, cause = chain[0], chain[-1]
+                via = f" (through {cause[0]}@{cause[1][:12]})" if len(chain) > 1 else ""
+                if record is None or repo in origins and len(chain) == 1:
+                    st.status = "pending"
+                    st.message = f"{repo}: request {rid} has not been applied here"
+                elif why == "unpinned":
+                    st.status = "unpinned-parent"
+                    st.message = f"{repo}: derived from {first[0]} without a pinned revision; cannot prove it clean"
+                elif why == "lost":
+                    st.status = "derived-from-flagged"
+                    st.message = (f"{repo}: derived from {first[0]}@{first[1][:12]}, which does not carry request "
+                                  f"{rid}{via}")
+                elif why == "card":
+                    st.status = "pre-forget-pin"
+                    st.message = f"{repo}: derived from {first[0]}@{first[1][:12]}, whose card cannot be read"
+                else:
+                    st.status = "pre-forget-pin"
+                    st.message = (f"{repo}: derived from {first[0]}@{first[1][:12]}, a revision from before "
+                                  f"request {rid} that still holds the forgotten data{via}")
+        states.append(st)
+    return states, problems
+
+
+# ------------------------------------------------------------------------------------------------ evaluation
+_DATA_CACHE: dict[tuple, Any] = {}
+
+
+def _dataset(spec: str, config) -> Any:
+    """``spec`` shaped for a model; the last few are kept, since every repo of a request is measured on it."""
+    from .data import load_data
+
+    key = (spec, config.in_chans, tuple(config.input_size))
+    if key not in _DATA_CACHE:
+        if len(_DATA_CACHE) >= 4:
+            _DATA_CACHE.pop(next(iter(_DATA_CACHE)))
+        _DATA_CACHE[key] = load_data(spec, in_chans=config.in_chans, input_size=config.input_size)
+    return _DATA_CACHE[key]
+
+
+def _measure(hub: LocalHub, request: TakedownRequest, repo: str, revision: str, eval_data: str) -> dict[str, Any]:
+    """Held-out forget / retain accuracy (class-wise: on the request's classes the model has, and on its other
+    classes) or accuracy on the forget samples and on ``eval_data`` (sample-wise) of ``repo@revision``, in
+    percent; ``eval_error`` instead when the data does not fit the model."""
+    from .evaluate import accuracy, forget_retain_accuracy
+    from .models import load_model
+
+    try:
+        model, config, _ = load_model(hub, repo, revision)
+        held_out = _dataset(eval_data, config)
+        if request.classes:
+            forget = [c for c in request.classes if c in config.labels]
+            f, r = forget_retain_accuracy(model, config.labels, held_out, forget)
+            if not forget:
+                return {"forget_acc": None, "retain_acc": r}
+            return {"forget_acc": f, "retain_acc": r}
+        known = held_out.to_label_space(config.labels)
+        on_forget = _dataset(request.data, config).to_label_space(config.labels)
+        if len(known) == 0 or len(on_forget) == 0:
+            raise BadInput(f"{repo}: {eval_data if len(known) == 0 else request.data} holds no sample of its classes")
+        return {"forget_acc": accuracy(model, on_forget), "retain_acc": accuracy(model, known)}
+    except FiunError as exc:
+        return {"forget_acc": None, "retain_acc": None, "eval_error": str(exc).splitlines()[0][:300]}
+
+
+def _check_eval_data(spec: str | None) -> None:
+    if spec is not None:
+        from .data import parse_spec
+
+        parse_spec(spec)
+
+
+# ------------------------------------------------------------------------------------------------ applying
+@dataclass
+class TakedownPlan:
+    """What a takedown (or a fix) would do: the FIUn plan restricted to ``targets`` and the repos it only records."""
+
+    request: TakedownRequest
+    plan: Any  # fiun_hub.unlearn.Plan, with every non-target marked done
+    states: list[RepoState]
+    targets: list[str]  # repos that get a new, unlearned revision
+    record_only: list[str]  # repos that already carry the request and only enter the ledger
+    record: dict | None  # the request's ledger record before this run
+    problems: list[str] = field(default_factory=list)
+    blocked: dict[str, str] = field(default_factory=dict)  # target -> why it cannot be applied
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"request": self.request.to_dict(), "request_id": self.request.id,
+                "affected": [s.to_dict() for s in self.states], "targets": self.targets,
+                "record_only": self.record_only, "in_ledger": self.record is not None, "problems": self.problems,
+                "blocked": self.blocked, "plan": self.plan.to_dict() if self.plan is not None else None,
+                "noop": not self.targets and not self.record_only}
+
+
+def _origin_pins(hub: LocalHub, request: TakedownRequest) -> None:
+    """An ``org/name@rev`` origin must name a revision on the line of the origin's head."""
+    for spec in request.origins:
+        repo, rev = split_repo_rev(spec)
+        if not hub.repo_exists(repo):
+            raise RequestError(f"request {request.id}: origin {repo} is not in the hub")
+        if rev:
+            cid = hub.resolve(repo, rev)
+            if cid not in {c.id for c in hub.history(repo)}:
+                raise RequestError(f"request {request.id}: origin {spec} is not in the history of {repo}'s head; "
+                                   "the forget applies to the head and everything derived from it")
+
+
+def _restrict(hub: LocalHub, request: TakedownRequest, plan, apply: Iterable[str]) -> tuple[Any, dict[str, str]]:
+    """The FIUn plan with only ``apply`` left to do (every other node marked done and its problems dropped),
+    and the targets that cannot be applied, with why."""
+    from .constants import CONFIG_FILE
+    from .models import parse_config
+    from .sidecars import load_sidecars
+
+    apply = set(apply)
+    nodes, blocked = [], {}
+    for n in plan.nodes:
+        if n.repo in apply:
+            problems = list(n.problems)
+            if n.done:  # it carries the request but must be redone (weights changed): check what plan skipped
+                try:
+                    config = parse_config(hub.read_file(n.repo, CONFIG_FILE, n.head), n.repo)
+                    sc = load_sidecars(hub, n.repo, n.head)
+                    plan._loaded[n.repo] = (config, sc)
+                    if n.repo in plan.origins and plan.classes is not None and \
+                            not any(sc.counts.get(c, 0) > 0 for c in n.forget_here):
+                        problems.append(f"{n.repo}: its sidecar at {n.head[:12]} has no per-class FIM for "
+                                        f"{', '.join(plan.classes)} (stripped by the earlier forget); recompute it "
+                                        f"with `fiun-hub fim {n.repo} --data SPEC` on data holding them")
+                except FiunError as exc:
+                    problems.append(str(exc))
+            if problems:
+                blocked[n.repo] = problems[0]
+                nodes.append(dataclasses.replace(n, done=True, problems=[]))
+            else:
+                nodes.append(dataclasses.replace(n, done=False, problems=[]))
+        else:
+            nodes.append(dataclasses.replace(n, done=True, problems=[]))
+    # An origin that must be redone but cannot be blocks the whole request: its unlearning FIM is the source.
+    for o in plan.origins:
+        node = next((n for n in plan.nodes if n.repo == o), None)
+        if o in blocked or (node is not None and not node.done and o not in apply):
+            raise BadInput(blocked.get(o) or f"origin {o} does not carry request {request.id} and is not being "
+                                              "forgotten; cannot compute its unlearning FIM")
+    return dataclasses.replace(plan, nodes=nodes), blocked
+
+
+def plan_takedown(hub: LocalHub, request: TakedownRequest) -> TakedownPlan:
+    """Validate ``request`` against the hub and the ledger and work out what a takedown does. Changes nothing.
+
+    A request id already in the ledger must have the same content (a re-run then applies it to what was derived
+    since from pre-takedown revisions, and is a no-op when nothing was)."""
+    from .dampening import DEFAULT_ALPHA, DEFAULT_LAMBDA
+    from .unlearn import plan_forget
+
+    records = ledger_records(hub)
+    record = records.get(request.id)
+    if record is not None and record.get("request_sha256") != request.fingerprint():
+        raise RequestError(f"request {request.id} is already in the ledger with different content (received "
+                           f"{record['request'].get('received')}); give a new request a new id")
+    _origin_pins(hub, request)
+    plan = plan_forget(hub, request.origin_repos, request.classes, request.data, request.id,
+                       DEFAULT_ALPHA if request.alpha is None else request.alpha,
+                       DEFAULT_LAMBDA if request.lam is None else request.lam)
+    states, _ = classify(hub, request, record, records)
+    targets = [s.repo for s in states if s.status in ("pending", "pre-forget-pin", "derived-from-flagged",
+                                                      "unpinned-parent", "lost-record")]
+    record_only = [s.repo for s in states if s.status == "unrecorded"]
+    by_repo = {n.repo: n for n in plan.nodes}
+    problems = [p for r in targets for p in by_repo[r].problems]
+    restricted = plan
+    if not problems:
+        restricted, blocked = _restrict(hub, request, plan, targets)
+        problems = list(blocked.values())
+    return TakedownPlan(request, restricted, states, targets, record_only, record, problems)
+
+
+def _origins_used(hub: LocalHub, plan, lin: _Lineage) -> list[str]:
+    """Each origin with the revision whose sidecar gives its unlearning FIM (the pre-forget one when done)."""
+    out = []
+    for o in plan.origins:
+        node = next(n for n in plan.nodes if n.repo == o)
+        rec = lin.record(o, node.head, plan.request_id) if node.done else None
+        out.append(f"{o}@{(rec or {}).get('from_revision') or node.head}")
+    return out
+
+
+def _new_record(request: TakedownRequest) -> dict:
+    return {"format": LEDGER_FORMAT, "request": request.to_dict(), "request_file": f"requests/{request.id}.yaml",
+            "request_sha256": request.fingerprint(), "completed_at": None, "events": [], "repos": {}}
+
+
+def _apply(hub: LocalHub, tp: TakedownPlan, kind: str, *, eval_data: str | None, workers: int,
+           progress: Callable[[str], None] | None, findings: list[dict] | None = None) -> dict[str, Any]:
+    """Forget ``tp.targets`` (those not blocked) and record them and ``tp.record_only`` in the ledger: the forget's
+    revisions and the ledger record in one publish, then a ledger commit with the new revisions and accuracies."""
+    from .unlearn import run_forget
+
+    request, plan = tp.request, tp.plan
+    lin = _Lineage(hub)
+    todo = [n for n in plan.nodes if not n.done]
+    before = {}
+    if eval_data:
+        for n in todo:
+            before[n.repo] = _measure(hub, request, n.repo, n.head, eval_data)
+    at = _now()
+    record = json.loads(json.dumps(tp.record)) if tp.record is not None else _new_record(request)
+    event: dict[str, Any] = {"kind": kind, "at": at, "author": DEFAULT_AUTHOR, "origins": _origins_used(hub, plan, lin),
+                             "eval_data": eval_data, "repos": {}, "blocked": dict(tp.blocked)}
+    if findings is not None:
+        event["findings"] = findings
+    heads = {s.repo: s.head for s in tp.states}
+    for repo in tp.record_only:
+        rec = lin.record(repo, heads[repo], request.id) or {}
+        event["repos"][repo] = {"action": "recorded", "from": rec.get("from_revision"), "to": heads[repo],
+                                "weights_sha256": hub.list_files(repo, heads[repo]).get(WEIGHTS_FILE)}
+    texts = {} if tp.record is not None else {request.id: request.text or _yaml_of(request)}
+
+    def build(changes: list[RepoChange]) -> RepoChange:
+        for ch in changes:
+            event["repos"][ch.repo] = {"action": "forgot", "from": ch.parent_commit, "to": None,
+                                       "weights_sha256": _weights_of(ch), **{f"{k}_before": v for k, v in
+                                                                              before.get(ch.repo, {}).items()}}
+        return _ledger_change(hub, {request.id: _with_event(record, event)}, texts,
+                              f"{kind.capitalize()} {request.id}: forget {request.forget_text()} at "
+                              f"{', '.join(request.origin_repos)} ({len(changes)} repo(s))")
+
+    t0 = time.perf_counter()
+    result = None
+    if todo:
+        lhub = _PublishWithLedger(hub, build)
+        result = run_forget(lhub, plan, workers=workers, progress=progress)
+        for repo, rv in result.revisions.items():
+            event["repos"][repo]["to"] = rv["to"]
+            event["repos"][repo].update({k: v for k, v in result.stats[repo].items() if k in ("changed", "params")})
+    elif event["repos"]:
+        hub.publish([_ledger_change(hub, {request.id: _with_event(record, event)}, texts,
+                                    f"Record {request.id} for {len(event['repos'])} repo(s) that already carry it")])
+    else:
+        return {"noop": True, "revisions": {}, "stats": {}, "event": None, "seconds": 0.0, "forget_seconds": {},
+                "ledger_revision": hub.head(LEDGER_REPO) if ledger_exists(hub) else None}
+    if eval_data:
+        for repo, e in event["repos"].items():
+            e.update(_measure(hub, request, repo, e["to"], eval_data))
+    final = _with_event(record, event)
+    ledger_rev = hub.publish([_ledger_change(hub, {request.id: final}, {},
+                                             f"{kind.capitalize()} {request.id}: new revisions"
+                                             + (f" and accuracies on {eval_data}" if eval_data else ""))])[LEDGER_REPO]
+    return {"noop": False, "revisions": result.revisions if result else {}, "stats": result.stats if result else {},
+            "event": event, "ledger_revision": ledger_rev, "seconds": time.perf_counter() - t0,
+            "forget_seconds": result.seconds if result else {}}
+
+
+def _with_event(record: dict, event: dict) -> dict:
+    """``record`` with ``event`` appended (replacing an earlier copy of the same event) and its repos updated."""
+    rec = json.loads(json.dumps(record))
+    rec["events"] = [e for e in rec["events"] if e.get("at") != event["at"] or e.get("kind") != event["kind"]]
+    rec["events"].append(json.loads(json.dumps(event)))
+    index = len(rec["events"]) - 1
+    for repo, e in event["repos"].items():
+        prev = rec["repos"].get(repo) or {}
+        rec["repos"][repo] = {**{k: v for k, v in e.items() if k != "action"}, "at": event["at"], "event": index,
+                              "action": e.get("action"), "first_from": prev.get("first_from") or prev.get("from")
+                              or e.get("from")}
+    if rec.get("completed_at") is None and event["repos"]:
+        rec["completed_at"] = event["at"]
+    return rec
+
+
+def _yaml_of(request: TakedownRequest) -> str:
+    import yaml
+
+    return yaml.safe_dump(request.to_dict(), sort_keys=False)
+
+
+def run_takedown(hub: LocalHub, tp: TakedownPlan, *, eval_data: str | None = None, workers: int = 1,
+                 progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Carry out a :func:`plan_takedown`: forget every target and record the request and its outcome in the ledger.
+    Returns the outcome and the report data (``report``) of the request's state afterwards."""
+    if tp.problems:
+        raise BadInput(tp.problems[0] + (f" (and {len(tp.problems) - 1} more problem(s); see --dry-run)"
+                                         if len(tp.problems) > 1 else ""))
+    _check_eval_data(eval_data)
+    out = _apply(hub, tp, "takedown", eval_data=eval_data, workers=workers, progress=progress)
+    report = audit(hub, tp.request.id, kind="takedown")
+    return {"request_id": tp.request.id, **out, "report": report}
+
+
+# ------------------------------------------------------------------------------------------------ audit
+def _lineage_data(g, states: list[RepoState]) -> dict[str, Any]:
+    """The request's part of the DAG for the report picture: affected repos and their direct parents."""
+    status = {s.repo: s.status for s in states}
+    keep = set(status)
+    for r in list(status):
+        keep |= {p for p in g.predecessors(r) if p != LEDGER_REPO}
+    nodes = [{"id": n, "head": g.nodes[n].get("head"), "status": status.get(n, "context"),
+              "missing": bool(g.nodes[n].get("missing"))} for n in sorted(keep)]
+    edges = [{"source": u, "target": v, "revision": g.edges[u, v].get("revision") or "",
+              "relation": g.edges[u, v].get("relation")} for u, v in sorted(g.edges) if u in keep and v in keep]
+    return {"nodes": nodes, "edges": edges}
+
+
+def _entry(g, rec: dict, states: list[RepoState], problems: list[dict]) -> dict[str, Any]:
+    """One request's part of a report: its ledger facts, one row per affected repo, findings, lineage."""
+    rid = rec["request"]["id"]
+    findings = problems + [{"request": rid, "repo": s.repo, "kind": s.status, "message": s.message}
+                           for s in states if s.finding]
+    # Repos the ledger recorded that are no longer in the affected set (the lineage was rewired): shown, not
+    # flagged, since nothing derives them from the origins any more.
+    gone = sorted(set(rec["repos"]) - {s.repo for s in states})
+    completed = rec.get("completed_at")
+    deadline = rec["request"].get("deadline")
+    return {
+        "request": rec["request"], "request_sha256": rec.get("request_sha256"),
+        "ok": not findings, "findings": findings, "completed_at": completed,
+        "deadline_met": (_day(completed) <= _day(deadline)) if completed and deadline else None,
+        "events": [{**{k: e.get(k) for k in ("kind", "at", "author", "eval_data")}, "repos": sorted(e["repos"])}
+                   for e in rec.get("events", [])],
+        "repos": [s.to_dict() for s in states],
+        "no_longer_affected": [{"repo": r, **rec["repos"][r]} for r in gone],
+        "lineage": _lineage_data(g, states),
+    }
+
+
+def plan_report(hub: LocalHub, tp: TakedownPlan) -> dict[str, Any]:
+    """Report data (as :func:`audit` gives) for a takedown that has not run: what it would do (``--dry-run``)."""
+    from .lineage import resolve
+
+    rec = tp.record or _new_record(tp.request)
+    entry = _entry(resolve(hub), rec, tp.states, [])
+    # In a plan, "pending" is the work to do, not a finding.
+    entry.update(findings=[], ok=not tp.problems, todo=list(tp.targets), record_only=list(tp.record_only))
+    return {"kind": "takedown-plan", "hub": str(hub.root), "generated_at": _now(), "ok": not tp.problems,
+            "eval_data": None, "max_forget_acc": None, "ledger_revision": None, "problems": tp.problems,
+            "findings": [], "requests": [entry]}
+
+
+def audit(hub: LocalHub, request_id: str | None = None, *, eval_data: str | None = None,
+          max_forget_acc: float = DEFAULT_MAX_FORGET_ACC, kind: str = "audit") -> dict[str, Any]:
+    """Check every request in the ledger (or only ``request_id``) against the hub as it is now.
+
+    Returns ``{"kind", "hub", "generated_at", "ok", "eval_data", "findings", "requests": [...]}``; each request
+    entry has its ``request``, ledger facts, ``repos`` (one row per affected repo: status, head, weights,
+    ledger revisions and hashes, accuracies) and ``lineage`` (nodes with status, edges) for the picture."""
+    from .lineage import resolve
+
+    _check_eval_data(eval_data)
+    if not (max_forget_acc >= 0 and math.isfinite(max_forget_acc)):
+        raise BadInput(f"--max-forget-acc must be a percentage, got {max_forget_acc}")
+    records = ledger_records(hub)
+    if request_id is not None and request_id not in records:
+        known = ", ".join(sorted(records)) or "none"
+        raise BadInput(f"request {request_id} is not in the ledger (requests: {known})")
+    g = resolve(hub)
+    lin = _Lineage(hub)
+    entries, findings = [], []
+    for rid in sorted(records) if request_id is None else [request_id]:
+        rec = records[rid]
+        request = TakedownRequest.from_dict(rec["request"])
+        states, problems = classify(hub, request, rec, records, g, lin)
+        if eval_data:
+            for s in states:
+                s.eval = _measure(hub, request, s.repo, s.head, eval_data)
+                fa = s.eval.get("forget_acc")
+                if request.classes and fa is not None and fa > max_forget_acc and not s.finding:
+                    s.status = "forget-accuracy"
+                    s.message = (f"{s.repo}: held-out forget accuracy {fa:.1f}% on {eval_data} is above "
+                                 f"{max_forget_acc:g}%")
+        entry = _entry(g, rec, states, problems)
+        entries.append(entry)
+        req_findings = entry["findings"]
+        findings += req_findings
+    # Forgets run with plain `fiun-hub forget` have no request file and no ledger record: named, not audited
+    # (`fiun-hub lineage --check` still reports models derived from their pre-forget revisions).
+    untracked = [] if request_id is not None else sorted(
+        {u.get("request") for n in g.nodes for u in g.nodes[n].get("unlearned") or []} - set(records))
+    return {"kind": kind, "hub": str(hub.root), "generated_at": _now(), "ok": not findings, "eval_data": eval_data,
+            "max_forget_acc": max_forget_acc, "ledger_revision": hub.head(LEDGER_REPO) if records else None,
+            "findings": findings, "requests": entries, "untracked_requests": untracked}
+
+
+def fix(hub: LocalHub, report: dict[str, Any], *, eval_data: str | None = None, workers: int = 1,
+        progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """Apply each request with findings in ``report`` (an :func:`audit` result) to its flagged repos: new
+    unlearned revisions, and a ``fix`` event in the ledger naming the findings it answers. Repos that cannot be
+    fixed (a stale sidecar, say) are left flagged, with why. Returns one outcome per request touched."""
+    from .dampening import DEFAULT_ALPHA, DEFAULT_LAMBDA
+    from .unlearn import plan_forget
+
+    _check_eval_data(eval_data)
+    records = ledger_records(hub)
+    out = []
+    for entry in report["requests"]:
+        if entry["ok"]:
+            continue
+        rid = entry["request"]["id"]
+        rec = records[rid]
+        request = TakedownRequest.from_dict(rec["request"])
+        states, _ = classify(hub, request, rec, records)  # fresh: an earlier fix in this loop may have moved heads
+        flagged = {f["repo"]: f for f in entry["findings"]}
+        apply = [s.repo for s in states if s.status in APPLY
+                 or (s.repo in flagged and flagged[s.repo]["kind"] == "forget-accuracy" and s.status == "inherited")]
+        record_only = [s.repo for s in states if s.status == "unrecorded"]
+        if not apply and not record_only:
+            out.append({"request_id": rid, "fixed": [], "blocked": {}, "revisions": {},
+                        "unfixable": sorted(flagged)})
+            continue
+        plan = plan_forget(hub, request.origin_repos, request.classes, request.data, request.id,
+                           DEFAULT_ALPHA if request.alpha is None else request.alpha,
+                           DEFAULT_LAMBDA if request.lam is None else request.lam)
+        try:
+            restricted, blocked = _restrict(hub, request, plan, apply)
+        except BadInput as exc:  # an origin that must be redone cannot be: nothing of this request can
+            out.append({"request_id": rid, "fixed": [], "blocked": {r: str(exc) for r in apply},
+                        "revisions": {}, "unfixable": sorted(flagged)})
+            continue
+        tp = TakedownPlan(request, restricted, states, [r for r in apply if r not in blocked], record_only, rec,
+                          blocked=blocked)
+        res = _apply(hub, tp, "fix", eval_data=eval_data, workers=workers, progress=progress,
+                     findings=[flagged[r] for r in sorted(flagged) if r in apply or r in record_only])
+        out.append({"request_id": rid, "fixed": sorted(r for r in apply + record_only if r not in blocked),
+                    "blocked": blocked, "revisions": res["revisions"], "ledger_revision": res["ledger_revision"],
+                    "unfixable": sorted(r for r in flagged if r not in apply and r not in record_only)})
+    return out
+
+
+__all__ = ["LEDGER_REPO", "LEDGER_FORMAT", "TakedownRequest", "RequestError", "parse_request", "load_request",
+           "ledger_records", "ledger_record", "ledger_exists", "RepoState", "classify", "TakedownPlan",
+           "plan_takedown", "run_takedown", "audit", "fix", "DEFAULT_MAX_FORGET_ACC"]
