@@ -220,14 +220,20 @@ def lineage(c: Ctx, repo: str | None, up: bool, down: bool, fmt: str | None, out
     if fmt == "png":
         if not output:
             raise BadInput("--format png needs -o FILE")
-        path = L.to_png(g, output, title=f"lineage of {repo}" if repo else "fiun-hub lineage")
+        try:
+            path = L.to_png(g, output, title=f"lineage of {repo}" if repo else "fiun-hub lineage")
+        except OSError as exc:
+            raise BadInput(f"cannot write {output}: {exc.strerror or exc}") from None
         c.emit({"png": str(path), "nodes": g.number_of_nodes(), "edges": g.number_of_edges()}, f"wrote {path}")
         return
     text = {"tree": L.to_tree, "dot": L.to_dot, "mermaid": L.to_mermaid,
             "json": lambda gr: json.dumps(L.to_json(gr), indent=2, default=str)}[fmt](g)
     if output:
-        with open(output, "w") as fh:
-            fh.write(text + "\n")
+        try:
+            with open(output, "w") as fh:
+                fh.write(text + "\n")
+        except OSError as exc:
+            raise BadInput(f"cannot write {output}: {exc.strerror or exc}") from None
         if c.as_json:
             click.echo(json.dumps({"output": output, "format": fmt}))
         else:
@@ -305,10 +311,15 @@ def _plan_text(plan) -> str:
                    "reference (default 0.01).")
 @click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")
 @click.option("--workers", type=int, default=1, show_default=True, help="Processes for the per-repo work.")
-@click.option("--executor", type=click.Choice(["local"]), default="local", show_default=True)
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: this process (or a process pool with --workers); ray: one Ray task per repo "
+                   "(pip install 'fiun-hub[ray]').")
+@click.option("--ray-address", metavar="ADDR", default=None,
+              help="Join this Ray cluster (default: start a local Ray with --workers CPUs).")
 @pass_ctx
 @handled
-def forget(c: Ctx, origins, classes, data_spec, request_id, alpha, lam, dry_run, workers, executor) -> None:
+def forget(c: Ctx, origins, classes, data_spec, request_id, alpha, lam, dry_run, workers, executor,
+           ray_address) -> None:
     """Unlearn classes (or samples) at the ORIGINs and at every model derived from them, in one pass.
 
     Each affected repo gets a new revision: dampened weights, sidecars without the forgotten classes and a
@@ -332,7 +343,7 @@ def forget(c: Ctx, origins, classes, data_spec, request_id, alpha, lam, dry_run,
     bar, _, _ = _progress(c, len(plan.todo), "unlearning")
     with bar:
         task = bar.add_task("unlearning", total=len(plan.todo))
-        result = run_forget(hub, plan, workers=workers, executor=executor,
+        result = run_forget(hub, plan, workers=workers, executor=executor, ray_address=ray_address,
                             progress=lambda repo: bar.update(task, advance=1, description=repo))
     c.emit({"plan": plan.to_dict(), **result.to_dict()}, lambda: _plan_text(plan) + "\n" + "\n".join(
         [f"published {len(result.revisions)} new revision(s) in {result.seconds['total']:.2f}s:"]

@@ -123,14 +123,21 @@ def _remember(text: str, data: dict, body: str) -> None:
         _PARSED.popitem(last=False)
 
 
-def _plain(value: Any, where: str, depth: int = 0) -> Any:
+MAX_NODES = 200_000  # values in one card's front matter (YAML aliases could otherwise expand exponentially)
+
+
+def _plain(value: Any, where: str, depth: int = 0, budget: list[int] | None = None) -> Any:
     """Front-matter values as JSON data: YAML dates and times become ISO strings; other types are refused."""
+    budget = budget if budget is not None else [MAX_NODES]
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise _fail(where, f"card front matter holds more than {MAX_NODES} values (a YAML alias bomb?)")
     if depth > 50:
         raise _fail(where, "card front matter is nested too deeply")
     if isinstance(value, dict):
-        return {str(k): _plain(v, where, depth + 1) for k, v in value.items()}
+        return {str(k): _plain(v, where, depth + 1, budget) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v, where, depth + 1) for v in value]
+        return [_plain(v, where, depth + 1, budget) for v in value]
     if isinstance(value, (_dt.date, _dt.datetime)):
         return value.isoformat().replace("+00:00", "Z")
     if value is None or isinstance(value, (str, int, float, bool)):
@@ -203,7 +210,7 @@ def meta_to_dict(meta: CardMeta) -> dict[str, Any]:
         data["base_model"] = meta.base_model if len(meta.parents) > 1 else meta.parents[0].repo
         data["base_model_relation"] = meta.relation or ("merge" if len(meta.parents) > 1 else "finetune")
     fiun: dict[str, Any] = dict(meta.extra.get("fiun") or {})
-    fiun["parents"] = [p.to_dict() for p in meta.parents]
+    fiun["parents"] = [p.to_dict() for p in meta.parents if p.revision]  # unpinned ones live in base_model only
     fiun["labels"] = list(meta.labels)
     if meta.fim:
         fiun["fim"] = dict(meta.fim)

@@ -15,7 +15,7 @@ import torch
 
 from .constants import CONFIG_FILE, WEIGHTS_FILE
 from .errors import BadInput
-from .safetensors_io import header_of_bytes, load_tensors, read_header
+from .safetensors_io import header_of_bytes, load_tensors, read_header, torch_dtypes
 
 MAX_CONFIG_BYTES = 1 << 20
 UNSAFE_ARG_SUFFIXES = ("_path", "_file", "_dir", "_url")
@@ -172,7 +172,8 @@ def check_folder(folder: str | Path) -> ModelConfig:
             model = build_model(config)
     except BadInput:
         model = build_model(config)
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    state = model.state_dict()
+    expected = {k: tuple(v.shape) for k, v in state.items()}
     got = {k: tuple(v["shape"]) for k, v in header.items()}
     missing = sorted(set(expected) - set(got))
     extra = sorted(set(got) - set(expected))
@@ -182,6 +183,18 @@ def check_folder(folder: str | Path) -> ModelConfig:
                   else f"shape of {wrong[0]} is {got[wrong[0]]}, config needs {expected[wrong[0]]}")
         raise BadInput(f"{folder / WEIGHTS_FILE} does not fit {config.architecture} with "
                        f"{config.num_classes} classes: {detail}")
+    names = {v: k for k, v in torch_dtypes().items()}
+    for k, v in state.items():
+        if header[k]["dtype"] != names.get(v.dtype):
+            raise BadInput(f"{folder / WEIGHTS_FILE}: tensor {k} is {header[k]['dtype']}, the model needs "
+                           f"{names.get(v.dtype, v.dtype)}")
+    from safetensors import safe_open
+
+    with safe_open(str(folder / WEIGHTS_FILE), framework="pt") as fh:
+        for k in fh.keys():
+            t = fh.get_tensor(k)
+            if t.is_floating_point() and not torch.isfinite(t).all():
+                raise BadInput(f"{folder / WEIGHTS_FILE}: tensor {k} holds NaN or Inf")
     return config
 
 

@@ -17,7 +17,8 @@ DTYPE_SIZES = {
 MAX_HEADER = 100 << 20
 
 
-def _torch_dtypes() -> dict:
+def torch_dtypes() -> dict:
+    """safetensors dtype name -> torch dtype."""
     import torch
 
     names = {"BOOL": "bool", "U8": "uint8", "I8": "int8", "I16": "int16", "I32": "int32", "I64": "int64",
@@ -31,7 +32,7 @@ class _LazyDtypes(dict):
 
     def __missing__(self, key):
         if not self:
-            self.update(_torch_dtypes())
+            self.update(torch_dtypes())
             if key in self:
                 return self[key]
         raise KeyError(key)
@@ -65,6 +66,7 @@ def parse_header(head: bytes, total_size: int, where: str = "") -> tuple[dict, d
         raise BadInput(f"{prefix}safetensors metadata must map strings to strings")
     body = total_size - 8 - n
     end_max = 0
+    ranges = []
     for name, t in header.items():
         if not isinstance(t, dict):
             raise BadInput(f"{prefix}tensor {name!r}: malformed entry")
@@ -83,6 +85,12 @@ def parse_header(head: bytes, total_size: int, where: str = "") -> tuple[dict, d
         if offs[1] > body:
             raise BadInput(f"{prefix}tensor {name!r} runs past the end of the file (truncated)")
         end_max = max(end_max, offs[1])
+        ranges.append((offs[0], offs[1], name))
+    pos = 0
+    for a, b, name in sorted(ranges):
+        if a != pos:
+            raise BadInput(f"{prefix}tensor {name!r} {'overlaps another' if a < pos else 'leaves a gap before it'}")
+        pos = b
     if end_max != body:
         raise BadInput(f"{prefix}safetensors data is {body} bytes but the header accounts for {end_max}")
     return header, metadata

@@ -68,6 +68,8 @@ def compute_and_commit(
         raise SidecarError(f"data {data_spec} shares no label with {repo} (model labels {config.labels[:10]}, "
                            f"data labels {data.labels[:10]})")
     data = data.to_label_space(config.labels)
+    if not bool(data.x.isfinite().all()):
+        raise SidecarError(f"{repo}: data {data_spec} holds NaN or Inf values")
     names = resolve_layers(model, layers, classifier=config.classifier)
     result = compute_fisher(model, data.x, data.y, config.labels, names, estimator=estimator,
                             batch_size=batch_size, device=device, progress=progress)

@@ -131,6 +131,11 @@ def plan_forget(
         if unknown:
             raise UnlearnError(f"class(es) {', '.join(unknown)} are not labels of origin(s) {', '.join(origins)} "
                                f"(labels: {', '.join(sorted(known))})")
+    broken = sorted(r for r in g if g.nodes[r].get("card_error") and r not in depths)
+    if broken:  # a repo whose card cannot be read might derive from an origin: refuse to guess
+        raise UnlearnError(f"cannot tell whether {broken[0]} derives from the origins: "
+                           f"{g.nodes[broken[0]]['card_error']}; fix its card first"
+                           + (f" ({len(broken) - 1} more such repo(s))" if len(broken) > 1 else ""))
     nodes, loaded = [], {}
     for repo in sorted(depths, key=lambda r: (depths[r], r)):
         a = g.nodes[repo]
@@ -251,6 +256,8 @@ def unlearn_node(task: NodeTask) -> tuple[str, bytes, dict[str, Any]]:
     params = {}
     for n in task.mfim:
         h = header[n]
+        if h["dtype"] not in ("F16", "BF16", "F32", "F64"):
+            raise UnlearnError(f"{task.repo}: unlearnable tensor {n} is {h['dtype']}, not floating point")
         a, b = h["data_offsets"]
         params[n] = torch.frombuffer(data, dtype=DTYPES[h["dtype"]], count=(b - a) // DTYPES[h["dtype"]].itemsize,
                                      offset=start + a).reshape(h["shape"]).clone()
@@ -289,12 +296,15 @@ def run_forget(
     executor: str = "local",
     device: str | None = None,
     progress: Callable[[str], None] | None = None,
+    ray_address: str | None = None,
+    batched: bool | None = None,
 ) -> ForgetResult:
-    """Carry out a plan: compute U per origin, M per repo, dampen every affected repo independently, then
-    publish all new revisions together (or none, if anything failed or a head moved)."""
+    """Carry out a plan: compute U per origin, M per repo, dampen every affected repo independently (in this
+    process, a process pool or Ray; batched by head shape on CUDA), then publish all new revisions together
+    (or none, if anything failed or a head moved)."""
     import time
 
-    from .executors import run_tasks
+    from .executors import run_unlearn
     from .fisher import strip_classes
 
     if plan.problems:
@@ -332,7 +342,8 @@ def run_forget(
         sidecars[node.repo] = sc
         configs[node.repo] = config
     t1 = time.perf_counter()
-    results = run_tasks(unlearn_node, tasks, workers=workers, executor=executor, progress=progress)
+    results = run_unlearn(tasks, workers=workers, executor=executor, device=device, batched=batched,
+                          progress=progress, ray_address=ray_address)
     t_nodes = time.perf_counter() - t1
 
     now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -12,7 +12,7 @@ import os
 from .constants import FIUN_DIR
 from .hub.ids import COMMIT_RE
 from .hub.local import LocalHub, sha256_file
-from .lineage import read_index_file, rebuild_index
+from .lineage import index_entry, read_index_file
 
 
 def verify(hub: LocalHub) -> list[str]:
@@ -20,6 +20,13 @@ def verify(hub: LocalHub) -> list[str]:
     problems: list[str] = []
     if (hub.root / FIUN_DIR / "journal.json").exists():
         problems.append("unfinished publish journal in .fiun/journal.json (open the hub with a write to finish it)")
+    for entry in sorted(hub.root.iterdir()):
+        if entry.name.startswith("models--"):
+            for p in (entry, entry / "refs", entry / "blobs", entry / "snapshots", entry / "refs" / "main"):
+                if p.is_symlink():
+                    problems.append(f"{p.relative_to(hub.root)} is a symbolic link (it may lead out of the hub)")
+    if problems and any("symbolic link" in p for p in problems):
+        return problems  # nothing behind a link is read
     repos = hub.list_repos()
     for repo in repos:
         rdir = hub.repo_dir(repo)
@@ -69,7 +76,12 @@ def verify(hub: LocalHub) -> list[str]:
     if index is None:
         problems.append("lineage index .fiun/lineage.json is missing or unreadable")
     else:
-        fresh = rebuild_index(hub)
+        fresh = {}
+        for repo in repos:
+            try:
+                fresh[repo] = index_entry(hub, repo)
+            except Exception as exc:  # reported, not raised: verify lists what is wrong
+                problems.append(f"{repo}: head unreadable: {exc}")
         for repo in sorted(set(index) | set(fresh)):
             if json.dumps(index.get(repo), sort_keys=True) != json.dumps(fresh.get(repo), sort_keys=True):
                 problems.append(f"{repo}: lineage index disagrees with the cards")
@@ -78,7 +90,7 @@ def verify(hub: LocalHub) -> list[str]:
 
 def repair_index(hub: LocalHub) -> int:
     """Rewrite the lineage index from the cards; returns the number of repos indexed."""
-    from .lineage import write_index_file
+    from .lineage import rebuild_index, write_index_file
 
     with hub.lock():
         fresh = rebuild_index(hub)

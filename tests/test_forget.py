@@ -498,10 +498,17 @@ def build_small_hub(folder: Path) -> dict:
         f = save_model_folder(model, folder / "tmp" / repo.replace("/", "--"), labels, input_size=IN)
         wbytes = (f / WEIGHTS_FILE).read_bytes()
         if mutate is not None:
+            # push refuses non-finite weights, so damaged weights are committed straight through the store,
+            # as a hub could hold them (written by another tool, or before the check existed)
+            revs[repo] = push_folder(hub, f, repo, parents=[f"{p}@{revs[p]}" for p in parents])["revision"]
             t = load(wbytes)
             mutate(t)
             wbytes = save(t, metadata=header_of_bytes(wbytes)[1] or None)
-            (f / WEIGHTS_FILE).write_bytes(wbytes)
+            fim, cls = sidecar_files(model, labels, data, sha or hashlib.sha256(wbytes).hexdigest(),
+                                     data_spec="digits:train", **side)
+            revs[repo] = hub.publish([RepoChange(repo, {WEIGHTS_FILE: wbytes, FIM_FILE: fim, FIM_CLASSES_FILE: cls},
+                                                 "damaged weights", parent_commit=revs[repo])])[repo]
+            return
         fim, cls = sidecar_files(model, labels, data, sha or hashlib.sha256(wbytes).hexdigest(),
                                  data_spec="digits:train", **side)
         (f / FIM_FILE).write_bytes(fim)

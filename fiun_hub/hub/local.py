@@ -192,7 +192,14 @@ class LocalHub:
 
     # ------------------------------------------------------------------ paths
     def repo_dir(self, repo: str) -> Path:
-        return self.root / repo_folder_name(repo)
+        """The repo's folder; a folder (or refs/blobs folder) that is a symlink is refused: it could lead out
+        of the hub."""
+        d = self.root / repo_folder_name(repo)
+        for p in (d, d / "refs", d / "blobs", d / "snapshots", d / "refs" / DEFAULT_BRANCH):
+            if p.is_symlink():
+                raise BadInput(f"{p} is a symbolic link; a hub holds no links but its snapshot entries "
+                               "(run `fiun-hub verify`)")
+        return d
 
     def _commit_path(self, cid: str) -> Path:
         return self.meta / "commits" / cid[:2] / f"{cid}.json"
@@ -202,7 +209,7 @@ class LocalHub:
         out = []
         for entry in os.scandir(self.root):
             repo = repo_from_folder(entry.name)
-            if repo and os.path.isfile(os.path.join(entry.path, "refs", DEFAULT_BRANCH)):
+            if repo and not entry.is_symlink() and os.path.isfile(os.path.join(entry.path, "refs", DEFAULT_BRANCH)):
                 out.append(repo)
         return sorted(out)
 
@@ -460,8 +467,9 @@ class LocalHub:
                 }
                 cid = commit_id(record)
                 record["id"] = cid
-                self._make_snapshot(ch.repo, cid, tree)
+                # The record first: a snapshot folder is how a commit becomes visible to readers by id.
                 atomic_write(self._commit_path(cid), json.dumps(record, indent=1).encode(), fsync=False)
+                self._make_snapshot(ch.repo, cid, tree)
                 moves.append({"repo": ch.repo, "ref": DEFAULT_BRANCH, "old": parent, "new": cid})
             # The index entries are computed before any ref moves, so nothing can fail between the moves.
             entries = self._index_entries({m["repo"]: m["new"] for m in moves})
