@@ -135,6 +135,12 @@ def retain_fim(
     return out
 
 
+def _check_rows(name: str, t: torch.Tensor, k: int) -> None:
+    """A head parameter must have one row per label."""
+    if t.ndim == 0 or t.shape[0] != k:
+        raise UnlearnError(f"head parameter {name} has {tuple(t.shape)[:1] or 'no'} rows but {k} labels")
+
+
 def align_rows(
     fim: Mapping[str, torch.Tensor], from_labels: Sequence[str], to_labels: Sequence[str], head_params: Sequence[str]
 ) -> Fim:
@@ -158,8 +164,7 @@ def align_rows(
     out: Fim = {}
     for n, t in fim.items():
         if n in head:
-            if t.ndim == 0 or t.shape[0] != len(src):
-                raise UnlearnError(f"head parameter {n} has {tuple(t.shape)[:1] or 'no'} rows but {len(src)} labels")
+            _check_rows(n, t, len(src))
             new = torch.zeros((len(dst), *t.shape[1:]), dtype=t.dtype)
             if bool(have.any()):
                 new[have] = t[index[have]]
@@ -221,8 +226,7 @@ def forget_rows_only(
     out: Fim = {}
     for n, t in mfim.items():
         if n in head:
-            if t.ndim == 0 or t.shape[0] != len(labels):
-                raise UnlearnError(f"head parameter {n} has {tuple(t.shape)[:1] or 'no'} rows but {len(labels)} labels")
+            _check_rows(n, t, len(labels))
             m = mask.reshape(-1, *([1] * (t.ndim - 1)))
             out[n] = torch.where(m, t, torch.zeros_like(t))
         else:

@@ -267,14 +267,19 @@ def pack(value: Any) -> Any:
             return _Packed(t.numpy(), name)
         except (TypeError, RuntimeError):  # a dtype numpy lacks
             return value
+    return _map_inside(value, pack)
+
+
+def _map_inside(value: Any, fn: Callable[[Any], Any]) -> Any:
+    """``fn`` applied to every item of a dict, list, plain tuple or dataclass (one level); other values as is."""
     if isinstance(value, dict):
-        return {k: pack(v) for k, v in value.items()}
+        return {k: fn(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [pack(v) for v in value]
+        return [fn(v) for v in value]
     if isinstance(value, tuple) and type(value) is tuple:
-        return tuple(pack(v) for v in value)
+        return tuple(fn(v) for v in value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        changed = {f.name: pack(getattr(value, f.name)) for f in dataclasses.fields(value) if f.init}
+        changed = {f.name: fn(getattr(value, f.name)) for f in dataclasses.fields(value) if f.init}
         return dataclasses.replace(value, **changed)
     return value
 
@@ -290,16 +295,7 @@ def unpack(value: Any) -> Any:
         if value.dtype in _VIEW_AS:
             t = t.view(getattr(torch, value.dtype.removeprefix("torch.")))
         return t
-    if isinstance(value, dict):
-        return {k: unpack(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [unpack(v) for v in value]
-    if isinstance(value, tuple) and type(value) is tuple:
-        return tuple(unpack(v) for v in value)
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        changed = {f.name: unpack(getattr(value, f.name)) for f in dataclasses.fields(value) if f.init}
-        return dataclasses.replace(value, **changed)
-    return value
+    return _map_inside(value, unpack)
 
 
 def _call_packed(fn: Callable[[Any], Any], task: Any) -> Any:
