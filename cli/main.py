@@ -14,14 +14,27 @@ import click
 from fiun_hub.errors import BadInput, FiunError
 
 
+# Commands that need a LocalHub's folder, and why (a remote hub is reached over the Hub HTTP API).
+LOCAL_ONLY = {
+    "init": "a remote hub needs no creating (repos are created when pushed)",
+    "verify": "it re-hashes the hub's own files; a remote hub checks its storage itself",
+    "takedown": "its ledger is published atomically with the unlearned repos, which a remote hub cannot do "
+                "(use `fiun-hub forget`, which reports which repos landed)",
+    "audit": "it reads the takedown ledger of a local hub",
+}
+
+
 class Ctx:
     def __init__(self, hub: str | None, as_json: bool):
         self.hub_spec = hub
         self.as_json = as_json
 
     def hub(self, create: bool = False):
-        from fiun_hub.hub import open_hub
+        from fiun_hub.hub import is_remote, open_hub
 
+        command = click.get_current_context().info_name
+        if command in LOCAL_ONLY and is_remote(self.hub_spec):
+            raise BadInput(f"`fiun-hub {command}` needs a local hub folder (--hub PATH): {LOCAL_ONLY[command]}")
         return open_hub(self.hub_spec, create=create)
 
     def emit(self, data: Any, text: str | Callable[[], str] | None = None) -> None:
@@ -73,8 +86,10 @@ class OneLineErrors(click.Group):
 
 
 @click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--hub", "hub", metavar="PATH", envvar="FIUN_HUB",
-              help="Hub folder (default: $FIUN_HUB, else ~/.cache/fiun-hub).")
+@click.option("--hub", "hub", metavar="PATH|hf://HOST[:PORT][/NS]", envvar="FIUN_HUB",
+              help="Hub folder (default: $FIUN_HUB, else ~/.cache/fiun-hub), or a hub reached over the Hugging Face "
+                   "Hub HTTP API: hf://HOST[:PORT][/NAMESPACE] (e.g. a `fiun-hub serve`), `hf` for $HF_ENDPOINT; "
+                   "token from $FIUN_HUB_TOKEN or $HF_TOKEN.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON instead of text.")
 @click.version_option(package_name="fiun-hub")
 @click.pass_context
@@ -323,7 +338,8 @@ def forget(c: Ctx, origins, classes, data_spec, request_id, alpha, lam, dry_run,
     """Unlearn classes (or samples) at the ORIGINs and at every model derived from them, in one pass.
 
     Each affected repo gets a new revision: dampened weights, sidecars without the forgotten classes and a
-    `fiun.unlearned` record. All new revisions land together or none does.
+    `fiun.unlearned` record. On a local hub all new revisions land together or none does; on a remote hub
+    (--hub hf://...) each repo is committed on its own and re-running the same forget finishes an interrupted one.
     """
     from fiun_hub.unlearn import DEFAULT_ALPHA, DEFAULT_LAMBDA, plan_forget, run_forget
 
@@ -345,10 +361,15 @@ def forget(c: Ctx, origins, classes, data_spec, request_id, alpha, lam, dry_run,
         task = bar.add_task("unlearning", total=len(plan.todo))
         result = run_forget(hub, plan, workers=workers, executor=executor, ray_address=ray_address,
                             progress=lambda repo: bar.update(task, advance=1, description=repo))
-    c.emit({"plan": plan.to_dict(), **result.to_dict()}, lambda: _plan_text(plan) + "\n" + "\n".join(
+    atomic = getattr(hub, "atomic", True)
+    note = [] if atomic else [f"note: {hub.location} is a remote hub: each repo was committed on its own (no "
+                              "cross-repo atomicity); an interrupted run is finished by re-running it"]
+    c.emit({"plan": plan.to_dict(), **result.to_dict(), "atomic": atomic},
+           lambda: _plan_text(plan) + "\n" + "\n".join(
         [f"published {len(result.revisions)} new revision(s) in {result.seconds['total']:.2f}s:"]
         + [f"  {r}: {v['from'][:12]} -> {v['to'][:12]}  ({result.stats[r]['changed']} of "
-           f"{result.stats[r]['params']} unlearnable parameters dampened)" for r, v in result.revisions.items()]))
+           f"{result.stats[r]['params']} unlearnable parameters dampened)" for r, v in result.revisions.items()]
+        + note))
 
 
 @main.command(name="eval")

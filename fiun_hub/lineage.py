@@ -88,6 +88,8 @@ def _index_path(hub) -> Path:
 
 def read_index_file(hub) -> dict | None:
     """The index's repo entries, or None if there is no (readable) index."""
+    if getattr(hub, "root", None) is None:  # a remote hub keeps no index: read the cards
+        return None
     try:
         data = json.loads(_index_path(hub).read_bytes())
     except (OSError, ValueError):

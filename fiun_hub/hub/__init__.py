@@ -15,13 +15,30 @@ def hub_location(spec: str | os.PathLike | None = None) -> str:
     return str(spec or os.environ.get(HUB_ENV) or DEFAULT_HUB)
 
 
-def open_hub(spec: str | os.PathLike | None = None, *, create: bool = False) -> LocalHub:
-    """Open the hub named by ``spec`` (a folder). ``create`` makes an empty hub where there is none."""
+def is_remote(spec: str | os.PathLike | None) -> bool:
     loc = hub_location(spec)
-    if loc.startswith("hf://") or loc == "hf":
-        raise BadInput(f"remote hubs ({loc}) are not supported by this version; use a local hub folder")
+    return loc == "hf" or loc.startswith(("hf://", "hf+http://", "hf+https://"))
+
+
+def open_hub(spec: str | os.PathLike | None = None, *, create: bool = False):
+    """Open the hub named by ``spec``: a folder (:class:`LocalHub`; ``create`` makes an empty hub where there is
+    none) or ``hf://HOST[:PORT][/NAMESPACE]`` / ``hf`` (:class:`~fiun_hub.hub.hf.HfHub`, a Hub HTTP API)."""
+    loc = hub_location(spec)
+    if is_remote(loc):
+        if create:
+            raise BadInput(f"{loc} is a remote hub: there is nothing to create (repos are created on push)")
+        from .hf import HfHub
+
+        return HfHub(loc)
     return LocalHub.init(Path(loc)) if create else LocalHub(Path(loc))
 
 
+def require_local(hub, what: str) -> LocalHub:
+    """``hub`` if it is a LocalHub; else one clear error saying ``what`` needs a local hub folder."""
+    if not isinstance(hub, LocalHub):
+        raise BadInput(f"{what} needs a local hub folder (--hub PATH); {hub!r} is reached over HTTP")
+    return hub
+
+
 __all__ = ["LocalHub", "RepoChange", "CommitInfo", "open_hub", "hub_location", "validate_repo_id",
-           "split_repo_rev"]
+           "split_repo_rev", "is_remote", "require_local"]
