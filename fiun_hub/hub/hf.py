@@ -264,6 +264,22 @@ class HfHub:
         yield
 
     # ------------------------------------------------------------------ writes
+    @contextlib.contextmanager
+    def _lfs_uploads(self) -> Iterator[None]:
+        """Upload through the Hub's LFS protocol, not Xet, unless the endpoint is huggingface.co: other servers
+        (`fiun-hub serve`, most self-hosted hubs) speak only LFS. The client reads the switch at call time."""
+        from huggingface_hub import constants
+
+        if urlsplit(self.endpoint).hostname == PUBLIC_HUB:
+            yield
+            return
+        saved = constants.HF_HUB_DISABLE_XET
+        constants.HF_HUB_DISABLE_XET = True
+        try:
+            yield
+        finally:
+            constants.HF_HUB_DISABLE_XET = saved
+
     def publish(self, changes: list[RepoChange], *, author: str | None = None) -> dict[str, str]:
         """One commit per repo, each with ``parent_commit``. Not atomic across repos: every expected head is
         checked first (nothing is written if one moved), then repos are committed in order; a failure part-way
@@ -302,7 +318,7 @@ class HfHub:
                     with _map_errors(f"creating {ch.repo}"):
                         self.api.create_repo(ch.repo, exist_ok=False)
                     parent = self.head(ch.repo)
-                with _map_errors(f"committing to {ch.repo}"):
+                with _map_errors(f"committing to {ch.repo}"), self._lfs_uploads():
                     res = self.api.create_commit(ch.repo, ops, commit_message=ch.message or f"Update {ch.repo}",
                                                  parent_commit=parent, revision=DEFAULT_BRANCH)
                 done[ch.repo] = res.oid
