@@ -450,9 +450,11 @@ def demo(c: Ctx, directory: str, scenario: str, forget_class: str, seed: int, no
 
 def _register_compliance() -> None:
     from .compliance import audit, takedown
+    from .serve import serve
 
     main.add_command(takedown)
     main.add_command(audit)
+    main.add_command(serve)
 
 
 _register_compliance()
