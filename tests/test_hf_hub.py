@@ -7,11 +7,6 @@ HF_HUB_OFFLINE=1 for everything else); nothing here leaves 127.0.0.1.
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -25,17 +20,6 @@ TOKEN = "fiun-test-token"
 
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _cli_command() -> list[str]:
-    script = Path(sys.executable).with_name("fiun-hub")
-    return [str(script)] if script.is_file() else [sys.executable, "-m", "fiun_hub_cli.main"]
 
 
 @pytest.fixture
@@ -52,35 +36,21 @@ def online(monkeypatch):
 
 @pytest.fixture
 def serve(tmp_path, online):
-    """Factory: ``serve(hub_path) -> "hf://127.0.0.1:PORT"``: a real `fiun-hub serve` process on that hub."""
+    """Factory: ``serve(hub_path) -> "hf://127.0.0.1:PORT"``: a real `fiun-hub serve` process on that hub (port 0:
+    the server binds a free port and prints its URL; see tests/test_serve.py)."""
+    from test_serve import start_server, stop_server
+
     procs = []
     online.setenv("FIUN_HF_CACHE", str(tmp_path / "hf-cache"))  # a fresh download cache per test
 
     def start(hub_path: Path) -> str:
-        port = _free_port()
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}  # the server itself needs no client
-        proc = subprocess.Popen(_cli_command() + ["--hub", str(hub_path), "serve", "--port", str(port),
-                                                  "--token", TOKEN],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
+        proc, url = start_server(Path(hub_path), tmp_path / f"server{len(procs)}.log", "--token", TOKEN)
         procs.append(proc)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"fiun-hub serve exited {proc.returncode}: {proc.stdout.read()}")
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                    return f"hf://127.0.0.1:{port}"
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError("fiun-hub serve did not start within 60 s")
+        return "hf://" + url.removeprefix("http://")
 
     yield start
     for p in procs:
-        p.terminate()
-        try:
-            p.wait(10)
-        except subprocess.TimeoutExpired:
-            p.kill()
+        stop_server(p)
 
 
 def mirror(src: LocalHub, dst) -> None:
