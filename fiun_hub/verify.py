@@ -8,25 +8,45 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 from .constants import FIUN_DIR
-from .hub.ids import COMMIT_RE
-from .hub.local import LocalHub, sha256_file
+from .hub.ids import COMMIT_RE, repo_from_folder
+from .hub.local import LocalHub, guarded_paths, link_problem, sha256_file
 from .lineage import index_entry, read_index_file
 
 
-def verify(hub: LocalHub) -> list[str]:
-    """One line per problem found; an empty list means the hub is sound."""
+def verify(hub: LocalHub, attempts: int = 3) -> list[str]:
+    """One line per problem found; an empty list means the hub is sound.
+
+    Verify takes no lock: when it found problems while a publish was landing (the hub's generation moved, or a
+    journal is there), what it saw may straddle that publish (the index of one moment, the refs of another), so it
+    looks again, up to ``attempts`` times in all."""
+    journal = hub.root / FIUN_DIR / "journal.json"
+    for attempt in range(max(attempts, 1)):
+        generation = hub.generation()
+        problems = _verify_once(hub)
+        if not problems or (hub.generation() == generation and not journal.exists()):
+            break
+        if attempt + 1 < attempts:
+            time.sleep(0.05 * (attempt + 1))
+    return problems
+
+
+def _verify_once(hub: LocalHub) -> list[str]:
     problems: list[str] = []
     if (hub.root / FIUN_DIR / "journal.json").exists():
         problems.append("unfinished publish journal in .fiun/journal.json (open the hub with a write to finish it)")
+    links = []
     for entry in sorted(hub.root.iterdir()):
         if entry.name.startswith("models--"):
-            for p in (entry, entry / "refs", entry / "blobs", entry / "snapshots", entry / "refs" / "main"):
+            repo = repo_from_folder(entry.name) or entry.name
+            for p in guarded_paths(entry):
                 if p.is_symlink():
-                    problems.append(f"{p.relative_to(hub.root)} is a symbolic link (it may lead out of the hub)")
-    if problems and any("symbolic link" in p for p in problems):
-        return problems  # nothing behind a link is read
+                    links.append(link_problem(hub.root, repo, p))
+                    break  # nothing behind a link is looked at
+    if links:
+        return problems + links  # nothing behind a link is read
     repos = hub.list_repos()
     for repo in repos:
         rdir = hub.repo_dir(repo)

@@ -114,24 +114,3 @@ def fingerprint(root: str | os.PathLike) -> dict[str, tuple]:
 def hub_fingerprint():
     """``hub_fingerprint(path) -> dict``: compare before/after to prove nothing was written."""
     return fingerprint
-
-
-# Open library bugs the reliability tests found and this version does not fix yet (see issue 5's note): they
-# still run, and are reported as xfail / xpass, so CI shows the day they are fixed.
-_KNOWN_OPEN = {
-    "test_reliability.py::test_hostile_input_one_line_and_hub_unchanged[push-into-a-blobs-folder-linked-outside]",
-    "test_reliability.py::test_hostile_input_one_line_and_hub_unchanged[show-refs-main-linked-outside]",
-    "test_reliability.py::test_hostile_input_one_line_and_hub_unchanged[show-repo-folder-linked-outside]",
-    "test_reliability.py::test_hostile_input_one_line_and_hub_unchanged[verify-refs-main-linked-outside]",
-    "test_reliability.py::test_hostile_input_one_line_and_hub_unchanged[verify-repo-folder-linked-outside]",
-    "test_reliability.py::test_hostile_input_one_line_and_hub_unchanged[verify-blobs-folder-linked-outside]",
-    "test_reliability.py::test_ref_readers_never_see_a_half_moved_set",
-    "test_reliability.py::test_concurrent_writers_lose_nothing",
-}
-
-
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        if item.nodeid.split("tests/")[-1] in _KNOWN_OPEN:
-            item.add_marker(pytest.mark.xfail(reason="open bug (issue 5 note): symlinked hub folders, "
-                                                     "half-moved reads, concurrent writers", strict=False))

@@ -404,6 +404,112 @@ def test_a_torn_journal_is_dropped_and_heads_stay(hub):
     assert reopened.head("org/a") == old["org/a"]
 
 
+def test_a_reader_sees_the_heads_before_an_unfinished_publish(hub):
+    """While a journal exists (here: left by a crash after 2 of 3 ref moves, one of them creating org/c), a
+    reader that does not finish it reports the heads the journal records as ``old``: the publish has not landed."""
+    created = hub.publish([RepoChange("org/c", {"x": b"c"})])["org/c"]  # its ref: the creation already moved
+    old, new = _crashed_after_journal(hub, moved=("org/a",))
+    journal = hub.root / ".fiun" / "journal.json"
+    moves = json.loads(journal.read_text())["moves"] + [{"repo": "org/c", "ref": "main", "old": None, "new": created}]
+    journal.write_text(json.dumps({"moves": moves}))
+    reader = LocalHub(hub.root, recover=False)
+    assert reader.heads() == old
+    assert reader.heads(["org/a", "org/b"]) == old
+    assert {r: reader.head(r) for r in old} == old and reader.resolve("org/a", "main") == old["org/a"]
+    assert reader.refs("org/a")["branches"] == {"main": old["org/a"]}
+    assert reader.read_file("org/a", "x") == b"a1"
+    assert "org/c" not in reader.list_repos() and not reader.repo_exists("org/c")
+    with pytest.raises(RepoNotFound):
+        reader.head("org/c")
+    with pytest.raises(RepoNotFound):
+        reader.heads(["org/a", "org/c"])
+    generation = reader.generation()
+    reopened = LocalHub(hub.root)  # recovery lands the publish and bumps the generation
+    assert reopened.generation() == generation + 1
+    assert reopened.heads(["org/a", "org/b", "org/c"]) == {**new, "org/c": created}
+    assert reader.heads(["org/a", "org/b"]) == new and reader.repo_exists("org/c")
+
+
+def test_heads_is_redone_when_a_publish_lands_during_the_read(hub, monkeypatch):
+    """A seqlock, not a lock: a publish of the whole set that lands between two ref reads makes heads() read
+    again, so it returns one whole set, never the first repo's old head with the second's new one."""
+    first = hub.publish([RepoChange("org/a", {"x": b"a1"}), RepoChange("org/b", {"x": b"b1"})])
+    reader, writer = LocalHub(hub.root), LocalHub(hub.root)
+    real_read_ref, reads, landed = LocalHub._read_ref, [], {}
+
+    def read_ref(self, path):
+        value = real_read_ref(self, path)
+        if self is reader:
+            reads.append(value)
+            if len(reads) == 1:  # between the reads of org/a's and org/b's refs, a publish of both lands
+                landed.update(writer.publish([RepoChange(r, {"x": b"2"}, parent_commit=first[r]) for r in first]))
+        return value
+
+    monkeypatch.setattr(LocalHub, "_read_ref", read_ref)
+    assert reader.heads(["org/a", "org/b"]) == landed
+    assert len(reads) == 4 and reads[0] == first["org/a"]  # the first read straddled the publish: done again
+
+
+def test_a_ref_moved_by_a_publish_in_progress_reads_as_before_it(hub, monkeypatch):
+    """During the ref moves of a publish (refs renamed one by one), another handle's head(), heads() and refs()
+    report the heads before it, for every repo, until the journal goes; the writer reads what it wrote."""
+    first = hub.publish([RepoChange(r, {"x": r.encode()}) for r in ("org/a", "org/b", "org/c")])
+    reader = LocalHub(hub.root)
+    seen = []
+    real_write_ref = LocalHub._write_ref
+
+    def write_ref(self, repo, ref, cid, fsync=True):
+        real_write_ref(self, repo, ref, cid, fsync)
+        seen.append(({r: reader.head(r) for r in first}, reader.heads(), reader.refs(repo)["branches"]["main"],
+                     self.head(repo)))
+
+    monkeypatch.setattr(LocalHub, "_write_ref", write_ref)
+    second = hub.publish([RepoChange(r, {"x": b"2"}, parent_commit=first[r]) for r in first])
+    assert len(seen) == 3
+    for (moved, repo_cid), (per_ref, whole, ref, own) in zip(second.items(), seen):
+        assert per_ref == first and whole == first and ref == first[moved] and own == repo_cid
+    assert reader.heads() == second
+
+
+def test_the_lock_of_one_handle_excludes_its_other_threads(hub):
+    """One LocalHub shared by threads (a server): the writers' lock is re-entrant for the thread holding it only;
+    another thread waits (here: gives up), and reads from it go through the journal like any reader's."""
+    import threading
+
+    first = hub.publish([RepoChange("org/a", {"x": b"1"})])
+    second = hub.publish([RepoChange("org/a", {"x": b"2"})])  # refs/main: the second; the journal: the first
+    seen = {}
+
+    def other():
+        try:
+            with hub.lock(timeout=0.2):
+                seen["locked"] = True
+        except ConflictError:
+            seen["locked"] = False
+        seen["head"] = hub.head("org/a")
+
+    with hub.lock():
+        journal = {"moves": [{"repo": "org/a", "ref": "main", "old": first["org/a"], "new": second["org/a"]}]}
+        (hub.root / ".fiun" / "journal.json").write_text(json.dumps(journal))  # a publish in the middle of it
+        thread = threading.Thread(target=other)
+        thread.start()
+        thread.join()
+        assert hub.head("org/a") == second["org/a"]  # the writer's own thread reads the refs as they are
+        (hub.root / ".fiun" / "journal.json").unlink()
+    assert seen == {"locked": False, "head": first["org/a"]}
+
+
+def test_the_generation_moves_with_every_set_of_ref_moves(hub):
+    assert hub.generation() == 0
+    a = hub.publish([RepoChange("org/a", {"x": b"1"})])["org/a"]
+    assert hub.generation() == 1
+    hub.tag("org/a", "v1", a)
+    assert hub.generation() == 2
+    hub.read_file("org/a", "x")
+    hub.heads()
+    assert hub.generation() == 2  # reads write nothing
+
+
 # ---------------------------------------------------------------------------- interop with the real readers
 @pytest.fixture
 def pushed(hub, model_folder):

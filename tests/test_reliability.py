@@ -12,7 +12,9 @@ Real processes and real files throughout; torch is imported once (by conftest) a
    checked (every affected head moved to a commit carrying the request, or none moved) and verify must find
    nothing.
 2. Readers during publishes: a writer publishes 20-repo sets over and over while readers poll the heads (from
-   the lineage index, from a fresh LocalHub per poll, from a long-lived LocalHub): each observed set must be whole.
+   the lineage index, from a fresh LocalHub per poll, from a long-lived LocalHub, the last two with
+   ``LocalHub.heads()``): each observed set must be whole. A fourth reader calls ``head()`` once per repo; what
+   it sees is reported, not asserted (separate calls can straddle the instant a publish lands).
 3. Concurrency: 10 processes push new repos, push the same repo, race on one expected head, and forget over
    overlapping sub-DAGs (re-planning after a refusal) on one hub at once; afterwards every acknowledged write is
    in its repo's history, nothing unacknowledged is, every refusal was a ConflictError naming the repo, and
@@ -104,6 +106,17 @@ def _wait(pid: int, timeout: float = 300) -> int:
             os.waitpid(pid, 0)
             raise AssertionError(f"child {pid} did not finish in {timeout}s")
         time.sleep(0.005)
+
+
+def _reap(pids: list[int]) -> None:
+    """Kill and reap the children of ``pids`` that are still there (a failed test leaves no process behind)."""
+    for pid in pids:
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0] == 0:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+        except (ChildProcessError, ProcessLookupError):  # already reaped
+            pass
 
 
 def _link_copy(src: Path, dst: Path) -> None:
@@ -493,10 +506,13 @@ def _reader(root: str, kind: str, done: str, out: str) -> None:
         if kind == "index":  # what lineage, forget's plan and audit read: one file, replaced whole
             g = resolve(LocalHub(root))
             heads = [g.nodes[r]["head"] for r in repos]
-        elif kind == "fresh-open":  # a command: open the hub (finishing any journal), then read each ref
-            h = LocalHub(root)
-            heads = [h.head(r) for r in repos]
-        else:  # a long-lived LocalHub (a server, a notebook, one long command) reading each ref
+        elif kind == "fresh-open":  # a command: open the hub (finishing any journal), then read every ref
+            got = LocalHub(root).heads(repos)
+            heads = [got[r] for r in repos]
+        elif kind == "handle":  # a long-lived LocalHub (a server, a notebook, one long command) reading every ref
+            got = handle.heads()
+            heads = [got[r] for r in repos]
+        else:  # "per-ref": the same handle, one head() call per repo, nothing tying the calls into one read
             heads = [handle.head(r) for r in repos]
         seen.append(heads)
         time.sleep(0.008)
@@ -509,11 +525,15 @@ def reader_runs(forest, tmp_path_factory):
     root = work / "hub"
     _link_copy(Path(forest["root"]), root)
     done = work / "done"
-    kinds = ["index", "fresh-open", "handle"]
+    kinds = ["index", "fresh-open", "handle", "per-ref"]
     readers = [_fork(_reader, str(root), kind, str(done), str(work / f"{kind}.json")) for kind in kinds]
     writer = _fork(_writer, str(root), ROUNDS, N_REPOS // 2, str(done))
-    assert _wait(writer, 300) == 0
-    assert [_wait(p, 120) for p in readers] == [0] * len(kinds)
+    try:
+        assert _wait(writer, 300) == 0
+    finally:
+        done.touch()  # a failed writer must not leave the readers polling for ever
+        statuses = [_wait(p, 120) for p in readers]
+    assert statuses == [0] * len(kinds)
     hub = LocalHub(root)
     rounds = {}
     for r in hub.list_repos():
@@ -540,22 +560,26 @@ def test_index_readers_never_see_a_half_moved_set(reader_runs):
 
 
 def test_ref_readers_never_see_a_half_moved_set(reader_runs):
-    """Readers take no lock, and a reader that reads the refs one by one must still never see a half-moved set.
+    """Readers take no lock, and a reader that reads the refs themselves (not the index) must still never see a
+    half-moved set: a command that opens the hub and reads every head, and a long-lived LocalHub (a server, a
+    notebook, a long command) that keeps reading them while a writer publishes 20-repo sets, paused mid-moves.
 
-    BUG (fiun_hub/hub/local.py, LocalHub.publish ~lines 473-475 and LocalHub.head/resolve ~lines 212-222): the
-    refs of one publish are renamed one after another, and ``head()`` reads ``refs/main`` directly; a reader that
-    opened the hub before the journal was written (any long-lived LocalHub, or a command such as
-    ``lineage --rebuild``, ``verify`` or ``audit`` that was just starting) reads some refs moved and some not.
-    Only the lineage index (one file, replaced whole) gives whole sets. Fix: give readers a consistent view of
-    the heads, e.g. a generation number in ``.fiun`` bumped (odd) before the journal is written and (even) after
-    it is removed, with ``head()``/``list_repos()``-based readers retrying a read that straddled a change
-    (seqlock), or resolve heads of a multi-repo read from the journal's ``new`` ids while it exists.
+    Both read the set with ``LocalHub.heads()``: a seqlock on ``.fiun/generation`` (bumped by every publish
+    after its last ref move, before its journal goes) with read-through of the journal (while a journal exists,
+    the heads it records as ``old`` are reported). Each poll must be whole, and the handle must still follow the
+    writer (see several rounds), so a view frozen at its first read would fail too.
+
+    The fourth reader calls ``head()`` once per repo: each call is exact (it reports the head before a publish
+    until that publish lands, at one instant: its journal's removal), but nothing ties 20 separate calls into one
+    read, so a poll that straddles that instant mixes two rounds. No lock-free design can avoid that for
+    independent calls; it is reported (docs/reliability.md) and not asserted.
     """
     for kind in ("fresh-open", "handle"):
         r = reader_runs[kind]
-        assert r["polls"] > ROUNDS
+        assert r["polls"] > ROUNDS and r["rounds_seen"] >= 2, (kind, r)
         assert r["torn"] == 0, \
             f"{kind} reader saw {r['torn']} half-moved sets in {r['polls']} polls, e.g. rounds {r['examples']}"
+    assert reader_runs["handle"]["rounds_seen"] >= 3, reader_runs["handle"]  # it follows the writer
 
 
 # ------------------------------------------------------------------------------------------------ 3. writers
@@ -619,7 +643,9 @@ def test_concurrent_writers_lose_nothing(forest, tmp_path):
     from fiun_hub.repo import push_folder
 
     push_folder(hub, folders[0], "c/shared")
-    hub.publish([RepoChange("c/race", {"who": b"nobody"})])
+    # c/race is no model, but it has a card (no parents): forget refuses to plan while a repo's card is missing
+    # or malformed, as it cannot tell whether that repo derives from the origin.
+    hub.publish([RepoChange("c/race", {"who": b"nobody", CARD_FILE: b"---\ntags: [fiun-hub]\n---\nRace target.\n"})])
     initial = {r: {c.id for c in hub.history(r)} for r in hub.list_repos()}
     sub = forest["repos"][5]  # a sub-DAG that overlaps the whole-forest forget
     roles = (
@@ -633,12 +659,20 @@ def test_concurrent_writers_lose_nothing(forest, tmp_path):
     t = time.perf_counter()
     pids = [_fork(_concurrent_worker, str(root), role, arg, str(go), str(tmp_path / f"w{i}.json"))
             for i, (role, arg) in enumerate(roles)]
-    deadline = time.monotonic() + 120
-    while not all((tmp_path / f"w{i}.json.ready").exists() for i in range(len(roles))):
-        assert time.monotonic() < deadline, "the writers did not get ready"
-        time.sleep(0.01)
-    go.touch()  # every racer has read its expected head and every forget has its plan: all go at once
-    assert [_wait(p, 300) for p in pids] == [0] * len(pids)
+    try:
+        deadline = time.monotonic() + 120
+        while not all((tmp_path / f"w{i}.json.ready").exists() for i in range(len(roles))):
+            assert time.monotonic() < deadline, "the writers did not get ready"
+            for i, pid in enumerate(pids):  # a writer that died while getting ready: say so now, not in 120 s
+                if not (tmp_path / f"w{i}.json.ready").exists() and os.waitpid(pid, os.WNOHANG)[0]:
+                    raise AssertionError(f"writer {i} ({roles[i][0]}) exited before it was ready "
+                                         "(its traceback is in the captured stderr)")
+            time.sleep(0.01)
+        go.touch()  # every racer has read its expected head and every forget has its plan: all go at once
+        statuses = [_wait(p, 300) for p in pids]
+    finally:
+        _reap(pids)
+    assert statuses == [0] * len(pids)
     wall = time.perf_counter() - t
     logs = [json.loads((tmp_path / f"w{i}.json").read_text()) for i in range(len(roles))]
     ops = [op for log in logs for op in log]
@@ -1038,13 +1072,6 @@ HOSTILE: dict[str, tuple[Callable[[Ctx], list], int, str, str]] = {
 
 COMMANDS = {"push", "show", "log", "fim", "forget", "eval", "lineage", "verify"}
 
-_SYMLINKS = ("fiun_hub/hub/local.py (repo_dir ~line 194, list_repos ~201, _read_ref ~215, _store_blob ~356): a repo "
-             "folder, its refs/main or its blobs/ folder that is a symlink is followed out of the hub. Fix: refuse a "
-             "repo folder, refs/, refs/main, blobs/ or snapshots/ that is a symlink or resolves outside hub.root "
-             "(BadInput naming the path), before any read or write")
-_VERIFY_LINKS = ("fiun_hub/verify.py (~lines 25-45) checks blobs for symlinks but not refs/main, the repo folder or "
-                 "its blobs/, snapshots/, refs/ folders, so a hub whose repo lives outside it is 'ok'. Fix: report "
-                 "each of them that is a symlink or resolves outside hub.root")
 # Why the cases that fail today fail: what the lead needs to fix (shown with the assertion).
 HOSTILE_BUGS = {
     "push-card-yaml-alias-bomb": (
@@ -1066,9 +1093,6 @@ HOSTILE_BUGS = {
         "fiun_hub/models.py check_folder (~line 160) reads only the header, so NaN/Inf weights are committed "
         "(models.load_state refuses them only when loading). Fix: load the tensors in push (safetensors) and refuse "
         "non-finite floating values, naming the tensor"),
-    "push-into-a-blobs-folder-linked-outside": _SYMLINKS + "; here push even writes its blobs outside the hub",
-    "show-refs-main-linked-outside": _SYMLINKS,
-    "show-repo-folder-linked-outside": _SYMLINKS,
     "fim-nan-in-data": (
         "fiun_hub/sidecars.py compute_and_commit (~lines 65-75): NaN in the data gives a NaN FIM that sidecar_bytes "
         "refuses as 'fim.safetensors: fc.weight holds 960 non-finite value(s)', naming neither the repo nor the "
@@ -1092,9 +1116,6 @@ HOSTILE_BUGS = {
         "fiun_hub/verify.py verify (~line 72): rebuild_index(hub) raises RevisionNotFound for a repo whose head "
         "commit record is gone, so verify aborts with exit 2 instead of listing 'h/child: branch main points at "
         "unknown commit ...' and exiting 1. Fix: rebuild the index per repo under try/except, reporting failures"),
-    "verify-refs-main-linked-outside": _VERIFY_LINKS,
-    "verify-repo-folder-linked-outside": _VERIFY_LINKS,
-    "verify-blobs-folder-linked-outside": _VERIFY_LINKS,
 }
 
 

@@ -8,6 +8,7 @@ HUB/models--{org}--{name}/refs/tags/{tag}            tag -> commit id
 HUB/.fiun/hub.json                                   marks the folder as a hub
 HUB/.fiun/commits/{id[:2]}/{id}.json                 commit records (repo, parents, author, time, message, files)
 HUB/.fiun/journal.json                               ref moves of an unfinished publish (crash recovery)
+HUB/.fiun/generation                                 a counter bumped after every set of ref moves (readers' check)
 HUB/.fiun/lineage.json                               the lineage index, rewritten on every publish
 HUB/.fiun/lock                                       the writers' lock (flock)
 ```
@@ -15,6 +16,13 @@ HUB/.fiun/lock                                       the writers' lock (flock)
 Blobs, commits and snapshots are written first and are invisible until a ref points at them; the ref moves of
 one publish are recorded in a journal (fsync'ed) and then applied by atomic renames, so a publish over many
 repos lands whole or, after a crash, is finished by the next process that opens the hub.
+
+Readers take no lock. The moment a publish lands is the removal of its journal: while a journal exists, every
+read (``head``, ``resolve``, ``refs``, ``list_repos``, ``repo_exists``, ``heads``) reports the heads it records as
+``old``, so a ref already renamed by an unfinished publish is never seen. A read of many refs (``heads``, ``refs``)
+is also checked against ``.fiun/generation``, which each publish bumps after its last ref move and before it
+removes the journal: a read during which the generation changed is done again (a seqlock), so it never mixes heads
+from before and after one publish. See docs/hub-layout.md, "Readers".
 """
 from __future__ import annotations
 
@@ -26,11 +34,12 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Iterable, Iterator, Mapping
 
 from ..constants import DEFAULT_AUTHOR, DEFAULT_BRANCH, FIUN_DIR
 from ..errors import (
@@ -154,10 +163,36 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+_GUARDED = ("", "/refs", "/blobs", "/snapshots", f"/refs/{DEFAULT_BRANCH}")
+
+
+def guarded_paths(repo_folder: Path) -> tuple[Path, ...]:
+    """The parts of a repo folder that must never be symlinks (only snapshot entries are links)."""
+    return tuple(Path(f"{repo_folder}{part}") for part in _GUARDED)
+
+
+def link_problem(root: Path, repo: str, link: Path) -> str:
+    """One line naming a symlink found where a hub holds none, the repo and where the link leads."""
+    rel = link.relative_to(root).as_posix() if link.is_relative_to(root) else str(link)
+    try:
+        target = os.readlink(link)
+    except OSError:
+        target = "?"
+    try:
+        inside = link.resolve().is_relative_to(Path(root).resolve())
+    except (OSError, RuntimeError):  # a loop of links
+        inside = False
+    where = "inside the hub" if inside else "outside the hub"
+    return f"{repo}: {rel} is a symlink to {target!r} ({where}); a hub holds no links but its snapshot entries"
+
+
 def commit_id(record: Mapping) -> str:
     """40-hex id derived from a commit's content (repo, tree, parents, author, time, message)."""
     body = {k: record[k] for k in ("repo", "files", "parents", "author", "time", "message")}
     return hashlib.sha1(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+_NOT_MOVED = object()
 
 
 class LocalHub:
@@ -166,6 +201,10 @@ class LocalHub:
     def __init__(self, root: str | os.PathLike, *, recover: bool = True):
         self.root = Path(root).expanduser().absolute()
         self.meta = self.root / FIUN_DIR
+        self._root = str(self.root)
+        self._lock_owner: int | None = None  # the thread holding the writers' lock through this handle
+        self._journal = str(self.meta / "journal.json")
+        self._generation_file = str(self.meta / "generation")
         if not (self.meta / "hub.json").is_file():
             raise HubNotFound(f"no fiun-hub hub at {self.root}; create one with `fiun-hub --hub {self.root} init`")
         if recover and (self.meta / "journal.json").exists():
@@ -192,20 +231,20 @@ class LocalHub:
 
     # ------------------------------------------------------------------ paths
     def repo_dir(self, repo: str) -> Path:
-        """The repo's folder; a folder (or refs/blobs folder) that is a symlink is refused: it could lead out
-        of the hub."""
-        d = self.root / repo_folder_name(repo)
-        for p in (d, d / "refs", d / "blobs", d / "snapshots", d / "refs" / DEFAULT_BRANCH):
-            if p.is_symlink():
-                raise BadInput(f"{p} is a symbolic link; a hub holds no links but its snapshot entries "
-                               "(run `fiun-hub verify`)")
-        return d
+        """The repo's folder. A repo folder, or its ``refs``, ``blobs``, ``snapshots`` folder or ``refs/main``,
+        that is a symlink is refused (:class:`BadInput` naming the repo and the link) before anything reads or
+        writes through it: it could lead out of the hub."""
+        folder = os.path.join(self._root, repo_folder_name(repo))
+        for part in _GUARDED:  # os.path on strings: ~1.5 us a check, where pathlib takes ~10
+            if os.path.islink(folder + part):
+                raise BadInput(link_problem(self.root, repo, Path(folder + part)) + " (run `fiun-hub verify`)")
+        return Path(folder)
 
     def _commit_path(self, cid: str) -> Path:
         return self.meta / "commits" / cid[:2] / f"{cid}.json"
 
     # ------------------------------------------------------------------ reads
-    def list_repos(self) -> list[str]:
+    def _scan_repos(self) -> list[str]:
         out = []
         for entry in os.scandir(self.root):
             repo = repo_from_folder(entry.name)
@@ -213,16 +252,102 @@ class LocalHub:
                 out.append(repo)
         return sorted(out)
 
+    def list_repos(self) -> list[str]:
+        """Every repo with a head (a repo an unfinished publish is creating is not listed yet)."""
+        out = self._scan_repos()
+        pending = self._pending()
+        if pending:
+            out = [r for r in out if pending.get((r, DEFAULT_BRANCH), _NOT_MOVED) is not None]
+        return out
+
     def repo_exists(self, repo: str) -> bool:
-        return (self.repo_dir(repo) / "refs" / DEFAULT_BRANCH).is_file()
+        exists = (self.repo_dir(repo) / "refs" / DEFAULT_BRANCH).is_file()
+        return exists and self._pending().get((repo, DEFAULT_BRANCH), _NOT_MOVED) is not None
 
     def head(self, repo: str) -> str:
         return self.resolve(repo, DEFAULT_BRANCH)
 
-    def _read_ref(self, path: Path) -> str | None:
+    def heads(self, repos: Iterable[str] | None = None) -> dict[str, str]:
+        """``{repo: head}`` of ``repos`` (default: every repo), all as of one moment: never some refs of a
+        publish moved and others not, whatever the writers do meanwhile, and without a lock.
+
+        Seqlock: read ``.fiun/generation``, the refs, the journal, the generation again; a read during which the
+        generation changed (a publish landed) is done again. A journal still present (a publish moving refs, or
+        one a crash left) stands for its ``old`` heads. Costs two small reads on top of one read per ref."""
+        names = None if repos is None else list(dict.fromkeys(repos))
+        dirs = {r: self.repo_dir(r) for r in names} if names is not None else None
+        deadline = time.monotonic() + LOCK_TIMEOUT_S
+        while True:
+            generation = self._generation()
+            if names is None:
+                dirs = {r: self.repo_dir(r) for r in self._scan_repos()}  # (refuses links, as head() does)
+            out = {r: self._read_ref(d / "refs" / DEFAULT_BRANCH) for r, d in dirs.items()}
+            pending = self._pending()
+            if self._generation() == generation:
+                break
+            if time.monotonic() > deadline:
+                raise ConflictError(f"hub {self.root} kept changing for {LOCK_TIMEOUT_S:.0f}s while reading heads; "
+                                    "try again")
+            time.sleep(0.001)
+        for (repo, ref), old in pending.items():
+            if ref == DEFAULT_BRANCH and repo in out:
+                out[repo] = old
+        for repo in [r for r, cid in out.items() if cid is None]:
+            if names is None:  # being created by an unfinished publish, or refs/main unreadable: not a repo yet
+                del out[repo]
+            elif (dirs[repo] / "refs" / DEFAULT_BRANCH).is_file() and (repo, DEFAULT_BRANCH) not in pending:
+                raise RevisionNotFound(f"refs/main of {repo} is not a commit id; run `fiun-hub verify`")
+            else:
+                raise RepoNotFound(f"repo {repo} not found in hub {self.root}")
+        return out
+
+    def generation(self) -> int:
+        """The hub's generation: bumped after the ref moves of every publish, tag move and journal recovery."""
         try:
-            value = path.read_text().strip()
-        except (OSError, UnicodeDecodeError):  # absent, a folder (refs/tags), unreadable
+            return int(self._generation() or 0)
+        except ValueError:
+            return -1
+
+    def _generation(self) -> bytes:
+        try:
+            with open(self._generation_file, "rb") as fh:
+                return fh.read(64)
+        except OSError:
+            return b""
+
+    def _bump_generation(self) -> None:
+        """Under the lock, after a set of ref moves and before the journal goes (readers retry across it)."""
+        atomic_write(Path(self._generation_file), str(max(self.generation(), 0) + 1).encode(), fsync=False)
+
+    def _pending(self) -> dict[tuple[str, str], str | None]:
+        """``{(repo, ref): old commit or None}`` of an unfinished publish: readers report those ``old`` heads
+        until the journal is gone (the moment the publish lands). Empty when there is no journal, and for the
+        writer itself (it holds the lock and reads the refs as they are). A journal that cannot be parsed was
+        never renamed into place whole, so it predates any ref move: no ref of it has moved."""
+        if self._lock_owner == threading.get_ident() or not os.path.exists(self._journal):
+            return {}
+        try:
+            with open(self._journal, "rb") as fh:
+                moves = json.loads(fh.read()).get("moves", [])
+            return {(m["repo"], m["ref"]): m.get("old") for m in moves}
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+            return {}
+
+    def _read_ref(self, path: Path) -> str | None:
+        """The commit id a ref file holds, or None (absent, a folder, a link, not a commit id, unreadable)."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            return None
+        try:
+            value = os.read(fd, 4096)
+        except OSError:  # a folder (refs/tags)
+            return None
+        finally:
+            os.close(fd)
+        try:
+            value = value.decode("ascii").strip()
+        except UnicodeDecodeError:
             return None
         return value if COMMIT_RE.match(value) else None
 
@@ -232,12 +357,26 @@ class LocalHub:
         rdir = self.repo_dir(repo)
         if COMMIT_RE.match(revision) and self._commit_exists(repo, revision):
             return revision  # (also a commit a publish has written but not yet made a head)
-        if not (rdir / "refs" / DEFAULT_BRANCH).is_file():
+        main_ref = rdir / "refs" / DEFAULT_BRANCH
+        main = self._read_ref(main_ref) if revision == DEFAULT_BRANCH else None
+        exists = main is not None or main_ref.is_file()
+        # After the ref is read: while an unfinished publish moves it, the head is the one before that publish.
+        old = self._pending().get((repo, DEFAULT_BRANCH), _NOT_MOVED)
+        if old is not _NOT_MOVED:
+            exists = old is not None
+            if revision == DEFAULT_BRANCH:
+                main = old
+        if not exists:
             raise RepoNotFound(f"repo {repo} not found in hub {self.root}")
+        if main:
+            return main
         if COMMIT_RE.match(revision):
             raise RevisionNotFound(f"revision {revision} not found in {repo}")
         validate_ref_name(revision.removeprefix("tags/"), what="revision")
-        for ref in (rdir / "refs" / revision, rdir / "refs" / "tags" / revision.removeprefix("tags/")):
+        for name, ref in ((revision, rdir / "refs" / revision),
+                          (None, rdir / "refs" / "tags" / revision.removeprefix("tags/"))):
+            if name == DEFAULT_BRANCH:
+                continue  # read above
             cid = self._read_ref(ref)
             if cid:
                 return cid
@@ -282,13 +421,30 @@ class LocalHub:
             info = self.commit_info(repo, info.parents[0])
 
     def refs(self, repo: str) -> dict[str, dict[str, str]]:
-        """``{"branches": {name: commit}, "tags": {name: commit}}``."""
+        """``{"branches": {name: commit}, "tags": {name: commit}}``, all as of one moment (as :meth:`heads`)."""
         rdir = self.repo_dir(repo) / "refs"
-        if not (rdir / DEFAULT_BRANCH).is_file():
+        deadline = time.monotonic() + LOCK_TIMEOUT_S
+        while True:
+            generation = self._generation()
+            exists = (rdir / DEFAULT_BRANCH).is_file()
+            branches = ({p.name: self._read_ref(p) for p in rdir.iterdir()
+                         if p.is_file() and not p.is_symlink() and not p.name.startswith(".")} if exists else {})
+            tags_dir = rdir / "tags"
+            tags = ({p.name: self._read_ref(p) for p in tags_dir.iterdir() if p.is_file()}
+                    if exists and tags_dir.is_dir() and not tags_dir.is_symlink() else {})
+            pending = self._pending()
+            if self._generation() == generation:
+                break
+            if time.monotonic() > deadline:
+                raise ConflictError(f"hub {self.root} kept changing for {LOCK_TIMEOUT_S:.0f}s while reading the "
+                                    f"refs of {repo}; try again")
+            time.sleep(0.001)
+        for (moved, ref), old in pending.items():
+            if moved == repo:
+                named = tags if ref.startswith("tags/") else branches
+                named[ref.removeprefix("tags/")] = old
+        if not exists or branches.get(DEFAULT_BRANCH, "") is None and (repo, DEFAULT_BRANCH) in pending:
             raise RepoNotFound(f"repo {repo} not found in hub {self.root}")
-        branches = {p.name: self._read_ref(p) for p in rdir.iterdir() if p.is_file() and not p.name.startswith(".")}
-        tags_dir = rdir / "tags"
-        tags = {p.name: self._read_ref(p) for p in tags_dir.iterdir() if p.is_file()} if tags_dir.is_dir() else {}
         return {"branches": {k: v for k, v in branches.items() if v}, "tags": {k: v for k, v in tags.items() if v}}
 
     def blob_path(self, repo: str, sha: str) -> Path:
@@ -315,8 +471,9 @@ class LocalHub:
     # ------------------------------------------------------------------ locking and journal
     @contextlib.contextmanager
     def lock(self, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
-        """The writers' lock: one writer at a time across processes (flock on ``.fiun/lock``)."""
-        if getattr(self, "_locked", False):
+        """The writers' lock: one writer at a time across processes and threads (flock on ``.fiun/lock``; re-entrant
+        for the thread holding it, so a publish inside ``with hub.lock():`` does not wait for itself)."""
+        if self._lock_owner == threading.get_ident():  # re-entered by the same thread (not by another one)
             yield
             return
         fd = os.open(self.meta / "lock", os.O_RDWR | os.O_CREAT, 0o644)
@@ -330,13 +487,13 @@ class LocalHub:
                     if exc.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() > deadline:
                         raise ConflictError(f"hub {self.root} is locked by another writer; try again") from None
                     time.sleep(0.02)
-            self._locked = True
+            self._lock_owner = threading.get_ident()
             try:
                 if (self.meta / "journal.json").exists():
                     self._recover()
                 yield
             finally:
-                self._locked = False
+                self._lock_owner = None
                 fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
@@ -353,6 +510,7 @@ class LocalHub:
         for move in entries.get("moves", []):
             self._write_ref(move["repo"], move["ref"], move["new"])
         self._update_index([m["repo"] for m in entries.get("moves", [])])
+        self._bump_generation()
         journal.unlink(missing_ok=True)
         _fsync_dir(self.meta)
 
@@ -481,6 +639,7 @@ class LocalHub:
             for move in moves:
                 self._write_ref(move["repo"], move["ref"], move["new"], fsync=False)
             self._write_index(entries)
+            self._bump_generation()  # after the last move, before the journal goes: readers retry across it
             sync_filesystem(self.root)
             journal.unlink()
             _fsync_dir(self.meta)
@@ -495,6 +654,7 @@ class LocalHub:
             if ref.exists() and not force:
                 raise BadInput(f"tag {name} already exists in {repo}; use --force to move it")
             self._write_ref(repo, f"tags/{name}", cid)
+            self._bump_generation()
         return cid
 
     # ------------------------------------------------------------------ lineage index
