@@ -63,7 +63,9 @@ def index_entry(hub, repo: str, revision: str | None = None) -> dict:
         "card_error": None,
     }
     if CARD_FILE not in info.files:
-        entry["card_error"] = f"{repo}: no {CARD_FILE}"
+        # No card, no lineage claim: a root (e.g. a repo just made by `create_repo`). Unlike an unreadable card
+        # it cannot hide parents, so it does not block a forget; `lineage --check` still lists it.
+        entry["no_card"] = True
         return entry
     try:
         meta = parse_card(hub.read_file(repo, CARD_FILE, info.id), where=f"{repo}@{info.id[:12]}")
@@ -125,6 +127,7 @@ def graph_from_entries(entries: dict) -> nx.DiGraph:
             sidecar=e["sidecar"],
             unlearned=e["unlearned"],
             card_error=e["card_error"],
+            no_card=e.get("no_card", False),
             missing=False,
         )
     for repo, e in entries.items():
@@ -255,6 +258,8 @@ def check(hub, g: nx.DiGraph | None = None) -> list[Problem]:
             continue
         if attrs.get("card_error"):
             problems.append(Problem(repo, "card", attrs["card_error"]))
+        if attrs.get("no_card"):
+            problems.append(Problem(repo, "no-card", f"{repo}: no {CARD_FILE}, so no recorded parents or labels"))
         if attrs.get("sidecar") in ("stale", "invalid"):
             problems.append(Problem(repo, "stale-sidecar",
                                     f"{repo}: FIM sidecar is {attrs['sidecar']}; run `fiun-hub fim {repo} --data ...`"))

@@ -306,6 +306,27 @@ def test_unpinned_and_malformed_cards_are_reported(family):
     assert _same_graph(g, L.resolve(hub, rebuild=True))
 
 
+def test_a_repo_without_a_card_is_a_root_that_does_not_block_a_forget(family):
+    """A repo made by `create_repo` (only .gitattributes) claims no lineage: `lineage --check` lists it, but a
+    forget elsewhere goes on; a malformed card, which may hide parents, still blocks it."""
+    from fiun_hub.errors import UnlearnError
+    from fiun_hub.unlearn import plan_forget
+
+    hub, _ = family
+    hub.publish([RepoChange("org/empty", {".gitattributes": b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n"},
+                            parent_commit="")])
+    g = L.resolve(hub)
+    assert g.nodes["org/empty"]["no_card"] and not g.nodes["org/empty"]["card_error"]
+    assert g.in_degree("org/empty") == 0 and g.out_degree("org/empty") == 0
+    assert [(p.repo, p.kind) for p in L.check(hub, g) if p.repo == "org/empty"] == [("org/empty", "no-card")]
+    assert _same_graph(g, L.resolve(hub, rebuild=True))
+    plan = plan_forget(hub, ["org/base"], "cat")  # plans (its sidecar problems are another matter)
+    assert "org/empty" not in {n.repo for n in plan.nodes}
+    publish_card(hub, "org/broken", "---\nbase_model: [unclosed\n---\n")
+    with pytest.raises(UnlearnError, match="org/broken"):
+        plan_forget(hub, ["org/base"], "cat")
+
+
 def test_child_pinned_before_a_forget_is_reported(family):
     hub, revs = family
     # org/other forgets a class; org/merged still derives from the pre-forget revision.
