@@ -23,7 +23,7 @@ import contextlib
 import os
 import re
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 from urllib.parse import urlsplit
 
 from ..constants import DEFAULT_AUTHOR, DEFAULT_BRANCH
@@ -280,7 +280,8 @@ class HfHub:
         finally:
             constants.HF_HUB_DISABLE_XET = saved
 
-    def publish(self, changes: list[RepoChange], *, author: str | None = None) -> dict[str, str]:
+    def publish(self, changes: list[RepoChange], *, author: str | None = None,
+                precondition: Callable[["HfHub"], None] | None = None) -> dict[str, str]:
         """One commit per repo, each with ``parent_commit``. Not atomic across repos: every expected head is
         checked first (nothing is written if one moved), then repos are committed in order; a failure part-way
         raises :class:`PublishIncomplete` naming what landed."""
@@ -304,6 +305,8 @@ class HfHub:
                 expected = ch.parent_commit[:12] if ch.parent_commit else "a new repo"
                 raise ConflictError(f"{ch.repo} moved: expected head {expected}, found "
                                     f"{current[:12] if current else 'no repo'}; re-read and retry")
+        if precondition is not None:  # no lock over HTTP: a best-effort check just before the first commit
+            precondition(self)
         done: dict[str, str] = {}
         for i, ch in enumerate(changes):
             ops = []

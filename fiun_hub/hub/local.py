@@ -39,7 +39,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping
+from typing import Callable, Iterable, Iterator, Mapping
 
 from ..constants import DEFAULT_AUTHOR, DEFAULT_BRANCH, FIUN_DIR
 from ..errors import (
@@ -572,11 +572,14 @@ class LocalHub:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
 
-    def publish(self, changes: list[RepoChange], *, author: str | None = None) -> dict[str, str]:
+    def publish(self, changes: list[RepoChange], *, author: str | None = None,
+                precondition: Callable[["LocalHub"], None] | None = None) -> dict[str, str]:
         """Commit a new revision to every repo in ``changes``, all or nothing. Returns repo -> new commit id.
 
         Raises :class:`ConflictError` (nothing moved) if a repo's head is not the ``parent_commit`` its
-        change expects.
+        change expects. ``precondition(hub)``, if given, runs under the writers' lock after that check and
+        before anything is written; it raises to refuse the publish (e.g. a forget whose affected set grew
+        since it was planned).
         """
         if not changes:
             return {}
@@ -599,6 +602,8 @@ class LocalHub:
                         "re-read and retry"
                     )
                 heads[ch.repo] = current
+            if precondition is not None:
+                precondition(self)
             moves = []
             for ch in changes:
                 parent = heads[ch.repo]
