@@ -18,7 +18,9 @@ What is built (``build``), and what of it is synthetic:
   ``LocalHub.publish`` one DAG level at a time (in batches of ``--publish-batch`` repos).
 
 What is measured (``measure``, each executor in a fresh subprocess on a fresh copy of the built hub):
-``plan_forget`` + ``run_forget`` of ``--origin ROOT --classes 3`` (every model affected), the driver's peak
+``plan_forget`` + ``run_forget`` of ``--origin ROOT --classes 3`` (every model affected; ``run_forget``'s
+phases: origin FIMs, the executor's unlearn (tasks write the new weights into the blob store), finish (sidecars,
+cards, as results arrive), publish), the driver's peak
 RSS (``VmHWM``; ``getrusage``'s ru_maxrss would include the spawning process's), the peak summed PSS of the
 driver's whole process tree (Ray's processes included), the bytes the hub grew by vs the bytes of the files
 that changed, and, on the same files afterwards, plain read + write of each affected weight file (with and
@@ -293,18 +295,8 @@ def measure(hub_dir: Path, executor: str, workers: int, batched: bool, warm: boo
     from fiun_hub.unlearn import plan_forget, run_forget
 
     torch.set_num_threads(1)
-    if batched:  # route the per-repo dampening through the batched path (what a CUDA run uses), here on CPU
-        import fiun_hub.executors as ex
-        from fiun_hub.unlearn import unlearn_node
-
-        plain = ex.run_tasks
-
-        def routed(fn, tasks, **kw):
-            if fn is unlearn_node:
-                return ex.run_unlearn(tasks, batched=True, device="cpu", **kw)
-            return plain(fn, tasks, **kw)
-
-        ex.run_tasks = routed
+    # batched: the batched dampening path (what a CUDA device uses: repos stacked by head shape), here on CPU
+    path = {"batched": True, "device": "cpu"} if batched else {}
     ray_init_s = None
     if executor == "ray":  # start Ray before the clock: its start-up is a per-process cost, reported apart
         from fiun_hub.executors import init_ray
@@ -325,7 +317,7 @@ def measure(hub_dir: Path, executor: str, workers: int, batched: bool, warm: boo
         plan = plan_forget(hub, [ROOT], classes=[FORGET], request_id="SCALE-1")
         t_plan = time.perf_counter() - t0
         t1 = time.perf_counter()
-        result = run_forget(hub, plan, workers=workers, executor=executor)
+        result = run_forget(hub, plan, workers=workers, executor=executor, **path)
         t_run = time.perf_counter() - t1
         total = time.perf_counter() - t0
     peak_rss = _vm_hwm_mb()
@@ -387,6 +379,7 @@ def _measure_in_subprocess(src: Path, work: Path, executor: str, workers: int, b
         shutil.rmtree(work)
     t = time.perf_counter()
     shutil.copytree(src, work, symlinks=True)
+    os.sync()  # flush the copy now: the forget's publish syncs the file system and would pay for it
     log(f"  copied the hub in {time.perf_counter() - t:.1f}s; measuring {executor}{' batched' if batched else ''}")
     out_json = work.parent / f"measure-{executor}-{int(batched)}-{int(warm)}.json"
     cmd = [sys.executable, __file__, "--measure", str(work), "--executor", executor, "--workers", str(workers),

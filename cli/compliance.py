@@ -103,10 +103,16 @@ def _outcome_text(tp, result: dict) -> str:
 @click.option("--report", "report_path", metavar="FILE",
               help="Also write a report: FILE.html (one self-contained page with the lineage picture), .md or .json.")
 @click.option("--workers", type=int, default=1, show_default=True, help="Processes for the per-repo work.")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: this process (or a process pool with --workers); ray: one Ray task per repo "
+                   "(pip install 'fiun-hub[ray]'). Either gives the same bytes; a failed task publishes nothing.")
+@click.option("--ray-address", metavar="ADDR", default=None,
+              help="Join this Ray cluster (default: start a local Ray with --workers CPUs); its workers must see "
+                   "the hub's folder.")
 @click.pass_obj
 @_handled
 def takedown(c, request_file: str, dry_run: bool, eval_data: str | None, report_path: str | None,
-             workers: int) -> None:
+             workers: int, executor: str, ray_address: str | None) -> None:
     """Carry out the takedown request in REQUEST.yaml across every model derived from its origins.
 
     Validates the request, plans the forget (the affected set), unlearns every affected repo with FIUn and
@@ -142,7 +148,7 @@ def takedown(c, request_file: str, dry_run: bool, eval_data: str | None, report_
         if tp.problems:
             _fail(tp.problems[0] + (f" (and {len(tp.problems) - 1} more problem(s))" if len(tp.problems) > 1 else ""))
         return
-    result = run_takedown(hub, tp, eval_data=eval_data, workers=workers)
+    result = run_takedown(hub, tp, eval_data=eval_data, workers=workers, executor=executor, ray_address=ray_address)
     if report_path:
         write_report(result["report"], report_path)
     data = {"request": request.to_dict(), "plan": tp.to_dict(), **{k: v for k, v in result.items() if k != "report"},
@@ -199,10 +205,13 @@ def _summary(data: dict) -> str:
 @click.option("--fix", "do_fix", is_flag=True,
               help="Apply the request to the flagged repos (new revisions, ledger updated), then audit again.")
 @click.option("--workers", type=int, default=1, show_default=True, help="Processes for the per-repo work (--fix).")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Where --fix runs the per-repo work: local, or one Ray task per repo (pip install 'fiun-hub[ray]').")
+@click.option("--ray-address", metavar="ADDR", default=None, help="Join this Ray cluster (--fix with --executor ray).")
 @click.pass_obj
 @_handled
 def audit(c, request_id: str | None, eval_data: str | None, max_forget_acc: float, report_path: str | None,
-          do_fix: bool, workers: int) -> None:
+          do_fix: bool, workers: int, executor: str, ray_address: str | None) -> None:
     """Prove every takedown in the ledger still holds; exit 1 on any finding.
 
     For each request (or --request ID) the affected set is recomputed from the lineage now, and each repo's
@@ -220,7 +229,7 @@ def audit(c, request_id: str | None, eval_data: str | None, max_forget_acc: floa
     data = C.audit(hub, request_id, eval_data=eval_data, max_forget_acc=max_forget_acc)
     text = [_audit_text(data), _summary(data)]
     if do_fix and not data["ok"]:
-        fixed = C.fix(hub, data, eval_data=eval_data, workers=workers)
+        fixed = C.fix(hub, data, eval_data=eval_data, workers=workers, executor=executor, ray_address=ray_address)
         for f in fixed:
             revs = ", ".join(f"{r} -> {v['to'][:12]}" for r, v in f["revisions"].items())
             line = f"--fix {f['request_id']}: " + (f"new revision(s) {revs}" if revs else "no new revision")

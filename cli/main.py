@@ -279,20 +279,30 @@ def _progress(c: Ctx, total: int | None, description: str):
                    "per-sample: the exact empirical Fisher; batch: the paper's squared batch gradients.")
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option("--device", help="torch device (default: cuda if available, else cpu).")
+@click.option("--workers", type=int, default=None,
+              help="CPU threads for the computation (and the CPUs the Ray task reserves); default: torch's "
+                   "thread count here. The same count gives the same bytes on either executor.")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: this process; ray: one Ray task (pip install 'fiun-hub[ray]'); the sidecars are "
+                   "published here once it succeeded.")
+@click.option("--ray-address", metavar="ADDR", default=None,
+              help="Join this Ray cluster (default: start a local Ray); its workers must see the hub's folder.")
 @pass_ctx
 @handled
-def fim(c: Ctx, repo: str, data_spec: str, layers: str, estimator: str, batch_size: int, device: str | None) -> None:
+def fim(c: Ctx, repo: str, data_spec: str, layers: str, estimator: str, batch_size: int, device: str | None,
+        workers: int | None, executor: str, ray_address: str | None) -> None:
     """Compute REPO's Fisher sidecars (model FIM and per-class FIMs) on its training data and commit them."""
     from fiun_hub.sidecars import compute_and_commit
 
-    bar, _, desc = _progress(c, None, f"Fisher of {repo}")
+    bar, _, desc = _progress(c, None, f"Fisher of {repo}" + (" (Ray)" if executor == "ray" else ""))
     with bar:
         task = bar.add_task(desc, total=None)
         info = compute_and_commit(c.hub(), repo, data_spec, layers=layers, estimator=estimator,
                                   batch_size=batch_size, device=device,
-                                  progress=lambda n: bar.update(task, advance=n))
+                                  progress=lambda n: bar.update(task, completed=n),
+                                  executor=executor, ray_address=ray_address, workers=workers)
     c.emit(info, f"committed sidecars to {repo}@{info['revision']} ({info['estimator']}, {info['samples']} samples, "
-                 f"layers {', '.join(info['layers'])})")
+                 f"layers {', '.join(info['layers'])}" + (", computed on Ray" if executor == "ray" else "") + ")")
 
 
 def _plan_text(plan) -> str:

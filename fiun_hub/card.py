@@ -1,5 +1,13 @@
-"""The model card (``README.md``): YAML front matter with the lineage, read and written through
-huggingface_hub's ``ModelCard`` / ``ModelCardData``. The schema is documented in docs/card-schema.md.
+"""The model card (``README.md``): YAML front matter with the lineage. The schema is documented in
+docs/card-schema.md.
+
+Cards are read and written the way huggingface_hub's ``ModelCard`` / ``ModelCardData`` read and write them (same
+front-matter block, same key order, same YAML text), but without their round trip for the common case: the YAML
+is parsed with libyaml's ``CSafeLoader`` and dumped with ``CDumper`` (when PyYAML has libyaml; the pure-Python
+ones otherwise). Only a card that needs huggingface_hub's own handling (``model-index`` / ``eval_results``, keys
+that are not strings, odd ``tags``) goes through ``ModelCardData``, and text the C emitter could lay out
+differently (control characters, empty or very long keys, characters outside the BMP) through PyYAML's pure-Python
+``Dumper``, so a rendered card is byte for byte what ``ModelCardData.to_yaml`` writes.
 
 ```yaml
 library_name: timm
@@ -15,12 +23,13 @@ fiun:
 """
 from __future__ import annotations
 
-import copy
 import datetime as _dt
-import hashlib
+import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
+
+import yaml
 
 from .constants import FIM_CLASSES_FILE, FIM_FILE, RELATIONS, TAG
 from .errors import CardError, FiunError
@@ -78,6 +87,63 @@ def parse_card(text: str | bytes, where: str = "") -> CardMeta:
 _PARSED: "OrderedDict[str, tuple[dict, str]]" = OrderedDict()
 _PARSED_MAX = 4096
 
+# huggingface_hub.repocard.REGEX_YAML_BLOCK: the front-matter block ModelCard reads
+_YAML_BLOCK = re.compile(r"^(\s*---(?:\r\n|\r|\n))([\S\s]*?)((?:\r\n|\r|\n)---[ \t]*(\r\n|\n|$))")
+# ModelCardData's own fields, in the order its to_dict() (and so to_yaml()) lists them, before any other key
+_HF_FIELDS = ("base_model", "datasets", "eval_results", "language", "library_name", "license", "license_name",
+              "license_link", "metrics", "model_name", "pipeline_tag", "tags")
+_HF_SPECIAL = ("model-index", "eval_results", "ignore_metadata_errors")
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_DUMPER = getattr(yaml, "CDumper", yaml.Dumper)
+
+
+def _hf_dict(data: dict) -> dict | None:
+    """What ``ModelCardData(**data).to_dict()`` returns, without building one: its fields first in its order,
+    then the other keys as given, None values dropped, ``tags`` made a list without repeats. None when the data
+    needs huggingface_hub's own handling (``model-index``, ``eval_results``, non-string keys, ``tags`` neither a
+    string nor a list): the caller then asks ModelCardData itself."""
+    if not all(isinstance(k, str) for k in data) or any(k in data for k in _HF_SPECIAL):
+        return None
+    out: dict[str, Any] = {}
+    for k in _HF_FIELDS:
+        v = data.get(k)
+        if k == "tags" and v is not None:
+            if isinstance(v, str):
+                v = [v]
+            elif not isinstance(v, list):
+                return None
+            unique: list = []
+            for tag in v:
+                if tag not in unique:
+                    unique.append(tag)
+            v = unique
+        if v is not None:
+            out[k] = v
+    for k, v in data.items():
+        if k not in out and k not in _HF_FIELDS and v is not None:
+            out[k] = v
+    return out
+
+
+def _front_matter(text: str) -> tuple[dict, str]:
+    """``(front-matter data as ModelCardData.to_dict() gives it, Markdown body)`` of a card's text; raises what
+    ModelCard would (yaml errors, a block that is not a mapping, ...)."""
+    match = _YAML_BLOCK.search(text)
+    if not match:
+        return {}, text
+    raw = yaml.load(match.group(2), Loader=_LOADER)
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ValueError("repo card metadata block should be a dict")
+    body = text[match.end():]
+    data = _hf_dict(raw)
+    if data is None:
+        from huggingface_hub import ModelCardData
+
+        data = ModelCardData(**raw, ignore_metadata_errors=False).to_dict()
+    return data, body
+
 
 def parse_card_full(text: str | bytes, where: str = "") -> tuple[CardMeta, str]:
     """Parse a card into its front matter as :class:`CardMeta` and the Markdown body below it; malformed or
@@ -88,8 +154,6 @@ def parse_card_full(text: str | bytes, where: str = "") -> tuple[CardMeta, str]:
     >>> meta.base_model, meta.relation, meta.labels, body.strip()
     (['a/b'], 'finetune', ['x', 'y'], 'hello')
     """
-    from huggingface_hub import ModelCard
-
     if isinstance(text, bytes):
         if len(text) > MAX_CARD_BYTES:
             raise _fail(where, f"card is {len(text)} bytes, more than the {MAX_CARD_BYTES} allowed")
@@ -99,26 +163,25 @@ def parse_card_full(text: str | bytes, where: str = "") -> tuple[CardMeta, str]:
             raise _fail(where, "card is not UTF-8 text") from None
     if len(text) > MAX_CARD_BYTES:
         raise _fail(where, f"card is larger than the {MAX_CARD_BYTES} bytes allowed")
-    # Cards are immutable blobs and YAML parsing is slow: parse each distinct text once per process.
-    key = hashlib.sha256(text.encode()).hexdigest()
-    if key in _PARSED:
-        data, body = _PARSED[key]
-        return meta_from_dict(copy.deepcopy(data), where), body
+    # Cards are immutable blobs: parse each distinct text once per process. meta_from_dict never changes the
+    # data it is given (it validates a copy), so the cached data is shared, not copied.
+    hit = _PARSED.get(text)
+    if hit is not None:
+        return meta_from_dict(hit[0], where), hit[1]
     try:
-        card = ModelCard(text, ignore_metadata_errors=False)
-        data, body = card.data.to_dict(), card.text
+        data, body = _front_matter(text)
     except RecursionError:
         raise _fail(where, "card front matter is nested too deeply") from None
     except Exception as exc:  # yaml errors, "metadata block should be a dict", ...
         msg = " ".join(str(exc).split())[:200]
         raise _fail(where, f"malformed card front matter: {msg}") from None
-    meta = meta_from_dict(copy.deepcopy(data), where)  # validates before caching
+    meta = meta_from_dict(data, where)  # validates before caching
     _remember(text, data, body)
     return meta, body
 
 
 def _remember(text: str, data: dict, body: str) -> None:
-    _PARSED[hashlib.sha256(text.encode()).hexdigest()] = (copy.deepcopy(data), body)
+    _PARSED[text] = (data, body)
     if len(_PARSED) > _PARSED_MAX:
         _PARSED.popitem(last=False)
 
@@ -220,15 +283,65 @@ def meta_to_dict(meta: CardMeta) -> dict[str, Any]:
     return data
 
 
-def render_card(meta: CardMeta, body: str | None = None, repo: str = "") -> str:
-    """The full ``README.md`` text for ``meta``: front matter written by ``ModelCardData.to_yaml``, then ``body``."""
-    from huggingface_hub import ModelCardData
+# text both emitters write alike: no C0/C1 controls, no special line breaks or BOM, nothing outside the BMP
+_PLAIN_TEXT = re.compile("[^\x00-\x1f\x7f-\x9f\u2028\u2029\ufeff\ud800-\udfff\U00010000-\U0010ffff]*\\Z")
 
+
+def _c_dumpable(value: Any, depth: int = 0) -> bool:
+    """True when libyaml's emitter writes ``value`` exactly as PyYAML's pure-Python one does: plain data whose
+    strings hold no control or special line-break characters and stay in the BMP, mapping keys non-empty and
+    at most 100 characters (the two emitters choose differently for long "simple keys" and empty ones)."""
+    if depth > 60:
+        return False
+    t = type(value)
+    if t is str:
+        return _PLAIN_TEXT.match(value) is not None
+    if t is dict:
+        for k, v in value.items():
+            if type(k) is not str or not 0 < len(k) <= 100 or _PLAIN_TEXT.match(k) is None \
+                    or not _c_dumpable(v, depth + 1):
+                return False
+        return True
+    if t is list:
+        return all(_c_dumpable(v, depth + 1) for v in value)
+    return value is None or t in (bool, int, float)
+
+
+def _copy_plain(value: Any) -> Any:
+    if type(value) is dict:
+        return {k: _copy_plain(v) for k, v in value.items()}
+    if type(value) is list:
+        return [_copy_plain(v) for v in value]
+    return value
+
+
+def _front_matter_yaml(data: dict[str, Any]) -> tuple[str, dict | None]:
+    hf = _hf_dict(data)
+    if hf is None:
+        from huggingface_hub import ModelCardData
+
+        return ModelCardData(**data).to_yaml(), None
+    plain = _c_dumpable(hf)
+    text = yaml.dump(hf, Dumper=_DUMPER if plain else yaml.Dumper, sort_keys=False, allow_unicode=True).strip()
+    return text, (hf if plain else None)
+
+
+def front_matter_yaml(data: dict[str, Any]) -> str:
+    """``ModelCardData(**data).to_yaml()``: the same text, built directly when it can be."""
+    return _front_matter_yaml(data)[0]
+
+
+def render_card(meta: CardMeta, body: str | None = None, repo: str = "") -> str:
+    """The full ``README.md`` text for ``meta``: front matter (the YAML ``ModelCardData.to_yaml`` writes, see
+    :func:`front_matter_yaml`), then ``body``."""
     data = meta_to_dict(meta)
     body = body if body is not None else DEFAULT_BODY.format(repo=repo or "model")
-    text = f"---\n{ModelCardData(**data).to_yaml()}\n---\n" + body
-    # What we just wrote parses back to ``data`` (tests check the round trip), so the index need not re-parse it.
-    _remember(text, ModelCardData(**data).to_dict(), body)
+    front, plain = _front_matter_yaml(data)
+    text = f"---\n{front}\n---\n" + body
+    # What we just wrote parses back to this data (tests check the round trip), so the index need not re-parse
+    # it. Plain data only: anything else is left for a real parse to judge.
+    if plain is not None:
+        _remember(text, _copy_plain(plain), body)
     return text
 
 

@@ -634,6 +634,16 @@ def _measure(hub: LocalHub, request: TakedownRequest, repo: str, revision: str, 
         return {"forget_acc": None, "retain_acc": None, "eval_error": str(exc).splitlines()[0][:300]}
 
 
+def _check_executor(executor: str, workers: int) -> None:
+    """Bad --executor / --workers, or Ray missing, is bad input before anything runs (one line saying how to
+    install Ray)."""
+    from .executors import _check, import_ray
+
+    _check(executor, workers)
+    if executor == "ray":
+        import_ray()
+
+
 def _check_eval_data(spec: str | None) -> None:
     if spec is not None:
         from .data import parse_spec
@@ -681,7 +691,7 @@ def _restrict(hub: LocalHub, request: TakedownRequest, plan, apply: Iterable[str
     and the targets that cannot be applied, with why."""
     from .constants import CONFIG_FILE
     from .models import parse_config
-    from .sidecars import load_sidecars
+    from .sidecars import load_sidecars, read_at
 
     apply = set(apply)
     nodes, blocked = [], {}
@@ -690,9 +700,10 @@ def _restrict(hub: LocalHub, request: TakedownRequest, plan, apply: Iterable[str
             problems = list(n.problems)
             if n.done:  # it carries the request but must be redone (weights changed): check what plan skipped
                 try:
-                    config = parse_config(hub.read_file(n.repo, CONFIG_FILE, n.head), n.repo)
-                    sc = load_sidecars(hub, n.repo, n.head)
-                    plan._loaded[n.repo] = (config, sc)
+                    info = hub.commit_info(n.repo, n.head)
+                    config = parse_config(read_at(hub, n.repo, info, CONFIG_FILE), n.repo)
+                    sc = load_sidecars(hub, n.repo, info=info)
+                    plan._loaded[n.repo] = (config, sc, info)
                     if n.repo in plan.origins and plan.classes is not None and \
                             not any(sc.counts.get(c, 0) > 0 for c in n.forget_here):
                         problems.append(f"{n.repo}: its sidecar at {n.head[:12]} has no per-class FIM for "
@@ -762,9 +773,12 @@ def _new_record(request: TakedownRequest) -> dict:
 
 
 def _apply(hub: LocalHub, tp: TakedownPlan, kind: str, *, eval_data: str | None, workers: int,
-           progress: Callable[[str], None] | None, findings: list[dict] | None = None) -> dict[str, Any]:
+           progress: Callable[[str], None] | None, findings: list[dict] | None = None, executor: str = "local",
+           ray_address: str | None = None) -> dict[str, Any]:
     """Forget ``tp.targets`` (those not blocked) and record them and ``tp.record_only`` in the ledger: the forget's
-    revisions and the ledger record in one publish, then a ledger commit with the new revisions and accuracies."""
+    revisions and the ledger record in one publish, then a ledger commit with the new revisions and accuracies.
+    ``workers``, ``executor``, ``ray_address``: where the per-repo work runs (:func:`fiun_hub.unlearn.run_forget`);
+    a failed task publishes nothing, ledger included."""
     from .unlearn import run_forget
 
     request, plan = tp.request, tp.plan
@@ -800,7 +814,8 @@ def _apply(hub: LocalHub, tp: TakedownPlan, kind: str, *, eval_data: str | None,
     result = None
     if todo:
         lhub = _PublishWithLedger(hub, build)
-        result = run_forget(lhub, plan, workers=workers, progress=progress)
+        result = run_forget(lhub, plan, workers=workers, progress=progress, executor=executor,
+                            ray_address=ray_address)
         for repo, rv in result.revisions.items():
             event["repos"][repo]["to"] = rv["to"]
             event["repos"][repo].update({k: v for k, v in result.stats[repo].items() if k in ("changed", "params")})
@@ -845,6 +860,7 @@ def _yaml_of(request: TakedownRequest) -> str:
 
 
 def run_takedown(hub: LocalHub, tp: TakedownPlan, *, eval_data: str | None = None, workers: int = 1,
+                 executor: str = "local", ray_address: str | None = None,
                  progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Carry out a :func:`plan_takedown`: forget every target and record the request and its outcome in the ledger.
     Returns the outcome and the report data (``report``) of the request's state afterwards."""
@@ -852,7 +868,9 @@ def run_takedown(hub: LocalHub, tp: TakedownPlan, *, eval_data: str | None = Non
         raise BadInput(tp.problems[0] + (f" (and {len(tp.problems) - 1} more problem(s); see --dry-run)"
                                          if len(tp.problems) > 1 else ""))
     _check_eval_data(eval_data)
-    out = _apply(hub, tp, "takedown", eval_data=eval_data, workers=workers, progress=progress)
+    _check_executor(executor, workers)
+    out = _apply(hub, tp, "takedown", eval_data=eval_data, workers=workers, progress=progress, executor=executor,
+                 ray_address=ray_address)
     report = audit(hub, tp.request.id, kind="takedown")
     return {"request_id": tp.request.id, **out, "report": report}
 
@@ -951,7 +969,8 @@ def audit(hub: LocalHub, request_id: str | None = None, *, eval_data: str | None
 
 
 def fix(hub: LocalHub, report: dict[str, Any], *, eval_data: str | None = None, workers: int = 1,
-        progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+        progress: Callable[[str], None] | None = None, executor: str = "local",
+        ray_address: str | None = None) -> list[dict[str, Any]]:
     """Apply each request with findings in ``report`` (an :func:`audit` result) to its flagged repos: new
     unlearned revisions, and a ``fix`` event in the ledger naming the findings it answers. Repos that cannot be
     fixed (a stale sidecar, say) are left flagged, with why. Returns one outcome per request touched."""
@@ -959,6 +978,7 @@ def fix(hub: LocalHub, report: dict[str, Any], *, eval_data: str | None = None, 
     from .unlearn import plan_forget
 
     _check_eval_data(eval_data)
+    _check_executor(executor, workers)
     records = ledger_records(hub)
     out = []
     for entry in report["requests"]:
@@ -987,7 +1007,8 @@ def fix(hub: LocalHub, report: dict[str, Any], *, eval_data: str | None = None, 
             continue
         tp = TakedownPlan(request, restricted, states, [r for r in apply if r not in blocked], record_only, rec,
                           blocked=blocked)
-        res = _apply(hub, tp, "fix", eval_data=eval_data, workers=workers, progress=progress,
+        res = _apply(hub, tp, "fix", eval_data=eval_data, workers=workers, progress=progress, executor=executor,
+                     ray_address=ray_address,
                      findings=[flagged[r] for r in sorted(flagged) if r in apply or r in record_only])
         out.append({"request_id": rid, "fixed": sorted(r for r in apply + record_only if r not in blocked),
                     "blocked": blocked, "revisions": res["revisions"], "ledger_revision": res["ledger_revision"],

@@ -15,8 +15,11 @@ Executors (``EXECUTORS``):
     workers must have fiun-hub installed and see the hub's folder (the tasks read weights by path). Objects
     that several tasks share (the same object, or equal tensors / lists / dicts, e.g. the MFIM of every
     descendant with the same labels and origins) are put into the object store once and passed by
-    reference; the function is shipped once; results (the new weights, as bytes) come back as they finish.
-    Ray is an optional extra: ``pip install 'fiun-hub[ray]'``.
+    reference; the function is shipped once; results come back as they finish. In a forget on a LocalHub each
+    task writes its new weights file into the hub's blob store itself (``NodeTask.out_path``) and returns only
+    its path and sha256, so no result carries a weights file; the per-repo path runs several repos per task
+    (:func:`run_unlearn`). After a failure the remaining tasks are cancelled and waited for before the error is
+    raised. Ray is an optional extra: ``pip install 'fiun-hub[ray]'``.
 
 The dampening step of a forget can also run **batched** (:func:`run_batched`): the unlearnable tensors of many
 repos with the same head shape are stacked and dampened with one set of tensor operations (one kernel launch
@@ -24,6 +27,11 @@ per operation on a GPU instead of one per repo), giving the same bytes as :func:
 repo by repo on CPU. :func:`run_unlearn` picks the per-repo or the batched path (batched when the device is
 CUDA) for the executor asked for; :func:`run_call` runs one call (``fim``'s Fisher computation, say) locally
 or as a Ray task.
+
+What a GPU would change, and what is not measured here (no GPU on the development machine): the device choice
+(:func:`resolve_device`: CUDA when torch sees it) and the switch to the batched path are tested on CPU by forcing
+``batched=True, device="cpu"`` (same bytes as the per-repo path) and by faking ``torch.cuda.is_available``; the
+stacked kernels themselves, the GPU reservation of Ray chunks and CUDA-vs-CPU numerics have never run on a GPU.
 """
 from __future__ import annotations
 
@@ -40,6 +48,9 @@ from .errors import BadInput, FiunError
 EXECUTORS = ("local", "ray")
 RAY_HINT = "the ray executor needs Ray: pip install 'fiun-hub[ray]' (or: pip install ray)"
 DEFAULT_MAX_BATCH = 128  # repos stacked per batch in run_batched (bounds memory: one weights file each)
+_CANCEL_WAIT_S = 60.0  # after a failure, how long Ray's cancelled tasks get to stop
+RAY_TASKS_PER_SLOT = 4  # per-repo forget on Ray: about this many tasks per CPU of the cluster ...
+RAY_MAX_CHUNK = 32  # ... each with at most this many repos
 
 
 class ExecutorError(FiunError):
@@ -393,30 +404,49 @@ def _run_ray(fn, tasks, *, workers, progress, address, chunk_size=1, options: di
                     for r in repos:
                         progress(r)
     finally:
-        for ref in pending:  # a failure (or an interrupt): stop the rest; their results are never used
+        if pending:  # a failure (or an interrupt): stop the rest; their results are never used
+            for ref in pending:
+                try:
+                    ray.cancel(ref)
+                except Exception:  # noqa: BLE001
+                    pass
+            # ... and let them settle before returning, so that no task still writes (a staged file, say) while
+            # the caller cleans up after the failure.
             try:
-                ray.cancel(ref)
+                ray.wait(list(pending), num_returns=len(pending), timeout=_CANCEL_WAIT_S)
             except Exception:  # noqa: BLE001
                 pass
     return out
 
 
 def run_call(fn: Callable[..., Any], *args: Any, executor: str = "local", ray_address: str | None = None,
-             num_gpus: float | None = None, **kwargs: Any) -> Any:
+             num_gpus: float | None = None, num_cpus: float | None = None, **kwargs: Any) -> Any:
     """``fn(*args, **kwargs)`` here (``local``) or as one Ray task (``ray``; ``num_gpus`` reserves GPUs for it,
-    default 1 when this machine sees CUDA and the cluster has a GPU, else 0). Ray's wrapper is removed from a
-    failure, as in :func:`run_tasks`."""
+    default 1 when the cluster has a GPU, else 0; ``num_cpus`` reserves CPUs, default 1, at most what the
+    largest live node has, so that the task can always be placed). Ray's wrapper is removed from a failure, as
+    in :func:`run_tasks`; the task is not retried (a failure is reported, not hidden)."""
     _check(executor, 1)
     if executor == "local":
         return fn(*args, **kwargs)
     ray = init_ray(ray_address)
     if num_gpus is None:
         num_gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
-    remote = ray.remote(max_retries=0, num_gpus=num_gpus)(_call_body)
+    options: dict[str, Any] = {"max_retries": 0, "num_gpus": num_gpus}
+    if num_cpus is not None:
+        options["num_cpus"] = max(0.0, min(float(num_cpus), _largest_node_cpus(ray)))
+    remote = ray.remote(**options)(_call_body)
     try:
         return ray.get(remote.remote(fn, args, kwargs))
     except Exception as exc:  # noqa: BLE001
         raise _unwrap(exc) from None
+
+
+def _largest_node_cpus(ray) -> float:
+    try:
+        return max((float(n.get("Resources", {}).get("CPU", 0)) for n in ray.nodes() if n.get("Alive")),
+                   default=1.0)
+    except Exception:  # noqa: BLE001
+        return 1.0
 
 
 def _call_body(fn, args, kwargs):
@@ -457,8 +487,9 @@ def _load(task: Any) -> _Loaded:
 
     from .safetensors_io import DTYPES, header_of_bytes
 
-    with open(task.weights_path, "rb") as fh:
-        data = bytearray(fh.read())
+    from .unlearn import read_into_bytearray
+
+    data = read_into_bytearray(task.weights_path)
     header, _ = header_of_bytes(data, where=task.repo)
     start = 8 + int.from_bytes(data[:8], "little")
     params = {}
@@ -591,11 +622,13 @@ def dampen_group(group: Sequence[_Loaded], device: Any = None) -> list[dict[str,
     return out
 
 
-def _finish(ld: _Loaded, new: dict[str, Any]) -> tuple[str, bytes, dict[str, Any]]:
-    """Write the new tensors into the file's bytes (as unlearn_node does): (repo, bytes, stats)."""
+def _finish(ld: _Loaded, new: dict[str, Any]) -> tuple[str, bytes | str, dict[str, Any]]:
+    """Write the new tensors into the file's bytes (as unlearn_node does): (repo, bytes or the path they were
+    written to, stats), as :func:`fiun_hub.unlearn.emit_weights` gives them."""
     import torch
 
     from .errors import UnlearnError
+    from .unlearn import emit_weights
 
     changed = total = 0
     for n, t in new.items():
@@ -606,7 +639,7 @@ def _finish(ld: _Loaded, new: dict[str, Any]) -> tuple[str, bytes, dict[str, Any
         total += t.numel()
         a, b = ld.header[n]["data_offsets"]
         ld.data[ld.start + a: ld.start + b] = t.contiguous().view(torch.uint8).numpy().tobytes()
-    return ld.task.repo, bytes(ld.data), {"changed": changed, "params": total}
+    return emit_weights(ld.task, ld.data, {"changed": changed, "params": total})
 
 
 def run_batched(tasks: Sequence[Any], *, device: Any = None, max_batch: int = DEFAULT_MAX_BATCH,
@@ -668,7 +701,9 @@ def run_unlearn(tasks: Sequence[Any], *, workers: int = 1, executor: str = "loca
     ``batched`` (default: True when ``device`` resolves to CUDA) uses :func:`run_batched`: with ``local`` in
     this process; with ``ray``, the repos are split into one chunk per worker (grouped by head shape first)
     and each chunk is one Ray task running :func:`run_batched` (reserving a GPU share when CUDA is used).
-    Otherwise every repo is one :func:`fiun_hub.unlearn.unlearn_node` call through :func:`run_tasks`.
+    Otherwise every repo is one :func:`fiun_hub.unlearn.unlearn_node` call through :func:`run_tasks` (on Ray,
+    several repos per task: about ``RAY_TASKS_PER_SLOT`` tasks per cluster CPU, at most ``RAY_MAX_CHUNK`` repos
+    each, since scheduling a task costs more than dampening a small head).
     ``progress`` and ``on_result`` as in :func:`run_tasks`.
     """
     from .unlearn import unlearn_node
@@ -677,10 +712,17 @@ def run_unlearn(tasks: Sequence[Any], *, workers: int = 1, executor: str = "loca
     dev = resolve_device(device)
     if batched is None:
         batched = dev.type == "cuda"
-    if not batched:
-        return run_tasks(unlearn_node, tasks, workers=workers, executor=executor, progress=progress,
-                         ray_address=ray_address, on_result=on_result)
     tasks = list(tasks)
+    if not batched:
+        chunk = 1
+        if executor == "ray" and tasks:
+            # A Ray task costs a few ms to schedule and return, more than a small repo's dampening: give each
+            # task several repos (about RAY_TASKS_PER_SLOT tasks per CPU, at most RAY_MAX_CHUNK repos each).
+            ray = init_ray(ray_address, workers if workers > 1 else None)
+            slots = max(1, int(ray.cluster_resources().get("CPU", 1)))
+            chunk = max(1, min(RAY_MAX_CHUNK, math.ceil(len(tasks) / (slots * RAY_TASKS_PER_SLOT))))
+        return run_tasks(unlearn_node, tasks, workers=workers, executor=executor, progress=progress,
+                         ray_address=ray_address, on_result=on_result, chunk_size=chunk)
     if executor == "local" and workers == 1:
         return run_batched(tasks, device=dev, max_batch=max_batch, progress=progress, on_result=on_result)
     # Several workers: sort by head shape so each chunk stacks well, then one chunk per worker (or per

@@ -23,7 +23,9 @@ The model is always evaluated in eval mode (BatchNorm running statistics); loss 
 true labels. Per-class FIMs are means over that class's samples (or batches), so for ``per-sample`` the
 and ``normalized`` the model FIM equals ``sum_c n_c F_c / sum_c n_c``, which is what :func:`strip_classes` relies on.
 
-Sidecars are safetensors only, read with ``safetensors.torch.load`` (never pickle) and validated.
+Sidecars are safetensors only, read with ``safetensors.torch.load`` (never pickle) and validated. They are written
+by :func:`encode_safetensors`, not ``safetensors.torch.save``: header metadata keys sorted, tensors by name, so the
+same content always gives the same bytes (and the same sha256, so the hub stores it once).
 """
 from __future__ import annotations
 
@@ -38,7 +40,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load as _st_load
-from safetensors.torch import save as _st_save
 
 from .constants import FIM_CLASSES_FILE, FIM_FILE
 from .errors import BadInput, SidecarError, UnlearnError
@@ -564,7 +565,63 @@ def _check_tensor(t: torch.Tensor, what: str, where: str) -> torch.Tensor:
     return t
 
 
-def _encode(model_fim, class_fims, counts, labels, layers, estimator, batch_size, metadata, where="") -> tuple[bytes, bytes]:
+def encode_safetensors(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> bytes:
+    """Deterministic safetensors bytes: the same tensors and metadata give the same bytes, in every process.
+
+    ``safetensors.torch.save`` writes the header metadata in a Rust hash map's order, which changes from call to
+    call, so equal sidecars would get different sha256s (and be stored twice). Here the header is
+    ``{"__metadata__": {keys sorted}, tensors sorted by name}`` as compact JSON, padded with spaces to a multiple
+    of 8 bytes (as safetensors pads it), and the data follows in the header's order. Any safetensors reader
+    reads it. Tensors must be CPU, contiguous-able, of a dtype safetensors knows."""
+    names = {v: k for k, v in _ST_DTYPES.items()}
+    header: dict[str, object] = {}
+    if metadata:
+        header["__metadata__"] = {str(k): str(metadata[k]) for k in sorted(metadata)}
+    chunks: list[bytes] = []
+    offset = 0
+    for name in sorted(tensors):
+        t = tensors[name].detach()
+        if t.device.type != "cpu":
+            t = t.cpu()
+        dtype = names.get(t.dtype)
+        if dtype is None:
+            raise BadInput(f"{name}: dtype {t.dtype} cannot be stored in safetensors")
+        t = t.contiguous()
+        raw = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        header[name] = {"dtype": dtype, "shape": list(t.shape), "data_offsets": [offset, offset + len(raw)]}
+        chunks.append(raw)
+        offset += len(raw)
+    head = json.dumps(header, separators=(",", ":"), ensure_ascii=True).encode()
+    head += b" " * (-len(head) % 8)
+    return b"".join([len(head).to_bytes(8, "little"), head] + chunks)
+
+
+_ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+              "BOOL": torch.bool}
+
+
+def _check_all(tensors: Mapping[str, torch.Tensor], what: Callable[[str], str], where: str) -> dict[str, torch.Tensor]:
+    """:func:`_check_tensor` of every tensor, but with one finiteness and one sign test over all of them together
+    (a sidecar holds one tensor per layer and class: checking them one by one costs more than the data); only
+    when that finds a problem is each tensor checked on its own, so the error names it."""
+    out: dict[str, torch.Tensor] = {}
+    for k, t in tensors.items():
+        if not isinstance(t, torch.Tensor) or not t.dtype.is_floating_point:
+            _check_tensor(t, what(k), where)  # raises
+        out[k] = t.detach().to("cpu", torch.float32).contiguous()
+    if out:
+        flat = torch.cat([t.reshape(-1) for t in out.values()])
+        if not bool(torch.isfinite(flat).all()) or bool((flat < 0).any()):
+            for k, t in out.items():
+                _check_tensor(t, what(k), where)
+    return out
+
+
+def _encode(model_fim, class_fims, counts, labels, layers, estimator, batch_size, metadata, where="",
+            checked: bool = False) -> tuple[bytes, bytes]:
+    """Both sidecar files' bytes (:func:`encode_safetensors`: deterministic). ``checked``: the class FIMs come
+    from a validated :class:`Sidecars` (float32, finite, non-negative) and are not checked again."""
     where = _prefix(where)
     labels = [str(v) for v in labels]
     layers = [str(v) for v in layers]
@@ -594,8 +651,8 @@ def _encode(model_fim, class_fims, counts, labels, layers, estimator, batch_size
             raise BadInput(f"{where}sidecar metadata may not set {key!r} (fiun-hub writes it)")
         meta[key] = val
     meta.update(meta_core)
-    fim = {n: _check_tensor(model_fim[n], f"{FIM_FILE}: {n}", where) for n in layers}
-    classes: dict[str, torch.Tensor] = {}
+    fim = _check_all({n: model_fim[n] for n in layers}, lambda n: f"{FIM_FILE}: {n}", where)
+    raw: dict[str, torch.Tensor] = {}
     for lab in labels:
         if lab not in class_fims:
             continue
@@ -603,11 +660,15 @@ def _encode(model_fim, class_fims, counts, labels, layers, estimator, batch_size
         for n in layers:
             if n not in per:
                 raise SidecarError(f"{where}class {lab!r} lacks the FIM of {n}")
-            t = _check_tensor(per[n], f"{FIM_CLASSES_FILE}: {n}@{lab}", where)
-            if t.shape != fim[n].shape:
+            t = per[n]
+            if isinstance(t, torch.Tensor) and t.shape != fim[n].shape:
                 raise SidecarError(f"{where}class {lab!r} FIM of {n} is {tuple(t.shape)}, model FIM {tuple(fim[n].shape)}")
-            classes[f"{n}@{lab}"] = t
-    return _st_save(fim, metadata=meta), _st_save(classes, metadata=meta)
+            raw[f"{n}@{lab}"] = t
+    if checked:
+        classes = {k: t.detach().to("cpu", torch.float32) for k, t in raw.items()}
+    else:
+        classes = _check_all(raw, lambda k: f"{FIM_CLASSES_FILE}: {k}", where)
+    return encode_safetensors(fim, meta), encode_safetensors(classes, meta)
 
 
 def sidecar_bytes(result: FisherResult, metadata: dict[str, str]) -> tuple[bytes, bytes]:
@@ -694,7 +755,7 @@ def read_sidecars(fim: bytes, classes: bytes | None = None, *, where: str = "") 
     if set(tensors) != set(layers):
         extra, lack = sorted(set(tensors) - set(layers)), [n for n in layers if n not in tensors]
         raise SidecarError(f"{where}{FIM_FILE}: tensors do not match its layers (missing {lack}, unexpected {extra})")
-    model_fim = {n: _check_tensor(tensors[n], f"{FIM_FILE}: {n}", where) for n in layers}
+    model_fim = _check_all({n: tensors[n] for n in layers}, lambda n: f"{FIM_FILE}: {n}", where)
     class_fims: dict[str, dict[str, torch.Tensor]] = {}
     if classes is not None:
         ctensors, cmeta = _load(classes, FIM_CLASSES_FILE, where)
@@ -707,8 +768,9 @@ def read_sidecars(fim: bytes, classes: bytes | None = None, *, where: str = "") 
             extra = sorted(set(ctensors) - set(expected))[:5]
             raise SidecarError(f"{where}{FIM_CLASSES_FILE}: keys do not match layers x classes with samples "
                                f"(missing {lack}, unexpected {extra})")
+        checked = _check_all({key: ctensors[key] for key in expected}, lambda k: f"{FIM_CLASSES_FILE}: {k}", where)
         for key, (n, lab) in expected.items():
-            t = _check_tensor(ctensors[key], f"{FIM_CLASSES_FILE}: {key}", where)
+            t = checked[key]
             if t.shape != model_fim[n].shape:
                 raise SidecarError(f"{where}{FIM_CLASSES_FILE}: {key} is {tuple(t.shape)}, "
                                    f"but the model FIM of {n} is {tuple(model_fim[n].shape)}")
@@ -722,7 +784,9 @@ def strip_classes(s: Sidecars, drop: Iterable[str], metadata: dict[str, str] | N
     count-weighted mean of the remaining class FIMs, metadata kept (updated by ``metadata``), and ``forgotten``
     (JSON list, cumulative) added. Exact for the per-sample estimator; for ``batch`` it is an approximation
     (header ``model_fim_source`` says so). Dropping nothing re-encodes the sidecars unchanged apart from
-    ``metadata``; dropping a class already absent is a no-op."""
+    ``metadata``; dropping a class already absent is a no-op. ``s`` is what :func:`read_sidecars` returns: its
+    class FIMs were validated there and are not checked again. The bytes are deterministic
+    (:func:`encode_safetensors`)."""
     drop = list(dict.fromkeys(str(d) for d in drop))
     unknown = [d for d in drop if d not in s.labels]
     if unknown:
@@ -730,7 +794,8 @@ def strip_classes(s: Sidecars, drop: Iterable[str], metadata: dict[str, str] | N
     meta = {k: v for k, v in s.metadata.items() if k not in RESERVED_KEYS}
     meta.update(metadata or {})
     if not any(d in s.class_fims or s.counts.get(d, 0) for d in drop):
-        return _encode(s.model_fim, s.class_fims, s.counts, s.labels, s.layers, s.estimator, s.batch_size, meta)
+        return _encode(s.model_fim, s.class_fims, s.counts, s.labels, s.layers, s.estimator, s.batch_size, meta,
+                       checked=True)
     needed = [lab for lab in s.labels if s.counts.get(lab, 0) > 0]
     if any(lab not in s.class_fims for lab in needed):
         raise SidecarError("stripping classes needs the per-class sidecar (fim-classes.safetensors)")
@@ -748,10 +813,10 @@ def strip_classes(s: Sidecars, drop: Iterable[str], metadata: dict[str, str] | N
     class_fims = {lab: s.class_fims[lab] for lab in keep}
     meta["forgotten"] = json.dumps(list(dict.fromkeys(s.forgotten + drop)))
     meta["model_fim_source"] = "class-weighted-mean"
-    return _encode(model_fim, class_fims, counts, s.labels, s.layers, s.estimator, s.batch_size, meta)
+    return _encode(model_fim, class_fims, counts, s.labels, s.layers, s.estimator, s.batch_size, meta, checked=True)
 
 
 __all__ = [
     "FORMAT", "ESTIMATORS", "FisherResult", "Sidecars", "resolve_layers", "compute_fisher",
-    "sidecar_bytes", "read_sidecars", "strip_classes",
+    "sidecar_bytes", "read_sidecars", "strip_classes", "encode_safetensors",
 ]

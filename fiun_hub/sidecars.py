@@ -4,8 +4,8 @@ The formats are fixed in docs/sidecars.md; the maths lives in :mod:`fiun_hub.fis
 """
 from __future__ import annotations
 
-import datetime as _dt
-from typing import Any, Callable
+import contextlib
+from typing import Any, Callable, Iterator
 
 from .card import fim_entry, render_card
 from .constants import CARD_FILE, FIM_CLASSES_FILE, FIM_FILE, WEIGHTS_FILE
@@ -17,20 +17,45 @@ from .models import load_model
 from .repo import read_meta
 
 
+def path_at(hub, repo: str, info, path: str):
+    """Where the content of ``path`` in the commit ``info`` (a :class:`~fiun_hub.hub.local.CommitInfo` already
+    read) lies: on a LocalHub the blob it names, found without resolving the commit again (``hub.file_path``
+    reads the commit record once more); elsewhere ``hub.file_path``. A missing path or blob raises
+    :class:`~fiun_hub.errors.EntryNotFound`, as ``file_path`` does."""
+    if isinstance(hub, LocalHub):
+        from .errors import EntryNotFound
 
-def load_sidecars(hub: LocalHub, repo: str, revision: str | None = None, *, need_classes: bool = True):
-    """The checked sidecars of ``repo`` at ``revision``; missing, stale or malformed ones raise SidecarError
-    naming the fix."""
+        sha = info.files.get(path)
+        if sha is None:
+            raise EntryNotFound(f"{path} not found in {repo}@{info.id[:12]}")
+        blob = hub.blob_path(repo, sha)
+        if blob.is_symlink() or not blob.is_file():
+            raise EntryNotFound(f"blob {sha[:12]} of {repo}:{path} is missing; run `fiun-hub verify`")
+        return blob
+    return hub.file_path(repo, path, info.id)
+
+
+def read_at(hub, repo: str, info, path: str) -> bytes:
+    """The bytes of ``path`` in the commit ``info`` (see :func:`path_at`)."""
+    if isinstance(hub, LocalHub):
+        return path_at(hub, repo, info, path).read_bytes()
+    return hub.read_file(repo, path, info.id)
+
+
+def load_sidecars(hub: LocalHub, repo: str, revision: str | None = None, *, need_classes: bool = True, info=None):
+    """The checked sidecars of ``repo`` at ``revision`` (or at the commit ``info``, already read); missing, stale
+    or malformed ones raise SidecarError naming the fix."""
     from .fisher import read_sidecars
 
-    cid = hub.resolve(repo, revision)
+    info = info if info is not None else hub.commit_info(repo, revision)
+    cid = info.id
     where = f"{repo}@{cid[:12]}"
-    files = hub.list_files(repo, cid)
+    files = info.files
     fix = f"run `fiun-hub fim {repo} --data SPEC` on its training data"
     if FIM_FILE not in files or (need_classes and FIM_CLASSES_FILE not in files):
         raise SidecarError(f"{where} has no Fisher sidecar; {fix}")
-    sc = read_sidecars(hub.read_file(repo, FIM_FILE, cid),
-                       hub.read_file(repo, FIM_CLASSES_FILE, cid) if FIM_CLASSES_FILE in files else None,
+    sc = read_sidecars(read_at(hub, repo, info, FIM_FILE),
+                       read_at(hub, repo, info, FIM_CLASSES_FILE) if FIM_CLASSES_FILE in files else None,
                        where=where)
     recorded = sc.metadata.get("weights_sha256")
     if recorded is None and sc.model_commit:
@@ -41,6 +66,47 @@ def load_sidecars(hub: LocalHub, repo: str, revision: str | None = None, *, need
     if recorded != files.get(WEIGHTS_FILE):
         raise SidecarError(f"{where}: Fisher sidecar is stale (computed on other weights); {fix}")
     return sc
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """torch's intra-op thread count set to ``n`` for the block (None: left as it is), then restored. Some
+    reductions (the batch estimator's gradients, say) sum in another order with another thread count, so a
+    computation that must give the same bytes everywhere runs with the same count everywhere."""
+    import torch
+
+    old = torch.get_num_threads()
+    if n and n != old:
+        torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != old:
+            torch.set_num_threads(old)
+
+
+def fisher_of(hub, repo: str, revision: str, data_spec: str, *, layers: str = "head",
+              estimator: str = DEFAULT_ESTIMATOR, batch_size: int = 64, device: str | None = None,
+              threads: int | None = None, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """The Fisher computation of ``fiun-hub fim``, on its own so that it can run as one Ray task: load ``repo``
+    at ``revision`` and ``data_spec``, compute the sidecars' FIMs with ``threads`` torch threads. Returns
+    ``{"result": FisherResult, "dataset": fingerprint, "samples": n}``; publishes nothing."""
+    from .fisher import compute_fisher, resolve_layers
+
+    model, config, _ = load_model(hub, repo, revision)
+    data = load_data(data_spec, in_chans=config.in_chans, input_size=config.input_size)
+    known = [n for n in config.labels if n in data.labels]
+    if not known:
+        raise SidecarError(f"data {data_spec} shares no label with {repo} (model labels {config.labels[:10]}, "
+                           f"data labels {data.labels[:10]})")
+    data = data.to_label_space(config.labels)
+    if not bool(data.x.isfinite().all()):
+        raise SidecarError(f"{repo}: data {data_spec} holds NaN or Inf values")
+    names = resolve_layers(model, layers, classifier=config.classifier)
+    with torch_threads(threads):
+        result = compute_fisher(model, data.x, data.y, config.labels, names, estimator=estimator,
+                                batch_size=batch_size, device=device, progress=progress)
+    return {"result": result, "dataset": data.fingerprint, "samples": len(data)}
 
 
 def compute_and_commit(
@@ -54,32 +120,48 @@ def compute_and_commit(
     device: str | None = None,
     progress: Callable[[int], None] | None = None,
     message: str | None = None,
+    executor: str = "local",
+    ray_address: str | None = None,
+    workers: int | None = None,
 ) -> dict[str, Any]:
     """Compute the model FIM and per-class FIMs of ``repo``'s head on ``data_spec`` and commit them as a new
-    revision (weights unchanged). Samples of classes the model does not know are ignored."""
-    from .fisher import compute_fisher, resolve_layers, sidecar_bytes
+    revision (weights unchanged). Samples of classes the model does not know are ignored.
+
+    ``executor="ray"`` runs the computation (:func:`fisher_of`) as one Ray task (``ray_address`` as for
+    ``forget``; the task reads the model by path, so the workers must see the hub's folder) and publishes here
+    when it succeeded; a failed task publishes nothing. ``workers``: torch threads for the computation (and
+    the CPUs the Ray task reserves); by default this process's torch thread count, on either executor, so that
+    both give the same bytes. The sidecar bytes are deterministic: the same model, data and options give the
+    same files (no timestamp in them; the commit records the time)."""
+    import torch
+
+    from .executors import _check, run_call
+    from .fisher import sidecar_bytes
 
     if estimator not in ESTIMATORS:
         raise SidecarError(f"unknown estimator {estimator!r}; use one of {', '.join(ESTIMATORS)}")
-    model, config, cid = load_model(hub, repo)
-    data = load_data(data_spec, in_chans=config.in_chans, input_size=config.input_size)
-    known = [n for n in config.labels if n in data.labels]
-    if not known:
-        raise SidecarError(f"data {data_spec} shares no label with {repo} (model labels {config.labels[:10]}, "
-                           f"data labels {data.labels[:10]})")
-    data = data.to_label_space(config.labels)
-    if not bool(data.x.isfinite().all()):
-        raise SidecarError(f"{repo}: data {data_spec} holds NaN or Inf values")
-    names = resolve_layers(model, layers, classifier=config.classifier)
-    result = compute_fisher(model, data.x, data.y, config.labels, names, estimator=estimator,
-                            batch_size=batch_size, device=device, progress=progress)
+    _check(executor, 1 if workers is None else workers)
+    threads = workers or torch.get_num_threads()
+    cid = hub.resolve(repo)
+    if executor == "ray":
+        from .data import parse_spec
+
+        parse_spec(data_spec)  # a bad spec is bad input here, before any Ray starts
+        out = run_call(fisher_of, hub, repo, cid, data_spec, executor="ray", ray_address=ray_address,
+                       num_cpus=threads, layers=layers, estimator=estimator, batch_size=batch_size,
+                       device=device, threads=threads)
+        if progress is not None:
+            progress(out["samples"])
+    else:
+        out = fisher_of(hub, repo, cid, data_spec, layers=layers, estimator=estimator, batch_size=batch_size,
+                        device=device, threads=threads, progress=progress)
+    result = out["result"]
     files = hub.list_files(repo, cid)
     fim, fim_classes = sidecar_bytes(result, {
         "model_commit": cid,
         "weights_sha256": files[WEIGHTS_FILE],
-        "dataset": data.fingerprint,
+        "dataset": out["dataset"],
         "data_spec": data_spec,
-        "computed_at": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     })
     meta = read_meta(hub, repo, cid)
     meta.fim = fim_entry(result.layers, result.estimator)
@@ -88,7 +170,9 @@ def compute_and_commit(
     card = render_card(meta, card_body(hub.read_file(repo, CARD_FILE, cid).decode()), repo)
     new = hub.publish([RepoChange(
         repo, {FIM_FILE: fim, FIM_CLASSES_FILE: fim_classes, CARD_FILE: card.encode()},
-        message or f"Fisher sidecars ({result.estimator}, {len(data)} samples of {data_spec})", parent_commit=cid,
+        message or f"Fisher sidecars ({result.estimator}, {out['samples']} samples of {data_spec})",
+        parent_commit=cid,
     )])[repo]
     return {"repo": repo, "revision": new, "model_commit": cid, "layers": result.layers,
-            "estimator": result.estimator, "samples": len(data), "counts": result.counts}
+            "estimator": result.estimator, "samples": out["samples"], "counts": result.counts,
+            "executor": executor}

@@ -5,12 +5,17 @@
   common path fails with unlearn_node's own error;
 - Ray: the same bytes as the local executor (per task and chunked), shared objects stored once, a failed task
   raises the task's own error (naming its repo) and a forget through Ray on a real hub publishes the same new
-  weights and sidecars as the local executor; a failing repo publishes nothing;
-- without Ray installed, the ray executor says how to get it.
+  files (sha256 of weights, sidecars and cards) as the local executor; a failing repo publishes nothing;
+- `fim` and `takedown` with `--executor ray`: byte-identical files to the local executor (a takedown's ledger
+  included, with the clocks fixed), nothing published on failure;
+- without Ray installed, the ray executor (forget, fim, takedown) says how to get it in one line.
+
+One local Ray (2 CPUs) is started once for the module and shared by every Ray test.
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import importlib.util
 import random
 import shutil
@@ -304,38 +309,27 @@ def dag_hub(tmp_path_factory):
 
 
 def _new_files(hub, result):
-    """Per new revision: the sha256 of its weights, and its sidecars' tensors and metadata. (Sidecar *bytes*
-    are compared through their content: safetensors writes header metadata in hash-map order, which varies
-    from one process to the next.)"""
-    from safetensors.torch import load
-
-    from fiun_hub.constants import FIM_CLASSES_FILE, FIM_FILE, WEIGHTS_FILE
-    from fiun_hub.safetensors_io import header_of_bytes
-
-    out = {}
-    for r, v in result.revisions.items():
-        files = hub.list_files(r, v["to"])
-        out[r] = {WEIGHTS_FILE: files[WEIGHTS_FILE]}
-        for p in (FIM_FILE, FIM_CLASSES_FILE):
-            data = hub.read_file(r, p, v["to"])
-            out[r][p] = (header_of_bytes(data)[1], {k: t.tolist() for k, t in load(data).items()})
-    return out
+    """Per new revision: the sha256 of every file in it (weights, sidecars, card)."""
+    return {r: hub.list_files(r, v["to"]) for r, v in result.revisions.items()}
 
 
 @needs_ray
-def test_forget_through_ray_publishes_what_local_does(local_ray, dag_hub, tmp_path):
+def test_forget_through_ray_publishes_what_local_does(local_ray, dag_hub, tmp_path, monkeypatch):
+    """Every file of every new revision is byte-identical (sha256) between the executors: weights, sidecars
+    (deterministic encoding) and cards (the record's time fixed), per repo and batched."""
     from fiun_hub.hub.local import LocalHub
     from fiun_hub.unlearn import plan_forget, run_forget
 
+    _frozen_clocks(monkeypatch)
     files = {}
-    for ex in ("local", "ray"):
+    for ex, kw in (("local", {}), ("ray", {}), ("ray-batched", {"batched": True, "device": "cpu", "workers": 2})):
         shutil.copytree(dag_hub, tmp_path / ex, symlinks=True)
         hub = LocalHub(tmp_path / ex)
         plan = plan_forget(hub, ["d/root"], "3", request_id="REQ-1")
         assert len(plan.todo) == 5
-        result = run_forget(hub, plan, executor=ex)
+        result = run_forget(hub, plan, executor=ex.split("-")[0], **kw)
         files[ex] = _new_files(hub, result)
-    assert files["local"] == files["ray"]  # sha256 of every new weight file; sidecar content
+    assert files["local"] == files["ray"] == files["ray-batched"]
     assert len({v["model.safetensors"] for v in files["ray"].values()}) == 5
 
 
@@ -362,3 +356,162 @@ def test_run_call_on_ray(local_ray):
     assert run_call(sorted, [3, 1, 2], executor="local") == [1, 2, 3]
     with pytest.raises(ValueError):
         run_call(int, "x", executor="ray")
+
+
+# ----------------------------------------------------------------------------------------------- fim and takedown
+def _cli(*args):
+    """The real `fiun-hub` group in this process (so it shares this module's Ray session)."""
+    from click.testing import CliRunner
+
+    from fiun_hub_cli.main import main
+
+    result = CliRunner().invoke(main, [str(a) for a in args], env={"FIUN_HUB": None})
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.stdout, result.stderr
+
+
+def _all_files(hub):
+    """repo -> (head, {path: sha256}) for every repo: what every file written so far holds."""
+    return {r: (hub.head(r), hub.list_files(r)) for r in hub.list_repos()}
+
+
+def _frozen_clocks(monkeypatch):
+    """Fix every timestamp a forget, a takedown and a commit write, so that two runs can be compared byte for
+    byte (commit ids included)."""
+    import fiun_hub.compliance as C
+    import fiun_hub.hub.local as L
+    import fiun_hub.unlearn as U
+
+    monkeypatch.setattr(U, "utc_now", lambda: "2026-11-22T10:00:00Z")
+    monkeypatch.setattr(C, "_now", lambda: "2026-11-22T10:00:00Z")
+    if hasattr(L, "_now"):
+        monkeypatch.setattr(L, "_now", lambda: "2026-11-22T10:00:00.000000Z")
+        return True
+    return False
+
+
+@needs_ray
+def test_fim_through_ray_writes_the_bytes_of_local(local_ray, dag_hub, tmp_path):
+    """`fiun-hub fim --executor ray` computes the sidecars in a Ray task and publishes here: the sha256 of every
+    file it commits equals the local executor's, with the estimator whose sums depend on the thread count (the
+    batch estimator over every layer) at the same --workers; computing twice locally gives the same bytes too."""
+    from fiun_hub.hub.local import LocalHub
+
+    got = {}
+    for name, extra in (("local", []), ("ray", ["--executor", "ray"]), ("again", [])):
+        shutil.copytree(dag_hub, tmp_path / name, symlinks=True)
+        code, out, err = _cli("--hub", tmp_path / name, "--json", "fim", "d/a", "--data", "digits:train",
+                              "--estimator", "batch", "--layers", "all", "--workers", "2", *extra)
+        assert code == 0, err
+        info = json.loads(out)
+        hub = LocalHub(tmp_path / name)
+        got[name] = hub.list_files("d/a", info["revision"])
+        assert info["executor"] == ("ray" if extra else "local")
+    assert got["local"] == got["ray"] == got["again"]
+    from fiun_hub.sidecars import load_sidecars
+
+    sc = load_sidecars(LocalHub(tmp_path / "ray"), "d/a")
+    assert sc.estimator == "batch" and len(sc.layers) > 2 and "computed_at" not in sc.metadata
+
+
+@needs_ray
+def test_fim_failure_on_ray_publishes_nothing(local_ray, dag_hub, tmp_path, hub_fingerprint):
+    shutil.copytree(dag_hub, tmp_path / "h", symlinks=True)
+    snap = hub_fingerprint(tmp_path / "h")
+    code, out, err = _cli("--hub", tmp_path / "h", "fim", "d/a", "--data", "digits:train", "--layers", "nope.*",
+                          "--executor", "ray")
+    assert code == 2 and "match no parameter" in err and len(err.strip().splitlines()) == 1, err
+    assert hub_fingerprint(tmp_path / "h") == snap
+
+
+TAKEDOWN = """\
+id: TKD-RAY-1
+reason: erasure request
+requested_by: dpo@example.org
+received: 2026-11-20
+origins: [d/root]
+forget: {classes: ["3"]}
+"""
+
+
+@needs_ray
+def test_takedown_through_ray_writes_the_bytes_of_local(local_ray, dag_hub, tmp_path, monkeypatch):
+    """`fiun-hub takedown --executor ray` publishes exactly what the local executor does: with the clocks fixed,
+    every repo's head and the sha256 of every file (new weights, sidecars, cards, the ledger's records) agree."""
+    frozen = _frozen_clocks(monkeypatch)
+    req = tmp_path / "req.yaml"
+    req.write_text(TAKEDOWN)
+    from fiun_hub.hub.local import LocalHub
+
+    got = {}
+    for name, extra in (("local", []), ("ray", ["--executor", "ray", "--workers", "2"])):
+        shutil.copytree(dag_hub, tmp_path / name, symlinks=True)
+        code, out, err = _cli("--hub", tmp_path / name, "--json", "takedown", req, *extra)
+        assert code == 0, err
+        assert set(json.loads(out)["revisions"]) == {"d/root", "d/a", "d/b", "d/merged", "d/il"}
+        got[name] = _all_files(LocalHub(tmp_path / name))
+    if frozen:
+        assert got["local"] == got["ray"]
+    else:  # commit ids differ with their times; every model repo's files must still agree
+        assert {r: v[1] for r, v in got["local"].items() if r != "fiun-hub/ledger"} == \
+               {r: v[1] for r, v in got["ray"].items() if r != "fiun-hub/ledger"}
+
+
+@needs_ray
+def test_failed_takedown_on_ray_publishes_nothing(local_ray, dag_hub, tmp_path, hub_fingerprint):
+    req = tmp_path / "req.yaml"
+    req.write_text(TAKEDOWN.replace("TKD-RAY-1", "TKD-RAY-2").replace("[d/root]", "[d/bad-root]")
+                   .replace('["3"]', '["1"]'))
+    shutil.copytree(dag_hub, tmp_path / "h", symlinks=True)
+    snap = hub_fingerprint(tmp_path / "h")
+    code, out, err = _cli("--hub", tmp_path / "h", "takedown", req, "--executor", "ray")
+    assert code != 0 and "d/bad" in err and len(err.strip().splitlines()) == 1, err
+    assert hub_fingerprint(tmp_path / "h") == snap
+
+
+def test_fim_and_takedown_without_ray_say_how_to_get_it(dag_hub, tmp_path, monkeypatch, hub_fingerprint):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
+    req = tmp_path / "req.yaml"
+    req.write_text(TAKEDOWN)
+    shutil.copytree(dag_hub, tmp_path / "h", symlinks=True)
+    snap = hub_fingerprint(tmp_path / "h")
+    for args in (("fim", "d/a", "--data", "digits:train", "--executor", "ray"),
+                 ("takedown", req, "--executor", "ray"),
+                 ("forget", "--origin", "d/root", "--classes", "3", "--executor", "ray")):
+        code, out, err = _cli("--hub", tmp_path / "h", *args)
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and "pip install 'fiun-hub[ray]'" in lines[0], (args, err)
+    assert hub_fingerprint(tmp_path / "h") == snap
+
+
+def test_ray_chunks_of_the_batched_path_reserve_gpu_shares(tasks, monkeypatch):
+    """The CUDA plan on Ray without a GPU: with device cuda, run_unlearn takes the batched path, sorts the repos
+    by head shape into one chunk per CPU slot (or per max_batch repos), hands each chunk the device by name and
+    asks Ray for an equal share of the cluster's GPUs per chunk. (Ray and CUDA are faked: nothing runs.)"""
+    import fiun_hub.executors as ex
+
+    class FakeRay:
+        @staticmethod
+        def cluster_resources():
+            return {"CPU": 4.0, "GPU": 1.0}
+
+    seen = {}
+
+    def fake_run_ray(fn, chunks, **kw):
+        seen.update(fn=fn, chunks=chunks, options=kw.get("options"))
+        return {}
+
+    monkeypatch.setattr(ex, "init_ray", lambda *a, **k: FakeRay)
+    monkeypatch.setattr(ex, "_run_ray", fake_run_ray)
+    ex.run_unlearn(tasks, executor="ray", device="cuda", max_batch=16)
+    chunks = seen["chunks"]
+    assert seen["fn"] is ex._run_chunk and len(chunks) == 4  # max(4 CPU slots, ceil(40 / 16))
+    assert sorted(t.repo for c in chunks for t in c.tasks) == sorted(t.repo for t in tasks)
+    assert all(c.device == "cuda" and c.max_batch == 16 for c in chunks)
+    assert seen["options"] == {"num_gpus": 0.25}
+    shapes = [repr(tuple((n, tuple(v.shape)) for n, v in t.mfim.items())) for c in chunks for t in c.tasks]
+    assert shapes == sorted(shapes)  # grouped by head shape across the chunks
+    seen.clear()
+    ex.run_unlearn(tasks, executor="ray", device="cpu", batched=True)  # CPU: batched on request, no GPU asked
+    assert seen["options"] is None

@@ -1,4 +1,5 @@
-"""fiun_hub.fisher: estimators against brute-force autograd, sidecar round trips and validation."""
+"""fiun_hub.fisher: estimators against brute-force autograd, sidecar round trips and validation, and deterministic
+sidecar bytes (the same content gives the same sha256, in any process)."""
 from __future__ import annotations
 
 import json
@@ -476,3 +477,90 @@ def test_normalized_sidecar_round_trip_and_strip(resnet, data):
     f2, c2 = strip_classes(sc, ["3"])
     stripped = read_sidecars(f2, c2)
     assert "3" not in stripped.class_fims and stripped.counts.get("3", 0) == 0
+
+
+# ------------------------------------------------------------------------------------------ deterministic bytes
+
+
+def _sha(b: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(b).hexdigest()
+
+
+_SUBPROCESS = r"""
+import hashlib, sys, torch
+from fiun_hub.fisher import FisherResult, sidecar_bytes, read_sidecars, strip_classes
+g = torch.Generator().manual_seed(0)
+labels = [str(i) for i in range(10)] + ["é", "z"]
+layers = ["fc.weight", "fc.bias"]
+shapes = {"fc.weight": (12, 8), "fc.bias": (12,)}
+cls = {lab: {n: torch.rand(shapes[n], generator=g) for n in layers} for lab in labels}
+counts = {lab: 3 + i for i, lab in enumerate(labels)}
+tot = sum(counts.values())
+model = {n: (sum(counts[c] * cls[c][n].double() for c in labels) / tot).float() for n in layers}
+res = FisherResult(model, cls, counts, labels, layers, "per-sample", None)
+meta = {"z": "1", "model_commit": "a" * 40, "dataset": "d", "a": "2", "weights_sha256": "b" * 64}
+fim, cl = sidecar_bytes(res, meta)
+f2, c2 = strip_classes(read_sidecars(fim, cl), ["3"], {"derived_by": "R", "weights_sha256": "c" * 64})
+print(" ".join(hashlib.sha256(x).hexdigest() for x in (fim, cl, f2, c2)))
+"""
+
+
+def test_sidecar_bytes_are_deterministic():
+    """The same sidecar content gives the same bytes: twice here, and in other processes (safetensors'
+    own save writes header metadata in hash-map order, which changes from call to call and process to process).
+    Metadata keys are sorted, tensors ordered by name, nothing time-dependent is added; readers still read it."""
+    import subprocess
+    import sys
+
+    runs = [subprocess.run([sys.executable, "-c", _SUBPROCESS], capture_output=True, text=True, check=True).stdout
+            for _ in range(2)]
+    ns: dict = {}
+    exec(compile(_SUBPROCESS.replace("print(", "out = ("), "<sidecars>", "exec"), ns)  # noqa: S102
+    here = " ".join(_sha(x) for x in (ns["fim"], ns["cl"], ns["f2"], ns["c2"]))
+    again = " ".join(_sha(x) for x in sidecar_bytes(ns["res"], ns["meta"]))
+    assert runs[0].strip() == runs[1].strip() == here
+    assert again == " ".join(here.split()[:2])
+    n, h = _header(ns["fim"])
+    meta = h["__metadata__"]
+    assert list(meta) == sorted(meta) and "computed_at" not in meta and n % 8 == 0
+    assert [k for k in h if k != "__metadata__"] == sorted(k for k in h if k != "__metadata__")
+    s = read_sidecars(ns["f2"], ns["c2"])
+    assert "3" not in s.class_fims and s.metadata["derived_by"] == "R" and "é" in s.class_fims
+
+
+def test_encoded_sidecars_load_with_safetensors(result):
+    """encode_safetensors writes standard safetensors: safetensors' own loaders read every tensor back exactly."""
+    from safetensors.torch import load
+
+    fim, cls = sidecar_bytes(result, META)
+    back = load(cls)
+    assert set(back) == {f"{n}@{lab}" for lab in result.class_fims for n in HEAD}
+    for lab in result.class_fims:
+        for n in HEAD:
+            assert torch.equal(back[f"{n}@{lab}"], result.class_fims[lab][n])
+    odd = fisher.encode_safetensors({"b": torch.arange(6, dtype=torch.int64).reshape(2, 3),
+                                     "a": torch.tensor([1.5], dtype=torch.float16), "e": torch.zeros(0)}, {"k": "v"})
+    out = load(odd)
+    assert out["b"].tolist() == [[0, 1, 2], [3, 4, 5]] and out["a"].dtype == torch.float16 and out["e"].numel() == 0
+
+
+def test_compute_and_commit_twice_gives_the_same_sidecar_files(tmp_path, model_folder):
+    """`fiun-hub fim` on the same model revision and data, in two copies of a hub, commits byte-identical
+    sidecars and card (no timestamp in them: the commit records the time)."""
+    import shutil
+
+    from fiun_hub.hub.local import LocalHub
+    from fiun_hub.repo import push_folder
+    from fiun_hub.sidecars import compute_and_commit
+
+    hub = LocalHub.init(tmp_path / "a")
+    push_folder(hub, model_folder(labels=[str(i) for i in range(10)]), "o/m")
+    shutil.copytree(tmp_path / "a", tmp_path / "b", symlinks=True)
+    files = []
+    for name in ("a", "b"):
+        h = LocalHub(tmp_path / name)
+        info = compute_and_commit(h, "o/m", "digits:train", estimator="batch", layers="all")
+        files.append(h.list_files("o/m", info["revision"]))
+    assert files[0] == files[1]

@@ -6,7 +6,10 @@
   child whose head has extra and reordered labels, plus unrelated repos): held-out forget / retain accuracy,
   the new revisions (card record, weights, sidecars), unaffected repos byte-identical, only head tensors
   changed, idempotence, timm loads the new revisions offline;
-- all-or-nothing: a head moved between plan and run, and a task that fails inside the executor.
+- all-or-nothing: a head moved between plan and run, and a task that fails inside the executor;
+- memory and cost: new weights stream into the blob store (staged, invisible until the refs move), cards are
+  rendered without huggingface_hub's ModelCard round trip but to the same text, and the batched (CUDA) path
+  forced on CPU publishes the same files.
 
 The trained hub is built once per test session (shared by the pytest-xdist workers through a file lock) and
 copied before anything mutates it. Plain helpers here are reused by tests/test_cli_forget.py.
@@ -599,3 +602,155 @@ def test_dry_run_plan_lists_unalignable_heads(small, tmp_path, child, words):
         run_forget(hub, plan_forget(hub, [root], "1"))
     plan = plan_forget(hub, [root], "1")
     assert any(child in p for p in plan.problems), plan.problems
+
+
+# ----------------------------------------------------------------------------------------------- memory and cost
+def test_forget_streams_new_weights_into_the_blob_store(forgotten, dag, tmp_path, monkeypatch):
+    """On a LocalHub each task writes its new weights file into the repo's blob store (a staging name, then
+    blobs/{sha256}) and hands back only its path and sha256: no process holds the new weights of every repo at
+    once. Another run of the same request wrote the same files, nothing is left staged, and the hub verifies."""
+    import fiun_hub.executors as ex
+    from fiun_hub.unlearn import forget
+    from fiun_hub.verify import verify
+
+    seen = []
+    real = ex.run_unlearn
+
+    def spy(tasks, **kw):
+        inner = kw["on_result"]
+        assert all(t.out_path and ".incoming-forget-" in t.out_path for t in tasks)
+        kw["on_result"] = lambda repo, res: seen.append((repo, type(res[1]), res[2]["weights_sha256"])) or \
+            inner(repo, res)
+        return real(tasks, **kw)
+
+    monkeypatch.setattr(ex, "run_unlearn", spy)
+    hub = copy_hub(dag[0], tmp_path / "hub")
+    _, result = forget(hub, [R], [FORGET])
+    assert sorted(r for r, _, _ in seen) == sorted(AFFECTED) and {t for _, t, _ in seen} == {str}
+    want = forgotten["result"].stats
+    for repo, _, sha in seen:
+        assert sha == want[repo]["weights_sha256"] == hub.list_files(repo)[WEIGHTS_FILE]
+        blobs = hub.blob_path(repo, sha).parent
+        assert not list(blobs.glob(".incoming*")), repo
+    assert verify(hub) == []
+    # the same request on another copy (the `forgotten` fixture) gave the same files, card timestamps aside
+    for repo in AFFECTED:
+        new, other = hub.list_files(repo), forgotten["hub"].list_files(repo)
+        assert {k: v for k, v in new.items() if k != CARD_FILE} == {k: v for k, v in other.items() if k != CARD_FILE}
+
+
+def test_staged_blob_is_published_in_place_and_read_lazily(tmp_path):
+    """A StagedBlob names a file already at blobs/{sha256}: publish keeps it (writes nothing), and its data is
+    the file's bytes, mapped only when read."""
+    from fiun_hub.unlearn import StagedBlob, _Staging
+
+    hub = LocalHub.init(tmp_path / "hub")
+    hub.publish([RepoChange("o/r", {"a.bin": b"x" * 10}, "first", parent_commit="")])
+    staging = _Staging(hub)
+    data = os.urandom(200_000)
+    path = staging.path_for("o/r")
+    Path(path).write_bytes(data)
+    sha = hashlib.sha256(data).hexdigest()
+    blob = staging.adopt("o/r", path, sha)
+    assert isinstance(blob, StagedBlob) and blob.size == len(data) and bytes(blob.data) == data
+    assert not Path(path).exists() and hub.blob_path("o/r", sha).is_file()
+    before = hub.blob_path("o/r", sha).stat().st_ino
+    rev = hub.publish([RepoChange("o/r", {"b.bin": blob}, "second", parent_commit=hub.head("o/r"))])["o/r"]
+    assert hub.read_file("o/r", "b.bin", rev, verify=True) == data
+    assert hub.commit_info("o/r", rev).sizes["b.bin"] == len(data)
+    assert hub.blob_path("o/r", sha).stat().st_ino == before  # not rewritten
+    # a failed forget's discard removes what its staging created, never identical content already stored
+    staging = _Staging(hub)
+    again = staging.path_for("o/r")
+    Path(again).write_bytes(data)
+    staging.adopt("o/r", again, sha)
+    other = os.urandom(100_000)
+    p2 = staging.path_for("o/r")
+    Path(p2).write_bytes(other)
+    created = staging.adopt("o/r", p2, hashlib.sha256(other).hexdigest())
+    staging.discard()
+    assert hub.blob_path("o/r", sha).is_file() and not created.path.exists()
+    assert hub.read_file("o/r", "b.bin", verify=True) == data and not list(created.path.parent.glob(".incoming*"))
+
+
+def test_forget_cards_are_what_huggingface_hub_writes(forgotten):
+    """The forget renders cards without huggingface_hub's ModelCard round trip (libyaml, direct dump); the text
+    is still exactly what ModelCardData writes, and ModelCard reads it back to the same data."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    from fiun_hub.card import meta_to_dict, parse_card_full, render_card
+
+    hub = forgotten["hub"]
+    for repo in AFFECTED:
+        text = hub.read_file(repo, CARD_FILE).decode()
+        meta, body = parse_card_full(text)
+        data = meta_to_dict(meta)
+        assert render_card(meta, body, repo) == text
+        assert text == f"---\n{ModelCardData(**data).to_yaml()}\n---\n" + body
+        card = ModelCard(text)
+        assert card.data.to_dict() == ModelCardData(**data).to_dict() and card.text == body
+
+
+def test_card_fast_path_matches_modelcard_on_random_front_matter():
+    """front_matter_yaml (libyaml, direct) == ModelCardData(**d).to_yaml() and the fast parse == ModelCard's, on
+    random front matter: unicode, control characters, long and empty keys, tags given as a string, HF fields."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+    from huggingface_hub import ModelCard, ModelCardData
+
+    from fiun_hub.card import _front_matter, front_matter_yaml
+
+    text = (st.text(max_size=40) | st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=140)
+            | st.sampled_from(["", "x" * 130, "é日本", "\U0001F600", "\x85", "a\nb", "2026-11-22", "yes", "~"]))
+    scalars = st.none() | st.booleans() | st.integers() | st.floats() | text | st.dates()
+    values = st.recursive(scalars, lambda kids: st.lists(kids, max_size=3) | st.dictionaries(text, kids, max_size=3),
+                          max_leaves=10)
+    keys = text | st.sampled_from(["tags", "license", "base_model", "model_name", "library_name", "fiun", "datasets"])
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.dictionaries(keys, values, max_size=6))
+    def check(d):
+        try:
+            want = ModelCardData(**d).to_yaml()
+        except Exception:  # noqa: BLE001  (nothing to compare against)
+            return
+        assert front_matter_yaml(d) == want
+        card_text = f"---\n{want}\n---\nbody\n"
+        card = ModelCard(card_text)
+        assert repr(_front_matter(card_text)) == repr((card.data.to_dict(), card.text))
+
+    check()
+
+
+def test_forget_through_the_batched_path_on_cpu_gives_the_same_files(forgotten, dag, tmp_path):
+    """The batched dampening (what a CUDA device uses: repos stacked by head shape) forced on CPU, in this process
+    and in a process pool of chunks, publishes the same weights and sidecars as the per-repo path."""
+    from fiun_hub.unlearn import plan_forget, run_forget
+
+    want = {r: forgotten["hub"].list_files(r) for r in AFFECTED}
+    for name, kw in (("one", {}), ("pool", {"workers": 2})):
+        hub = copy_hub(dag[0], tmp_path / name)
+        result = run_forget(hub, plan_forget(hub, [R], [FORGET]), batched=True, device="cpu", **kw)
+        assert set(result.revisions) == set(AFFECTED)
+        for r in AFFECTED:
+            got = hub.list_files(r)
+            assert {k: v for k, v in got.items() if k != CARD_FILE} == \
+                   {k: v for k, v in want[r].items() if k != CARD_FILE}, (name, r)
+
+
+def test_run_unlearn_picks_the_batched_path_when_cuda_is_seen(monkeypatch, tmp_path):
+    """Device choice without a GPU: with CUDA reported available, run_unlearn resolves the device to cuda and
+    takes the batched path (here intercepted before any CUDA call); an explicit CPU device keeps the per-repo
+    path unless batched=True."""
+    import fiun_hub.executors as ex
+
+    calls = []
+    monkeypatch.setattr(ex, "run_batched", lambda tasks, **kw: calls.append(str(kw["device"])) or {})
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert str(ex.resolve_device(None)) == "cuda"
+    ex.run_unlearn([], device=None)
+    assert calls == ["cuda"]
+    monkeypatch.setattr(ex, "run_tasks", lambda fn, tasks, **kw: calls.append("per-repo") or {})
+    ex.run_unlearn([], device="cpu")
+    ex.run_unlearn([], device="cpu", batched=True)
+    assert calls == ["cuda", "per-repo", "cpu"]
