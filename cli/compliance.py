@@ -104,7 +104,7 @@ def _outcome_text(tp, result: dict) -> str:
               help="Also write a report: FILE.html (one self-contained page with the lineage picture), .md or .json.")
 @click.option("--workers", type=int, default=1, show_default=True, help="Processes for the per-repo work.")
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
-              help="local: this process (or a process pool with --workers); ray: one Ray task per repo "
+              help="local: this process (or a process pool with --workers); ray: Ray tasks, several repos each "
                    "(pip install 'fiun-hub[ray]'). Either gives the same bytes; a failed task publishes nothing.")
 @click.option("--ray-address", metavar="ADDR", default=None,
               help="Join this Ray cluster (default: start a local Ray with --workers CPUs); its workers must see "
@@ -206,7 +206,7 @@ def _summary(data: dict) -> str:
               help="Apply the request to the flagged repos (new revisions, ledger updated), then audit again.")
 @click.option("--workers", type=int, default=1, show_default=True, help="Processes for the per-repo work (--fix).")
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
-              help="Where --fix runs the per-repo work: local, or one Ray task per repo (pip install 'fiun-hub[ray]').")
+              help="Where --fix runs the per-repo work: local, or Ray tasks of several repos each (pip install 'fiun-hub[ray]').")
 @click.option("--ray-address", metavar="ADDR", default=None, help="Join this Ray cluster (--fix with --executor ray).")
 @click.pass_obj
 @_handled

@@ -337,7 +337,7 @@ def _plan_text(plan) -> str:
 @click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")
 @click.option("--workers", type=int, default=1, show_default=True, help="Processes for the per-repo work.")
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
-              help="local: this process (or a process pool with --workers); ray: one Ray task per repo "
+              help="local: this process (or a process pool with --workers); ray: Ray tasks, several repos each "
                    "(pip install 'fiun-hub[ray]').")
 @click.option("--ray-address", metavar="ADDR", default=None,
               help="Join this Ray cluster (default: start a local Ray with --workers CPUs).")

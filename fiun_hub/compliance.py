@@ -353,9 +353,9 @@ class _PublishWithLedger(LocalHub):
         self._build = build
         self.ledger_commit: str | None = None
 
-    def publish(self, changes, *, author=None):
+    def publish(self, changes, *, author=None, precondition=None):
         changes = list(changes)
-        out = super().publish(changes + [self._build(changes)], author=author)
+        out = super().publish(changes + [self._build(changes)], author=author, precondition=precondition)
         self.ledger_commit = out[LEDGER_REPO]
         return out
 

@@ -40,7 +40,6 @@ given ``seed`` (the caller's RNG state is left untouched). A build runs with one
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import hashlib
 import math
 import tempfile
@@ -646,7 +645,6 @@ def sidecar_files(model: nn.Module, labels: Sequence[str], data: LabeledData, we
         "weights_sha256": weights_sha256,
         "dataset": data.fingerprint,
         "data_spec": data_spec,
-        "computed_at": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         **dict(extra or {}),
     }
     return sidecar_bytes(res, meta)

@@ -557,7 +557,8 @@ def run_forget(
         t_nodes = time.perf_counter() - t1 - t_finish[0]
         t2 = time.perf_counter()
         publishing = True
-        new = hub.publish([changes[n.repo] for n in plan.todo])
+        new = hub.publish([changes[n.repo] for n in plan.todo],
+                          **({"precondition": _affected_set_unchanged(plan)} if isinstance(hub, LocalHub) else {}))
         t_publish = time.perf_counter() - t2
     except BaseException as exc:
         # Nothing is published: remove what this forget staged. (A publish that failed after writing its commit
@@ -575,6 +576,22 @@ def run_forget(
         {"origin_fims": t_origin, "unlearn": t_nodes, "finish": t_finish[0], "publish": t_publish,
          "total": time.perf_counter() - t0},
     )
+
+
+def _affected_set_unchanged(plan: Plan) -> Callable[[LocalHub], None]:
+    """A publish precondition (checked under the writers' lock): no repo has come to derive from the origins
+    since the plan was made. Otherwise a model pushed during the forget, pinned to an origin's pre-forget
+    revision, would keep what the forget removed. (Not on a remote hub: there is no lock to check it under.)"""
+    planned = {n.repo for n in plan.nodes}
+
+    def check(hub: LocalHub) -> None:
+        grown = sorted(set(affected(resolve(hub), plan.origins)) - planned)
+        if grown:
+            raise ConflictError(f"the lineage changed while the forget ran: {grown[0]} now derives from "
+                                f"{', '.join(plan.origins)}" + (f" (and {len(grown) - 1} more)" if len(grown) > 1
+                                                               else "") + "; nothing was published, run it again")
+
+    return check
 
 
 def forget(hub: LocalHub, origins: Sequence[str], classes=None, data_spec=None, request_id=None,

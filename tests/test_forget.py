@@ -566,6 +566,23 @@ def test_small_hub_is_as_described(small):
                                             "s/inf-child", "s/inf-sib"))
 
 
+def test_a_child_pushed_while_the_forget_runs_makes_it_refuse(dag, tmp_path, model_folder):
+    """Between the plan and the publish a new child of the origin appears (pinned to the pre-forget revision):
+    publishing would leave it holding what the forget removes, so the publish is refused and nothing moves."""
+    from fiun_hub.errors import ConflictError
+    from fiun_hub.repo import push_folder
+    from fiun_hub.unlearn import plan_forget, run_forget
+
+    hub = copy_hub(dag[0], tmp_path / "hub")
+    plan = plan_forget(hub, [R], FORGET)
+    push_folder(hub, model_folder(), "dag/late", parents=[R])
+    before = heads(hub)
+    with pytest.raises(ConflictError, match="dag/late now derives from dag/root"):
+        run_forget(hub, plan)
+    assert heads(hub) == before
+    assert not [p for p in hub.repo_dir(R).joinpath("blobs").iterdir() if p.name.startswith(".incoming")]
+
+
 def test_a_failing_task_publishes_nothing(small, tmp_path, hub_fingerprint):
     """s/inf-child's dampening fails inside the executor while s/inf-root and s/inf-sib succeed: no new
     revision anywhere (the same through a process pool: test_cli_forget, case task-fails)."""
