@@ -7,28 +7,13 @@ imports nothing from ``main`` at import time.
 """
 from __future__ import annotations
 
-import functools
-from typing import Callable
 
 import click
 
+from .compliance import _fail, _handled  # main's error handling, looked up when a command runs
+
 DEFAULT_MAX_UPLOAD_MB = 4096  # fiun_hub.serve.DEFAULT_MAX_UPLOAD_MB (not imported here: starlette may be missing)
 
-
-def _handled(fn: Callable) -> Callable:
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from fiun_hub_cli.main import handled
-
-        return handled(fn)(*args, **kwargs)
-
-    return wrapper
-
-
-def _fail(msg: str, code: int = 2) -> None:
-    from fiun_hub_cli.main import fail
-
-    fail(msg, code)
 
 
 @click.command()

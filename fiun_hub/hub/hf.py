@@ -36,8 +36,8 @@ from ..errors import (
     RepoNotFound,
     RevisionNotFound,
 )
-from .ids import COMMIT_RE, validate_ref_name, validate_repo_id, validate_repo_path
-from .local import Blob, CommitInfo, RepoChange
+from .ids import COMMIT_RE, validate_ref_name, validate_repo_id
+from .local import Blob, CommitInfo, RepoChange, check_changes
 
 _LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
 _NAMESPACE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}\Z")
@@ -289,14 +289,7 @@ class HfHub:
 
         if not changes:
             return {}
-        seen = set()
-        for ch in changes:
-            validate_repo_id(ch.repo)
-            if ch.repo in seen:
-                raise BadInput(f"repo {ch.repo} appears twice in one publish")
-            seen.add(ch.repo)
-            for p in list(ch.files) + list(ch.delete):
-                validate_repo_path(p)
+        check_changes(changes)
         for ch in changes:  # fail before anything is written when a head already moved
             if ch.parent_commit is None:
                 continue

@@ -195,6 +195,18 @@ def commit_id(record: Mapping) -> str:
 _NOT_MOVED = object()
 
 
+def check_changes(changes: list[RepoChange]) -> None:
+    """What every backend's publish refuses before touching anything: bad repo ids or paths, a repo twice."""
+    seen = set()
+    for ch in changes:
+        validate_repo_id(ch.repo)
+        if ch.repo in seen:
+            raise BadInput(f"repo {ch.repo} appears twice in one publish")
+        seen.add(ch.repo)
+        for p in list(ch.files) + list(ch.delete):
+            validate_repo_path(p)
+
+
 class LocalHub:
     """A hub directory. Reads need no lock; writes go through :meth:`publish` (or :meth:`tag`) under the lock."""
 
@@ -583,14 +595,7 @@ class LocalHub:
         """
         if not changes:
             return {}
-        seen = set()
-        for ch in changes:
-            validate_repo_id(ch.repo)
-            if ch.repo in seen:
-                raise BadInput(f"repo {ch.repo} appears twice in one publish")
-            seen.add(ch.repo)
-            for p in list(ch.files) + list(ch.delete):
-                validate_repo_path(p)
+        check_changes(changes)
         with self.lock():
             heads: dict[str, str | None] = {}
             for ch in changes:
