@@ -109,7 +109,10 @@ def write_index_file(hub, repos: dict) -> None:
 
 
 def rebuild_index(hub) -> dict:
-    """Entries for every repo, read from the cards (not from the index)."""
+    """Entries for every repo, read from the cards (not from the index), at heads read as one consistent set
+    where the backend can (LocalHub.heads: never half of a publish)."""
+    if hasattr(hub, "heads"):
+        return {repo: index_entry(hub, repo, head) for repo, head in sorted(hub.heads().items())}
     return {repo: index_entry(hub, repo) for repo in hub.list_repos()}
 
 
