@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import shutil
 import statistics
 import subprocess
@@ -78,28 +77,10 @@ def make_file(path: Path, mb: int) -> Path:
 
 
 def start_server(hub: Path, log: Path) -> tuple[subprocess.Popen, str]:
-    script = Path(sys.executable).with_name("fiun-hub")
-    cmd = [str(script)] if script.is_file() else [sys.executable, "-m", "fiun_hub_cli.main"]
+    from fiun_hub.serve import spawn
+
     env = {k: v for k, v in os.environ.items() if k not in ("FIUN_HUB", "FIUN_HUB_TOKEN")}
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen(cmd + ["--hub", str(hub), "serve", "--port", "0", "--token", TOKEN], stdout=fh,
-                                stderr=subprocess.STDOUT, env=env)
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        m = re.search(rb"at (http://127\.0\.0\.1:\d+)", log.read_bytes())
-        if m:
-            url = m.group(1).decode()
-            try:
-                opener.open(f"{url}/api/models", timeout=5).read()
-                return proc, url
-            except OSError:
-                pass
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    proc.kill()
-    raise SystemExit(f"server did not start: {log.read_text(errors='replace')[-2000:]}")
+    return spawn(hub, log, "--token", TOKEN, env=env)
 
 
 def timed(fn) -> float:

@@ -29,6 +29,8 @@ import re
 import secrets
 import shutil
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -431,6 +433,16 @@ class _Server:
         if repo == LEDGER_REPO:
             raise HTTPError(403, f"{LEDGER_REPO} is the takedown ledger; only `fiun-hub takedown` writes it")
 
+    def _write_target(self, request, org: str, name: str, *, commit: bool = False) -> str:
+        """The repo a write route may change: the token checked, the ledger refused, and for a commit (preupload,
+        commit) no pull request."""
+        self._auth(request, write=True)
+        repo = self._repo(org, name)
+        self._writable(repo)
+        if commit and request.query_params.get("create_pr"):
+            raise HTTPError(400, "pull requests are not supported by fiun-hub serve")
+        return repo
+
     def _commit_info(self, repo: str, rev: str | None):
         """commit_info with every malformed revision answered as 'revision not found' (after the repo check)."""
         rev = _norm_rev(rev or DEFAULT_BRANCH)
@@ -814,9 +826,7 @@ class _Server:
         return JSONResponse({"url": url, "name": repo, "id": repo})
 
     async def create_tag(self, request, org, name, rev):
-        self._auth(request, write=True)
-        repo = self._repo(org, name)
-        self._writable(repo)
+        repo = self._write_target(request, org, name)
         data = await self._json(request)
         tag = data.get("tag")
         if not isinstance(tag, str) or not REF_NAME_RE.match(tag) or ".." in tag or tag == DEFAULT_BRANCH:
@@ -844,11 +854,7 @@ class _Server:
                                    f"{DEFAULT_BRANCH} only (no other branches, no pull requests)")
 
     async def preupload(self, request, org, name, rev):
-        self._auth(request, write=True)
-        repo = self._repo(org, name)
-        self._writable(repo)
-        if request.query_params.get("create_pr"):
-            raise HTTPError(400, "pull requests are not supported by fiun-hub serve")
+        repo = self._write_target(request, org, name, commit=True)
         data = await self._json(request)
         files = data.get("files")
         if not isinstance(files, list) or len(files) > 10000:
@@ -887,9 +893,7 @@ class _Server:
         return JSONResponse(await run_in_threadpool(work))
 
     async def lfs_batch(self, request, org, name):
-        self._auth(request, write=True)
-        repo = self._repo(org, name)
-        self._writable(repo)
+        repo = self._write_target(request, org, name)
         data = await self._json(request)
         if data.get("operation") != "upload":
             raise HTTPError(400, "the LFS batch API here only uploads; download files through /resolve")
@@ -1043,11 +1047,7 @@ class _Server:
         return JSONResponse({"ok": True})
 
     async def commit(self, request, org, name, rev):
-        self._auth(request, write=True)
-        repo = self._repo(org, name)
-        self._writable(repo)
-        if request.query_params.get("create_pr"):
-            raise HTTPError(400, "pull requests are not supported by fiun-hub serve")
+        repo = self._write_target(request, org, name, commit=True)
         await run_in_threadpool(self._check_branch, repo, rev)
         body = await self._body(request, self.max_body)
         ops = _parse_ndjson(body, self.max_upload)
@@ -1296,5 +1296,39 @@ def run(hub_path: str | os.PathLike, host: str = "127.0.0.1", port: int = DEFAUL
     uvicorn.Server(config).run(sockets=[sock])
 
 
-__all__ = ["create_app", "run", "check_host", "is_loopback", "card_tags", "is_lfs", "DEFAULT_MAX_UPLOAD_MB",
+def spawn(hub_path: str | os.PathLike, log: str | os.PathLike, *args: str, env: dict | None = None,
+          timeout: float = 60) -> tuple[subprocess.Popen, str]:
+    """Start ``fiun-hub --hub HUB serve --port 0 ARGS`` as a process (output to ``log``) and wait until it answers
+    HTTP; returns ``(process, url)``. Port 0 binds a free port without a pick-then-bind race; the URL is read
+    from the startup line. For tests and benchmarks; stop it with ``terminate()``."""
+    import urllib.error
+    import urllib.request
+
+    script = Path(sys.executable).with_name("fiun-hub")
+    cmd = [str(script)] if script.is_file() else [sys.executable, "-m", "fiun_hub_cli.main"]
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(cmd + ["--hub", str(hub_path), "serve", "--port", "0", *args], stdout=fh,
+                                stderr=subprocess.STDOUT, env=env)
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never through a proxy
+    deadline, url = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        m = re.search(rb"at (http://127\.0\.0\.1:\d+)", Path(log).read_bytes())
+        if m:
+            url = m.group(1).decode()
+            try:
+                opener.open(f"{url}/api/models", timeout=5).read()
+                return proc, url
+            except urllib.error.HTTPError as exc:
+                if exc.code == 401:  # a --private server answers too
+                    return proc, url
+            except OSError:
+                pass
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError(f"fiun-hub serve did not come up ({url}): {Path(log).read_text(errors='replace')[-2000:]}")
+
+
+__all__ = ["create_app", "run", "spawn", "check_host", "is_loopback", "card_tags", "is_lfs", "DEFAULT_MAX_UPLOAD_MB",
            "DEFAULT_PORT"]

@@ -12,10 +12,7 @@ import base64
 import hashlib
 import json
 import os
-import re
 import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -54,35 +51,13 @@ def ndjson(*items: dict) -> bytes:
 
 
 # ---------------------------------------------------------------------------- fixtures
-def _cli() -> list[str]:
-    script = Path(sys.executable).with_name("fiun-hub")
-    return [str(script)] if script.is_file() else [sys.executable, "-m", "fiun_hub_cli.main"]
-
-
 def start_server(hub: Path, log: Path, *extra: str) -> tuple[subprocess.Popen, str]:
+    from fiun_hub.serve import spawn
+
     env = {k: v for k, v in os.environ.items() if k not in ("FIUN_HUB", "FIUN_HUB_TOKEN")}
     # Uploads up to 100 kB wait for their commit in memory, larger ones in the staging folder: both paths run.
     env.update({"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "FIUN_HUB_SERVE_MEMORY_MB": "0.1"})
-    fh = open(log, "wb")
-    proc = subprocess.Popen(_cli() + ["--hub", str(hub), "serve", "--port", "0", *extra], stdout=fh,
-                            stderr=subprocess.STDOUT, env=env)
-    fh.close()
-    deadline = time.monotonic() + 60
-    url = None
-    while time.monotonic() < deadline:
-        m = re.search(rb"at (http://127\.0\.0\.1:\d+)", log.read_bytes())
-        if m:
-            url = m.group(1).decode()
-            try:
-                if http("GET", f"{url}/api/models", headers=auth())[0] in (200, 401):
-                    return proc, url
-            except OSError:
-                pass
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    proc.kill()
-    raise AssertionError(f"server did not come up ({url}): {log.read_text(errors='replace')[-2000:]}")
+    return spawn(hub, log, *extra, env=env)
 
 
 def stop_server(proc: subprocess.Popen) -> None:
