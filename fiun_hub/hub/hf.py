@@ -84,40 +84,37 @@ def parse_hf_spec(spec: str) -> tuple[str, str | None]:
     return f"{scheme}://{netloc}" + (f":{port}" if port else ""), namespace
 
 
-def _map_errors(what: str):
+@contextlib.contextmanager
+def _map_errors(what: str) -> Iterator[None]:
     """Turn the client's HTTP errors into our error classes (one line each)."""
     from huggingface_hub import errors as hfe
 
-    @contextlib.contextmanager
-    def ctx() -> Iterator[None]:
-        try:
-            yield
-        except hfe.RevisionNotFoundError:
-            raise RevisionNotFound(f"{what}: revision not found") from None
-        except hfe.RepositoryNotFoundError:
-            raise RepoNotFound(f"{what}: repo not found (or not visible with this token)") from None
-        except hfe.EntryNotFoundError:
-            raise EntryNotFound(f"{what}: file not found") from None
-        except hfe.OfflineModeIsEnabled:
-            raise HubNotFound(f"{what}: HF_HUB_OFFLINE is set; unset it to talk to a remote hub") from None
-        except hfe.HfHubHTTPError as exc:
-            status = exc.response.status_code if exc.response is not None else None
-            server = getattr(exc, "server_message", None) or ""
-            detail = " ".join((server or str(exc)).split())[:300]
-            if status in (409, 412):
-                raise ConflictError(f"{what}: {detail or 'the repo moved'}; re-read and retry") from None
-            if status in (401, 403):
-                raise BadInput(f"{what}: not allowed (HTTP {status}): {detail}; set FIUN_HUB_TOKEN or "
-                               "HF_TOKEN to a token with write access") from None
-            raise BadInput(f"{what}: HTTP {status}: {detail}") from None
-        except OSError as exc:  # connection refused, DNS, timeouts (httpx errors are not OSErrors: below)
-            raise HubNotFound(f"{what}: cannot reach the hub: {exc}") from None
-        except Exception as exc:
-            if type(exc).__module__.startswith(("httpx", "httpcore", "requests", "urllib3")):
-                raise HubNotFound(f"{what}: cannot reach the hub: {type(exc).__name__}: {exc}") from None
-            raise
-
-    return ctx()
+    try:
+        yield
+    except hfe.RevisionNotFoundError:
+        raise RevisionNotFound(f"{what}: revision not found") from None
+    except hfe.RepositoryNotFoundError:
+        raise RepoNotFound(f"{what}: repo not found (or not visible with this token)") from None
+    except hfe.EntryNotFoundError:
+        raise EntryNotFound(f"{what}: file not found") from None
+    except hfe.OfflineModeIsEnabled:
+        raise HubNotFound(f"{what}: HF_HUB_OFFLINE is set; unset it to talk to a remote hub") from None
+    except hfe.HfHubHTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else None
+        server = getattr(exc, "server_message", None) or ""
+        detail = " ".join((server or str(exc)).split())[:300]
+        if status in (409, 412):
+            raise ConflictError(f"{what}: {detail or 'the repo moved'}; re-read and retry") from None
+        if status in (401, 403):
+            raise BadInput(f"{what}: not allowed (HTTP {status}): {detail}; set FIUN_HUB_TOKEN or "
+                           "HF_TOKEN to a token with write access") from None
+        raise BadInput(f"{what}: HTTP {status}: {detail}") from None
+    except OSError as exc:  # connection refused, DNS, timeouts (httpx errors are not OSErrors: below)
+        raise HubNotFound(f"{what}: cannot reach the hub: {exc}") from None
+    except Exception as exc:
+        if type(exc).__module__.startswith(("httpx", "httpcore", "requests", "urllib3")):
+            raise HubNotFound(f"{what}: cannot reach the hub: {type(exc).__name__}: {exc}") from None
+        raise
 
 
 class HfHub:
