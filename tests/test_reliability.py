@@ -1283,6 +1283,8 @@ _ID_TEXT = st.text(alphabet=st.sampled_from(list("hH/base-._@:~ \t\n\\\x00\u00e9
 @example(command="show", spec="h/base")
 @example(command="show", spec="h/base\n")
 @example(command="log", spec="h/\u2215x")
+@example(command="show", spec="-h")
+@example(command="eval", spec="-h")
 def test_any_repo_spec_at_the_cli_is_exit_0_or_one_line_exit_2(small, command, spec):
     """Whatever string names the repo, every command answers 0 or 2 with one line, never a traceback, and
     writes nothing; ``show``/``log``/``lineage`` succeed exactly on the ids of the repos that exist."""
@@ -1290,9 +1292,10 @@ def test_any_repo_spec_at_the_cli_is_exit_0_or_one_line_exit_2(small, command, s
     from fiun_hub.hub.ids import repo_from_folder, validate_repo_id
 
     hub = small["hub"]
-    args = {"show": ["show", spec], "log": ["log", spec], "lineage": ["lineage", spec, "--up"],
-            "eval": ["eval", spec, "--data", "npz:/nonexistent.npz"],
-            "fim": ["fim", spec, "--data", "npz:/nonexistent.npz"],
+    # `--` ends the options, so a spec such as "-h" is the repo argument, not a request for help.
+    args = {"show": ["show", "--", spec], "log": ["log", "--", spec], "lineage": ["lineage", "--up", "--", spec],
+            "eval": ["eval", "--data", "npz:/nonexistent.npz", "--", spec],
+            "fim": ["fim", "--data", "npz:/nonexistent.npz", "--", spec],
             "forget": ["forget", "--origin", spec, "--classes", "3", "--dry-run"]}[command]
     before = _hub_marks(hub)
     code, out, err, exc = _guarded_cli(["--hub", hub, *args], 30)
