@@ -200,7 +200,9 @@ def log(c: Ctx, repo: str, limit: int | None) -> None:
 @handled
 def tag(c: Ctx, repo: str, name: str, revision: str | None, force: bool) -> None:
     """Tag a revision of REPO as NAME (refs/tags/NAME)."""
-    cid = c.hub().tag(repo, name, revision, force=force)
+    from fiun_hub.repo import tag as tag_revision
+
+    cid = tag_revision(c.hub(), repo, name, revision, force=force)
     c.emit({"repo": repo, "tag": name, "revision": cid}, f"tagged {repo}@{cid[:12]} as {name}")
 
 

@@ -33,7 +33,7 @@ import yaml
 
 from .constants import FIM_CLASSES_FILE, FIM_FILE, RELATIONS, TAG
 from .errors import CardError, FiunError
-from .hub.ids import COMMIT_RE, validate_repo_id
+from .hub.ids import COMMIT_RE, REQUEST_ID_RE, validate_repo_id
 
 MAX_CARD_BYTES = 1 << 20  # a card larger than this is refused before YAML parsing
 MAX_LIST = 100_000
@@ -253,12 +253,63 @@ def meta_from_dict(data: dict[str, Any], where: str = "") -> CardMeta:
     if not isinstance(unlearned, list) or not all(isinstance(u, dict) for u in unlearned) or len(unlearned) > MAX_LIST:
         raise _fail(where, "card field fiun.unlearned must be a list of records")
     for u in unlearned:
-        if not isinstance(u.get("request"), str):
-            raise _fail(where, "each fiun.unlearned record needs a request id")
+        check_record(u, where)
     extra_fiun = {k: v for k, v in fiun.items() if k not in ("parents", "labels", "fim", "unlearned")}
     if extra_fiun:
         data["fiun"] = extra_fiun
     return CardMeta(parents=parents, relation=relation, labels=labels, fim=fim, unlearned=unlearned, extra=data)
+
+
+class RecordError(CardError):
+    """A ``fiun.unlearned`` record that breaks the schema (docs/card-schema.md): refused by every write path."""
+
+
+def _record_fail(where: str, msg: str) -> RecordError:
+    return RecordError(f"{where}: {msg}" if where else msg)
+
+
+_RECORD_STRINGS = ("at", "estimator", "reference", "data")
+
+
+def check_record(u: Any, where: str = "") -> None:
+    """One ``fiun.unlearned`` record against the schema: a ``request`` id (the rule of takedown ids), and each
+    other field fiun-hub reads, when present, of its type (``from_revision`` a 40-hex commit id, ``classes`` and
+    ``origins`` lists of strings, ``alpha`` / ``lambda`` numbers, ``at`` ... strings). Raises :class:`RecordError`."""
+    if not isinstance(u, dict):
+        raise _record_fail(where, "card field fiun.unlearned must be a list of records")
+    rid = u.get("request")
+    if not isinstance(rid, str):
+        raise _record_fail(where, "each fiun.unlearned record needs a request id")
+    if not REQUEST_ID_RE.match(rid) or ".." in rid:
+        raise _record_fail(where, f"fiun.unlearned: request id {rid[:60]!r} is not letters, digits, '.', '_', '-' "
+                                  "(at most 128)")
+    rev = u.get("from_revision")
+    if rev is not None and not (isinstance(rev, str) and COMMIT_RE.match(rev)):
+        raise _record_fail(where, f"fiun.unlearned record {rid}: from_revision must be a 40-hex commit id, got "
+                                  f"{str(rev)[:60]!r}")
+    for key in ("classes", "origins"):
+        v = u.get(key)
+        if v is not None and not (isinstance(v, list) and len(v) <= MAX_LIST and all(isinstance(x, str) for x in v)):
+            raise _record_fail(where, f"fiun.unlearned record {rid}: {key} must be a list of strings")
+    for key in ("alpha", "lambda"):
+        v = u.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            raise _record_fail(where, f"fiun.unlearned record {rid}: {key} must be a number")
+    for key in _RECORD_STRINGS:
+        v = u.get(key)
+        if v is not None and not isinstance(v, str):
+            raise _record_fail(where, f"fiun.unlearned record {rid}: {key} must be a string")
+
+
+def claims_without_forget(records: list[dict], carried: list[dict], replaces: str | None) -> list[dict]:
+    """The records of a card being written that cannot be the record of a forget: every record the revision it
+    replaces did not carry must name that revision as its ``from_revision`` (a forget of exactly that head).
+
+    The rule of every write that is not fiun-hub's own local forget: ``push`` publishes new weights, so it keeps
+    none of a folder's records (it writes its card without them); serve's commit refuses what this returns (a
+    remote ``fiun-hub forget`` passes: its records name the head they replace). Either way a record is a claim:
+    only the ledger proves a takedown (fiun_hub.compliance.ledger_proof)."""
+    return [u for u in records if u not in carried and (not replaces or u.get("from_revision") != replaces)]
 
 
 def meta_to_dict(meta: CardMeta) -> dict[str, Any]:

@@ -42,7 +42,6 @@ import datetime as _dt
 import hashlib
 import json
 import math
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +49,7 @@ from typing import Any, Callable, Iterable
 
 from .constants import CARD_FILE, DEFAULT_AUTHOR, LEDGER_REPO, WEIGHTS_FILE
 from .errors import BadInput, FiunError
-from .hub.ids import split_repo_rev
+from .hub.ids import REQUEST_ID_RE, split_repo_rev
 from .hub.local import Blob, LocalHub, RepoChange
 
 LEDGER_TAG = "fiun-hub-ledger"
@@ -58,13 +57,19 @@ LEDGER_FORMAT = "fiun-ledger/1"
 REQUEST_KEYS = ("id", "reason", "requested_by", "received", "deadline", "origins", "forget", "notes")
 FORGET_KEYS = ("classes", "data", "alpha", "lambda")
 MAX_REQUEST_BYTES = 1 << 20
-REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,126}[A-Za-z0-9])?\Z")
 DEFAULT_MAX_FORGET_ACC = 5.0  # percent; above it a class-wise forget is reported as not holding
 
 #: statuses that are findings in an audit, and those that --fix (or a takedown re-run) repairs by forgetting
 FINDINGS = ("pending", "pre-forget-pin", "derived-from-flagged", "unpinned-parent", "lost-record", "weights-changed",
             "unrecorded", "forget-accuracy", "origin-missing")
-APPLY = ("pending", "pre-forget-pin", "derived-from-flagged", "unpinned-parent", "lost-record", "weights-changed")
+APPLY = ("pending", "pre-forget-pin", "derived-from-flagged", "unpinned-parent", "lost-record", "weights-changed",
+         "unrecorded")
+
+
+def ledger_proof(entry: Any) -> bool:
+    """A ledger entry that proves a forget: written by fiun-hub's own forget (``action: forgot``) with the sha256
+    of the weights it wrote. An entry that only ``recorded`` what a card claimed proves nothing."""
+    return isinstance(entry, dict) and entry.get("action") == "forgot" and isinstance(entry.get("weights_sha256"), str)
 
 
 class RequestError(BadInput):
@@ -125,7 +130,11 @@ def _date(value: Any, key: str, where: str) -> str:
     """A YAML date, date-time or ISO string -> ISO text (date-times in UTC)."""
     if isinstance(value, _dt.datetime):
         value = value if value.tzinfo else value.replace(tzinfo=_dt.timezone.utc)
-        return value.astimezone(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        try:
+            return value.astimezone(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        except (OverflowError, ValueError):
+            raise RequestError(f"{where}: {key} {value.isoformat()} is outside the dates fiun-hub can record "
+                               "(years 1 to 9999 in UTC)") from None
     if isinstance(value, _dt.date):
         return value.isoformat()
     if isinstance(value, str):
@@ -186,8 +195,12 @@ def parse_request(text: str | bytes, where: str = "request") -> TakedownRequest:
             raise RequestError(f"{where}: request file is not UTF-8 text") from None
     if len(text) > MAX_REQUEST_BYTES:
         raise RequestError(f"{where}: request file is larger than {MAX_REQUEST_BYTES} bytes")
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
-        d = yaml.safe_load(text)
+        # A request needs no YAML aliases; refused before anything is built, an alias bomb never expands.
+        if any(isinstance(ev, yaml.AliasEvent) for ev in yaml.parse(text, Loader=loader)):
+            raise RequestError(f"{where}: YAML aliases (*name) are not allowed in a request file")
+        d = yaml.load(text, Loader=loader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -195,6 +208,8 @@ def parse_request(text: str | bytes, where: str = "request") -> TakedownRequest:
         raise RequestError(f"{where}: malformed YAML{at}: {problem}") from None
     except RecursionError:
         raise RequestError(f"{where}: YAML nested too deeply") from None
+    except (ValueError, OverflowError, TypeError) as exc:  # an impossible date (2026-02-30), a 5,000-digit int
+        raise RequestError(f"{where}: malformed YAML value: {' '.join(str(exc).split())[:200]}") from None
     if not isinstance(d, dict):
         raise RequestError(f"{where}: a request must be a YAML mapping with keys {', '.join(REQUEST_KEYS)}")
     unknown = [str(k) for k in d if k not in REQUEST_KEYS]
@@ -276,12 +291,10 @@ def parse_request(text: str | bytes, where: str = "request") -> TakedownRequest:
 
 def load_request(path: str | Path) -> TakedownRequest:
     """Read and validate a request file."""
+    from .inputs import read_regular_file
+
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise RequestError(f"cannot read request file {path}: {exc.strerror or exc}") from None
-    return parse_request(data, where=str(path))
+    return parse_request(read_regular_file(path, MAX_REQUEST_BYTES, "request file", RequestError), where=str(path))
 
 
 # ------------------------------------------------------------------------------------------------ ledger
@@ -470,16 +483,29 @@ def classify(hub: LocalHub, request: TakedownRequest, record: dict | None, all_r
                  "message": f"origin {o} of request {rid} is not in the hub"} for o in missing]
     present = [o for o in origins if o not in missing]
     depths = affected(g, present) if present else {}
-    ledger_repos = (record or {}).get("repos", {})
+    # Cards' records are claims: only the ledger's entries of fiun-hub's own forgets (the weights hash it wrote)
+    # prove that a repo carried out the request (ledger_proof).
+    ledger_repos = {r: e for r, e in ((record or {}).get("repos") or {}).items() if ledger_proof(e)}
     heads = {r: g.nodes[r]["head"] for r in depths}
     applied = {r for r in depths if r in ledger_repos or lin.carries(r, heads[r], rid)}
     known_weights: dict[str, set[str]] = {}
     for rec in all_records.values():
-        for r, e in rec.get("repos", {}).items():
-            known_weights.setdefault(r, set()).add(e.get("weights_sha256"))
-        for ev in rec.get("events", []):
-            for r, e in ev.get("repos", {}).items():
+        for r, e in (rec.get("repos") or {}).items():
+            if ledger_proof(e):
                 known_weights.setdefault(r, set()).add(e.get("weights_sha256"))
+        for ev in rec.get("events") or []:
+            for r, e in (ev.get("repos") or {}).items() if isinstance(ev, dict) else ():
+                if ledger_proof(e):
+                    known_weights.setdefault(r, set()).add(e.get("weights_sha256"))
+
+    def proven(repo: str, rev: str) -> bool:
+        """``repo@rev`` carries the request and the ledger proves it: its weights are ones fiun-hub's forget of
+        the request wrote there (a card's record alone is a claim)."""
+        entry = ledger_repos.get(repo)
+        if entry is None or not lin.carries(repo, rev, rid):
+            return False
+        info = next((c for c in lin.history(repo, rev) if c.id == rev), None)
+        return info is not None and info.files.get(WEIGHTS_FILE) in known_weights.get(repo, set())
 
     def first_from(repo: str) -> str | None:
         if repo in ledger_repos:
@@ -506,7 +532,7 @@ def classify(hub: LocalHub, request: TakedownRequest, record: dict | None, all_r
         out: tuple[list[tuple[str, str]], str] | None
         if isinstance(meta, Exception):
             out = ([(repo, rev)], "card")
-        elif any(u.get("request") == rid for u in meta.unlearned):
+        elif proven(repo, rev):
             out = None
         elif repo in applied and not predates(repo, rev):
             out = ([(repo, rev)], "lost")
@@ -536,8 +562,8 @@ def classify(hub: LocalHub, request: TakedownRequest, record: dict | None, all_r
         if lin.carries(repo, head, rid):
             if entry is None:
                 st.status = "unrecorded"
-                st.message = (f"{repo}: its head carries request {rid} but the ledger has no entry for it "
-                              "(forgotten outside `fiun-hub takedown`)")
+                st.message = (f"{repo}: its card claims request {rid} but the ledger does not prove it (no forget "
+                              "of it by `fiun-hub takedown`); a takedown or --fix forgets it")
             else:
                 to = _find_to(lin, repo, head, entry, rid)
                 hist = lin.history(repo, head)
@@ -745,9 +771,10 @@ def plan_takedown(hub: LocalHub, request: TakedownRequest) -> TakedownPlan:
                        DEFAULT_ALPHA if request.alpha is None else request.alpha,
                        DEFAULT_LAMBDA if request.lam is None else request.lam)
     states, _ = classify(hub, request, record, records)
+    # A repo whose card claims the request without the ledger's proof ("unrecorded") is forgotten, not recorded.
     targets = [s.repo for s in states if s.status in ("pending", "pre-forget-pin", "derived-from-flagged",
-                                                      "unpinned-parent", "lost-record")]
-    record_only = [s.repo for s in states if s.status == "unrecorded"]
+                                                      "unpinned-parent", "lost-record", "unrecorded")]
+    record_only: list[str] = []
     by_repo = {n.repo: n for n in plan.nodes}
     problems = [p for r in targets for p in by_repo[r].problems]
     restricted = plan
@@ -991,7 +1018,7 @@ def fix(hub: LocalHub, report: dict[str, Any], *, eval_data: str | None = None, 
         flagged = {f["repo"]: f for f in entry["findings"]}
         apply = [s.repo for s in states if s.status in APPLY
                  or (s.repo in flagged and flagged[s.repo]["kind"] == "forget-accuracy" and s.status == "inherited")]
-        record_only = [s.repo for s in states if s.status == "unrecorded"]
+        record_only: list[str] = []  # a claim is never recorded as done: APPLY forgets it
         if not apply and not record_only:
             out.append({"request_id": rid, "fixed": [], "blocked": {}, "revisions": {},
                         "unfixable": sorted(flagged)})

@@ -18,4 +18,5 @@ FIM_CLASSES_FILE = "fim-classes.safetensors"
 RELATIONS = ("finetune", "merge", "adapter", "quantized")
 DEFAULT_AUTHOR = os.environ.get("USER", "fiun-hub")
 TAG = "fiun-hub"
+MAX_CLASSES = 100_000  # labels of one model or data set: bounds every label list built from an untrusted integer
 LEDGER_REPO = "fiun-hub/ledger"  # the takedown ledger: a repo in the hub, not a model (kept out of the lineage)

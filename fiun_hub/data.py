@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .constants import MAX_CLASSES
 from .errors import DataSpecError
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -127,7 +128,11 @@ def load_data(spec: str, in_chans: int = 1, input_size: Sequence[int] | None = N
         x, y, labels = _folder(Path(arg), split)
     if x.shape[0] == 0:
         raise DataSpecError(f"data spec {spec!r} holds no samples")
-    return LabeledData(shape_images(x, in_chans, input_size), torch.as_tensor(y, dtype=torch.long), labels, spec)
+    try:
+        images = shape_images(x, in_chans, input_size)
+    except DataSpecError as exc:
+        raise DataSpecError(f"data spec {spec}: {exc}") from None
+    return LabeledData(images, torch.as_tensor(y, dtype=torch.long), labels, spec)
 
 
 def shape_images(x: np.ndarray | torch.Tensor, in_chans: int = 1, input_size: Sequence[int] | None = None) -> torch.Tensor:
@@ -144,8 +149,8 @@ def shape_images(x: np.ndarray | torch.Tensor, in_chans: int = 1, input_size: Se
         t = t[:, None]
     elif t.ndim == 4 and t.shape[1] not in (1, 3) and t.shape[-1] in (1, 3):
         t = t.permute(0, 3, 1, 2)
-    if t.ndim != 4:
-        raise DataSpecError(f"images must be (N,H,W) or (N,C,H,W), got shape {tuple(t.shape)}")
+    if t.ndim != 4 or 0 in t.shape[1:]:
+        raise DataSpecError(f"images must be (N,H,W) or (N,C,H,W) with no empty side, got shape {tuple(t.shape)}")
     c = t.shape[1]
     if c != in_chans:
         if c == 1:
@@ -217,8 +222,7 @@ def _fashion_mnist(root: Path, split: str):
 
 
 def _npz(path: Path, split: str):
-    if not path.is_file():
-        raise DataSpecError(f"npz file {path} does not exist")
+    _regular(path, "npz file")
     try:
         with np.load(path, allow_pickle=False) as z:
             keys = set(z.files)
@@ -232,11 +236,20 @@ def _npz(path: Path, split: str):
         raise
     except Exception as exc:  # zipfile/ValueError on a damaged file, or pickled object arrays
         raise DataSpecError(f"cannot read npz {path}: {exc}") from None
-    y = np.asarray(y)
-    if y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer):
+    y, x = np.asarray(y), np.asarray(x)
+    if x.dtype.kind not in "biuf":  # bool, integers, floats: not strings, dates, complex numbers or objects
+        raise DataSpecError(f"{path}: 'x' must hold numbers (images), not {x.dtype}")
+    if y.ndim != 1 or x.ndim == 0 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer):
         raise DataSpecError(f"{path}: 'y' must be one integer label per image")
+    if len(y) and (y.min() < 0 or y.max() >= MAX_CLASSES):
+        raise DataSpecError(f"{path}: 'y' holds labels outside 0..{MAX_CLASSES - 1}")
     if labels is None:
         labels = [str(i) for i in range(int(y.max()) + 1 if len(y) else 0)]
+    if len(labels) > MAX_CLASSES:
+        raise DataSpecError(f"{path}: 'labels' names {len(labels)} classes, more than {MAX_CLASSES}")
+    if len(set(labels)) != len(labels):
+        dup = next(v for v in labels if labels.count(v) > 1)
+        raise DataSpecError(f"{path}: 'labels' names {dup!r} twice; each class needs its own name")
     if len(y) and (y.min() < 0 or y.max() >= len(labels)):
         raise DataSpecError(f"{path}: labels out of range 0..{len(labels) - 1}")
     return np.asarray(x), y.astype(np.int64), labels
@@ -257,15 +270,31 @@ def _folder(root: Path, split: str):
         for f in sorted((root / name).iterdir()):
             if f.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
+            _regular(f, "image")  # a FIFO named *.png would block the read
             try:
                 with Image.open(f) as im:
-                    im = im.convert("L" if im.mode in ("L", "1", "I", "I;16") else "RGB")
+                    # grayscale stays one channel; palette, alpha, CMYK... become RGB (widened below if mixed)
+                    im = im.convert("L" if im.mode in ("L", "1", "I", "I;16", "F") else "RGB")
                     size = size or im.size
                     arr = np.asarray(im.resize(size))
             except Exception as exc:
-                raise DataSpecError(f"cannot read image {f}: {exc}") from None
+                raise DataSpecError(f"cannot read image {f}: {' '.join(str(exc).split())[:200]}") from None
             xs.append(arr)
             ys.append(i)
     if not xs:
         raise DataSpecError(f"image folder {root} holds no images")
+    if any(a.ndim == 3 for a in xs):  # grayscale and colour images mixed: every image as RGB
+        xs = [np.repeat(a[..., None], 3, axis=-1) if a.ndim == 2 else a for a in xs]
     return np.stack(xs), np.asarray(ys, dtype=np.int64), classes
+
+
+def _regular(path: Path, what: str) -> None:
+    """Refuse a missing path or one that is not a regular file (FIFO, device, socket, folder) before opening it."""
+    import stat
+
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        raise DataSpecError(f"{what} {path} does not exist") from None
+    if not stat.S_ISREG(mode):
+        raise DataSpecError(f"{what} {path} is not a regular file (a FIFO, device or folder)")

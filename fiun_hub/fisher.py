@@ -43,6 +43,7 @@ from safetensors.torch import load as _st_load
 
 from .constants import FIM_CLASSES_FILE, FIM_FILE
 from .errors import BadInput, SidecarError, UnlearnError
+from .jsonsafe import loads as loads_json
 
 FORMAT = "fiun-fim/1"
 ESTIMATORS = ("normalized", "per-sample", "batch")
@@ -99,7 +100,7 @@ class Sidecars:
         raw = self.metadata.get("forgotten")
         try:
             val = json.loads(raw) if raw else []
-        except ValueError:
+        except (ValueError, RecursionError):
             return []
         return [str(v) for v in val] if isinstance(val, list) else []
 
@@ -689,9 +690,9 @@ def _load(buf, fname: str, where: str) -> tuple[dict[str, torch.Tensor], dict[st
     if n > len(buf) - 8 or n > _MAX_HEADER:
         raise SidecarError(f"{where}{fname}: header claims {n} bytes but only {len(buf) - 8} follow (truncated or corrupt)")
     try:
-        header = json.loads(buf[8:8 + n].decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise SidecarError(f"{where}{fname}: header is not valid JSON (truncated or corrupt)") from None
+        header = loads_json(buf[8:8 + n], f"{where}{fname}", "header")
+    except BadInput as exc:
+        raise SidecarError(f"{exc} (truncated or corrupt)") from None
     if not isinstance(header, dict):
         raise SidecarError(f"{where}{fname}: header is not a JSON object")
     meta = header.get("__metadata__") or {}
@@ -711,9 +712,9 @@ def _json_field(meta: dict[str, str], key: str, kind: type, fname: str, where: s
     if raw is None:
         raise SidecarError(f"{where}{fname}: header lacks {key!r}")
     try:
-        val = json.loads(raw)
-    except ValueError:
-        raise SidecarError(f"{where}{fname}: header {key!r} is not valid JSON") from None
+        val = loads_json(raw, f"{where}{fname}", f"header {key!r}")
+    except BadInput as exc:
+        raise SidecarError(str(exc)) from None
     if not isinstance(val, kind):
         raise SidecarError(f"{where}{fname}: header {key!r} must be a JSON {kind.__name__}")
     return val

@@ -98,7 +98,31 @@ def read_index_file(hub) -> dict | None:
         return None
     if not isinstance(data, dict) or data.get("format") != INDEX_FORMAT or not isinstance(data.get("repos"), dict):
         return None
+    if not all(_entry_ok(e) for e in data["repos"].values()):
+        return None  # edited by hand or damaged: the cards are the truth (verify reports it, --repair-index fixes it)
     return data["repos"]
+
+
+def _record_ok(u: object) -> bool:
+    from .card import check_record
+
+    try:
+        check_record(u)
+    except CardError:
+        return False
+    return True
+
+
+def _entry_ok(e: object) -> bool:
+    """An index entry of the shape :func:`index_entry` writes (what graph_from_entries reads)."""
+    return (isinstance(e, dict) and isinstance(e.get("head"), str) and isinstance(e.get("sidecar"), str)
+            and (e.get("relation") is None or isinstance(e["relation"], str))
+            and (e.get("card_error") is None or isinstance(e["card_error"], str))
+            and isinstance(e.get("labels"), list) and isinstance(e.get("unlearned"), list)
+            and all(_record_ok(u) for u in e["unlearned"])
+            and isinstance(e.get("parents"), list)
+            and all(isinstance(p, dict) and isinstance(p.get("repo"), str) and isinstance(p.get("revision"), str)
+                    for p in e["parents"]))
 
 
 def write_index_file(hub, repos: dict) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,12 +14,15 @@ from typing import Any, Sequence
 
 import torch
 
-from .constants import CONFIG_FILE, WEIGHTS_FILE
+from .constants import CONFIG_FILE, MAX_CLASSES, WEIGHTS_FILE
 from .errors import BadInput
+from .jsonsafe import loads as loads_json
 from .safetensors_io import header_of_bytes, load_tensors, read_header, torch_dtypes
 
 MAX_CONFIG_BYTES = 1 << 20
 UNSAFE_ARG_SUFFIXES = ("_path", "_file", "_dir", "_url")
+MAX_CHANNELS = 64
+MAX_SIDE = 8192
 
 
 @dataclass
@@ -35,29 +39,46 @@ class ModelConfig:
     raw: dict[str, Any]
 
 
+def _pos_int(value: Any, key: str, where: str, limit: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= limit:
+        raise BadInput(f"{where}: {key!r} must be an integer from 1 to {limit}, got {str(value)[:50]!r}")
+    return value
+
+
+def check_architecture(name: Any, where: str) -> str:
+    """``name`` if timm registers it locally (``timm.list_models()``); never a ``hf-hub:`` / ``local-dir:`` name,
+    which would make timm read a config (and build what it names) from the network or any folder."""
+    import timm
+
+    if not isinstance(name, str) or not name:
+        raise BadInput(f"{where}: missing 'architecture'")
+    if ":" in name or "/" in name or len(name) > 200 or not timm.is_model(name):
+        raise BadInput(f"{where}: architecture {name[:100]!r} is not a model timm registers locally "
+                       "(see timm.list_models(); hf-hub: and local-dir: names are refused)")
+    return name
+
+
 def parse_config(data: bytes | str, where: str = "config.json") -> ModelConfig:
-    """Validate a timm Hub ``config.json``."""
-    if isinstance(data, bytes) and len(data) > MAX_CONFIG_BYTES:
+    """Validate a timm Hub ``config.json``: every field fiun-hub reads has the type it needs, the architecture
+    is one timm registers locally, and no label list is built past :data:`MAX_CLASSES`."""
+    if isinstance(data, (bytes, str)) and len(data) > MAX_CONFIG_BYTES:
         raise BadInput(f"{where}: config is larger than {MAX_CONFIG_BYTES} bytes")
-    try:
-        raw = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
-        raise BadInput(f"{where}: not valid JSON") from None
+    raw = loads_json(data, where, "config")
     if not isinstance(raw, dict):
         raise BadInput(f"{where}: must be a JSON object")
-    arch = raw.get("architecture")
-    if not isinstance(arch, str) or not arch:
-        raise BadInput(f"{where}: missing 'architecture'")
-    num_classes = raw.get("num_classes")
-    if not isinstance(num_classes, int) or num_classes <= 0:
-        raise BadInput(f"{where}: 'num_classes' must be a positive integer")
+    arch = check_architecture(raw.get("architecture"), where)
+    num_classes = _pos_int(raw.get("num_classes"), "num_classes", where, MAX_CLASSES)
     pcfg = raw.get("pretrained_cfg") or {}
     if not isinstance(pcfg, dict):
         raise BadInput(f"{where}: 'pretrained_cfg' must be an object")
     names = raw.get("label_names")
     if isinstance(names, dict):  # timm allows {index: name}
-        names = [names.get(str(i), names.get(i, str(i))) for i in range(num_classes)]
-    labels = [str(n) for n in names] if isinstance(names, list) else [str(i) for i in range(num_classes)]
+        names = [names.get(str(i), str(i)) for i in range(num_classes)]
+    if names is not None and not isinstance(names, list):
+        raise BadInput(f"{where}: 'label_names' must be a list of names")
+    if names is not None and not all(isinstance(n, (str, int)) and not isinstance(n, bool) for n in names):
+        raise BadInput(f"{where}: 'label_names' must hold strings")
+    labels = [str(n) for n in names] if names is not None else [str(i) for i in range(num_classes)]
     if len(labels) != num_classes:
         raise BadInput(f"{where}: {len(labels)} label_names for num_classes={num_classes}")
     if len(set(labels)) != len(labels):
@@ -70,12 +91,21 @@ def parse_config(data: bytes | str, where: str = "config.json") -> ModelConfig:
         k = key.lower()
         if k.startswith("pretrained") or "checkpoint" in k or k.endswith(UNSAFE_ARG_SUFFIXES) or k == "cache_dir":
             raise BadInput(f"{where}: model_args may not set {key!r} (fiun-hub never loads weights named by a config)")
-    input_size = tuple(int(v) for v in (pcfg.get("input_size") or (model_args.get("in_chans", 3), 224, 224)))
+    size = pcfg.get("input_size")
+    if size is not None and not (isinstance(size, list) and len(size) == 3):
+        raise BadInput(f"{where}: pretrained_cfg.input_size must be [C, H, W], got {str(size)[:50]}")
+    if "in_chans" in model_args:
+        _pos_int(model_args["in_chans"], "model_args.in_chans", where, MAX_CHANNELS)
+    input_size = tuple(size) if size is not None else (model_args.get("in_chans", 3), 224, 224)
+    for key, v, limit in zip(("C", "H", "W"), input_size, (MAX_CHANNELS, MAX_SIDE, MAX_SIDE)):
+        _pos_int(v, f"pretrained_cfg.input_size {key}", where, limit)
     in_chans = int(model_args.get("in_chans", input_size[0]))
     classifier = pcfg.get("classifier") or "fc"
-    if isinstance(classifier, (list, tuple)):
+    if isinstance(classifier, list) and classifier:
         classifier = classifier[0]
-    return ModelConfig(arch, num_classes, labels, str(classifier), in_chans, (in_chans, *input_size[1:]),
+    if not isinstance(classifier, str):
+        raise BadInput(f"{where}: pretrained_cfg.classifier must be a module name")
+    return ModelConfig(arch, num_classes, labels, classifier, in_chans, (in_chans, *input_size[1:]),
                        model_args, raw)
 
 
@@ -157,13 +187,36 @@ def save_model_folder(model: torch.nn.Module, folder: str | Path, labels: Sequen
     return folder
 
 
+def folder_file(folder: str | Path, name: str) -> Path | None:
+    """``folder/name`` if it is a regular file inside ``folder`` (a symlink is followed only while it stays
+    inside); None if there is no such entry. A link that leads out of the folder (``README.md ->
+    /proc/self/environ`` would publish the pusher's environment) or a special file (FIFO, device, socket: a read
+    could block or never end) is refused with one line naming it."""
+    import stat
+
+    folder = Path(folder)
+    path = folder / name
+    if not os.path.lexists(path):
+        return None
+    if not Path(os.path.realpath(path)).is_relative_to(os.path.realpath(folder)):
+        raise BadInput(f"{path} is a symlink to {os.readlink(path)!r}, outside {folder}; push only files inside "
+                       "the model folder")
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, RuntimeError):
+        raise BadInput(f"{path} is a dangling or looping symlink") from None
+    if not stat.S_ISREG(mode):
+        raise BadInput(f"{path} is not a regular file (a FIFO, device, socket or folder); push only plain files")
+    return path
+
+
 def check_folder(folder: str | Path) -> ModelConfig:
     """Validate a model folder for ``push``: config.json parses, model.safetensors is whole and fits the config."""
     folder = Path(folder)
     if not folder.is_dir():
         raise BadInput(f"{folder} is not a folder")
     for name in (CONFIG_FILE, WEIGHTS_FILE):
-        if not (folder / name).is_file():
+        if folder_file(folder, name) is None:
             raise BadInput(f"{folder} has no {name}; save the model with fiun_hub.models.save_model_folder")
     config = parse_config((folder / CONFIG_FILE).read_bytes(), str(folder / CONFIG_FILE))
     header, _ = read_header(folder / WEIGHTS_FILE)
@@ -199,4 +252,4 @@ def check_folder(folder: str | Path) -> ModelConfig:
 
 
 __all__ = ["ModelConfig", "parse_config", "build_model", "load_state", "load_model", "state_bytes",
-           "save_model_folder", "check_folder", "config_dict", "header_of_bytes"]
+           "save_model_folder", "check_folder", "folder_file", "check_architecture", "config_dict", "header_of_bytes"]

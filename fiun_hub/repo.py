@@ -4,13 +4,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from .card import CardMeta, ParentRef, fim_entry, parse_card, parse_card_full, render_card
+from .card import MAX_CARD_BYTES, CardMeta, ParentRef, fim_entry, parse_card, parse_card_full, render_card
 from .constants import CARD_FILE, FIM_CLASSES_FILE, FIM_FILE, RELATIONS, WEIGHTS_FILE
 from .errors import BadInput
-from .hub.ids import split_repo_rev, validate_repo_id
+from .hub.ids import check_user_writable, split_repo_rev, validate_repo_id, validate_tag_name
 from .hub.local import LocalHub, RepoChange
 from .lineage import resolve, sidecar_state, validate_new_parents
-from .models import check_folder
+from .models import check_folder, folder_file
 from .safetensors_io import read_header
 
 SIDECARS = (FIM_FILE, FIM_CLASSES_FILE)
@@ -41,7 +41,7 @@ def push_folder(
     Sidecars (``fim.safetensors``, ``fim-classes.safetensors``) in the folder are committed too; a previous
     revision's sidecars are dropped, since they describe other weights. Returns the new revision's summary.
     """
-    validate_repo_id(repo)
+    check_user_writable(validate_repo_id(repo))
     folder = Path(folder)
     config = check_folder(folder)
     if relation is not None and relation not in RELATIONS:
@@ -53,9 +53,13 @@ def push_folder(
     head = hub.head(repo) if hub.repo_exists(repo) else ""
 
     body, extra = None, {}
-    if (folder / CARD_FILE).is_file():
+    card_path = folder_file(folder, CARD_FILE)
+    if card_path is not None:
         # Malformed YAML is refused, not silently dropped; the body and other front-matter keys are kept.
-        given, body = parse_card_full((folder / CARD_FILE).read_bytes(), where=str(folder / CARD_FILE))
+        if card_path.stat().st_size > MAX_CARD_BYTES:
+            raise BadInput(f"{card_path}: card is {card_path.stat().st_size} bytes, more than the {MAX_CARD_BYTES} "
+                           "allowed")
+        given, body = parse_card_full(card_path.read_bytes(), where=str(card_path))
         extra = given.extra
     elif head:
         try:  # keep the previous revision's other front-matter keys (license, ...) and body
@@ -66,7 +70,7 @@ def push_folder(
     files: dict[str, bytes | Path] = {"config.json": folder / "config.json", WEIGHTS_FILE: folder / WEIGHTS_FILE}
     meta = CardMeta(parents=pins, relation=relation or (("merge" if len(pins) > 1 else "finetune") if pins else None),
                     labels=config.labels, extra=extra)
-    present = [s for s in SIDECARS if (folder / s).is_file()]
+    present = [s for s in SIDECARS if folder_file(folder, s) is not None]
     if present:
         if len(present) != 2:
             raise BadInput(f"{folder} has {present[0]} but not its partner; push both sidecars or neither")
@@ -84,6 +88,13 @@ def push_folder(
     msg = message or (f"Push {repo}" + (f" ({meta.relation} of {parent_names})" if pins else ""))
     cid = hub.publish([RepoChange(repo, files, msg, parent_commit=head, delete=delete, author=author)])[repo]
     return show(hub, repo, cid)
+
+
+def tag(hub, repo: str, name: str, revision: str | None = None, force: bool = False) -> str:
+    """Tag ``repo@revision`` as ``name`` (the rules serve's create_tag applies too: not ``main``, not the ledger)."""
+    check_user_writable(validate_repo_id(repo))
+    validate_tag_name(name)
+    return hub.tag(repo, name, revision, force=force)
 
 
 def read_meta(hub: LocalHub, repo: str, revision: str | None = None) -> CardMeta:

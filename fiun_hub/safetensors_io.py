@@ -4,11 +4,11 @@ safetensors is the only weight format fiun-hub reads; nothing is ever unpickled.
 """
 from __future__ import annotations
 
-import json
 import struct
 from pathlib import Path
 
 from .errors import BadInput
+from .jsonsafe import loads as loads_json
 
 DTYPE_SIZES = {
     "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
@@ -55,10 +55,7 @@ def parse_header(head: bytes, total_size: int, where: str = "") -> tuple[dict, d
         raise BadInput(f"{prefix}not a safetensors file (header length {n} exceeds the file's {total_size} bytes)")
     if len(head) < 8 + n:
         raise BadInput(f"{prefix}safetensors header is truncated")
-    try:
-        header = json.loads(head[8: 8 + n])
-    except ValueError:
-        raise BadInput(f"{prefix}safetensors header is not valid JSON") from None
+    header = loads_json(head[8: 8 + n], where or "safetensors file", "safetensors header")
     if not isinstance(header, dict):
         raise BadInput(f"{prefix}safetensors header is not a JSON object")
     metadata = header.pop("__metadata__", None) or {}

@@ -50,7 +50,8 @@ from .errors import (
     RepoNotFound,
     RevisionNotFound,
 )
-from .hub.ids import COMMIT_RE, REF_NAME_RE, repo_folder_name, validate_repo_id, validate_repo_path
+from .hub.ids import (COMMIT_RE, REF_NAME_RE, check_user_writable, repo_folder_name, validate_repo_id,
+                      validate_repo_path, validate_tag_name)
 from .hub.local import Blob, LocalHub, RepoChange, sha256_file
 
 log = logging.getLogger("fiun_hub.serve")
@@ -430,8 +431,10 @@ class _Server:
 
     @staticmethod
     def _writable(repo: str) -> None:
-        if repo == LEDGER_REPO:
-            raise HTTPError(403, f"{LEDGER_REPO} is the takedown ledger; only `fiun-hub takedown` writes it")
+        try:
+            check_user_writable(repo)
+        except BadInput as exc:
+            raise HTTPError(403, str(exc)) from None
 
     def _write_target(self, request, org: str, name: str, *, commit: bool = False) -> str:
         """The repo a write route may change: the token checked, the ledger refused, and for a commit (preupload,
@@ -829,8 +832,11 @@ class _Server:
         repo = self._write_target(request, org, name)
         data = await self._json(request)
         tag = data.get("tag")
-        if not isinstance(tag, str) or not REF_NAME_RE.match(tag) or ".." in tag or tag == DEFAULT_BRANCH:
-            raise HTTPError(400, f"invalid tag name {str(tag)[:100]!r}: letters, digits, '.', '_', '-' (not 'main')")
+        try:
+            validate_tag_name(tag)
+        except BadInput:
+            raise HTTPError(400, f"invalid tag name {str(tag)[:100]!r}: letters, digits, '.', '_', '-' (not 'main')") \
+                from None
 
         def work() -> str:
             if tag in self.hub.refs(repo)["tags"]:
@@ -1099,7 +1105,7 @@ class _Server:
             raise HTTPError(400, f"{p[:300]}: LFS object {oid[:12]} was not uploaded (or expired); upload it through "
                                  "the LFS batch API first")
         if CARD_FILE in files:
-            self._check_card(repo, files[CARD_FILE])
+            self._check_card(repo, files[CARD_FILE], head)
         if not files and not deletes:
             raise HTTPError(400, "the commit has no operations")
         change = RepoChange(repo, files=files, message=ops.message, parent_commit=parent, delete=tuple(deletes),
@@ -1114,9 +1120,10 @@ class _Server:
             log.error("fiun-hub serve: %s@%s: %s stored with another sha256 than declared", repo, cid, bad)
         return cid
 
-    def _check_card(self, repo: str, content: bytes | Blob | Path) -> None:
-        """A card must parse (docs/card-schema.md) and must not make its repo its own ancestor."""
-        from .card import MAX_CARD_BYTES, parse_card_full
+    def _check_card(self, repo: str, content: bytes | Blob | Path, head=None) -> None:
+        """A card must parse (docs/card-schema.md), must not make its repo its own ancestor, and may add only
+        records of a forget of the head it replaces (card.claims_without_forget)."""
+        from .card import MAX_CARD_BYTES, claims_without_forget, parse_card, parse_card_full
         from .lineage import resolve, validate_new_parents
 
         if isinstance(content, Blob):
@@ -1126,6 +1133,18 @@ class _Server:
                 raise HTTPError(400, f"{CARD_FILE} is larger than {MAX_CARD_BYTES} bytes")
             content = content.read_bytes()
         meta, _ = parse_card_full(content, where=f"{repo}:{CARD_FILE}")  # CardError -> 400
+        carried: list[dict] = []
+        if head is not None and CARD_FILE in head.files:
+            try:
+                carried = parse_card(self.hub.read_file(repo, CARD_FILE, head.id)).unlearned
+            except BadInput:
+                pass
+        claims = claims_without_forget(meta.unlearned, carried, head.id if head is not None else None)
+        if claims:
+            raise HTTPError(400, f"{repo}:{CARD_FILE}: fiun.unlearned record of request "
+                                 f"{str(claims[0].get('request'))[:130]} does not record a forget of the head it "
+                                 f"replaces ({head.id[:12] if head is not None else 'none'}); forget records are "
+                                 "written by `fiun-hub forget` / `takedown`, never claimed")
         if meta.parents:
             validate_new_parents(resolve(self.hub), repo, [p.repo for p in meta.parents])
 

@@ -26,8 +26,8 @@ import torch
 from .card import parse_card_full, render_card
 from .constants import CARD_FILE, CONFIG_FILE, FIM_CLASSES_FILE, FIM_FILE, WEIGHTS_FILE
 from .errors import BadInput, ConflictError, FiunError, LineageError, UnlearnError
-from .hub.ids import validate_repo_id
-from .hub.local import Blob, LocalHub, RepoChange
+from .hub.ids import validate_repo_id, validate_request_id
+from .hub.local import Blob, LocalHub, RepoChange, check_card_write
 from .lineage import affected, merge_sources, resolve
 from .models import parse_config
 from .repo import read_meta
@@ -123,7 +123,8 @@ def plan_forget(
     classes = _parse_classes(classes)
     if not (alpha > 0 and lam > 0) or not all(map(lambda v: v == v and v != float("inf"), (alpha, lam))):
         raise UnlearnError(f"--alpha and --lambda must be positive and finite (got {alpha}, {lam})")
-    request_id = request_id or default_request_id(origins, classes, data_spec)
+    request_id = validate_request_id(request_id, "--request-id") if request_id is not None else \
+        default_request_id(origins, classes, data_spec)
     g = resolve(hub)
     depths = affected(g, origins)
     sub = g.subgraph(depths)
@@ -535,6 +536,7 @@ def run_forget(
             record["data"] = plan.data_spec
         meta.unlearned = list(meta.unlearned) + [record]
         card = render_card(meta, body, repo).encode()
+        check_card_write(repo, card)  # what publish refuses (a card past the size fiun-hub reads), before it runs
         put = staging.put if staging is not None else (lambda _r, d: d)
         changes[repo] = RepoChange(
             repo,

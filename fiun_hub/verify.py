@@ -12,7 +12,7 @@ import time
 
 from .constants import FIUN_DIR
 from .hub.ids import COMMIT_RE, repo_from_folder
-from .hub.local import LocalHub, guarded_paths, link_problem, sha256_file
+from .hub.local import DamagedJournal, LocalHub, guarded_paths, link_problem, sha256_file
 from .lineage import index_entry, read_index_file
 
 
@@ -36,7 +36,11 @@ def verify(hub: LocalHub, attempts: int = 3) -> list[str]:
 def _verify_once(hub: LocalHub) -> list[str]:
     problems: list[str] = []
     if (hub.root / FIUN_DIR / "journal.json").exists():
-        problems.append("unfinished publish journal in .fiun/journal.json (open the hub with a write to finish it)")
+        try:
+            hub.journal_moves()
+            problems.append("unfinished publish journal in .fiun/journal.json (open the hub with a write to finish it)")
+        except DamagedJournal as exc:
+            problems.append(str(exc))
     links = []
     for entry in sorted(hub.root.iterdir()):
         if entry.name.startswith("models--"):

@@ -943,6 +943,221 @@ def _refs_main_symlink(c: Ctx, repo: str = "h/base") -> None:
     c.escape(c.repo_dir(repo) / "refs" / "main")
 
 
+# ---- round two (issue 12, items 1-11)
+def _link_card_to(target: str) -> Callable[[Path], None]:
+    def mutate(d: Path) -> None:
+        (d / CARD_FILE).unlink(missing_ok=True)
+        os.symlink(target, d / CARD_FILE)
+    return mutate
+
+
+def _fifo_at(name: str) -> Callable[[Path], None]:
+    def mutate(d: Path) -> None:
+        (d / name).unlink(missing_ok=True)
+        os.mkfifo(d / name)
+    return mutate
+
+
+def _edit_config(edit: Callable[[dict], None]) -> Callable[[Path], None]:
+    def mutate(d: Path) -> None:
+        cfg = json.loads((d / CONFIG_FILE).read_text())
+        edit(cfg)
+        (d / CONFIG_FILE).write_text(json.dumps(cfg))
+    return mutate
+
+
+def _local_dir_arch(c: Ctx) -> Callable[[dict], None]:
+    """``local-dir:`` at a folder holding a timm config (the good folder itself): timm would read it and build
+    what it names, whatever the model_args check allowed."""
+    def edit(cfg: dict) -> None:
+        cfg["architecture"] = f"local-dir:{c.good}"
+    return edit
+
+
+def _deep_header_folder(c: Ctx) -> Path:
+    """model.safetensors whose header nests 100,000 arrays (the bytes after it unchanged)."""
+    def mutate(d: Path) -> None:
+        data = (d / WEIGHTS_FILE).read_bytes()
+        n = struct.unpack("<Q", data[:8])[0]
+        header = json.loads(data[8:8 + n])
+        raw = json.dumps(header, separators=(",", ":"))[:-1] + ',"deep":' + "[" * 100_000 + "]" * 100_000 + "}"
+        (d / WEIGHTS_FILE).write_bytes(struct.pack("<Q", len(raw)) + raw.encode() + data[8 + n:])
+    return c.folder("deep-header", mutate)
+
+
+def _request(c: Ctx, name: str, text: str | None = None, **fields) -> Path:
+    base = {"id": "TKD-H-1", "reason": "erasure", "requested_by": "dpo@example.org", "received": "2026-11-20",
+            "origins": "[h/base]", "forget": "{classes: ['3']}"}
+    base.update(fields)
+    path = c.tmp / f"{name}.yaml"
+    path.write_text(text if text is not None else "".join(f"{k}: {v}\n" for k, v in base.items()))
+    return path
+
+
+def _request_fifo(c: Ctx) -> list:
+    path = c.tmp / "request.fifo"
+    os.mkfifo(path)
+    return ["takedown", path]
+
+
+def _npz_spec(c: Ctx, name: str, x, y, **more) -> list:
+    return ["fim", "h/base", "--data", _npz(c, name, x=x, y=y, **more)]
+
+
+def _image_folder(c: Ctx, name: str, modes: list[str], fifo: bool = False) -> list:
+    from PIL import Image
+
+    root = c.tmp / name
+    for i, mode in enumerate(modes):
+        d = root / str(i)
+        d.mkdir(parents=True)
+        for j in range(3):
+            im = Image.new("L", (8, 8), color=40 * j + i).convert(mode)
+            im.save(d / f"{j}.png")
+    if fifo:
+        os.mkfifo(root / "0" / "zz.png")
+    return ["fim", "h/base", "--data", f"folder:{root}"]
+
+
+def _bad_record_in_index(c: Ctx) -> list:
+    """The index holds a record with from_revision: 5 (what serve used to store in a card)."""
+    path = c.hub / ".fiun" / "lineage.json"
+    index = json.loads(path.read_text())
+    index["repos"]["h/base"]["unlearned"] = [{"request": "R1", "from_revision": 5}]
+    path.write_text(json.dumps(index))
+    return ["lineage", "--check"]
+
+
+def _index_entry_wrong_type(c: Ctx, command: list) -> list:
+    path = c.hub / ".fiun" / "lineage.json"
+    index = json.loads(path.read_text())
+    index["repos"]["h/child"] = ["not", "an", "entry"]
+    path.write_text(json.dumps(index))
+    return command
+
+
+def _damaged_journal(c: Ctx, body: object, command: list) -> list:
+    (c.hub / ".fiun" / "journal.json").write_text(json.dumps(body))
+    return command
+
+
+def _commit_record_without(c: Ctx, key: str, command: list) -> list:
+    path = c.hub / ".fiun" / "commits" / c.base[:2] / f"{c.base}.json"
+    record = json.loads(path.read_text())
+    del record[key]
+    path.write_text(json.dumps(record))
+    return command
+
+
+def _card_near_limit(c: Ctx) -> list:
+    """h/child's card one record short of 1 MiB: the forget's record would push it past what fiun-hub reads."""
+    from fiun_hub.card import MAX_CARD_BYTES
+
+    card = c.h.read_file("h/child", CARD_FILE)
+    pad = MAX_CARD_BYTES - len(card) - 100
+    c.publish("h/child", {CARD_FILE: card + b"x" * pad + b"\n"})
+    return ["forget", "--origin", "h/base", "--classes", "3"]
+
+
+HOSTILE_ROUND_TWO: dict[str, tuple[Callable[[Ctx], list], int, str, str]] = {
+    # 1. files that are links out of the model folder, or not regular files
+    "push-card-linked-to-proc-environ": (lambda c: ["push", c.folder("environ", _link_card_to("/proc/self/environ")),
+                                                    "h/new"], 2, r"symlink .*outside", CARD_FILE),
+    "push-card-linked-outside-the-folder": (lambda c: ((c.outside / "notes.md").write_text("private\n"), [
+        "push", c.folder("outlink", _link_card_to(str(c.outside / "notes.md"))), "h/new"])[1],
+        2, r"symlink .*outside", CARD_FILE),
+    "push-card-a-fifo": (lambda c: ["push", c.folder("fifo-card", _fifo_at(CARD_FILE)), "h/new"],
+                         2, r"not a regular file", CARD_FILE),
+    "push-sidecar-a-fifo": (lambda c: ["push", c.folder("fifo-fim", _fifo_at(FIM_FILE)), "h/new"],
+                            2, r"not a regular file", FIM_FILE),
+    # 2. architectures timm does not register locally
+    "push-config-architecture-local-dir": (lambda c: ["push", c.folder("localdir", _edit_config(_local_dir_arch(c))),
+                                                      "h/new"], 2, r"not a model timm registers", "local-dir:"),
+    "push-config-architecture-hf-hub": (lambda c: ["push", c.folder("hfhub", _edit_config(
+        lambda cfg: cfg.update(architecture="hf-hub:timm/resnet18.a1_in1k"))), "h/new"],
+        2, r"not a model timm registers", "hf-hub:"),
+    "eval-config-architecture-local-dir-in-hub": (lambda c: (c.publish("h/child", {CONFIG_FILE: json.dumps(
+        {**json.loads(c.h.read_file("h/child", CONFIG_FILE)), "architecture": f"local-dir:{c.good}"}).encode()}),
+        ["eval", "h/child", "--data", "digits:test"])[1], 2, r"not a model timm registers", "h/child"),
+    # 4. the ledger and the branch name are nobody's to write
+    "push-into-the-ledger": (lambda c: ["push", c.good, "fiun-hub/ledger"], 2, r"takedown ledger", "fiun-hub/ledger"),
+    "tag-main": (lambda c: ["tag", "h/base", "main"], 2, r"main is the branch", "main"),
+    # 5. ill-typed and deeply nested JSON
+    "push-config-input-size-a-string": (lambda c: ["push", c.folder("insize", _edit_config(
+        lambda cfg: cfg["pretrained_cfg"].update(input_size="big"))), "h/new"], 2, r"input_size", CONFIG_FILE),
+    "push-config-in-chans-a-string": (lambda c: ["push", c.folder("inchans", _edit_config(
+        lambda cfg: cfg.update(model_args={"in_chans": "one"}))), "h/new"], 2, r"in_chans", CONFIG_FILE),
+    "push-config-classifier-a-number": (lambda c: ["push", c.folder("clf", _edit_config(
+        lambda cfg: cfg["pretrained_cfg"].update(classifier=7))), "h/new"], 2, r"classifier", CONFIG_FILE),
+    "push-config-nested-100k": (lambda c: ["push", c.folder("deepcfg", lambda d: (d / CONFIG_FILE).write_text(
+        "[" * 100_000 + "]" * 100_000)), "h/new"], 2, r"nested too deeply", CONFIG_FILE),
+    "push-weights-header-nested-100k": (lambda c: ["push", _deep_header_folder(c), "h/new"],
+                                        2, r"nested too deeply", WEIGHTS_FILE),
+    # 6. label lists from untrusted integers, bounded before they are built
+    "push-config-a-billion-classes": (lambda c: ["push", c.folder("billion", _edit_config(
+        lambda cfg: (cfg.pop("label_names"), cfg.update(num_classes=10 ** 9)))), "h/new"],
+        2, r"num_classes", CONFIG_FILE),
+    "fim-npz-label-10-to-the-12": (lambda c: _npz_spec(c, "huge-y", np.zeros((4, 8, 8), np.float32),
+                                                       np.array([0, 1, 2, 10 ** 12])), 2, r"outside 0\.\.", "huge-y.npz"),
+    # 7. request files
+    "takedown-request-impossible-date": (lambda c: ["takedown", _request(c, "feb30", received="2026-02-30")],
+                                         2, r"malformed YAML value|date", "feb30.yaml"),
+    "takedown-request-month-13": (lambda c: ["takedown", _request(c, "m13", received="2026-13-45")],
+                                  2, r"malformed YAML value|date", "m13.yaml"),
+    "takedown-request-5000-digit-int": (lambda c: ["takedown", _request(c, "bigint", id="1" * 5000)],
+                                        2, r"malformed YAML value|id must be", "bigint.yaml"),
+    "takedown-request-date-time-out-of-range": (lambda c: ["takedown", _request(
+        c, "range", received="0001-01-01T00:00:00+05:00")], 2, r"outside the dates", "range.yaml"),
+    "takedown-request-alias-bomb-in-notes": (lambda c: ["takedown", _request(
+        c, "bomb", text=_alias_bomb() + "\nid: TKD-B\nreason: r\nrequested_by: x\nreceived: 2026-11-20\n"
+        "origins: [h/base]\nforget: {classes: ['3']}\nnotes: *a8\n")], 2, r"aliases", "bomb.yaml"),
+    "takedown-request-dev-zero": (lambda c: ["takedown", "/dev/zero"], 2, r"not a regular file", "/dev/zero"),
+    "takedown-request-a-fifo": (_request_fifo, 2, r"not a regular file", "request.fifo"),
+    # 8. data specs
+    "fim-npz-string-images": (lambda c: _npz_spec(c, "strx", np.array([["a"] * 8] * 8 * 4).reshape(4, 8, 8),
+                                                  np.arange(4)), 2, r"must hold numbers", "strx.npz"),
+    "fim-npz-datetime-images": (lambda c: _npz_spec(c, "datex", np.zeros((4, 8, 8), "datetime64[s]"), np.arange(4)),
+                                2, r"must hold numbers", "datex.npz"),
+    "fim-npz-empty-images": (lambda c: _npz_spec(c, "empty", np.zeros((4, 0, 0), np.float32), np.arange(4)),
+                             2, r"no empty side", "empty.npz"),
+    "fim-npz-duplicate-label-names": (lambda c: _npz_spec(c, "dup", np.zeros((4, 8, 8), np.float32), np.arange(4),
+                                                          labels=np.array(["0", "1", "1", "2"])),
+                                      2, r"twice", "dup.npz"),
+    "eval-folder-grayscale-rgb-and-palette": (lambda c: ["eval", "h/base", "--data", _image_folder(
+        c, "mixed", ["L", "RGB", "P"])[-1]], 0, r"accuracy", "accuracy"),
+    "fim-folder-fifo-named-png": (lambda c: _image_folder(c, "fifo-img", ["L", "L"], fifo=True),
+                                  2, r"not a regular file", "zz.png"),
+    # 9. ill-typed forget records
+    "push-card-record-from-revision-an-int": (lambda c: ["push", c.card_folder(
+        "rec-int", "fiun: {unlearned: [{request: R1, from_revision: 5}]}"), "h/new"], 2, r"from_revision", "R1"),
+    "lineage-check-ill-typed-record-in-index": (_bad_record_in_index, 0, r"lineage ok|h/child", "repos|h/child"),
+    # 10. request ids, and cards fiun-hub could not read back
+    "forget-request-id-overlong": (lambda c: ["forget", "--origin", "h/base", "--classes", "3", "--request-id",
+                                              "r" * 130_000], 2, r"invalid --request-id", "rrrr"),
+    "forget-request-id-with-slash": (lambda c: ["forget", "--origin", "h/base", "--classes", "3", "--request-id",
+                                                "../x"], 2, r"invalid --request-id", "../x"),
+    "forget-card-would-pass-the-size-limit": (_card_near_limit, 2, r"would be \d+ bytes", "h/child"),
+    # 11. damaged journal, commit records, index entries
+    "verify-journal-a-list": (lambda c: _damaged_journal(c, [], ["verify"]), 1, r"journal\.json is damaged", "journal"),
+    "verify-journal-move-missing-key": (lambda c: _damaged_journal(c, {"moves": [{"repo": "h/base"}]}, ["verify"]),
+                                        1, r"journal\.json is damaged", "journal"),
+    "show-with-a-damaged-journal": (lambda c: _damaged_journal(c, {"moves": [{"repo": "h/base"}]}, ["show", "h/base"]),
+                                    0, r"h/base", "h/base"),
+    "push-with-a-damaged-journal": (lambda c: _damaged_journal(c, [], ["push", c.good, "h/new"]),
+                                    2, r"journal\.json is damaged", "journal"),
+    "show-commit-record-missing-a-key": (lambda c: _commit_record_without(c, "message", ["show", f"h/base@{c.base}"]),
+                                         2, r"damaged", "h/base"),
+    "log-commit-record-missing-a-key": (lambda c: _commit_record_without(c, "files", ["log", "h/base"]),
+                                        2, r"damaged", "h/base"),
+    "verify-commit-record-missing-a-key": (lambda c: _commit_record_without(c, "parents", ["verify"]),
+                                           1, r"damaged", "h/base"),
+    "lineage-index-entry-a-list": (lambda c: _index_entry_wrong_type(c, ["lineage"]), 0, r"h/child", "h/child"),
+    "forget-dry-run-index-entry-a-list": (lambda c: _index_entry_wrong_type(
+        c, ["forget", "--origin", "h/base", "--classes", "3", "--dry-run"]), 0, r"h/child", "h/child"),
+    "verify-index-entry-a-list": (lambda c: _index_entry_wrong_type(c, ["verify"]), 1, r"index", "lineage.json"),
+}
+
+
 # id -> (setup(ctx) -> args after `--hub HUB`, exit code, what the line must match, where it must name).
 # "where" may use {folder} (the case's folder), {outside} (the folder outside the hub).
 HOSTILE: dict[str, tuple[Callable[[Ctx], list], int, str, str]] = {
@@ -978,7 +1193,7 @@ HOSTILE: dict[str, tuple[Callable[[Ctx], list], int, str, str]] = {
     "push-weights-nan": (lambda c: ["push", c.folder("nan", lambda d: (d / WEIGHTS_FILE).write_bytes(
         _nan_weights((d / WEIGHTS_FILE).read_bytes()))), "h/new"], 2, r"NaN|non-finite", WEIGHTS_FILE),
     "push-weights-symlink-to-dev-zero": (lambda c: ["push", c.folder("devzero", _devzero), "h/new"],
-                                         2, r"no model\.safetensors", "{folder}"),
+                                         2, r"no model\.safetensors|symlink .*outside", "{folder}"),
     "push-sidecar-inf": (lambda c: ["push", c.folder("inf", lambda d: _with_value(d / FIM_FILE, "fc.weight",
                                                                                   float("inf"))), "h/new"],
                          2, r"non-finite", FIM_FILE),
@@ -1071,7 +1286,8 @@ HOSTILE: dict[str, tuple[Callable[[Ctx], list], int, str, str]] = {
                                            1, r"symlink|outside", "h/base"),
 }
 
-COMMANDS = {"push", "show", "log", "fim", "forget", "eval", "lineage", "verify"}
+HOSTILE.update(HOSTILE_ROUND_TWO)
+COMMANDS = {"push", "show", "log", "fim", "forget", "eval", "lineage", "verify", "tag", "takedown"}
 
 # Why the cases that fail today fail: what the lead needs to fix (shown with the assertion).
 HOSTILE_BUGS = {

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 
+from ..constants import DEFAULT_BRANCH, LEDGER_REPO
 from ..errors import BadInput, InvalidRepoId
 
 _PART = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9_])?"
@@ -10,6 +11,8 @@ REPO_ID_RE = re.compile(rf"^({_PART})/({_PART})\Z")
 COMMIT_RE = re.compile(r"^[0-9a-f]{40}\Z")
 REF_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z")
 MAX_PATH = 255
+# request ids (takedowns, forgets): they name ledger files (records/{id}.json) and land in every affected card
+REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,126}[A-Za-z0-9])?\Z")
 
 
 def validate_repo_id(repo: object) -> str:
@@ -48,6 +51,31 @@ def validate_ref_name(name: str, what: str = "tag") -> str:
     if not isinstance(name, str) or not REF_NAME_RE.match(name) or ".." in name:
         raise BadInput(f"invalid {what} {name!r}: use letters, digits, '.', '_', '-' (at most 100)")
     return name
+
+
+def validate_request_id(rid: object, what: str = "request id") -> str:
+    """A request id: letters, digits, '.', '_', '-', at most 128, no '..' (the rule of takedown and forget ids)."""
+    if isinstance(rid, str) and REQUEST_ID_RE.match(rid) and ".." not in rid:
+        return rid
+    shown = rid if isinstance(rid, str) and len(rid) <= 60 else f"{str(rid)[:60]}..."
+    raise BadInput(f"invalid {what} {shown!r}: letters, digits, '.', '_', '-' (at most 128, e.g. TKD-2026-001)")
+
+
+def validate_tag_name(name: str) -> str:
+    """A tag a user may set: a ref name, and not ``main`` (``refs/tags/main`` beside the branch ``main`` would make
+    the revision ``main`` mean two things). The one rule of ``fiun-hub tag`` and serve's create_tag."""
+    validate_ref_name(name)
+    if name == DEFAULT_BRANCH:
+        raise BadInput(f"invalid tag {name!r}: {DEFAULT_BRANCH} is the branch; pick another tag name")
+    return name
+
+
+def check_user_writable(repo: str) -> str:
+    """A repo a user may push to, tag or commit to: any but the takedown ledger, which only `fiun-hub takedown`
+    (and `audit --fix`) write, in the same publish as the forget they record. The one rule of the CLI and serve."""
+    if repo == LEDGER_REPO:
+        raise BadInput(f"{LEDGER_REPO} is the takedown ledger; only `fiun-hub takedown` and `audit --fix` write it")
+    return repo
 
 
 def validate_repo_path(path: str) -> str:

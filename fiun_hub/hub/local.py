@@ -41,7 +41,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Mapping
 
-from ..constants import DEFAULT_AUTHOR, DEFAULT_BRANCH, FIUN_DIR
+from ..constants import CARD_FILE, DEFAULT_AUTHOR, DEFAULT_BRANCH, FIUN_DIR, LEDGER_REPO
 from ..errors import (
     BadInput,
     ConflictError,
@@ -56,6 +56,7 @@ from .ids import (
     repo_from_folder,
     validate_ref_name,
     validate_repo_id,
+    validate_tag_name,
     validate_repo_path,
 )
 
@@ -205,6 +206,56 @@ def check_changes(changes: list[RepoChange]) -> None:
         seen.add(ch.repo)
         for p in list(ch.files) + list(ch.delete):
             validate_repo_path(p)
+        if CARD_FILE in ch.files and ch.repo != LEDGER_REPO:
+            check_card_write(ch.repo, ch.files[CARD_FILE])
+
+
+def check_card_write(repo: str, content: bytes | Blob | Path) -> None:
+    """A card no write may publish (every backend, every command, serve): one larger than fiun-hub reads back
+    (it would make the repo, and every forget over it, unreadable), or one whose ``fiun.unlearned`` records break
+    the schema. (A card that fails to parse for other reasons is another tool's: the lineage reports it.)"""
+    from ..card import MAX_CARD_BYTES, RecordError, parse_card_full
+    from ..errors import CardError
+
+    if isinstance(content, Blob):
+        content = content.data
+    size = content.stat().st_size if isinstance(content, Path) else len(content)
+    if size > MAX_CARD_BYTES:
+        raise CardError(f"{repo}: the new {CARD_FILE} would be {size} bytes, more than the {MAX_CARD_BYTES} "
+                        "fiun-hub reads back; nothing was published")
+    data = content.read_bytes() if isinstance(content, Path) else bytes(content)
+    try:
+        parse_card_full(data, where=f"{repo}:{CARD_FILE}")
+    except RecordError:
+        raise
+    except CardError:
+        pass
+
+
+class DamagedJournal(BadInput):
+    """``.fiun/journal.json`` parses but is not a journal a publish writes."""
+
+
+def _str_map(value: object) -> bool:
+    return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
+
+
+def _record_problem(record: object) -> str | None:
+    """What is wrong with a commit record's shape (None: every field CommitInfo holds, of its type)."""
+    if not isinstance(record, dict):
+        return "not a JSON object"
+    for key in ("id", "repo", "author", "time", "message"):
+        if not isinstance(record.get(key), str):
+            return f"{key!r} missing or not a string"
+    parents = record.get("parents")
+    if not isinstance(parents, list) or not all(isinstance(p, str) and COMMIT_RE.match(p) for p in parents):
+        return "'parents' missing or not a list of commit ids"
+    if not _str_map(record.get("files")):
+        return "'files' missing or not a map of path to sha256"
+    sizes = record.get("sizes", {})
+    if not isinstance(sizes, dict) or not all(isinstance(v, int) and not isinstance(v, bool) for v in sizes.values()):
+        return "'sizes' is not a map of path to size"
+    return None
 
 
 class LocalHub:
@@ -220,8 +271,11 @@ class LocalHub:
         if not (self.meta / "hub.json").is_file():
             raise HubNotFound(f"no fiun-hub hub at {self.root}; create one with `fiun-hub --hub {self.root} init`")
         if recover and (self.meta / "journal.json").exists():
-            with self.lock():
-                self._recover()
+            try:
+                with self.lock():
+                    self._recover()
+            except DamagedJournal:
+                pass  # reads go on (they ignore it); every write says what is wrong, and so does verify
 
     # ------------------------------------------------------------------ creation
     @classmethod
@@ -411,11 +465,14 @@ class LocalHub:
     def commit_info(self, repo: str, revision: str | None = None) -> CommitInfo:
         cid = self.resolve(repo, revision)
         try:
-            record = json.loads(self._commit_path(cid).read_text())
-        except (OSError, ValueError) as exc:
+            record = json.loads(self._commit_path(cid).read_bytes())
+        except (OSError, ValueError, RecursionError) as exc:
             raise RevisionNotFound(f"commit record {cid} of {repo} is unreadable: {exc}") from None
-        if record.get("repo") != repo:
+        if isinstance(record, dict) and record.get("repo") != repo:
             raise RevisionNotFound(f"revision {cid} does not belong to {repo}")
+        bad = _record_problem(record)
+        if bad:
+            raise RevisionNotFound(f"commit record {cid} of {repo} is damaged ({bad}); run `fiun-hub verify`")
         return CommitInfo(**{k: record[k] for k in CommitInfo.__dataclass_fields__ if k in record})
 
     def list_files(self, repo: str, revision: str | None = None) -> dict[str, str]:
@@ -510,18 +567,44 @@ class LocalHub:
         finally:
             os.close(fd)
 
+    def journal_moves(self) -> list[dict] | None:
+        """The ref moves of ``.fiun/journal.json`` (None: no journal, or one that does not parse, which predates
+        any ref move since a journal is renamed into place whole). Raises :class:`DamagedJournal` for one that
+        parses but is not what a publish writes (edited by hand): nothing may be moved by guessing."""
+        journal = self.meta / "journal.json"
+        try:
+            entries = json.loads(journal.read_bytes())
+        except (OSError, ValueError, RecursionError):
+            return None
+        moves = entries.get("moves") if isinstance(entries, dict) else None
+        ok = isinstance(moves, list) and all(
+            isinstance(m, dict) and isinstance(m.get("repo"), str) and isinstance(m.get("ref"), str)
+            and isinstance(m.get("new"), str) and COMMIT_RE.match(m["new"])
+            and (m.get("old") is None or isinstance(m["old"], str) and COMMIT_RE.match(m["old"]))
+            and (m["ref"] == DEFAULT_BRANCH or m["ref"].startswith("tags/")) for m in moves)
+        if ok:
+            try:
+                for m in moves:
+                    validate_repo_id(m["repo"])
+                    validate_ref_name(m["ref"].removeprefix("tags/"))
+            except BadInput:
+                ok = False
+        if not ok:
+            raise DamagedJournal(f"{journal} is damaged (not the ref moves a publish writes: a 'moves' list of "
+                                 "{repo, ref, old, new}); fiun-hub will not guess which refs to move: look at it, "
+                                 "then remove it (reads still work)")
+        return moves
+
     def _recover(self) -> None:
         """Finish an interrupted publish: every object it names exists, so moving the refs completes it."""
         journal = self.meta / "journal.json"
-        try:
-            entries = json.loads(journal.read_text())
-        except (OSError, ValueError):
-            # A journal is renamed into place whole; an unreadable one predates any ref move.
+        moves = self.journal_moves()
+        if moves is None:
             journal.unlink(missing_ok=True)
             return
-        for move in entries.get("moves", []):
+        for move in moves:
             self._write_ref(move["repo"], move["ref"], move["new"])
-        self._update_index([m["repo"] for m in entries.get("moves", [])])
+        self._update_index([m["repo"] for m in moves])
         self._bump_generation()
         journal.unlink(missing_ok=True)
         _fsync_dir(self.meta)
@@ -657,7 +740,7 @@ class LocalHub:
 
     def tag(self, repo: str, name: str, revision: str | None = None, *, force: bool = False) -> str:
         """Point tag ``name`` of ``repo`` at ``revision`` (default: head). Returns the commit id."""
-        validate_ref_name(name)
+        validate_tag_name(name)
         with self.lock():
             cid = self.resolve(repo, revision)
             ref = self.repo_dir(repo) / "refs" / "tags" / name
