@@ -1411,6 +1411,38 @@ def test_forget_keeps_a_card_with_an_unpinned_parent_readable(small, tmp_path):
     assert ("h/base", "h/child") in g.edges
 
 
+def test_takedown_forgets_a_repo_whose_card_only_claims_the_request(small, tmp_path):
+    """Records in cards are claims (issue 12 item 3). h/child's card claims request TKD-C (a well-formed record,
+    as any writer can publish) although its weights never forgot anything. `takedown TKD-C` at h/base must really
+    forget h/child (new weights, a ledger entry of fiun-hub's own forget with their sha256), not only record the
+    claim, and the audit then holds on the ledger's proof."""
+    from fiun_hub.card import parse_card_full, render_card
+    from fiun_hub.compliance import ledger_record
+
+    root = tmp_path / "hub"
+    shutil.copytree(small["hub"], root, symlinks=True)
+    hub = LocalHub(root)
+    head = hub.head("h/child")
+    meta, body = parse_card_full(hub.read_file("h/child", CARD_FILE))
+    meta.unlearned = [{"request": "TKD-C", "classes": ["3"], "origins": [f"h/base@{small['base']}"],
+                       "from_revision": head, "alpha": 1.0, "lambda": 1.0, "at": "2026-11-22T10:00:00Z"}]
+    claimed = hub.publish([RepoChange("h/child", {CARD_FILE: render_card(meta, body, "h/child").encode()}, "claim",
+                                      parent_commit=head)])["h/child"]
+    claimed_weights = hub.list_files("h/child", claimed)[WEIGHTS_FILE]
+    request = tmp_path / "tkd-c.yaml"
+    request.write_text("id: TKD-C\nreason: erasure\nrequested_by: dpo@example.org\nreceived: 2026-11-20\n"
+                       "origins: [h/base]\nforget: {classes: ['3']}\n")
+    code, out, err, exc = _guarded_cli(["--hub", root, "takedown", request], 120)
+    assert exc is None and code == 0, (code, out[-500:], err, exc)
+    hub = LocalHub(root)
+    entry = ledger_record(hub, "TKD-C")["repos"]["h/child"]
+    assert entry["action"] == "forgot" and entry["from"] == claimed, entry
+    assert hub.head("h/child") == entry["to"] != claimed
+    assert hub.list_files("h/child")[WEIGHTS_FILE] == entry["weights_sha256"] != claimed_weights
+    code, out, err, exc = _guarded_cli(["--hub", root, "audit", "--request", "TKD-C"], 60)
+    assert exc is None and code == 0, (code, out[-800:], err)
+
+
 # ------------------------------------------------------------------------------------------------ properties
 _YAML_ATOMS = st.sampled_from([
     "a", "'h/base'", "h/base", "0" * 40, "'" + "0" * 40 + "'", "finetune", "merge", "null", "~", "true", "1e309",

@@ -446,3 +446,88 @@ def test_private_server_needs_the_token_for_reads(server, tmp_path):
         assert status == 200 and json.loads(raw)["private"] is True
     finally:
         stop_server(proc)
+
+
+# ---------------------------------------------------------------------------- hostile input, round two (issue 12)
+def _commit_card(url: str, repo: str, card: str):
+    head = {"key": "header", "value": {"summary": "card"}}
+    body = ndjson(head, {"key": "file", "value": {"path": "README.md", "encoding": "base64",
+                                                  "content": base64.b64encode(card.encode()).decode()}})
+    return http("POST", f"{url}/api/models/{repo}/commit/main", body, {**auth(), "Content-Type": "application/x-ndjson"})
+
+
+def _claim_card(hub: LocalHub, repo: str, parent: str, record: dict) -> str:
+    pins = [ParentRef(parent, hub.head(parent))]
+    return render_card(CardMeta(parents=pins, relation="finetune", labels=LABELS, unlearned=[record]), repo=repo)
+
+
+def test_ill_typed_forget_records_and_claims_without_a_forget_are_400(server, client, lineage, hub_fingerprint):
+    """A record with ``from_revision: 5`` (it made ``lineage --check`` die for every user), and a record that
+    claims a request without being the forget of the head it replaces, are refused; nothing is stored."""
+    hub = LocalHub(server.root)
+    before = hub_fingerprint(server.root)
+    head = hub.head("org/child")
+    cases = {
+        "from_revision an int": {"request": "TKD-X", "from_revision": 5},
+        "overlong request id": {"request": "r" * 200, "from_revision": head},
+        "a bare claim": {"request": "TKD-X", "classes": ["cat"]},
+        "a claim from another revision": {"request": "TKD-X", "from_revision": lineage.heads["org/base"]},
+    }
+    for name, record in cases.items():
+        status, headers, raw = _commit_card(client.url, "org/child", _claim_card(hub, "org/child", "org/base", record))
+        assert status == 400, (name, status, raw)
+        assert "fiun.unlearned" in headers["X-Error-Message"] or "from_revision" in headers["X-Error-Message"], name
+    assert hub_fingerprint(server.root) == before
+
+
+def test_the_ledger_and_tag_main_are_refused_as_on_the_cli(server, client, lineage, cli, hub_fingerprint):
+    """One rule (fiun_hub.hub.ids check_user_writable / validate_tag_name) for serve and the local CLI."""
+    before = hub_fingerprint(server.root)
+    status, _, raw = http("POST", f"{client.url}/api/models/org/base/tag/main", json.dumps({"tag": "main"}).encode(),
+                          {**auth(), "Content-Type": "application/json"})
+    assert status == 400, raw
+    status, _, raw = _commit_card(client.url, "fiun-hub/ledger", "---\nlicense: mit\n---\n")
+    assert status == 403 and b"takedown ledger" in raw, raw
+    code, out, err = cli("--hub", server.root, "tag", "org/base", "main")
+    assert code == 2 and err.count("\n") == 1 and "main is the branch" in err, err
+    code, out, err = cli("--hub", server.root, "push", lineage.folder / "base", "fiun-hub/ledger")
+    assert code == 2 and err.count("\n") == 1 and "takedown ledger" in err, err
+    assert hub_fingerprint(server.root) == before
+
+
+def test_a_card_claiming_a_request_through_serve_is_never_proof(server, client, lineage):
+    """The attack of issue 12 item 3: a card committed through serve claims request TKD-CLAIM (a well-formed
+    record naming the head it replaces, as a remote forget's would). A takedown of TKD-CLAIM must forget that repo,
+    not record it, and an audit must not call it done on the card's word: not even when the ledger holds an entry
+    that only *recorded* the claim (what `takedown` used to write for such a repo)."""
+    from fiun_hub.compliance import _ledger_change, _new_record, _with_event, audit, parse_request, plan_takedown
+
+    hub = LocalHub(server.root)
+    folder = _model_folder(server.tmp / "models", "claim-child", 7, None)
+    api = client.api
+    api.create_repo("claim/child")
+    api.upload_folder(repo_id="claim/child", folder_path=folder, commit_message="upload claim/child")
+    head = hub.head("claim/child")
+    record = {"request": "TKD-CLAIM", "classes": ["cat"], "origins": [f"org/base@{hub.head('org/base')}"],
+              "from_revision": head, "alpha": 1.0, "lambda": 1.0, "at": "2026-11-22T10:00:00Z"}
+    status, _, raw = _commit_card(client.url, "claim/child", _claim_card(hub, "claim/child", "org/base", record))
+    assert status == 200, raw
+    claimed = hub.head("claim/child")
+    assert claimed != head
+    request = parse_request("id: TKD-CLAIM\nreason: erasure\nrequested_by: dpo@example.org\nreceived: 2026-11-20\n"
+                            "origins: [org/base]\nforget: {classes: [cat]}\n")
+    tp = plan_takedown(hub, request)
+    states = {s.repo: s.status for s in tp.states}
+    assert states["claim/child"] == "unrecorded"
+    assert "claim/child" in tp.targets and tp.record_only == [], (tp.targets, tp.record_only)
+    # The ledger entry the old takedown wrote for such a repo: "recorded", the claimed head's own weights.
+    event = {"kind": "takedown", "at": "2026-11-22T10:00:01Z", "author": "test", "origins": ["org/base"],
+             "eval_data": None, "blocked": {}, "repos": {
+                 "claim/child": {"action": "recorded", "from": head, "to": claimed,
+                                 "weights_sha256": hub.list_files("claim/child", claimed)["model.safetensors"]}}}
+    hub.publish([_ledger_change(hub, {"TKD-CLAIM": _with_event(_new_record(request), event)},
+                                {"TKD-CLAIM": request.to_dict()["id"]}, "legacy ledger entry")])
+    report = audit(hub, "TKD-CLAIM")
+    rows = {r["repo"]: r["status"] for r in report["requests"][0]["repos"]}
+    assert rows["claim/child"] != "done" and not report["ok"], rows
+    assert any(f["repo"] == "claim/child" and f["kind"] == "unrecorded" for f in report["findings"])
