@@ -15,7 +15,7 @@ from typing import Any, Callable
 import click
 
 ACTIONS = {"pending": "forget", "pre-forget-pin": "forget", "derived-from-flagged": "forget",
-           "unpinned-parent": "forget", "lost-record": "forget", "unrecorded": "record (already carries it)",
+           "unpinned-parent": "forget", "lost-record": "forget", "unrecorded": "forget (its card only claims it)",
            "done": "done", "inherited": "keep (derived after the takedown)",
            "weights-changed": "left as is (see `fiun-hub audit --fix`)"}
 
@@ -217,7 +217,8 @@ def audit(c, request_id: str | None, eval_data: str | None, max_forget_acc: floa
     For each request (or --request ID) the affected set is recomputed from the lineage now, and each repo's
     head must carry the request. Findings: repos derived later from a pre-takedown revision of an affected repo
     (pre-forget-pin), heads that lost the record (lost-record), heads whose weights changed to ones the ledger
-    never recorded (weights-changed), repos that carry the request without a ledger entry (unrecorded), and with
+    never recorded (weights-changed), repos whose card claims the request without the ledger's proof of a forget
+    there (unrecorded: a card's record is a claim; --fix forgets them), and with
     --eval-data a forget accuracy above --max-forget-acc. Repos derived after the takedown from cleaned
     revisions are fine (inherited).
     """

@@ -25,7 +25,8 @@ status                    meaning
                           carries it (a later push dropped it)
 ``weights-changed``       **finding** (c): the head carries the request, but its weights changed after the
                           forget to ones the ledger never recorded
-``unrecorded``            **finding**: the head carries the request but the ledger has no entry for it
+``unrecorded``            **finding**: the head's card claims the request but the ledger holds no entry of a
+                          fiun-hub forget there (a card's record is a claim): a takedown or fix forgets it
 ``pending``               **finding** (in an audit) / to do (in a takedown): the request was never applied here
 ``forget-accuracy``       **finding** (with ``eval_data``): held-out forget accuracy above the threshold
 ========================  ==============================================================================
