@@ -148,8 +148,9 @@ class PurgingHub(LocalHub):
 
 
 # ------------------------------------------------------------------------------------------------ audit
-def purged_shas(hub: LocalHub) -> dict[tuple[str, str], dict]:
-    """``{(repo, sha256): tombstone}`` of every purged file in the hub (one read per tombstone record)."""
+def purged_shas(hub: LocalHub, freed_only: bool = False) -> dict[tuple[str, str], dict]:
+    """``{(repo, sha256): tombstone}`` of every purged file in the hub (one read per tombstone record); with
+    ``freed_only``, only those whose blob the purge deleted (others are still named by a kept revision)."""
     import json
 
     out = {}
@@ -158,6 +159,8 @@ def purged_shas(hub: LocalHub) -> dict[tuple[str, str], dict]:
         try:
             rec = json.loads(path.read_bytes())
             for p, stone in rec["files"].items():
+                if freed_only and not stone.get("freed"):
+                    continue
                 out.setdefault((rec["repo"], stone["sha256"]), {**stone, "commit": rec["commit"], "path": p})
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             continue  # verify reports an unreadable record
@@ -241,7 +244,7 @@ def leftovers(hub: LocalHub, request_id: str, record: dict, records: Mapping[str
                                     f"revision(s) still hold the data of request {request_id} "
                                     f"(e.g. {es[0]['commit'][:12]} {es[0]['path']})"})
     # Anywhere in the hub: a blob or a staged file whose sha256 is one this request purged.
-    stones = {k: v for k, v in purged_shas(hub).items() if v.get("request") == request_id}
+    stones = {k: v for k, v in purged_shas(hub, freed_only=True).items() if v.get("request") == request_id}
     shas = {sha for _, sha in stones}
     blobs, strays = [], []
     for repo in hub.list_repos():

@@ -696,7 +696,7 @@ class LocalHub:
         return self.meta / "purged" / cid[:2] / f"{cid}.json"
 
     def tombstones(self, repo: str, cid: str) -> dict[str, dict]:
-        """``{path: {"sha256", "size", "request", "at"}}`` of the files of commit ``cid`` that a takedown purged
+        """``{path: {"sha256", "size", "request", "at", "freed"}}`` of the files of commit ``cid`` that a takedown purged
         (empty for a commit nothing was purged from: one ``stat``)."""
         path = self._tombstone_path(cid)
         try:
@@ -752,9 +752,11 @@ class LocalHub:
         """Write the tombstones, the ``.no_exist`` markers, remove the snapshot entries, delete the freed blobs.
         Each step is idempotent, so a crash anywhere is finished by running it again (journal recovery)."""
         by_commit: dict[tuple[str, str], dict[str, dict]] = {}
+        freed = {(b["repo"], b["sha256"]) for b in purge["blobs"]}
         for e in purge["entries"]:
             by_commit.setdefault((e["repo"], e["commit"]), {})[e["path"]] = {
-                k: e.get(k) for k in ("sha256", "size", "request", "at")}
+                **{k: e.get(k) for k in ("sha256", "size", "request", "at")},
+                "freed": (e["repo"], e["sha256"]) in freed}  # its blob deleted (no kept revision names it)
         for (repo, cid), files in by_commit.items():
             old = self.tombstones(repo, cid)
             record = {"format": TOMBSTONE_FORMAT, "repo": repo, "commit": cid, "files": {**files, **old}}
