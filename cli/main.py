@@ -370,22 +370,33 @@ def forget(c: Ctx, origins, classes, data_spec, request_id, alpha, lam, dry_run,
                f"request {plan.request_id} is already applied to all {len(plan.nodes)} affected repo(s); nothing to do")
         return
     target = hub
-    if purge:
-        from fiun_hub.hub import require_local
+    from fiun_hub.hub.local import LocalHub
+
+    remote_purge = purge and not isinstance(hub, LocalHub)
+    if purge and not remote_purge:
         from fiun_hub.purge import PurgingHub
         from fiun_hub.unlearn import utc_now
 
-        target = PurgingHub(require_local(hub, "forget --purge"), plan.request_id, utc_now())
+        target = PurgingHub(hub, plan.request_id, utc_now())
     bar, _, _ = _progress(c, len(plan.todo), "unlearning")
     with bar:
         task = bar.add_task("unlearning", total=len(plan.todo))
         result = run_forget(target, plan, workers=workers, executor=executor, ray_address=ray_address,
                             progress=lambda repo: bar.update(task, advance=1, description=repo))
     purged = getattr(target, "last", None)
+    if remote_purge:  # over HTTP: the endpoint's LFS purge (HfApi.permanently_delete_lfs_files), where it has one
+        outcomes = {r: hub.purge_history(r, plan.request_id) for r in result.revisions}
+        purged = {"remote": outcomes, "files": {}, "revisions": 0, "blobs": sum(o.get("deleted", 0)
+                                                                               for o in outcomes.values()),
+                  "bytes_removed": sum(o.get("bytes_removed", 0) for o in outcomes.values())}
     atomic = getattr(hub, "atomic", True)
     note = [] if atomic else [f"note: {hub.location} is a remote hub: each repo was committed on its own (no "
                               "cross-repo atomicity); an interrupted run is finished by re-running it"]
-    if purged:
+    if purged and "remote" in purged:
+        note += [o["unsupported"] for o in purged["remote"].values() if "unsupported" in o]
+        note.append(f"purged {purged['blobs']} LFS file(s) of pre-forget revisions on {hub.location}: "
+                    f"{purged['bytes_removed']:,} bytes removed")
+    elif purged:
         note.append(f"purged {sum(len(v) for v in purged['files'].values())} file(s) of {purged['revisions']} "
                     f"pre-forget revision(s): {purged['blobs']} blob(s), {purged['bytes_removed']:,} bytes removed")
     c.emit({"plan": plan.to_dict(), **result.to_dict(), "atomic": atomic, "purge": purged},
