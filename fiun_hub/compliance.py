@@ -1021,7 +1021,11 @@ def _fix_purge(hub: LocalHub, rid: str, rec: dict, records: dict[str, dict]) -> 
     left = leftovers(hub, rid, rec, records)
     if not (left["entries"] or left["strays"] or any(b["where"] is None for b in left["blobs"])):
         return None
-    event: dict[str, Any] = {"kind": "purge", "at": _now(), "author": DEFAULT_AUTHOR, "origins": [],
+    from .unlearn import utc_now
+
+    # (microseconds: two purges within a second are two events; _with_event replaces an event of the same time)
+    at = utc_now()[:-1] + f".{time.time_ns() // 1000 % 1_000_000:06d}Z"
+    event: dict[str, Any] = {"kind": "purge", "at": at, "author": DEFAULT_AUTHOR, "origins": [],
                              "eval_data": None, "repos": {}, "findings": left["findings"]}
     from .purge import summary
 
@@ -1029,6 +1033,10 @@ def _fix_purge(hub: LocalHub, rid: str, rec: dict, records: dict[str, dict]) -> 
     change = _ledger_change(hub, {rid: _with_event(rec, event)}, {}, f"Purge {rid}: "
                             f"{len(left['entries'])} file(s) of pre-forget revisions left on disk")
     out = purge_leftovers(hub, rid, left, [change])
+    # Staged copies of the blobs just purged are found once their tombstones say so: a second pass removes them.
+    again = leftovers(hub, rid, ledger_records(hub)[rid], ledger_records(hub))
+    if again["strays"]:
+        out["strays"] += purge_leftovers(hub, rid, {**again, "entries": [], "blobs": []})["strays"]
     return out
 
 

@@ -337,7 +337,7 @@ class HfHub:
         from ..card import parse_card
         from ..constants import CARD_FILE
 
-        keep: set[str] = set()
+        keep: set[str] = set(self.list_files(repo).values())  # the head's files are never purged
         for info in self.history(repo):
             try:
                 unlearned = parse_card(self.read_file(repo, CARD_FILE, info.id)).unlearned
