@@ -91,7 +91,21 @@ def _outcome_text(tp, result: dict) -> str:
             lines.append(f"  {repo:32s} recorded at {e['to'][:12]}  weights {(e['weights_sha256'] or '-')[:12]}{acc}")
         else:
             lines.append(f"  {repo:32s} {e['from'][:12]} -> {e['to'][:12]}  weights {e['weights_sha256'][:12]}{acc}")
+    lines += _purge_lines(ev)
     return "\n".join(lines)
+
+
+def _purge_lines(ev: dict) -> list[str]:
+    if ev.get("hold"):
+        n = sum(len(v) for v in ev["hold"]["revisions"].values())
+        return [f"history kept under a legal hold ({n} pre-forget revision(s) still hold the data): "
+                f"{ev['hold']['reason']}"]
+    p = ev.get("purge")
+    if not p:
+        return []
+    files = sum(len(v) for v in p["files"].values())
+    return [f"purged {files} file(s) of {p['revisions']} pre-forget revision(s) in {len(p['files'])} repo(s): "
+            f"{p['blobs']} blob(s), {p['bytes_removed']:,} bytes removed"]
 
 
 @click.command()
@@ -109,16 +123,24 @@ def _outcome_text(tp, result: dict) -> str:
 @click.option("--ray-address", metavar="ADDR", default=None,
               help="Join this Ray cluster (default: start a local Ray with --workers CPUs); its workers must see "
                    "the hub's folder.")
+@click.option("--keep-history", is_flag=True,
+              help="Do not purge the pre-forget revisions: keep them as a recorded legal hold (needs --reason).")
+@click.option("--reason", "hold_reason", metavar="TEXT", help="Why the history is kept (--keep-history).")
 @click.pass_obj
 @_handled
 def takedown(c, request_file: str, dry_run: bool, eval_data: str | None, report_path: str | None,
-             workers: int, executor: str, ray_address: str | None) -> None:
+             workers: int, executor: str, ray_address: str | None, keep_history: bool,
+             hold_reason: str | None) -> None:
     """Carry out the takedown request in REQUEST.yaml across every model derived from its origins.
 
     Validates the request, plans the forget (the affected set), unlearns every affected repo with FIUn and
     records the request and its outcome (every repo, old and new revision, sha256 of the new weights, accuracies
     with --eval-data) in the hub's ledger (the repo fiun-hub/ledger), in the same all-or-nothing publish as the
     new revisions. Re-running a request applies it to what was derived since from pre-takedown revisions.
+
+    The weights and sidecars of every pre-forget revision of the affected repos are purged from the hub in the
+    same publish (tombstones in their place; cards, configs and history stay): readers of those revisions get
+    an error naming the request. --keep-history --reason TEXT keeps them instead, as a recorded legal hold.
 
     \b
     REQUEST.yaml:
@@ -135,7 +157,11 @@ def takedown(c, request_file: str, dry_run: bool, eval_data: str | None, report_
     from fiun_hub.data import parse_spec
     from fiun_hub.report import write_report
 
+    from fiun_hub.errors import BadInput
+
     _check_report_path(report_path)
+    if keep_history != (hold_reason is not None) or (hold_reason is not None and not hold_reason.strip()):
+        raise BadInput("--keep-history and --reason TEXT go together: a legal hold is recorded with why")
     if eval_data is not None:
         parse_spec(eval_data)
     hub = c.hub()
@@ -148,7 +174,8 @@ def takedown(c, request_file: str, dry_run: bool, eval_data: str | None, report_
         if tp.problems:
             _fail(tp.problems[0] + (f" (and {len(tp.problems) - 1} more problem(s))" if len(tp.problems) > 1 else ""))
         return
-    result = run_takedown(hub, tp, eval_data=eval_data, workers=workers, executor=executor, ray_address=ray_address)
+    result = run_takedown(hub, tp, eval_data=eval_data, workers=workers, executor=executor, ray_address=ray_address,
+                          hold_reason=hold_reason if keep_history else None)
     if report_path:
         write_report(result["report"], report_path)
     data = {"request": request.to_dict(), "plan": tp.to_dict(), **{k: v for k, v in result.items() if k != "report"},
@@ -176,8 +203,15 @@ def _audit_text(data: dict) -> str:
             if r["finding"] or r.get("eval_error"):
                 lines.append(f"      ! {r['message'] or r.get('eval_error')}")
         for f in entry["findings"]:
-            if f["kind"] == "origin-missing":
-                lines.append(f"      ! {f['message']}")
+            if f["kind"] in ("origin-missing", "unpurged"):
+                lines.append(f"      ! {f['kind'].upper()}: {f['message']}")
+        p = entry.get("purge") or {}
+        if p.get("bytes_removed") or p.get("files_purged"):
+            lines.append(f"  purged: {p['files_purged']} file(s), {p['blobs_removed']} blob(s), "
+                         f"{p['bytes_removed']:,} bytes removed")
+        for h in p.get("holds") or []:
+            lines.append(f"  legal hold since {h['at']}: {sum(len(v) for v in h['revisions'].values())} pre-forget "
+                         f"revision(s) kept: {h['reason']}")
     return "\n".join(lines)
 
 
@@ -241,6 +275,11 @@ def audit(c, request_id: str | None, eval_data: str | None, max_forget_acc: floa
                 line += f"; ledger fiun-hub/ledger@{f['ledger_revision'][:12]}"
             text.append(line)
             text += [f"  could not fix {r}: {why}" for r, why in f["blocked"].items()]
+            if f.get("purged"):
+                p = f["purged"]
+                text.append(f"  purged {sum(len(v) for v in p['files'].values())} file(s) left on disk: "
+                            f"{p['blobs']} blob(s), {p['bytes_removed']:,} bytes removed"
+                            + (f", {p['strays']} staged file(s)" if p.get("strays") else ""))
         after = C.audit(hub, request_id, eval_data=eval_data, max_forget_acc=max_forget_acc)
         after["fixed"] = fixed
         after["findings_before_fix"] = data["findings"]

@@ -343,10 +343,13 @@ def _plan_text(plan) -> str:
                    "(pip install 'fiun-hub[ray]').")
 @click.option("--ray-address", metavar="ADDR", default=None,
               help="Join this Ray cluster (default: start a local Ray with --workers CPUs).")
+@click.option("--purge", is_flag=True,
+              help="Also purge the weights and sidecars of every pre-forget revision of the affected repos "
+                   "(tombstones in their place, in the same publish; local hubs). `takedown` does this by default.")
 @pass_ctx
 @handled
 def forget(c: Ctx, origins, classes, data_spec, request_id, alpha, lam, dry_run, workers, executor,
-           ray_address) -> None:
+           ray_address, purge) -> None:
     """Unlearn classes (or samples) at the ORIGINs and at every model derived from them, in one pass.
 
     Each affected repo gets a new revision: dampened weights, sidecars without the forgotten classes and a
@@ -368,15 +371,37 @@ def forget(c: Ctx, origins, classes, data_spec, request_id, alpha, lam, dry_run,
         c.emit({"request_id": plan.request_id, "noop": True},
                f"request {plan.request_id} is already applied to all {len(plan.nodes)} affected repo(s); nothing to do")
         return
+    target = hub
+    from fiun_hub.hub.local import LocalHub
+
+    remote_purge = purge and not isinstance(hub, LocalHub)
+    if purge and not remote_purge:
+        from fiun_hub.purge import PurgingHub
+        from fiun_hub.unlearn import utc_now
+
+        target = PurgingHub(hub, plan.request_id, utc_now())
     bar, _, _ = _progress(c, len(plan.todo), "unlearning")
     with bar:
         task = bar.add_task("unlearning", total=len(plan.todo))
-        result = run_forget(hub, plan, workers=workers, executor=executor, ray_address=ray_address,
+        result = run_forget(target, plan, workers=workers, executor=executor, ray_address=ray_address,
                             progress=lambda repo: bar.update(task, advance=1, description=repo))
+    purged = getattr(target, "last", None)
+    if remote_purge:  # over HTTP: the endpoint's LFS purge (HfApi.permanently_delete_lfs_files), where it has one
+        outcomes = {r: hub.purge_history(r, plan.request_id) for r in result.revisions}
+        purged = {"remote": outcomes, "files": {}, "revisions": 0, "blobs": sum(o.get("deleted", 0)
+                                                                               for o in outcomes.values()),
+                  "bytes_removed": sum(o.get("bytes_removed", 0) for o in outcomes.values())}
     atomic = getattr(hub, "atomic", True)
     note = [] if atomic else [f"note: {hub.location} is a remote hub: each repo was committed on its own (no "
                               "cross-repo atomicity); an interrupted run is finished by re-running it"]
-    c.emit({"plan": plan.to_dict(), **result.to_dict(), "atomic": atomic},
+    if purged and "remote" in purged:
+        note += [o["unsupported"] for o in purged["remote"].values() if "unsupported" in o]
+        note.append(f"purged {purged['blobs']} LFS file(s) of pre-forget revisions on {hub.location}: "
+                    f"{purged['bytes_removed']:,} bytes removed")
+    elif purged:
+        note.append(f"purged {sum(len(v) for v in purged['files'].values())} file(s) of {purged['revisions']} "
+                    f"pre-forget revision(s): {purged['blobs']} blob(s), {purged['bytes_removed']:,} bytes removed")
+    c.emit({"plan": plan.to_dict(), **result.to_dict(), "atomic": atomic, "purge": purged},
            lambda: _plan_text(plan) + "\n" + "\n".join(
         [f"published {len(result.revisions)} new revision(s) in {result.seconds['total']:.2f}s:"]
         + [f"  {r}: {v['from'][:12]} -> {v['to'][:12]}  ({result.stats[r]['changed']} of "

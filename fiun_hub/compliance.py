@@ -362,14 +362,18 @@ class _PublishWithLedger(LocalHub):
     """The hub as :func:`run_forget` sees it: its one publish also commits the ledger change that ``build``
     makes from the forget's changes, so the new revisions and their record land together or not at all."""
 
-    def __init__(self, hub: LocalHub, build: Callable[[list[RepoChange]], RepoChange]):
+    def __init__(self, hub: LocalHub, build: Callable[[list[RepoChange]], RepoChange],
+                 purge: Callable[[list[RepoChange]], list[dict] | None] | None = None):
         super().__init__(hub.root, recover=False)
         self._build = build
+        self._purge = purge  # the tombstones of the pre-forget revisions, purged in the same publish (purge.py)
         self.ledger_commit: str | None = None
 
     def publish(self, changes, *, author=None, precondition=None):
         changes = list(changes)
-        out = super().publish(changes + [self._build(changes)], author=author, precondition=precondition)
+        entries = self._purge(changes) if self._purge is not None else None
+        out = super().publish(changes + [self._build(changes)], author=author, precondition=precondition,
+                              purge=entries)
         self.ledger_commit = out[LEDGER_REPO]
         return out
 
@@ -802,7 +806,7 @@ def _new_record(request: TakedownRequest) -> dict:
 
 def _apply(hub: LocalHub, tp: TakedownPlan, kind: str, *, eval_data: str | None, workers: int,
            progress: Callable[[str], None] | None, findings: list[dict] | None = None, executor: str = "local",
-           ray_address: str | None = None) -> dict[str, Any]:
+           ray_address: str | None = None, purge: bool = True, hold_reason: str | None = None) -> dict[str, Any]:
     """Forget ``tp.targets`` (those not blocked) and record them and ``tp.record_only`` in the ledger: the forget's
     revisions and the ledger record in one publish, then a ledger commit with the new revisions and accuracies.
     ``workers``, ``executor``, ``ray_address``: where the per-repo work runs (:func:`fiun_hub.unlearn.run_forget`);
@@ -838,10 +842,26 @@ def _apply(hub: LocalHub, tp: TakedownPlan, kind: str, *, eval_data: str | None,
                               f"{kind.capitalize()} {request.id}: forget {request.forget_text()} at "
                               f"{', '.join(request.origin_repos)} ({len(changes)} repo(s))")
 
+    records = ledger_records(hub)
+
+    def purge_of(changes: list[RepoChange]) -> list[dict] | None:
+        from . import purge as P
+
+        starts = {ch.repo: ch.parent_commit for ch in changes if ch.repo != LEDGER_REPO}
+        if hold_reason is not None:
+            event["hold"] = {"reason": hold_reason, "at": at, "revisions": P.held_revisions(hub, request.id, starts)}
+            return None
+        if not purge:
+            return None
+        entries = P.purge_entries(hub, request.id, starts, at, held=P.holds(records),
+                                  fim_keep=P.fim_sources(records, event["origins"]))
+        event["purge"] = P.summary(hub, entries, P.change_live(hub, changes))
+        return entries
+
     t0 = time.perf_counter()
     result = None
     if todo:
-        lhub = _PublishWithLedger(hub, build)
+        lhub = _PublishWithLedger(hub, build, purge_of)
         result = run_forget(lhub, plan, workers=workers, progress=progress, executor=executor,
                             ray_address=ray_address)
         for repo, rv in result.revisions.items():
@@ -889,16 +909,21 @@ def _yaml_of(request: TakedownRequest) -> str:
 
 def run_takedown(hub: LocalHub, tp: TakedownPlan, *, eval_data: str | None = None, workers: int = 1,
                  executor: str = "local", ray_address: str | None = None,
-                 progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+                 progress: Callable[[str], None] | None = None, purge: bool = True,
+                 hold_reason: str | None = None) -> dict[str, Any]:
     """Carry out a :func:`plan_takedown`: forget every target and record the request and its outcome in the ledger.
-    Returns the outcome and the report data (``report``) of the request's state afterwards."""
+    By default the pre-forget revisions' weights and sidecars are purged in the same publish (docs/takedowns.md,
+    "Purge"); ``hold_reason`` keeps them as a recorded legal hold instead. Returns the outcome and the report data
+    (``report``) of the request's state afterwards."""
+    if hold_reason is not None and not hold_reason.strip():
+        raise BadInput("--keep-history needs --reason TEXT: a legal hold is recorded with why")
     if tp.problems:
         raise BadInput(tp.problems[0] + (f" (and {len(tp.problems) - 1} more problem(s); see --dry-run)"
                                          if len(tp.problems) > 1 else ""))
     _check_eval_data(eval_data)
     _check_executor(executor, workers)
     out = _apply(hub, tp, "takedown", eval_data=eval_data, workers=workers, progress=progress, executor=executor,
-                 ray_address=ray_address)
+                 ray_address=ray_address, purge=purge, hold_reason=hold_reason)
     report = audit(hub, tp.request.id, kind="takedown")
     return {"request_id": tp.request.id, **out, "report": report}
 
@@ -984,6 +1009,7 @@ def audit(hub: LocalHub, request_id: str | None = None, *, eval_data: str | None
                     s.message = (f"{s.repo}: held-out forget accuracy {fa:.1f}% on {eval_data} is above "
                                  f"{max_forget_acc:g}%")
         entry = _entry(g, rec, states, problems)
+        _purge_facts(hub, rid, rec, records, entry)
         entries.append(entry)
         req_findings = entry["findings"]
         findings += req_findings
@@ -994,6 +1020,52 @@ def audit(hub: LocalHub, request_id: str | None = None, *, eval_data: str | None
     return {"kind": kind, "hub": str(hub.root), "generated_at": _now(), "ok": not findings, "eval_data": eval_data,
             "max_forget_acc": max_forget_acc, "ledger_revision": hub.head(LEDGER_REPO) if records else None,
             "findings": findings, "requests": entries, "untracked_requests": untracked}
+
+
+def _purge_facts(hub: LocalHub, rid: str, rec: dict, records: dict[str, dict], entry: dict) -> None:
+    """Add the ``unpurged`` findings (fiun_hub/purge.py) and the purge facts (bytes removed, holds) to a report
+    entry."""
+    from .purge import leftovers
+
+    left = leftovers(hub, rid, rec, records)
+    entry["findings"] = entry["findings"] + left["findings"]
+    entry["ok"] = not entry["findings"]
+    events = rec.get("events", [])
+    entry["purge"] = {
+        "bytes_removed": sum((e.get("purge") or {}).get("bytes_removed", 0) for e in events),
+        "blobs_removed": sum((e.get("purge") or {}).get("blobs", 0) for e in events),
+        "files_purged": sum(len(fs) for e in events for fs in ((e.get("purge") or {}).get("files") or {}).values()),
+        "holds": [{"reason": e["hold"]["reason"], "at": e["hold"].get("at"),
+                   "revisions": e["hold"].get("revisions") or {}} for e in events if e.get("hold")],
+        "unpurged": len(left["findings"]),
+    }
+
+
+def _fix_purge(hub: LocalHub, rid: str, rec: dict, records: dict[str, dict]) -> dict | None:
+    """Purge what a request's purge left behind (audit finding ``unpurged``), with a ``purge`` ledger event in the
+    same journaled step. None when there is nothing to purge."""
+    from .purge import leftovers, purge_leftovers
+
+    left = leftovers(hub, rid, rec, records)
+    if not (left["entries"] or left["strays"] or any(b["where"] is None for b in left["blobs"])):
+        return None
+    from .unlearn import utc_now
+
+    # (microseconds: two purges within a second are two events; _with_event replaces an event of the same time)
+    at = utc_now()[:-1] + f".{time.time_ns() // 1000 % 1_000_000:06d}Z"
+    event: dict[str, Any] = {"kind": "purge", "at": at, "author": DEFAULT_AUTHOR, "origins": [],
+                             "eval_data": None, "repos": {}, "findings": left["findings"]}
+    from .purge import summary
+
+    event["purge"] = summary(hub, left["entries"])
+    change = _ledger_change(hub, {rid: _with_event(rec, event)}, {}, f"Purge {rid}: "
+                            f"{len(left['entries'])} file(s) of pre-forget revisions left on disk")
+    out = purge_leftovers(hub, rid, left, [change])
+    # Staged copies of the blobs just purged are found once their tombstones say so: a second pass removes them.
+    again = leftovers(hub, rid, ledger_records(hub)[rid], ledger_records(hub))
+    if again["strays"]:
+        out["strays"] += purge_leftovers(hub, rid, {**again, "entries": [], "blobs": []})["strays"]
+    return out
 
 
 def fix(hub: LocalHub, report: dict[str, Any], *, eval_data: str | None = None, workers: int = 1,
@@ -1015,14 +1087,19 @@ def fix(hub: LocalHub, report: dict[str, Any], *, eval_data: str | None = None, 
         rid = entry["request"]["id"]
         rec = records[rid]
         request = TakedownRequest.from_dict(rec["request"])
+        purged = None
+        if any(f["kind"] == "unpurged" for f in entry["findings"]):
+            purged = _fix_purge(hub, rid, rec, records)
+            records = ledger_records(hub)
+            rec = records[rid]
         states, _ = classify(hub, request, rec, records)  # fresh: an earlier fix in this loop may have moved heads
-        flagged = {f["repo"]: f for f in entry["findings"]}
+        flagged = {f["repo"]: f for f in entry["findings"] if f["kind"] != "unpurged"}
         apply = [s.repo for s in states if s.status in APPLY
                  or (s.repo in flagged and flagged[s.repo]["kind"] == "forget-accuracy" and s.status == "inherited")]
         record_only: list[str] = []  # a claim is never recorded as done: APPLY forgets it
         if not apply and not record_only:
             out.append({"request_id": rid, "fixed": [], "blocked": {}, "revisions": {},
-                        "unfixable": sorted(flagged)})
+                        "unfixable": sorted(flagged), "purged": purged})
             continue
         plan = plan_forget(hub, request.origin_repos, request.classes, request.data, request.id,
                            DEFAULT_ALPHA if request.alpha is None else request.alpha,
@@ -1040,6 +1117,7 @@ def fix(hub: LocalHub, report: dict[str, Any], *, eval_data: str | None = None, 
                      findings=[flagged[r] for r in sorted(flagged) if r in apply or r in record_only])
         out.append({"request_id": rid, "fixed": sorted(r for r in apply + record_only if r not in blocked),
                     "blocked": blocked, "revisions": res["revisions"], "ledger_revision": res["ledger_revision"],
+                    "purged": purged,
                     "unfixable": sorted(r for r in flagged if r not in apply and r not in record_only)})
     return out
 

@@ -31,6 +31,18 @@ class EntryNotFound(BadInput):
     """No such file at a revision."""
 
 
+class Purged(EntryNotFound):
+    """A file of a revision that a takedown purged: its bytes are gone, a tombstone names the request and the date
+    (docs/hub-layout.md, "Tombstones"). ``status`` is what ``fiun-hub serve`` answers (451)."""
+
+    status = 451
+
+    def __init__(self, message: str, request: str | None = None, at: str | None = None):
+        super().__init__(message)
+        self.request = request
+        self.at = at
+
+
 class HubNotFound(BadInput):
     """The hub directory does not exist or is not a hub."""
 

@@ -23,8 +23,21 @@ def pin_parents(hub: LocalHub, specs: Sequence[str]) -> list[ParentRef]:
         repo, rev = split_repo_rev(spec)
         if repo in [p.repo for p in out]:
             raise BadInput(f"--parent {repo} given twice")
-        out.append(ParentRef(repo, hub.resolve(repo, rev)))
+        cid = hub.resolve(repo, rev)
+        _refuse_purged(hub, repo, cid)
+        out.append(ParentRef(repo, cid))
     return out
+
+
+def _refuse_purged(hub: LocalHub, repo: str, cid: str) -> None:
+    """A revision whose weights a takedown purged cannot be read, shown or derived from: one line naming the
+    request (it still resolves as lineage for the pins that already name it)."""
+    from .hub.local import purged_error
+
+    stones = hub.tombstones(repo, cid) if hasattr(hub, "tombstones") else {}
+    if stones:
+        path = WEIGHTS_FILE if WEIGHTS_FILE in stones else sorted(stones)[0]
+        raise purged_error(repo, cid, path, stones[path])
 
 
 def push_folder(
@@ -124,6 +137,7 @@ def sidecar_summary(hub: LocalHub, repo: str, files: dict[str, str], cid: str) -
 def show(hub: LocalHub, repo: str, revision: str | None = None) -> dict[str, Any]:
     """Everything about one revision: commit, files, lineage, labels, sidecar state, forget records, tags."""
     info = hub.commit_info(repo, revision)
+    _refuse_purged(hub, repo, info.id)
     refs = hub.refs(repo)
     try:
         meta = parse_card(hub.read_file(repo, CARD_FILE, info.id), where=f"{repo}@{info.id[:12]}")

@@ -93,6 +93,19 @@ def _state(entry: dict) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ JSON
+def _purge_facts(entry: dict) -> list[tuple[str, str]]:
+    """The purge's facts of one request (fiun_hub/purge.py): bytes removed, legal holds."""
+    p = entry.get("purge") or {}
+    out = []
+    if p.get("files_purged"):
+        out.append(("purged", f"{p['files_purged']} file(s) of pre-forget revisions, {p['blobs_removed']} blob(s), "
+                              f"{p['bytes_removed']:,} bytes removed"))
+    for h in p.get("holds") or []:
+        n = sum(len(v) for v in (h.get("revisions") or {}).values())
+        out.append(("legal hold", f"since {h.get('at')}: {n} pre-forget revision(s) kept: {h.get('reason')}"))
+    return out
+
+
 def to_json(data: dict) -> str:
     return json.dumps(data, indent=2, sort_keys=False, default=str) + "\n"
 
@@ -159,6 +172,7 @@ def to_markdown(data: dict) -> str:
                   f"| forget | {_md(_forget_text(req))} |"]
         if req.get("notes"):
             lines.append(f"| notes | {_md(req['notes'])} |")
+        lines += [f"| {k} | {_md(v)} |" for k, v in _purge_facts(entry)]
         if entry["findings"]:
             lines += ["", "### Findings", ""]
             lines += [f"- **{f['kind']}** `{f['repo']}`: {f['message']}" for f in entry["findings"]]
@@ -243,7 +257,8 @@ def to_html(data: dict) -> str:
         facts = [("reason", req.get("reason")), ("requested by", req.get("requested_by")),
                  ("received", req.get("received")), ("deadline", _deadline(entry)),
                  ("completed", entry.get("completed_at")), ("origins", ", ".join(req.get("origins") or [])),
-                 ("forget", _forget_text(req))] + ([("notes", req["notes"])] if req.get("notes") else [])
+                 ("forget", _forget_text(req))] + ([("notes", req["notes"])] if req.get("notes") else []) \
+            + _purge_facts(entry)
         out += [f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in facts] + ["</dl>"]
         if entry["findings"]:
             out.append('<h3>Findings</h3><ul class="findings">')

@@ -19,6 +19,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import dataclasses
 import hashlib
 import hmac
 import ipaddress
@@ -46,13 +47,14 @@ from .errors import (
     CardError,
     ConflictError,
     EntryNotFound,
+    Purged,
     FiunError,
     RepoNotFound,
     RevisionNotFound,
 )
 from .hub.ids import (COMMIT_RE, REF_NAME_RE, check_user_writable, repo_folder_name, validate_repo_id,
                       validate_repo_path, validate_tag_name)
-from .hub.local import Blob, LocalHub, RepoChange, sha256_file
+from .hub.local import Blob, LocalHub, RepoChange, purged_error, sha256_file
 
 log = logging.getLogger("fiun_hub.serve")
 
@@ -316,6 +318,8 @@ class _Server:
             ("POST", rf"/api/models/{R}/preupload/(?P<rev>[^/]+)", self.preupload),
             ("POST", rf"/api/models/{R}/commit/(?P<rev>[^/]+)", self.commit),
             ("POST", rf"/api/models/{R}/tag/(?P<rev>[^/]+)", self.create_tag),
+            ("GET", rf"/api/models/{R}/lfs-files", self.lfs_files),
+            ("POST", rf"/api/models/{R}/lfs-files/batch", self.lfs_files_delete),
             ("*", rf"/api/models/{R}/xet-[a-z]+-token(?:/.*)?", self.no_xet),
             ("POST", rf"/{R}\.git/info/lfs/objects/batch", self.lfs_batch),
             ("PUT", r"/api/fiun/lfs-upload/(?P<ticket>[A-Za-z0-9_-]{16,64})", self.lfs_put),
@@ -396,6 +400,8 @@ class _Server:
             return _error(404, str(exc), "RepoNotFound")
         except RevisionNotFound as exc:
             return _error(404, str(exc), "RevisionNotFound")
+        except Purged as exc:  # a takedown purged the file: 451 Unavailable For Legal Reasons, naming the request
+            return _error(451, str(exc), "Purged")
         except EntryNotFound as exc:
             return _error(404, str(exc), "EntryNotFound")
         except ConflictError as exc:
@@ -453,7 +459,11 @@ class _Server:
             if not self.hub.repo_exists(repo):
                 raise RepoNotFound(f"repo {repo} not found")
             raise RevisionNotFound(f"revision {rev[:100]!r} not found in {repo}")
-        return self.hub.commit_info(repo, rev)
+        info = self.hub.commit_info(repo, rev)
+        stones = self.hub.tombstones(repo, info.id)
+        if stones:  # purged files are not listed (tree, paths-info, siblings); resolve answers 451 for them
+            info = dataclasses.replace(info, files={p: h for p, h in info.files.items() if p not in stones})
+        return info
 
     @staticmethod
     def _base(request: "Request") -> str:
@@ -546,22 +556,26 @@ class _Server:
 
     def _model_json(self, repo: str, info, *, blobs: bool = False) -> dict:
         s = self._summary(repo, info)
+        stones = self.hub.tombstones(repo, info.id)
+        present = [p for p in sorted(info.files) if p not in stones]
         if blobs:
             siblings = []
-            for p in sorted(info.files):
+            for p in present:
                 e = self._file_entry(repo, info, p)
                 sib = {"rfilename": p, "size": e["size"], "blobId": e["oid"]}
                 if "lfs" in e:
                     sib["lfs"] = {"size": e["size"], "sha256": e["lfs"]["oid"], "pointerSize": e["lfs"]["pointerSize"]}
                 siblings.append(sib)
         else:
-            siblings = [{"rfilename": p} for p in sorted(info.files)]
+            siblings = [{"rfilename": p} for p in present]
+        removed = [{"rfilename": p, "request": st.get("request"), "at": st.get("at"), "status": 451,
+                    "message": str(purged_error(repo, info.id, p, st))} for p, st in sorted(stones.items())]
         return {
             "_id": repo, "id": repo, "modelId": repo, "author": repo.split("/")[0], "sha": info.id,
             "lastModified": info.time, "createdAt": s["created"], "private": not self.open_reads,
             "disabled": False, "gated": False, "downloads": 0, "likes": 0, "library_name": s["library_name"],
             "tags": list(s["tags"]), "pipeline_tag": s["pipeline_tag"], "cardData": s["card"],
-            "siblings": siblings, "spaces": [],
+            "siblings": siblings, "spaces": [], "removed": removed,
             "usedStorage": sum(v for v in info.sizes.values() if isinstance(v, int)),
         }
 
@@ -656,6 +670,85 @@ class _Server:
             nxt = request.url.include_query_params(cursor=str(cursor + size))
             headers["Link"] = f'<{nxt}>; rel="next"'
         return JSONResponse(page, headers=headers)
+
+    # ------------------------------------------------------------------ LFS files: list and purge (docs/serve.md)
+    def _lfs_objects(self, repo: str) -> dict[str, dict]:
+        """``{sha256: {"filename", "pushedAt", "size", "commits": [(commit, path)]}}`` of the LFS files still in
+        ``repo``'s blobs (named by a commit outside a tombstone)."""
+        out: dict[str, dict] = {}
+        infos = []
+        for cid in self.hub.commits(repo):
+            try:
+                infos.append(self.hub.commit_info(repo, cid))
+            except BadInput:
+                continue
+        for info in sorted(infos, key=lambda i: i.time):
+            stones = self.hub.tombstones(repo, info.id)
+            for p, sha in info.files.items():
+                if p in stones or not self.hub.blob_path(repo, sha).is_file():
+                    continue
+                size = self._size(repo, info, p)
+                if not self._meta(repo, p, sha, size)[0]:
+                    continue
+                o = out.setdefault(sha, {"filename": p, "pushedAt": info.time, "size": size, "commits": []})
+                o["filename"] = p
+                o["commits"].append((info.id, p))
+        return out
+
+    async def lfs_files(self, request, org, name):
+        """``HfApi.list_lfs_files``: the repo's LFS files (token required), paginated by a Link header."""
+        self._auth(request, write=True)
+        repo = self._repo(org, name)
+        try:
+            cursor = int(request.query_params.get("cursor") or 0)
+        except ValueError:
+            raise HTTPError(400, "cursor must be an integer") from None
+
+        def work() -> list[dict]:
+            if not self.hub.repo_exists(repo):
+                raise RepoNotFound(f"repo {repo} not found")
+            return [{"fileOid": sha, "oid": sha, "filename": o["filename"], "pushedAt": o["pushedAt"], "ref": None,
+                     "size": o["size"]} for sha, o in sorted(self._lfs_objects(repo).items())]
+
+        return self._page(request, await run_in_threadpool(work), max(cursor, 0), 1000)
+
+    async def lfs_files_delete(self, request, org, name):
+        """``HfApi.permanently_delete_lfs_files``: purge LFS files from every revision that names them (token
+        required): tombstones naming the request of the ``X-Fiun-Request`` header (else ``lfs-files-api``), blobs
+        deleted. A file the head names is refused (409): commit its removal first."""
+        from .compliance import REQUEST_ID_RE
+
+        repo = self._write_target(request, org, name)
+        data = await self._json(request)
+        shas = (data.get("deletions") or {}).get("sha") if isinstance(data.get("deletions"), dict) else None
+        if not isinstance(shas, list) or not all(isinstance(x, str) and re.fullmatch(r"[0-9a-f]{64}", x)
+                                                 for x in shas):
+            raise HTTPError(400, "lfs-files/batch needs `deletions`: {sha: [sha256...], rewriteHistory: bool}")
+        rid = request.headers.get("x-fiun-request") or "lfs-files-api"
+        if not REQUEST_ID_RE.match(rid) or ".." in rid:
+            raise HTTPError(400, "X-Fiun-Request must be a request id (letters, digits, . _ -)")
+
+        def work() -> dict:
+            from .unlearn import utc_now
+
+            with self.hub.lock():
+                objects = self._lfs_objects(repo)
+                head = self.hub.commit_info(repo, self.hub.head(repo))
+                missing = [x for x in shas if x not in objects]
+                if missing:
+                    raise HTTPError(404, f"LFS file {missing[0][:12]} is not in {repo}", "EntryNotFound")
+                live = [x for x in shas if x in head.files.values()]
+                if live:
+                    raise HTTPError(409, f"LFS file {live[0][:12]} is in the head of {repo}; commit its removal "
+                                         "first, then purge the history")
+                at = utc_now()
+                entries = [{"repo": repo, "commit": cid, "path": p, "sha256": x,
+                            "size": objects[x]["size"], "request": rid, "at": at}
+                           for x in dict.fromkeys(shas) for cid, p in objects[x]["commits"]]
+                self.hub.purge(entries)
+            return {"deleted": len(set(shas))}
+
+        return JSONResponse(await run_in_threadpool(work))
 
     async def refs(self, request, org, name):
         self._auth(request, write=False)
@@ -766,6 +859,9 @@ class _Server:
 
         def work():
             info = self._commit_info(repo, rev)
+            stone = self.hub.tombstones(repo, info.id).get(path)
+            if stone is not None:
+                raise purged_error(repo, info.id, path, stone)
             if path not in info.files:
                 raise HTTPError(404, f"{path[:300]} not found in {repo}@{info.id[:12]}", "EntryNotFound",
                                 headers={"X-Repo-Commit": info.id})

@@ -1,8 +1,9 @@
 """``fiun-hub verify``: the integrity of a LocalHub, checked from the bytes up.
 
 Checks: every blob's content matches its sha256 name; every ref names a commit record of that repo; every
-commit's snapshot lists exactly its files and each entry points at the right blob; every file a commit names has
-its blob; no unfinished journal; the lineage index agrees with a rebuild from the cards.
+commit's snapshot lists exactly its files but the purged ones (tombstones) and each entry points at the right blob;
+every file a commit names has its blob, unless a tombstone says it was purged; a purged blob that no kept revision
+names is not back in ``blobs/``; no unfinished journal; the lineage index agrees with a rebuild from the cards.
 """
 from __future__ import annotations
 
@@ -76,18 +77,28 @@ def _verify_once(hub: LocalHub) -> list[str]:
                     hub.commit_info(repo, cid)
                 except Exception:
                     problems.append(f"{repo}: {kind[:-1]} {name} points at unknown commit {cid[:12]}")
+        live, purged = set(), {}
         for cid in hub.commits(repo):
             try:
                 info = hub.commit_info(repo, cid)
+                stones = hub.tombstones(repo, cid)
             except Exception as exc:
                 problems.append(f"{repo}: commit {cid[:12]}: {exc}")
                 continue
             snap = rdir / "snapshots" / cid
             listed = {str(p.relative_to(snap)) for p in snap.rglob("*") if p.is_file() or p.is_symlink()}
-            if listed != set(info.files):
-                problems.append(f"{repo}: snapshot {cid[:12]} lists {sorted(listed ^ set(info.files))[:3]} "
-                                "differently from its commit")
+            kept = set(info.files) - set(stones)
+            if listed != kept:
+                problems.append(f"{repo}: snapshot {cid[:12]} lists {sorted(listed ^ kept)[:3]} "
+                                "differently from its commit and tombstones")
+            for path, stone in stones.items():
+                if info.files.get(path) != stone.get("sha256"):
+                    problems.append(f"{repo}@{cid[:12]}: tombstone of {path} names another file than the commit")
+                purged.setdefault(info.files.get(path), stone)
             for path, sha in info.files.items():
+                if path in stones:
+                    continue
+                live.add(sha)
                 if not (blobs / sha).is_file():
                     problems.append(f"{repo}@{cid[:12]}: blob of {path} is missing")
                     continue
@@ -96,6 +107,10 @@ def _verify_once(hub: LocalHub) -> list[str]:
                     target = (entry.parent / os.readlink(entry)).resolve()
                     if target != (blobs / sha).resolve():
                         problems.append(f"{repo}@{cid[:12]}: {path} links to the wrong blob")
+        for sha, stone in sorted((k, v) for k, v in purged.items() if k and k not in live):
+            if (blobs / sha).exists():
+                problems.append(f"{repo}: blob {sha[:12]} was purged by request {stone.get('request')} but is back "
+                                "in blobs/ (`fiun-hub audit --fix` removes it)")
     index = read_index_file(hub)
     if index is None:
         problems.append("lineage index .fiun/lineage.json is missing or unreadable")

@@ -85,18 +85,26 @@ def one_error_line(res) -> str:
     return lines[0]
 
 
-def late_model(hub: LocalHub, repo: str, parent: str, rev: str, without: str | None = None) -> str:
-    """Push ``repo``, derived from ``parent@rev``: its weights, briefly fine-tuned (on no sample of class
-    ``without``), with fresh sidecars."""
+def late_model(hub: LocalHub, repo: str, parent: str, rev: str, without: str | None = None,
+               source: LocalHub | None = None) -> str:
+    """Push ``repo``, derived from ``parent@rev``: its weights (read from ``source``, a copy taken before the
+    takedown purged them, when given), briefly fine-tuned (on no sample of class ``without``), with fresh
+    sidecars."""
     from fiun_hub.models import load_model
     from fiun_hub.training import train_classifier
 
-    model, config, _ = load_model(hub, parent, rev)
+    model, config, _ = load_model(source or hub, parent, rev)
     data = digits("train").subset(torch.arange(900, 1000)).to_label_space(config.labels)
     if without is not None:
         data = data.subset(torch.nonzero(data.y != config.labels.index(without)).flatten())
     train_classifier(model, data, epochs=1, lr=1e-4, batch_size=32, seed=9)
-    return push(hub, model.eval(), repo, config.labels, parents=[f"{parent}@{rev}"], fim_data=data)
+    if source is None:
+        return push(hub, model.eval(), repo, config.labels, parents=[f"{parent}@{rev}"], fim_data=data)
+    # `fiun-hub push --parent` refuses a purged revision; the edge team's upload (any client: serve, the HF
+    # client) still lands with the pin in its card, which is what the audit must catch.
+    cid = push(source, model.eval(), repo, config.labels, parents=[f"{parent}@{rev}"], fim_data=data)
+    files = {p: source.file_path(repo, p, cid) for p in source.list_files(repo, cid)}
+    return hub.publish([RepoChange(repo, files, "Edge build (uploaded)", parent_commit="")])[repo]
 
 
 def build_story(root: Path, src: Path, info: dict) -> dict:
@@ -120,7 +128,8 @@ def build_story(root: Path, src: Path, info: dict) -> dict:
     s["rerun"] = invoke(*H, "takedown", req)
     s["after_rerun"] = heads(hub)
     # Afterwards, someone derives a model from child-a's pre-takedown revision, another from its cleaned head.
-    s["late_rev"] = late_model(hub, LATE, A, info["revisions"][A])
+    # (The takedown purged the pre-takedown weights from the hub: the edge team's copy is from before it.)
+    s["late_rev"] = late_model(hub, LATE, A, info["revisions"][A], source=copy_hub(src, root / "edge"))
     s["clean_rev"] = late_model(hub, CLEAN, A, hub.head(A), without=FORGET)
     s["lineage_check"] = invoke(*H, "--json", "lineage", "--check")
     s["audit_failing"] = invoke(*H, "audit", "--report", root / "failing.html")
@@ -298,7 +307,8 @@ def test_lost_record_and_changed_weights_are_flagged_and_fixed_where_possible(af
     assert f"could not fix {I}" in res[1] and "stale" in res[1]
     assert f"{B} -> {hub.head(B)[:12]}" in res[1]
     res = invoke(*H, "--json", "audit")
-    assert {(f["repo"], f["kind"]) for f in json.loads(res[1])["findings"]} == {(I, "weights-changed")}
+    assert {(f["repo"], f["kind"]) for f in json.loads(res[1])["findings"]} == {(I, "weights-changed")}, \
+        [f["message"] for f in json.loads(res[1])["findings"]]
 
 
 def test_a_second_request_keeps_the_first_provable(after_takedown, story, tmp_path):

@@ -325,6 +325,37 @@ class HfHub:
                     done, pending) from None
         return done
 
+    def purge_history(self, repo: str, request_id: str) -> dict:
+        """Permanently delete the LFS files (weights, sidecars) that only revisions holding ``request_id``'s data
+        name: every LFS file no revision carrying the request names (the head, after the forget, carries it).
+        ``HfApi.list_lfs_files`` then ``permanently_delete_lfs_files(rewrite_history=True)``, the request id sent as
+        ``X-Fiun-Request``. Returns ``{"deleted": n, "bytes_removed": b}``, or ``{"unsupported": why}`` when the
+        endpoint has no such API (then the history is left as it was)."""
+        from huggingface_hub import HfApi
+        from huggingface_hub import errors as hfe
+
+        from ..card import parse_card
+        from ..constants import CARD_FILE
+
+        keep: set[str] = set(self.list_files(repo).values())  # the head's files are never purged
+        for info in self.history(repo):
+            try:
+                unlearned = parse_card(self.read_file(repo, CARD_FILE, info.id)).unlearned
+            except FiunError:
+                unlearned = []
+            if any(u.get("request") == request_id for u in unlearned):
+                keep |= set(info.files.values())
+        api = HfApi(endpoint=self.endpoint, token=self.token, headers={"X-Fiun-Request": request_id})
+        try:
+            with _map_errors(f"{repo}: listing LFS files"):
+                files = [f for f in api.list_lfs_files(repo) if f.oid not in keep]
+            if files:
+                with _map_errors(f"{repo}: purging LFS files"):
+                    api.permanently_delete_lfs_files(repo, files, rewrite_history=True)
+        except (BadInput, hfe.HfHubHTTPError) as exc:
+            return {"unsupported": f"{repo}: history could not be purged on {self.location}: {exc}"}
+        return {"deleted": len(files), "bytes_removed": sum(f.size for f in files)}
+
     def tag(self, repo: str, name: str, revision: str | None = None, *, force: bool = False) -> str:
         validate_ref_name(name)
         cid = self.resolve(repo, revision)

@@ -11,6 +11,8 @@ HUB/.fiun/journal.json                               ref moves of an unfinished 
 HUB/.fiun/generation                                 a counter bumped after every set of ref moves (readers' check)
 HUB/.fiun/lineage.json                               the lineage index, rewritten on every publish
 HUB/.fiun/lock                                       the writers' lock (flock)
+HUB/.fiun/purged/{id[:2]}/{id}.json                  tombstones: files of commit {id} a takedown purged
+HUB/models--{org}--{name}/.no_exist/{commit}/{path}  the HF cache's "no such file at this revision" marker
 ```
 
 Blobs, commits and snapshots are written first and are invisible until a ref points at them; the ref moves of
@@ -47,6 +49,7 @@ from ..errors import (
     ConflictError,
     EntryNotFound,
     HubNotFound,
+    Purged,
     RepoNotFound,
     RevisionNotFound,
 )
@@ -61,6 +64,7 @@ from .ids import (
 )
 
 HUB_FORMAT = "fiun-hub/1"
+TOMBSTONE_FORMAT = "fiun-hub-tombstones/1"
 LOCK_TIMEOUT_S = float(os.environ.get("FIUN_HUB_LOCK_TIMEOUT", "120"))
 _CHUNK = 1 << 20
 
@@ -191,6 +195,13 @@ def commit_id(record: Mapping) -> str:
     """40-hex id derived from a commit's content (repo, tree, parents, author, time, message)."""
     body = {k: record[k] for k in ("repo", "files", "parents", "author", "time", "message")}
     return hashlib.sha1(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def purged_error(repo: str, cid: str, path: str, stone: Mapping) -> Purged:
+    """The one line every reader gives for a purged file."""
+    day = str(stone.get("at") or "")[:10] or "an unknown date"
+    return Purged(f"{repo}@{cid[:12]} {path} was purged by request {stone.get('request')} on {day}",
+                  stone.get("request"), stone.get("at"))
 
 
 _NOT_MOVED = object()
@@ -525,6 +536,9 @@ class LocalHub:
         sha = info.files.get(path)
         if sha is None:
             raise EntryNotFound(f"{path} not found in {repo}@{info.id[:12]}")
+        stone = self.tombstones(repo, info.id).get(path)
+        if stone is not None:
+            raise purged_error(repo, info.id, path, stone)
         blob = self.blob_path(repo, sha)
         if not blob.is_file() or blob.is_symlink():
             raise EntryNotFound(f"blob {sha[:12]} of {repo}:{path} is missing; run `fiun-hub verify`")
@@ -595,6 +609,20 @@ class LocalHub:
                                  "then remove it (reads still work)")
         return moves
 
+    def _journal_purge(self) -> list[dict]:
+        """The purge entries a journal carries (``[]`` for none); read after :meth:`journal_moves` accepted it."""
+        try:
+            entries = json.loads((self.meta / "journal.json").read_bytes())
+        except (OSError, ValueError, RecursionError):
+            return []
+        purge = entries.get("purge") if isinstance(entries, dict) else None
+        if purge is None:
+            return []
+        if not (isinstance(purge, list) and all(isinstance(e, dict) for e in purge)):
+            raise DamagedJournal(f"{self.meta / 'journal.json'} is damaged (its 'purge' is not a list of records); "
+                                 "look at it, then remove it (reads still work)")
+        return purge
+
     def _recover(self) -> None:
         """Finish an interrupted publish: every object it names exists, so moving the refs completes it."""
         journal = self.meta / "journal.json"
@@ -604,7 +632,11 @@ class LocalHub:
             return
         for move in moves:
             self._write_ref(move["repo"], move["ref"], move["new"])
-        self._update_index([m["repo"] for m in moves])
+        if moves:
+            self._update_index([m["repo"] for m in moves])
+        purge = self._journal_purge()
+        if purge:  # a purge journaled with (or without) the moves: finish it (every step is idempotent)
+            self._apply_purge(purge)
         self._bump_generation()
         journal.unlink(missing_ok=True)
         _fsync_dir(self.meta)
@@ -668,15 +700,21 @@ class LocalHub:
             raise
 
     def publish(self, changes: list[RepoChange], *, author: str | None = None,
-                precondition: Callable[["LocalHub"], None] | None = None) -> dict[str, str]:
+                precondition: Callable[["LocalHub"], None] | None = None,
+                purge: list[dict] | None = None) -> dict[str, str]:
         """Commit a new revision to every repo in ``changes``, all or nothing. Returns repo -> new commit id.
 
         Raises :class:`ConflictError` (nothing moved) if a repo's head is not the ``parent_commit`` its
         change expects. ``precondition(hub)``, if given, runs under the writers' lock after that check and
         before anything is written; it raises to refuse the publish (e.g. a forget whose affected set grew
         since it was planned).
+
+        ``purge``: tombstones to write in the same publish (``{"repo", "commit", "path", "sha256", "size",
+        "request", "at"}`` each; :mod:`fiun_hub.purge` makes them): journaled with the ref moves, applied right
+        after them (the new heads are visible first), finished by the next process after a crash. A blob is
+        deleted only when no commit of its repo still names it outside a tombstone (docs/hub-layout.md).
         """
-        if not changes:
+        if not changes and not purge:
             return {}
         check_changes(changes)
         with self.lock():
@@ -692,6 +730,8 @@ class LocalHub:
                 heads[ch.repo] = current
             if precondition is not None:
                 precondition(self)
+            if purge:
+                self._check_purge(purge)
             moves = []
             for ch in changes:
                 parent = heads[ch.repo]
@@ -728,15 +768,115 @@ class LocalHub:
             # journal names them, then move the refs and make that durable before the journal goes.
             sync_filesystem(self.root)
             journal = self.meta / "journal.json"
-            atomic_write(journal, json.dumps({"moves": moves, "time": _now()}).encode())
+            record = {"moves": moves, "time": _now()}
+            if purge:
+                record["purge"] = {"entries": list(purge), "blobs": self.purge_blobs(purge)}
+            atomic_write(journal, json.dumps(record).encode())
             for move in moves:
                 self._write_ref(move["repo"], move["ref"], move["new"], fsync=False)
-            self._write_index(entries)
-            self._bump_generation()  # after the last move, before the journal goes: readers retry across it
+            if moves:
+                self._write_index(entries)
+                self._bump_generation()  # after the last move, before the journal goes: readers retry across it
+            if purge:
+                if moves:  # the moves have landed for readers; the purge alone stays journaled
+                    sync_filesystem(self.root)
+                    atomic_write(journal, json.dumps({"moves": [], "purge": record["purge"],
+                                                      "time": record["time"]}).encode())
+                self._apply_purge(record["purge"])
+                self._bump_generation()
             sync_filesystem(self.root)
             journal.unlink()
             _fsync_dir(self.meta)
         return {m["repo"]: m["new"] for m in moves}
+
+    # ------------------------------------------------------------------ tombstones (docs/hub-layout.md)
+    def _tombstone_path(self, cid: str) -> Path:
+        return self.meta / "purged" / cid[:2] / f"{cid}.json"
+
+    def tombstones(self, repo: str, cid: str) -> dict[str, dict]:
+        """``{path: {"sha256", "size", "request", "at", "freed"}}`` of the files of commit ``cid`` that a takedown purged
+        (empty for a commit nothing was purged from: one ``stat``)."""
+        path = self._tombstone_path(cid)
+        try:
+            record = json.loads(path.read_bytes())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            raise BadInput(f"tombstone record {path.relative_to(self.root)} is unreadable: {exc}; "
+                           "run `fiun-hub verify`") from None
+        if not isinstance(record, dict) or record.get("repo") != repo or not isinstance(record.get("files"), dict):
+            raise BadInput(f"tombstone record {path.relative_to(self.root)} is not a {TOMBSTONE_FORMAT} record "
+                           f"of {repo}")
+        return record["files"]
+
+    def _check_purge(self, purge: list[dict]) -> None:
+        for e in purge:
+            info = self.commit_info(e["repo"], e["commit"])
+            validate_repo_path(e["path"])
+            if info.id != e["commit"] or info.files.get(e["path"]) != e["sha256"]:
+                raise BadInput(f"purge of {e['repo']}@{e['commit'][:12]} {e['path']}: the commit does not hold "
+                               f"that file with sha256 {e['sha256'][:12]}")
+
+    def purge_blobs(self, purge: list[dict], live: Iterable[tuple[str, str]] = ()) -> list[dict]:
+        """The blobs ``purge`` frees: ``[{"repo", "sha256"}]`` of the purged files' blobs that no commit of their
+        repo names outside a tombstone (reference counting inside a repo; ``live`` adds ``(repo, sha256)`` pairs
+        to keep, e.g. the files of a publish not yet written)."""
+        gone: dict[str, set[tuple[str, str]]] = {}
+        for e in purge:
+            gone.setdefault(e["repo"], set()).add((e["commit"], e["path"]))
+        keep = set(live)
+        out = []
+        for repo, stones in gone.items():
+            for cid in self.commits(repo):
+                try:
+                    files = self.commit_info(repo, cid).files
+                except BadInput:
+                    continue  # a damaged record (verify reports it) names nothing it can keep
+                old = self.tombstones(repo, cid)
+                keep |= {(repo, sha) for p, sha in files.items() if (cid, p) not in stones and p not in old}
+            for sha in sorted({e["sha256"] for e in purge if e["repo"] == repo}):
+                if (repo, sha) not in keep:
+                    out.append({"repo": repo, "sha256": sha})
+        return out
+
+    def _inside(self, repo: str, path: Path) -> Path:
+        """``path`` (under the repo folder), refused if a link anywhere on the way leads out of the repo folder."""
+        rdir = os.path.realpath(self.repo_dir(repo))
+        if not os.path.realpath(path.parent).startswith(rdir + os.sep):
+            raise BadInput(f"{repo}: {path.relative_to(self.root)} leads out of the repo folder; run `fiun-hub verify`")
+        return path
+
+    def _apply_purge(self, purge: dict) -> None:
+        """Write the tombstones, the ``.no_exist`` markers, remove the snapshot entries, delete the freed blobs.
+        Each step is idempotent, so a crash anywhere is finished by running it again (journal recovery)."""
+        by_commit: dict[tuple[str, str], dict[str, dict]] = {}
+        freed = {(b["repo"], b["sha256"]) for b in purge["blobs"]}
+        for e in purge["entries"]:
+            by_commit.setdefault((e["repo"], e["commit"]), {})[e["path"]] = {
+                **{k: e.get(k) for k in ("sha256", "size", "request", "at")},
+                "freed": (e["repo"], e["sha256"]) in freed}  # its blob deleted (no kept revision names it)
+        for (repo, cid), files in by_commit.items():
+            old = self.tombstones(repo, cid)
+            record = {"format": TOMBSTONE_FORMAT, "repo": repo, "commit": cid, "files": {**files, **old}}
+            atomic_write(self._tombstone_path(cid), json.dumps(record, indent=1, sort_keys=True).encode(),
+                         fsync=False)
+        for e in purge["entries"]:
+            rdir = self.repo_dir(e["repo"])
+            marker = self._inside(e["repo"], rdir / ".no_exist" / e["commit"] / e["path"])
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.touch()
+            entry = self._inside(e["repo"], rdir / "snapshots" / e["commit"] / e["path"])
+            if entry.is_symlink() or entry.is_file():
+                entry.unlink()
+        for b in purge["blobs"]:
+            (self.repo_dir(b["repo"]) / "blobs" / b["sha256"]).unlink(missing_ok=True)
+        sync_filesystem(self.root)
+
+    def purge(self, entries: list[dict], changes: list[RepoChange] | None = None, *,
+              author: str | None = None) -> dict[str, str]:
+        """Purge ``entries`` (tombstones, see :meth:`publish`), with ``changes`` (e.g. the ledger's record of
+        it) in the same journaled step. Returns the new commit ids of ``changes``."""
+        return self.publish(list(changes or []), author=author, purge=entries)
 
     def tag(self, repo: str, name: str, revision: str | None = None, *, force: bool = False) -> str:
         """Point tag ``name`` of ``repo`` at ``revision`` (default: head). Returns the commit id."""

@@ -1,0 +1,300 @@
+"""Purging pre-forget revisions: which files a takedown removes from the hub, and what is left over.
+
+A forget lands new revisions; the revisions before it still hold the forgotten data. A purge replaces their
+weights and sidecars with tombstones (docs/hub-layout.md, "Tombstones"; the storage step is
+:meth:`fiun_hub.hub.local.LocalHub.publish`'s ``purge``) and deletes the blobs no kept revision of the repo names.
+This module is the policy: which revisions and files (:func:`purge_entries`), the legal holds and the origins'
+unlearning-FIM sidecars that are kept, and what an audit still finds on disk (:func:`leftovers`).
+
+What a purge removes, per repo, walking the first-parent history back from the revision the forget started from:
+every revision that does not carry the request (it holds the data), except revisions under a recorded legal hold.
+Of each, every file but the card, ``config.json`` and ``.gitattributes`` (history, ``log``, lineage pins keep
+working). Kept on purpose, and recorded: the sidecars of each origin's pre-forget revision, the source of the
+request's unlearning FIM, which ``audit --fix`` needs for a derivative found later (docs/takedowns.md, "Purge").
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from .constants import CARD_FILE, CONFIG_FILE, FIM_CLASSES_FILE, FIM_FILE, FIUN_DIR
+from .errors import BadInput
+from .hub.local import LocalHub, RepoChange, sha256_file
+
+KEPT_FILES = frozenset({CARD_FILE, CONFIG_FILE, ".gitattributes"})
+FIM_SOURCE_FILES = (FIM_FILE, FIM_CLASSES_FILE)
+
+
+def purgeable(path: str) -> bool:
+    """Whether a purge removes ``path`` from a revision that holds the data (everything but card and config)."""
+    return path not in KEPT_FILES
+
+
+def _carries(hub: LocalHub, repo: str, cid: str, request_id: str) -> bool:
+    from .repo import read_meta
+
+    try:
+        return any(u.get("request") == request_id for u in read_meta(hub, repo, cid).unlearned)
+    except BadInput:
+        return False  # an unreadable card proves nothing: the revision holds the data
+
+
+def holding_revisions(hub: LocalHub, repo: str, start: str, request_id: str) -> list[str]:
+    """The revisions from ``start`` back (first parents) that still hold what ``request_id`` forgets: those that
+    do not carry it."""
+    return [c.id for c in hub.history(repo, start) if not _carries(hub, repo, c.id, request_id)]
+
+
+def holds(records: Mapping[str, dict]) -> set[tuple[str, str]]:
+    """``(repo, commit)`` of every revision kept under a legal hold by any ledger request."""
+    out = set()
+    for rec in records.values():
+        for ev in rec.get("events", []):
+            for repo, cids in ((ev.get("hold") or {}).get("revisions") or {}).items():
+                out |= {(repo, c) for c in cids}
+    return out
+
+
+def fim_sources(records: Mapping[str, dict], extra: Iterable[str] = ()) -> set[tuple[str, str]]:
+    """``(origin, revision)`` whose sidecars are the unlearning FIM of a recorded request (kept by a purge)."""
+    out = set()
+    for spec in [o for rec in records.values() for ev in rec.get("events", []) for o in ev.get("origins") or []] + \
+            list(extra):
+        repo, _, rev = spec.partition("@")
+        if rev:
+            out.add((repo, rev))
+    return out
+
+
+def purge_entries(hub: LocalHub, request_id: str, starts: Mapping[str, str], at: str, *,
+                  held: set[tuple[str, str]] = frozenset(), fim_keep: set[tuple[str, str]] = frozenset(),
+                  include_tombstoned: bool = False) -> list[dict]:
+    """Tombstones for a purge of ``request_id``: ``starts`` maps each repo to the revision its forget started
+    from. Files already tombstoned are left out (unless ``include_tombstoned``: an audit's re-check)."""
+    out, seen = [], set()
+    for repo, start in sorted(starts.items()):
+        if not start:
+            continue
+        for cid in holding_revisions(hub, repo, start, request_id):
+            if (repo, cid) in held or (repo, cid) in seen:
+                continue
+            seen.add((repo, cid))
+            info = hub.commit_info(repo, cid)
+            stones = hub.tombstones(repo, cid)
+            for path, sha in sorted(info.files.items()):
+                if not purgeable(path) or (path in stones and not include_tombstoned):
+                    continue
+                if (repo, cid) in fim_keep and path in FIM_SOURCE_FILES:
+                    continue
+                out.append({"repo": repo, "commit": cid, "path": path, "sha256": sha,
+                            "size": info.sizes.get(path), "request": request_id, "at": at})
+    return out
+
+
+def held_revisions(hub: LocalHub, request_id: str, starts: Mapping[str, str]) -> dict[str, list[str]]:
+    """What a ``--keep-history`` takedown keeps: per repo, the revisions that still hold the data."""
+    return {repo: holding_revisions(hub, repo, start, request_id) for repo, start in sorted(starts.items()) if start}
+
+
+def summary(hub: LocalHub, entries: list[dict], live: Iterable[tuple[str, str]] = ()) -> dict[str, Any]:
+    """The ledger's record of a purge: per repo the purged files (revision, path, sha256, size), and the blobs
+    (and bytes) it deletes."""
+    blobs = hub.purge_blobs(entries, live)
+    size = {(e["repo"], e["sha256"]): e.get("size") or 0 for e in entries}
+    files: dict[str, list[dict]] = {}
+    for e in entries:
+        files.setdefault(e["repo"], []).append({k: e[k] for k in ("commit", "path", "sha256", "size")})
+    return {"files": files, "blobs": len(blobs), "bytes_removed": sum(size[(b["repo"], b["sha256"])] for b in blobs),
+            "revisions": len({(e["repo"], e["commit"]) for e in entries})}
+
+
+def change_live(hub: LocalHub, changes: Iterable[RepoChange]) -> set[tuple[str, str]]:
+    """``(repo, sha256)`` that the new revisions of ``changes`` will name (kept by the purge in their publish)."""
+    import hashlib
+
+    from .hub.local import Blob
+
+    out = set()
+    for ch in changes:
+        if ch.parent_commit:
+            tree = hub.list_files(ch.repo, ch.parent_commit)
+            out |= {(ch.repo, sha) for p, sha in tree.items() if p not in ch.files and p not in ch.delete}
+        for content in ch.files.values():
+            if isinstance(content, Blob):
+                out.add((ch.repo, content.sha256))
+            elif isinstance(content, (bytes, bytearray)):
+                out.add((ch.repo, hashlib.sha256(content).hexdigest()))
+            elif isinstance(content, Path):
+                out.add((ch.repo, sha256_file(content)))
+    return out
+
+
+class PurgingHub(LocalHub):
+    """The hub as :func:`fiun_hub.unlearn.run_forget` sees it for ``forget --purge``: its publish also purges the
+    pre-forget revisions of every repo it lands, in the same journaled step. ``last`` is the purge's summary."""
+
+    def __init__(self, hub: LocalHub, request_id: str, at: str):
+        super().__init__(hub.root, recover=False)
+        self.request_id, self.at = request_id, at
+        self.last: dict[str, Any] | None = None
+
+    def publish(self, changes, *, author=None, precondition=None, purge=None):
+        changes = list(changes)
+        entries = list(purge or []) + purge_entries(self, self.request_id, {c.repo: c.parent_commit for c in changes},
+                                                    self.at)
+        self.last = summary(self, entries, change_live(self, changes))
+        return super().publish(changes, author=author, precondition=precondition, purge=entries)
+
+
+# ------------------------------------------------------------------------------------------------ audit
+def purged_shas(hub: LocalHub, freed_only: bool = False) -> dict[tuple[str, str], dict]:
+    """``{(repo, sha256): tombstone}`` of every purged file in the hub (one read per tombstone record); with
+    ``freed_only``, only those whose blob the purge deleted (others are still named by a kept revision)."""
+    import json
+
+    out = {}
+    base = hub.meta / "purged"
+    for path in sorted(base.glob("*/*.json")) if base.is_dir() else []:
+        try:
+            rec = json.loads(path.read_bytes())
+            for p, stone in rec["files"].items():
+                if freed_only and not stone.get("freed"):
+                    continue
+                out.setdefault((rec["repo"], stone["sha256"]), {**stone, "commit": rec["commit"], "path": p})
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue  # verify reports an unreadable record
+    return out
+
+
+def live_shas(hub: LocalHub, repo: str) -> dict[str, str]:
+    """``{sha256: commit}`` of the blobs some commit of ``repo`` names outside a tombstone."""
+    out: dict[str, str] = {}
+    for cid in hub.commits(repo):
+        try:
+            files = hub.commit_info(repo, cid).files
+            stones = hub.tombstones(repo, cid)
+        except BadInput:
+            continue
+        for p, sha in files.items():
+            if p not in stones:
+                out.setdefault(sha, cid)
+    return out
+
+
+def stray_files(hub: LocalHub) -> list[Path]:
+    """Files that are not blobs yet: serve's staged uploads and the writers' temporary files in ``blobs/``."""
+    out = []
+    staging = hub.meta / "serve-staging"
+    if staging.is_dir():
+        out += [p for p in staging.rglob("*") if p.is_file() and not p.is_symlink()]
+    for entry in os.scandir(hub.root):
+        if entry.name.startswith("models--") and not entry.is_symlink():
+            blobs = Path(entry.path) / "blobs"
+            if blobs.is_dir() and not blobs.is_symlink():
+                out += [p for p in blobs.iterdir() if p.name.startswith(".") and p.is_file() and not p.is_symlink()]
+    return out
+
+
+def leftovers(hub: LocalHub, request_id: str, record: dict, records: Mapping[str, dict]) -> dict[str, Any]:
+    """What a purge of ``request_id`` should have removed and is still on disk, and what it keeps on hold:
+    ``{"entries": [tombstones to (re)write], "blobs": [{"repo", "sha256", "where"}], "strays": [paths],
+    "held": {repo: [commits]}, "findings": [...]}``."""
+    held_all = holds(records)
+    mine = {(r, c) for ev in record.get("events", []) for r, cs in ((ev.get("hold") or {}).get("revisions")
+                                                                    or {}).items() for c in cs}
+    keep = fim_sources(records)
+    starts: dict[str, set[str]] = {}
+    for ev in record.get("events", []):
+        for repo, e in (ev.get("repos") or {}).items():
+            if e.get("action") == "forgot" and e.get("from") and hub.repo_exists(repo):
+                starts.setdefault(repo, set()).add(e["from"])
+    entries: list[dict] = []
+    from .compliance import _now
+
+    at = _now()
+    for repo, froms in sorted(starts.items()):
+        for start in sorted(froms):
+            try:
+                entries += purge_entries(hub, request_id, {repo: start}, at, held=held_all, fim_keep=keep,
+                                         include_tombstoned=True)
+            except BadInput:
+                continue
+    uniq = {(e["repo"], e["commit"], e["path"]): e for e in entries}
+    entries = list(uniq.values())
+    findings, todo = [], []
+    live_cache: dict[str, dict[str, str]] = {}
+
+    def live(repo: str) -> dict[str, str]:
+        if repo not in live_cache:
+            live_cache[repo] = live_shas(hub, repo)
+        return live_cache[repo]
+
+    for e in entries:
+        stoned = e["path"] in hub.tombstones(e["repo"], e["commit"])
+        on_disk = hub.blob_path(e["repo"], e["sha256"]).is_file()
+        if not stoned or (on_disk and e["sha256"] not in live(e["repo"])):
+            todo.append(e)
+    per_repo: dict[str, list[dict]] = {}
+    for e in todo:
+        per_repo.setdefault(e["repo"], []).append(e)
+    for repo, es in sorted(per_repo.items()):
+        findings.append({"request": request_id, "repo": repo, "kind": "unpurged",
+                         "message": f"{repo}: {len(es)} file(s) of {len({e['commit'] for e in es})} pre-forget "
+                                    f"revision(s) still hold the data of request {request_id} "
+                                    f"(e.g. {es[0]['commit'][:12]} {es[0]['path']})"})
+    # Anywhere in the hub: a blob or a staged file whose sha256 is one this request purged.
+    stones = {k: v for k, v in purged_shas(hub, freed_only=True).items() if v.get("request") == request_id}
+    shas = {sha for _, sha in stones}
+    blobs, strays = [], []
+    for repo in hub.list_repos():
+        bdir = hub.repo_dir(repo) / "blobs"
+        names = {p.name for p in bdir.iterdir()} if bdir.is_dir() else set()
+        for sha in sorted(names & shas):
+            if any(e["repo"] == repo and e["sha256"] == sha for e in todo):
+                continue  # already named above
+            where = live(repo).get(sha)
+            blobs.append({"repo": repo, "sha256": sha, "where": where})
+            findings.append({"request": request_id, "repo": repo, "kind": "unpurged",
+                             "message": f"{repo}: blob {sha[:12]}, purged by request {request_id}, is back in the hub"
+                                        + (f" (named by revision {where[:12]})" if where else "")})
+    for path in stray_files(hub):
+        try:
+            sha = sha256_file(path)
+        except OSError:
+            continue
+        if sha in shas:
+            strays.append(path)
+            findings.append({"request": request_id, "repo": "", "kind": "unpurged",
+                             "message": f"{path.relative_to(hub.root)} holds a file purged by request {request_id} "
+                                        f"(sha256 {sha[:12]})"})
+    held = {}
+    for repo, cid in sorted(mine):
+        held.setdefault(repo, []).append(cid)
+    return {"entries": todo, "blobs": blobs, "strays": strays, "held": held, "findings": findings}
+
+
+def purge_leftovers(hub: LocalHub, request_id: str, left: dict[str, Any],
+                    changes: list[RepoChange] | None = None) -> dict[str, Any]:
+    """Remove what :func:`leftovers` found: tombstones and blobs in one journaled step (with ``changes``, the
+    ledger's record of it), the stray files, and the blobs back in the hub that no kept revision names. A blob a
+    live revision names again is left (its revision is not a pre-forget one) and stays a finding."""
+    entries = left["entries"]
+    for b in left["blobs"]:
+        if b["where"] is None:  # reappeared, named by nothing: an entry of its tombstone deletes it again
+            stone = purged_shas(hub).get((b["repo"], b["sha256"]))
+            if stone is not None:
+                entries.append({"repo": b["repo"], "commit": stone["commit"], "path": stone["path"],
+                                "sha256": b["sha256"], "size": stone.get("size"), "request": request_id,
+                                "at": stone.get("at")})
+    out = summary(hub, entries)
+    with hub.lock():
+        for path in left["strays"]:
+            Path(path).unlink(missing_ok=True)
+        hub.purge(entries, changes)
+    out["strays"] = len(left["strays"])
+    return out
+
+
+__all__ = ["purgeable", "purge_entries", "held_revisions", "summary", "PurgingHub", "leftovers", "purge_leftovers",
+           "holds", "fim_sources", "KEPT_FILES"]
