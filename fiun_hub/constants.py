@@ -1,6 +1,7 @@
 """Constants shared across fiun-hub, in one place."""
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -19,3 +20,4 @@ RELATIONS = ("finetune", "merge", "adapter", "quantized")
 DEFAULT_AUTHOR = os.environ.get("USER", "fiun-hub")
 TAG = "fiun-hub"
 LEDGER_REPO = "fiun-hub/ledger"  # the takedown ledger: a repo in the hub, not a model (kept out of the lineage)
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)  # what a full file system raises: out of bytes, inodes or quota
