@@ -156,6 +156,8 @@ def push(c: Ctx, folder: str, repo: str, parents: tuple[str, ...], relation: str
     from fiun_hub.repo import push_folder
 
     info = push_folder(c.hub(), folder, repo, parents, relation, message)
+    for note in info.get("notes", []):
+        click.echo(f"fiun-hub: note: {note}", err=True)
     c.emit(info, f"pushed {repo}@{info['revision']}")
 
 

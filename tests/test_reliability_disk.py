@@ -177,3 +177,80 @@ def test_out_of_inodes_when_refs_move_completes_on_the_next_write(template, tmp_
         assert h.refs("h/base")["tags"]["v1"] == h.head("h/base")
         code, out, err = _cli(hub, "verify")
         assert code == 0, out + err
+
+
+# ------------------------------------------------------------------------------------------------ parent pins
+def _wait_for(path: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} never appeared")
+        time.sleep(0.005)
+
+
+def _forget_holding_the_lock(root: str, locked: str, waiting: str) -> None:
+    """Take the writers' lock, wait until the pusher has resolved its pins and waits for the lock, then forget."""
+    from fiun_hub.unlearn import plan_forget, run_forget
+
+    hub = LocalHub(root)
+    with hub.lock():
+        Path(locked).touch()
+        _wait_for(waiting)
+        run_forget(hub, plan_forget(hub, ["h/base"], "3", request_id="race-3"))
+
+
+def _push_waiting(root: str, folder: str, spec: str, locked: str, waiting: str, out: str) -> None:
+    """Push a child of h/base once the forget holds the lock; say when the push starts waiting for the lock."""
+    import fiun_hub.hub.local as L
+
+    _wait_for(locked)
+    real_lock = L.LocalHub.lock
+
+    def lock(self, *args, **kwargs):
+        Path(waiting).touch()  # the pins are resolved: the push's publish now waits for the forget's lock
+        return real_lock(self, *args, **kwargs)
+
+    L.LocalHub.lock = lock
+    code, stdout, stderr = _cli(Path(root), "push", folder, "h/new", "--parent", spec)
+    Path(out).write_text(json.dumps([code, stdout, stderr]))
+
+
+def _race(template, tmp_path, spec: str) -> tuple[int, str, str, str, str]:
+    """(exit code, stdout, stderr of the push, h/base's head before and after the forget)."""
+    from test_reliability import _fork, _reap, _wait
+
+    hub = tmp_path / "hub"
+    shutil.copytree(template["hub"], hub, symlinks=True)
+    old = LocalHub(hub).head("h/base")
+    locked, waiting, out = (str(tmp_path / n) for n in ("locked", "waiting", "out.json"))
+    pids = [_fork(_forget_holding_the_lock, str(hub), locked, waiting),
+            _fork(_push_waiting, str(hub), str(template["folder"]), spec.format(old=old), locked, waiting, out)]
+    try:
+        assert [_wait(pid, 300) for pid in pids] == [0, 0]
+    finally:
+        _reap(pids)
+    code, stdout, stderr = json.loads(Path(out).read_text())
+    new = LocalHub(hub).head("h/base")
+    assert new != old and "race-3" in LocalHub(hub).commit_info("h/base").message
+    return code, stdout, stderr, old, new
+
+
+def test_push_with_an_unpinned_parent_forgotten_meanwhile_pins_the_new_head(template, tmp_path):
+    from fiun_hub.repo import read_meta
+
+    code, stdout, stderr, old, new = _race(template, tmp_path, "h/base")
+    assert code == 0, stderr
+    assert stderr.strip() == (f"fiun-hub: note: --parent h/base: pinned to its new head {new[:12]} (forget request "
+                              f"race-3 landed while this push waited; its head was {old[:12]})")
+    hub = LocalHub(tmp_path / "hub")
+    assert [(p.repo, p.revision) for p in read_meta(hub, "h/new").parents] == [("h/base", new)]
+    code, out, err = _cli(hub.root, "lineage", "--check")
+    assert "h/new" not in out, out  # not derived from a pre-forget revision
+
+
+def test_push_pinned_to_a_revision_forgotten_meanwhile_is_refused(template, tmp_path):
+    code, stdout, stderr, old, new = _race(template, tmp_path, "h/base@{old}")
+    line = _one_line(stderr)
+    assert code == 2 and f"h/base@{old[:12]} was superseded by forget request race-3" in line, line
+    assert f"h/base@{new[:12]}" in line
+    assert not LocalHub(tmp_path / "hub").repo_exists("h/new")
