@@ -301,8 +301,14 @@ def create_app(hub: LocalHub, token: str | None, open_reads: bool = True,
         finally:
             state.close()
 
+    async def unrouted(request, exc):
+        # Starlette's router matched nothing (a path holding a newline, another method): the same dispatcher and
+        # error mapper answer it, never Starlette's plain-text page.
+        return await state.dispatch(request)
+
     methods = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH"]
-    app = Starlette(routes=[Route("/{path:path}", state.dispatch, methods=methods)], lifespan=lifespan)
+    app = Starlette(routes=[Route("/{path:path}", state.dispatch, methods=methods)], lifespan=lifespan,
+                    exception_handlers={404: unrouted, 405: unrouted})
     app.state.fiun = state
     return app
 
