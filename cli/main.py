@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from typing import Any, Callable
 
 import click
 
 from fiun_hub.errors import BadInput, FiunError
+from fiun_hub.constants import NO_SPACE
 
 
 # Commands that need a LocalHub's folder, and why (a remote hub is reached over the Hub HTTP API).
@@ -28,6 +30,7 @@ class Ctx:
     def __init__(self, hub: str | None, as_json: bool):
         self.hub_spec = hub
         self.as_json = as_json
+        self.opened = None  # the hub this command opened (for the state a full disk left it in)
 
     def hub(self, create: bool = False):
         from fiun_hub.hub import is_remote, open_hub
@@ -35,7 +38,8 @@ class Ctx:
         command = click.get_current_context().info_name
         if command in LOCAL_ONLY and is_remote(self.hub_spec):
             raise BadInput(f"`fiun-hub {command}` needs a local hub folder (--hub PATH): {LOCAL_ONLY[command]}")
-        return open_hub(self.hub_spec, create=create)
+        self.opened = open_hub(self.hub_spec, create=create)
+        return self.opened
 
     def emit(self, data: Any, text: str | Callable[[], str] | None = None) -> None:
         if self.as_json:
@@ -49,8 +53,25 @@ def fail(msg: str, code: int = 2) -> None:
     sys.exit(code)
 
 
+def no_space_line(exc: OSError) -> str:
+    """One line for a full file system (out of bytes, inodes or quota), saying what state the hub is in."""
+    where = f" (writing in {os.path.dirname(str(exc.filename)) or exc.filename})" if exc.filename else ""
+    line = f"no space left on device{where}"
+    ctx = click.get_current_context(silent=True)
+    hub = getattr(ctx.find_object(Ctx), "opened", None) if ctx is not None else None
+    pending = hub.unfinished_publish() if hasattr(hub, "unfinished_publish") else []
+    if pending:
+        return (f"{line}: the publish to {', '.join(pending[:3])}" + (f" and {len(pending) - 3} more" if
+                len(pending) > 3 else "") + " had started moving refs and is recorded in the hub's journal; it "
+                "completes on the next fiun-hub command that writes, once there is space (until then every "
+                "command reads the hub as it was before it)")
+    if hub is not None:
+        return f"{line}: nothing was published and the hub is as it was; free some space and run it again"
+    return f"{line}; free some space and run it again"
+
+
 def handled(fn: Callable) -> Callable:
-    """Map library errors to one line on stderr and the exit code they carry."""
+    """Map library errors to one line on stderr and the exit code they carry (a full disk: exit 2)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -58,6 +79,10 @@ def handled(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
         except FiunError as exc:
             fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, exc.exit_code)
+        except OSError as exc:
+            if exc.errno not in NO_SPACE:
+                raise
+            fail(no_space_line(exc), 2)
         except KeyboardInterrupt:
             fail("interrupted", 130)
 
@@ -131,6 +156,8 @@ def push(c: Ctx, folder: str, repo: str, parents: tuple[str, ...], relation: str
     from fiun_hub.repo import push_folder
 
     info = push_folder(c.hub(), folder, repo, parents, relation, message)
+    for note in info.get("notes", []):
+        click.echo(f"fiun-hub: note: {note}", err=True)
     c.emit(info, f"pushed {repo}@{info['revision']}")
 
 

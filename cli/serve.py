@@ -13,6 +13,7 @@ import click
 from .compliance import _fail, _handled  # main's error handling, looked up when a command runs
 
 DEFAULT_MAX_UPLOAD_MB = 4096  # fiun_hub.serve.DEFAULT_MAX_UPLOAD_MB (not imported here: starlette may be missing)
+HEADER_TIMEOUT_S, BODY_TIMEOUT_S = 10.0, 60.0  # fiun_hub.serve.HEADER_TIMEOUT_S, BODY_TIMEOUT_S (likewise)
 
 
 
@@ -26,11 +27,18 @@ DEFAULT_MAX_UPLOAD_MB = 4096  # fiun_hub.serve.DEFAULT_MAX_UPLOAD_MB (not import
 @click.option("--private", is_flag=True, help="Reads need the token too (default: reads are open).")
 @click.option("--max-upload-mb", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_MAX_UPLOAD_MB,
               show_default=True, help="Largest file (and request body) accepted, in MiB; larger uploads get 413.")
+@click.option("--header-timeout", type=click.FloatRange(min=0, min_open=True), default=HEADER_TIMEOUT_S,
+              show_default=True, metavar="S",
+              help="Close a connection that has not sent a whole request head (line and headers) within S seconds.")
+@click.option("--body-timeout", type=click.FloatRange(min=0, min_open=True), default=BODY_TIMEOUT_S,
+              show_default=True, metavar="S",
+              help="Answer 408 and close when a request body pauses for more than S seconds.")
 @click.option("--allow-remote", is_flag=True,
               help="Allow a --host that other machines can reach (there is no TLS: put a proxy in front).")
 @click.pass_obj
 @_handled
-def serve(c, host: str, port: int, token: str | None, private: bool, max_upload_mb: float, allow_remote: bool) -> None:
+def serve(c, host: str, port: int, token: str | None, private: bool, max_upload_mb: float, header_timeout: float,
+          body_timeout: float, allow_remote: bool) -> None:
     """Serve the hub as a Hugging Face Hub-compatible HTTP endpoint.
 
     The unmodified huggingface_hub client (HfApi, hf_hub_download, snapshot_download, upload_folder, timm's
@@ -74,7 +82,8 @@ def serve(c, host: str, port: int, token: str | None, private: bool, max_upload_
         sys.stdout.flush()
 
     run(hub, host=host, port=port, token=token, open_reads=not private,
-        max_upload_bytes=int(max_upload_mb * (1 << 20)), allow_remote=allow_remote, ready=ready)
+        max_upload_bytes=int(max_upload_mb * (1 << 20)), allow_remote=allow_remote, ready=ready,
+        header_timeout=header_timeout, body_timeout=body_timeout)
 
 
 __all__ = ["serve"]

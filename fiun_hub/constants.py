@@ -1,6 +1,7 @@
 """Constants shared across fiun-hub, in one place."""
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -20,3 +21,4 @@ DEFAULT_AUTHOR = os.environ.get("USER", "fiun-hub")
 TAG = "fiun-hub"
 MAX_CLASSES = 100_000  # labels of one model or data set: bounds every label list built from an untrusted integer
 LEDGER_REPO = "fiun-hub/ledger"  # the takedown ledger: a repo in the hub, not a model (kept out of the lineage)
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)  # what a full file system raises: out of bytes, inodes or quota

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from .card import MAX_CARD_BYTES, CardMeta, ParentRef, fim_entry, parse_card, parse_card_full, render_card
 from .constants import CARD_FILE, FIM_CLASSES_FILE, FIM_FILE, RELATIONS, WEIGHTS_FILE
-from .errors import BadInput
+from .errors import BadInput, ConflictError
 from .hub.ids import check_user_writable, split_repo_rev, validate_repo_id, validate_tag_name
 from .hub.local import LocalHub, RepoChange
 from .lineage import resolve, sidecar_state, validate_new_parents
@@ -39,6 +39,58 @@ def _refuse_purged(hub: LocalHub, repo: str, cid: str) -> None:
         path = WEIGHTS_FILE if WEIGHTS_FILE in stones else sorted(stones)[0]
         raise purged_error(repo, cid, path, stones[path])
 
+def forgets_superseding(hub: LocalHub, repo: str, revision: str) -> set[str]:
+    """The forget requests recorded at ``repo``'s head whose forget started at ``revision`` or after it: a child
+    pinned to ``revision`` would keep what they removed. (Empty when the head's card cannot be read.)"""
+    try:
+        records = read_meta(hub, repo).unlearned
+    except BadInput:
+        return set()
+    out = set()
+    for rec in records:
+        start = rec.get("from_revision") if isinstance(rec, dict) else None
+        if isinstance(start, str) and start:
+            try:
+                if revision in {c.id for c in hub.history(repo, start)}:
+                    out.add(str(rec.get("request")))
+            except BadInput:
+                continue
+    return out
+
+
+def _repin_under_lock(hub: LocalHub, specs: Sequence[str], pins: list[ParentRef], render: Callable[[], None],
+                      notes: list[str]) -> Callable[[LocalHub], None]:
+    """A publish precondition (run under the writers' lock) that checks again the parent pins resolved before the
+    lock. A parent named without a revision is pinned to its head *now* (``pins`` is updated, ``render()`` rewrites
+    the card, a note says so); an explicit revision that a forget superseded meanwhile refuses the push: the child
+    would escape that forget. (Forgets that had superseded an explicit pin before the push started are reported by
+    ``fiun-hub lineage --check`` and ``audit``, as before.)"""
+    seen = [forgets_superseding(hub, p.repo, p.revision) for p in pins]
+
+    def check(locked: LocalHub) -> None:
+        changed = False
+        for i, (spec, p) in enumerate(zip(specs, pins)):
+            landed = sorted(forgets_superseding(locked, p.repo, p.revision) - seen[i])
+            if split_repo_rev(spec)[1] is not None:  # pinned by the user: never moved behind their back
+                if landed:
+                    raise ConflictError(
+                        f"--parent {spec}: {p.repo}@{p.revision[:12]} was superseded by forget request {landed[0]}, "
+                        "which landed while this push waited; a child pinned to it would keep what that forget "
+                        f"removed. Nothing was pushed: derive it from {p.repo}@{locked.head(p.repo)[:12]} "
+                        "(or omit @REV)")
+                continue
+            head = locked.head(p.repo)
+            if head != p.revision:
+                why = f"forget request {landed[0]} landed" if landed else "it moved"
+                notes.append(f"--parent {p.repo}: pinned to its new head {head[:12]} ({why} while this push waited; "
+                             f"its head was {p.revision[:12]})")
+                pins[i] = ParentRef(p.repo, head)
+                changed = True
+        if changed:
+            render()
+
+    return check
+
 
 def push_folder(
     hub: LocalHub,
@@ -52,7 +104,9 @@ def push_folder(
     """Commit a timm-format model folder as a new revision of ``repo``, writing its lineage into the card.
 
     Sidecars (``fim.safetensors``, ``fim-classes.safetensors``) in the folder are committed too; a previous
-    revision's sidecars are dropped, since they describe other weights. Returns the new revision's summary.
+    revision's sidecars are dropped, since they describe other weights. Parent pins are checked again under the
+    writers' lock (:func:`_repin_under_lock`). Returns the new revision's summary, with ``notes`` (what the user
+    should hear: a parent re-pinned to a head that moved while the push waited).
     """
     check_user_writable(validate_repo_id(repo))
     folder = Path(folder)
@@ -96,11 +150,22 @@ def push_folder(
         meta.fim = fim_entry(sc.layers, sc.estimator)
         files.update({s: folder / s for s in SIDECARS})
     delete = tuple(s for s in SIDECARS if s not in present and head and s in hub.list_files(repo, head))
-    files[CARD_FILE] = render_card(meta, body, repo).encode()
+
+    def render() -> None:
+        meta.parents = list(pins)
+        files[CARD_FILE] = render_card(meta, body, repo).encode()
+
+    render()
     parent_names = ", ".join(p.repo for p in pins)
     msg = message or (f"Push {repo}" + (f" ({meta.relation} of {parent_names})" if pins else ""))
-    cid = hub.publish([RepoChange(repo, files, msg, parent_commit=head, delete=delete, author=author)])[repo]
-    return show(hub, repo, cid)
+    notes: list[str] = []
+    # The pins were resolved without the lock: check them again under it (a forget of a parent may land meanwhile;
+    # the change's card is re-rendered in place before anything is written). A remote hub has no lock to do it under.
+    check = {"precondition": _repin_under_lock(hub, parents, pins, render, notes)} \
+        if pins and isinstance(hub, LocalHub) else {}
+    cid = hub.publish([RepoChange(repo, files, msg, parent_commit=head, delete=delete, author=author)],
+                      **check)[repo]
+    return {**show(hub, repo, cid), "notes": notes}
 
 
 def tag(hub, repo: str, name: str, revision: str | None = None, force: bool = False) -> str:

@@ -71,6 +71,11 @@ GITATTRIBUTES = "".join(f"*{s} filter=lfs diff=lfs merge=lfs -text\n" for s in L
 TICKET_TTL_S = 3600.0  # an LFS upload ticket, and a staged object, live this long without a commit
 JSON_LIMIT = 16 * MB  # JSON request bodies (preupload, batch, create, tag, validate-yaml)
 DRAIN_LIMIT = 64 * MB  # read (and drop) up to this much of an over-long body so the client sees our 413
+MAX_COMMIT_LINES = 100_000  # operations in one NDJSON commit (the preupload and LFS batch take 10,000 files each)
+HEADER_LIMIT = 64 << 10  # request line + headers, bytes (h11_max_incomplete_event_size); larger: 400, closed
+HEADER_TIMEOUT_S = 10.0  # a connection must send a whole request head within this (and again after each answer)
+BODY_TIMEOUT_S = 60.0  # at most this long between two pieces of a request body; then 408 and the connection closes
+KEEP_ALIVE_S = 5.0  # an idle keep-alive connection is closed after this (uvicorn's timeout_keep_alive)
 WRITE_BATCH = 4 * MB
 MEMORY_STAGE_MB = 64  # uploads up to this size are held in memory until their commit ($FIUN_HUB_SERVE_MEMORY_MB)
 PAGE_MODELS, PAGE_TREE, PAGE_COMMITS = 1000, 1000, 100
@@ -94,8 +99,23 @@ def _one_line(msg: object, limit: int = 1000) -> str:
     return " ".join(str(msg).split())[:limit]
 
 
-def _header_safe(msg: str) -> str:
-    return msg.encode("latin-1", "replace").decode("latin-1")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _header_safe(value: object) -> str:
+    """A header value h11 accepts: control characters (NUL, CR, LF, DEL, C1...) become ``?``, as does anything
+    outside latin-1. Every header an answer carries goes through here (:func:`_error`)."""
+    return _CONTROL.sub("?", str(value)).encode("latin-1", "replace").decode("latin-1")
+
+
+def _loads(body: bytes | str, what: str = "request body") -> Any:
+    """JSON from a client: malformed or too deeply nested (RecursionError) is a 400, never a 500."""
+    try:
+        return json.loads(body)
+    except RecursionError:
+        raise HTTPError(400, f"{what} is nested too deeply") from None
+    except ValueError:
+        raise HTTPError(400, f"{what} is not valid JSON") from None
 
 
 def is_loopback(host: str) -> bool:
@@ -252,9 +272,10 @@ SERVE_HINT = "fiun-hub serve needs starlette and uvicorn: pip install 'fiun-hub[
 
 def create_app(hub: LocalHub, token: str | None, open_reads: bool = True,
                max_upload_bytes: int = DEFAULT_MAX_UPLOAD_MB * MB, *, author: str | None = None,
-               memory_stage_bytes: int | None = None) -> "Starlette":
+               memory_stage_bytes: int | None = None, body_timeout: float = BODY_TIMEOUT_S) -> "Starlette":
     """The Starlette app serving ``hub``. ``token``: the bearer token writes need (None: read-only server);
-    ``open_reads=False``: reads need it too; ``max_upload_bytes``: the largest file (and request body) accepted.
+    ``open_reads=False``: reads need it too; ``max_upload_bytes``: the largest file (and request body) accepted;
+    ``body_timeout``: the longest wait for the next piece of a request body (then 408, connection closed).
 
     Uploaded LFS objects up to ``memory_stage_bytes`` (default ``$FIUN_HUB_SERVE_MEMORY_MB`` MiB, else 64 MiB;
     at most four times that in memory at once) wait for their commit in memory, larger ones in the staging
@@ -265,6 +286,8 @@ def create_app(hub: LocalHub, token: str | None, open_reads: bool = True,
         raise BadInput("a private server needs a token (--token or $FIUN_HUB_TOKEN)")
     if max_upload_bytes <= 0:
         raise BadInput("the upload limit must be positive")
+    if not body_timeout > 0:
+        raise BadInput("the body timeout must be positive")
     if memory_stage_bytes is None:
         try:
             memory_stage_bytes = int(float(os.environ.get("FIUN_HUB_SERVE_MEMORY_MB", MEMORY_STAGE_MB)) * MB)
@@ -272,6 +295,7 @@ def create_app(hub: LocalHub, token: str | None, open_reads: bool = True,
             raise BadInput("FIUN_HUB_SERVE_MEMORY_MB must be a number of MiB") from None
     state = _Server(hub, token, open_reads, int(max_upload_bytes), author or DEFAULT_AUTHOR,
                     max(int(memory_stage_bytes), 0))
+    state.body_timeout = float(body_timeout)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -280,8 +304,14 @@ def create_app(hub: LocalHub, token: str | None, open_reads: bool = True,
         finally:
             state.close()
 
+    async def unrouted(request, exc):
+        # Starlette's router matched nothing (a path holding a newline, another method): the same dispatcher and
+        # error mapper answer it, never Starlette's plain-text page.
+        return await state.dispatch(request)
+
     methods = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH"]
-    app = Starlette(routes=[Route("/{path:path}", state.dispatch, methods=methods)], lifespan=lifespan)
+    app = Starlette(routes=[Route("/{path:path}", state.dispatch, methods=methods)], lifespan=lifespan,
+                    exception_handlers={404: unrouted, 405: unrouted})
     app.state.fiun = state
     return app
 
@@ -294,6 +324,7 @@ class _Server:
         self.open_reads = open_reads
         self.max_upload = max_upload
         self.max_body = 2 * max_upload + MB  # an NDJSON commit carries regular files inline, base64-encoded
+        self.body_timeout = BODY_TIMEOUT_S
         self.author = author
         self.memory_stage, self.memory_total, self.memory_used = memory_stage, 4 * memory_stage, 0
         self.mutex = threading.Lock()
@@ -394,25 +425,15 @@ class _Server:
                 raise HTTPError(404, f"fiun-hub serve has no route {method} {unquote(path)[:200]} "
                                      "(see docs/serve.md for what it supports)")
             return await handler(request, **groups)
-        except HTTPError as exc:
-            return _error(exc.status, exc.message, exc.code, exc.headers, exc.extra)
-        except RepoNotFound as exc:
-            return _error(404, str(exc), "RepoNotFound")
-        except RevisionNotFound as exc:
-            return _error(404, str(exc), "RevisionNotFound")
-        except Purged as exc:  # a takedown purged the file: 451 Unavailable For Legal Reasons, naming the request
-            return _error(451, str(exc), "Purged")
-        except EntryNotFound as exc:
-            return _error(404, str(exc), "EntryNotFound")
-        except ConflictError as exc:
-            return _error(409, str(exc))
-        except FiunError as exc:
-            return _error(400, str(exc))
         except ClientDisconnect:
-            return Response(status_code=400)
-        except Exception as exc:  # a bug: answer 500 with the type, log the traceback
-            log.exception("fiun-hub serve: %s %s failed", method, path)
-            return _error(500, f"internal error ({type(exc).__name__}); see the server log")
+            return Response(status_code=400, headers={"Connection": "close"})
+        except Exception as exc:  # noqa: BLE001 - the one error mapper of every route
+            status, message, code, headers, extra = _error_of(exc, method, path)
+            if request.method.upper() in ("POST", "PUT", "PATCH") and not getattr(request.state, "body_done", False):
+                # The body was not read to its end (over the limit, too slow, refused before reading): close the
+                # connection after the answer instead of reading the rest of the body to keep it alive.
+                headers = {**headers, "Connection": "close"}
+            return _error(status, message, code, headers, extra)
 
     def _auth(self, request: "Request", write: bool) -> None:
         if not write and self.open_reads:
@@ -469,27 +490,43 @@ class _Server:
     def _base(request: "Request") -> str:
         return str(request.base_url).rstrip("/")
 
+    async def _chunks(self, request: "Request"):
+        """The request body piece by piece; more than ``body_timeout`` seconds without a piece is a 408 (and the
+        connection is closed). Sets ``request.state.body_done`` once the body was read to its end."""
+        stream = request.stream().__aiter__()
+        while True:
+            try:
+                if hasattr(asyncio, "timeout"):  # Python 3.11+: no task per piece, as wait_for makes
+                    async with asyncio.timeout(self.body_timeout):
+                        chunk = await stream.__anext__()
+                else:  # pragma: no cover - Python 3.10
+                    chunk = await asyncio.wait_for(stream.__anext__(), self.body_timeout)
+            except StopAsyncIteration:
+                request.state.body_done = True
+                return
+            except asyncio.TimeoutError:
+                raise HTTPError(408, f"no part of the request body came for {self.body_timeout:g}s; closing the "
+                                     "connection") from None
+            yield chunk
+
     async def _body(self, request: "Request", limit: int) -> bytes:
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit + DRAIN_LIMIT:
             raise HTTPError(413, f"request body of {int(declared)} bytes is over this server's limit of {limit}")
         buf = bytearray()
-        over = False
-        async for chunk in request.stream():
-            if over or len(buf) + len(chunk) > limit:
-                over = True
-                continue  # keep reading (bounded by the check above) so the client gets our answer
-            buf += chunk
-        if over:
+        n = 0
+        async for chunk in self._chunks(request):
+            n += len(chunk)
+            if n > limit + DRAIN_LIMIT:
+                break  # read and dropped enough (a chunked body declares no length): answer now, then close
+            if n <= limit:
+                buf += chunk
+        if n > limit:
             raise HTTPError(413, f"request body is over this server's limit of {limit} bytes (--max-upload-mb)")
         return bytes(buf)
 
     async def _json(self, request: "Request") -> dict:
-        body = await self._body(request, JSON_LIMIT)
-        try:
-            data = json.loads(body)
-        except ValueError:
-            raise HTTPError(400, "request body is not valid JSON") from None
+        data = _loads(await self._body(request, JSON_LIMIT))
         if not isinstance(data, dict):
             raise HTTPError(400, "request body must be a JSON object")
         return data
@@ -829,11 +866,8 @@ class _Server:
         repo = self._repo(org, name)
         body = await self._body(request, JSON_LIMIT)
         if "json" in request.headers.get("content-type", ""):
-            try:
-                data = json.loads(body)
-                paths = data.get("paths") if isinstance(data, dict) else None
-            except ValueError:
-                paths = None
+            data = _loads(body)
+            paths = data.get("paths") if isinstance(data, dict) else None
         else:
             paths = parse_qs(body.decode("utf-8", "replace")).get("paths")
         if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
@@ -890,8 +924,7 @@ class _Server:
             await run_in_threadpool(parse_card_full, content, CARD_FILE)
         except CardError as exc:
             msg = _one_line(exc)
-            return JSONResponse({"errors": [{"message": msg}], "warnings": [], "error": msg}, status_code=400,
-                                headers={"X-Error-Message": _header_safe(msg)})
+            raise HTTPError(400, msg, extra={"errors": [{"message": msg}], "warnings": []}) from None
         return JSONResponse({"errors": [], "warnings": []})
 
     async def no_xet(self, request, org, name):
@@ -1085,7 +1118,7 @@ class _Server:
                 pending = asyncio.ensure_future(run_in_threadpool(write, data))
 
             n, buf, over = 0, bytearray(), False
-            async for chunk in request.stream():
+            async for chunk in self._chunks(request):
                 n += len(chunk)
                 if over or n > t.size or n > self.max_upload:
                     over = True
@@ -1152,7 +1185,8 @@ class _Server:
         repo = self._write_target(request, org, name, commit=True)
         await run_in_threadpool(self._check_branch, repo, rev)
         body = await self._body(request, self.max_body)
-        ops = _parse_ndjson(body, self.max_upload)
+        ops = await run_in_threadpool(_parse_ndjson, body, self.max_upload)  # linear, but MBs of JSON: off the loop
+        del body
         keys = [(repo, oid) for oid, _ in ops.lfs.values()]
         try:
             cid = await run_in_threadpool(self._commit_work, repo, ops)
@@ -1252,11 +1286,33 @@ def _html(text: str) -> str:
 def _error(status: int, message: str, code: str | None = None, headers: dict | None = None,
            extra: dict | None = None) -> "Response":
     msg = _one_line(message)
-    h = {"X-Error-Message": _header_safe(msg)}
+    h = {"X-Error-Message": msg}
     if code:
         h["X-Error-Code"] = code
     h.update(headers or {})
-    return JSONResponse({**(extra or {}), "error": msg}, status_code=status, headers=h)
+    return JSONResponse({**(extra or {}), "error": msg}, status_code=status,
+                        headers={k: _header_safe(v) for k, v in h.items()})
+
+
+def _error_of(exc: BaseException, method: str, path: str) -> tuple[int, str, str | None, dict, dict]:
+    """(status, message, X-Error-Code, headers, extra body keys) of an exception a route raised: the one mapping
+    from errors to answers (docs/serve.md, "Errors")."""
+    if isinstance(exc, HTTPError):
+        return exc.status, exc.message, exc.code, exc.headers, exc.extra
+    if isinstance(exc, Purged):  # a takedown purged the file: 451 Unavailable For Legal Reasons, naming the request
+        return 451, str(exc), "Purged", {}, {}
+    for kind, code in ((RepoNotFound, "RepoNotFound"), (RevisionNotFound, "RevisionNotFound"),
+                       (EntryNotFound, "EntryNotFound")):
+        if isinstance(exc, kind):
+            return 404, str(exc), code, {}, {}
+    if isinstance(exc, ConflictError):
+        return 409, str(exc), None, {}, {}
+    if isinstance(exc, FiunError):
+        return 400, str(exc), None, {}, {}
+    if isinstance(exc, RecursionError):  # a structure from the client nested too deeply for a parser
+        return 400, "the request is nested too deeply", None, {}, {}
+    log.error("fiun-hub serve: %s %s failed", method, path, exc_info=exc)  # a bug: 500 with the type, traceback
+    return 500, f"internal error ({type(exc).__name__}); see the server log", None, {}, {}
 
 
 def _pid_alive(pid: int) -> bool:
@@ -1279,9 +1335,14 @@ class _Ops:
     deleted_folders: list[str]
 
 
-def _parse_ndjson(body: bytes, max_file: int) -> _Ops:
+def _parse_ndjson(body: bytes, max_file: int, max_lines: int = MAX_COMMIT_LINES) -> _Ops:
     """The Hub's NDJSON commit payload: a ``header`` line, then ``file`` / ``lfsFile`` / ``deletedFile`` /
-    ``deletedFolder`` lines. Later lines about a path override earlier ones. Anything malformed -> 400."""
+    ``deletedFolder`` lines. Later lines about a path override earlier ones (a ``deletedFolder`` overrides the
+    earlier ``file`` / ``lfsFile`` lines under it). Anything malformed -> 400; more than ``max_lines`` lines -> 413.
+
+    Linear in the payload: each line is parsed once, the last line about each path is kept in a dict, and a file
+    is checked against the folder deletions that came after it by looking up its own parent folders (never by
+    scanning every file per folder, or every deletion per file)."""
 
     def bad(msg: str) -> HTTPError:
         return HTTPError(400, f"malformed commit payload: {msg}")
@@ -1289,16 +1350,17 @@ def _parse_ndjson(body: bytes, max_file: int) -> _Ops:
     lines = [ln for ln in body.split(b"\n") if ln.strip()]
     if not lines:
         raise bad("empty body (expected NDJSON: a header line, then one line per operation)")
+    if len(lines) > max_lines:
+        raise HTTPError(413, f"the commit has {len(lines)} lines, over this server's limit of {max_lines} operations; "
+                             "split it into several commits")
     items = []
     for i, ln in enumerate(lines, 1):
-        try:
-            item = json.loads(ln)
-        except ValueError:
-            raise bad(f"line {i} is not JSON") from None
+        item = _loads(ln, f"malformed commit payload: line {i}")
         if not isinstance(item, dict) or not isinstance(item.get("key"), str) \
                 or not isinstance(item.get("value"), dict):
             raise bad(f"line {i} is not {{\"key\": ..., \"value\": {{...}}}}")
         items.append(item)
+    del lines
     if items[0]["key"] != "header":
         raise bad("the first line must be the header")
     header = items[0]["value"]
@@ -1313,12 +1375,8 @@ def _parse_ndjson(body: bytes, max_file: int) -> _Ops:
         raise bad("header `parentCommit` must be a commit id (5 to 40 hex digits)")
     ops = _Ops(summary.strip() + (f"\n\n{description.strip()}" if description.strip() else ""), parent, {}, {}, [], [])
 
-    def forget(path: str) -> None:
-        ops.regular.pop(path, None)
-        ops.lfs.pop(path, None)
-        if path in ops.deleted_files:
-            ops.deleted_files.remove(path)
-
+    last: dict[str, tuple[int, str, Any]] = {}  # path -> (line, "file" | "lfsFile" | "deletedFile", payload)
+    folders: dict[str, int] = {}  # deleted folder ("" = everything) -> its last line
     for i, item in enumerate(items[1:], 2):
         key, v = item["key"], item["value"]
         path = v.get("path")
@@ -1348,25 +1406,41 @@ def _parse_ndjson(body: bytes, max_file: int) -> _Ops:
                 raise bad(f"line {i}: unknown encoding {str(encoding)[:40]!r}")
             if len(data) > max_file:
                 raise HTTPError(413, f"{path[:200]} is over this server's upload limit of {max_file} bytes")
-            forget(path)
-            ops.regular[path] = data
+            last[path] = (i, "file", data)
         elif key == "lfsFile":
             oid, size = v.get("oid"), v.get("size")
             if v.get("algo", "sha256") != "sha256" or not isinstance(oid, str) or not SHA256_RE.fullmatch(oid):
                 raise bad(f"line {i}: lfsFile {path[:200]} needs a sha256 oid (64 lowercase hex)")
             if size is not None and (type(size) is not int or size < 0):
                 raise bad(f"line {i}: lfsFile {path[:200]} has an invalid size")
-            forget(path)
-            ops.lfs[path] = (oid, size)
+            last[path] = (i, "lfsFile", (oid, size))
         elif key == "deletedFile":
-            forget(path)
-            ops.deleted_files.append(path)
+            last[path] = (i, "deletedFile", None)
         elif key == "deletedFolder":
-            for p in [p for p in list(ops.regular) + list(ops.lfs) if not path or p.startswith(path + "/")]:
-                forget(p)
-            ops.deleted_folders.append(path)
+            if path not in folders:
+                ops.deleted_folders.append(path)
+            folders[path] = i
         else:
             raise bad(f"line {i}: unknown operation {key[:40]!r} (copies and other operations are not supported)")
+
+    def deleted_after(path: str, line: int) -> bool:
+        """Whether a folder holding ``path`` was deleted by a later line (its parents: one lookup each)."""
+        if not folders:
+            return False
+        if folders.get("", 0) > line:
+            return True
+        cut = path.find("/")
+        while cut != -1:
+            if folders.get(path[:cut], 0) > line:
+                return True
+            cut = path.find("/", cut + 1)
+        return False
+
+    for path, (line, kind, payload) in sorted(last.items(), key=lambda kv: kv[1][0]):
+        if kind == "deletedFile":
+            ops.deleted_files.append(path)
+        elif not deleted_after(path, line):
+            (ops.regular if kind == "file" else ops.lfs)[path] = payload
     return ops
 
 
@@ -1390,10 +1464,61 @@ def url_of(sock: socket.socket, host: str) -> str:
     return f"http://[{shown}]:{port}" if ":" in shown else f"http://{shown}:{port}"
 
 
+def _timed_protocol(header_timeout: float):
+    """uvicorn's h11 protocol with a deadline for each request head: a connection that has not sent a whole request
+    line and headers ``header_timeout`` seconds after it opened (or after its last answer) is closed. uvicorn
+    itself only times out idle keep-alive connections, so a client sending half a head would be kept for ever."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class TimedH11Protocol(H11Protocol):
+        _head_timer = None
+        _timed_cycle = None
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._head_timer = self.loop.call_later(header_timeout, self._head_timed_out)
+
+        def _disarm(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _head_timed_out(self) -> None:
+            self._head_timer = None
+            if not self.transport.is_closing():
+                self.transport.close()
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def connection_lost(self, exc) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def handle_events(self) -> None:
+            super().handle_events()
+            if self.cycle is not None and self.cycle is not self._timed_cycle:  # a whole head came: a request
+                self._timed_cycle = self.cycle
+                self._disarm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._arm()  # the next request's head (keep-alive) has the same deadline
+
+    return TimedH11Protocol
+
+
 def run(hub_path: str | os.PathLike, host: str = "127.0.0.1", port: int = DEFAULT_PORT, token: str | None = None,
         open_reads: bool = True, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_MB * MB, *, allow_remote: bool = False,
-        ready: Callable[[str], None] | None = None, log_level: str = "warning") -> None:
-    """Serve the hub at ``hub_path`` until interrupted. ``ready(url)`` is called once the socket is bound."""
+        ready: Callable[[str], None] | None = None, log_level: str = "warning",
+        header_timeout: float = HEADER_TIMEOUT_S, body_timeout: float = BODY_TIMEOUT_S) -> None:
+    """Serve the hub at ``hub_path`` until interrupted. ``ready(url)`` is called once the socket is bound.
+
+    Limits against half-sent requests: a request head within ``header_timeout`` seconds and :data:`HEADER_LIMIT`
+    bytes, no more than ``body_timeout`` seconds between two pieces of a body, idle keep-alive connections closed
+    after :data:`KEEP_ALIVE_S`."""
     if not HAVE_STARLETTE:
         raise BadInput(SERVE_HINT)
     try:
@@ -1402,12 +1527,15 @@ def run(hub_path: str | os.PathLike, host: str = "127.0.0.1", port: int = DEFAUL
         raise BadInput(SERVE_HINT) from None
     check_host(host, allow_remote)
     hub = hub_path if isinstance(hub_path, LocalHub) else LocalHub(hub_path)
-    app = create_app(hub, token, open_reads, max_upload_bytes)
+    if not header_timeout > 0:
+        raise BadInput("the header timeout must be positive")
+    app = create_app(hub, token, open_reads, max_upload_bytes, body_timeout=body_timeout)
     sock = bind_socket(host, port)
     if ready is not None:
         ready(url_of(sock, host))
     config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on", timeout_graceful_shutdown=5,
-                            server_header=False)
+                            server_header=False, http=_timed_protocol(float(header_timeout)),
+                            h11_max_incomplete_event_size=HEADER_LIMIT, timeout_keep_alive=KEEP_ALIVE_S)
     uvicorn.Server(config).run(sockets=[sock])
 
 

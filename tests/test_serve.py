@@ -531,3 +531,153 @@ def test_a_card_claiming_a_request_through_serve_is_never_proof(server, client, 
     rows = {r["repo"]: r["status"] for r in report["requests"][0]["repos"]}
     assert rows["claim/child"] != "done" and not report["ok"], rows
     assert any(f["repo"] == "claim/child" and f["kind"] == "unrecorded" for f in report["findings"])
+
+
+# ---------------------------------------------------------------------------- hostile requests (issue 12, 13-14)
+def _raw(url: str, timeout: float = 30):
+    import socket
+    from urllib.parse import urlsplit
+
+    u = urlsplit(url)
+    return socket.create_connection((u.hostname, u.port), timeout=timeout)
+
+
+def _closed_by_server(sock, guard: float = 30) -> bytes:
+    """Read until the server closes the connection (b'' or a reset); what it sent first. ``guard`` only stops a
+    server that never closes from hanging the test."""
+    sock.settimeout(guard)
+    got = b""
+    try:
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                return got
+            got += data
+    except ConnectionResetError:
+        return got
+
+
+def test_deeply_nested_json_is_400_at_every_parser(server, client, lineage, hub_fingerprint):
+    deep = b"[" * 100_000 + b"]" * 100_000
+    before = hub_fingerprint(server.root)
+    for method, path, body, headers in [
+        ("POST", "/api/validate-yaml", deep, {"Content-Type": "application/json"}),
+        ("POST", "/org/base.git/info/lfs/objects/batch", deep, auth()),
+        ("POST", "/api/models/org/base/paths-info/main", deep, {"Content-Type": "application/json"}),
+        ("POST", "/api/models/org/base/commit/main",
+         ndjson({"key": "header", "value": {"summary": "deep"}}) + deep + b"\n", auth()),
+    ]:
+        status, h, raw = http(method, client.url + path, body, headers)
+        assert status == 400 and "nested too deeply" in json.loads(raw)["error"], (path, status, raw[:200])
+        assert "nested too deeply" in h["X-Error-Message"]
+    assert hub_fingerprint(server.root) == before
+    assert http("GET", f"{client.url}/api/models/org/base")[0] == 200  # the server is fine
+
+
+def test_control_characters_in_a_path_never_reach_a_header(server, client, lineage):
+    for path in ["/api/models/org/a%00b", "/org/base/resolve/main/a%00b.txt", "/api/models/org/base/tree/main/x%01y",
+                 "/no%7Froute%0D%0AX-Injected:%201", "/api/models/org/base/tree/main/%C2%85%E2%80%A8"]:
+        status, headers, raw = http("GET", client.url + path)
+        assert status == 404, (path, status)
+        message = headers["X-Error-Message"]
+        assert message and not any(ord(ch) < 32 or 127 <= ord(ch) < 160 for ch in message), (path, message)
+        assert "X-Injected" not in headers and json.loads(raw)["error"]
+    assert http("GET", f"{client.url}/api/models/org/base")[0] == 200
+
+
+def test_a_chunked_body_over_the_limit_is_cut_off_and_the_connection_closed(server, client):
+    """The docs promise: read and drop up to 64 MiB past the limit (JSON bodies: 16 MiB), then answer and close."""
+    import select
+
+    from fiun_hub.serve import DRAIN_LIMIT, JSON_LIMIT
+
+    sock = _raw(client.url)
+    sock.sendall(b"POST /api/validate-yaml HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Transfer-Encoding: chunked\r\n\r\n")
+    chunk = b"%x\r\n%s\r\n" % (1 << 20, b" " * (1 << 20))
+    sent, total = 0, 4 * (JSON_LIMIT + DRAIN_LIMIT)
+    try:
+        while sent < total and not select.select([sock], [], [], 0)[0]:
+            sock.sendall(chunk)
+            sent += 1 << 20
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    answer = _closed_by_server(sock)
+    sock.close()
+    assert sent < JSON_LIMIT + DRAIN_LIMIT + (32 << 20), f"the server read {sent >> 20} MiB of a chunked body"
+    assert not answer or answer.startswith(b"HTTP/1.1 413"), answer[:200]
+
+
+def test_a_large_commit_is_parsed_in_linear_time_and_bounded(server, client, lineage, hub_fingerprint):
+    max_lines = 100_000  # docs/serve.md, "Limits" (fiun_hub.serve.MAX_COMMIT_LINES)
+    url = f"{client.url}/api/models/org/base/commit/main"
+    head = {"key": "header", "value": {"summary": "many"}}
+    before = hub_fingerprint(server.root)
+    # As many operations as allowed (5.8 MB): the quadratic parser needed minutes for this, on the event loop.
+    many = ndjson(head) + b"".join(b'{"key": "deletedFile", "value": {"path": "gone/f%d.bin"}}\n' % i
+                                   for i in range(max_lines - 1))
+    status, _, raw = http("POST", url, many, auth())
+    assert status == 404 and "gone/f0.bin" in json.loads(raw)["error"], raw[:300]
+    status, _, raw = http("POST", url, many + b'{"key": "deletedFile", "value": {"path": "one/more"}}\n', auth())
+    assert status == 413 and f"limit of {max_lines}" in json.loads(raw)["error"]
+    assert hub_fingerprint(server.root) == before
+    # Later lines override earlier ones, a folder deletion the files before it (and not after it).
+    b64 = {n: base64.b64encode(n.encode()).decode() for n in ("keep", "old", "new", "e1", "e2")}
+    status, _, raw = http("POST", url, ndjson(head, {"key": "file", "value": {"path": "d/keep.txt",
+                                                                                  "content": b64["keep"]}}), auth())
+    assert status == 200
+    status, _, raw = http("POST", url, ndjson(
+        head,
+        {"key": "file", "value": {"path": "d/old.txt", "content": b64["old"]}},
+        {"key": "deletedFolder", "value": {"path": "d/"}},
+        {"key": "file", "value": {"path": "d/new.txt", "content": b64["new"]}},
+        {"key": "file", "value": {"path": "e.txt", "content": b64["e1"]}},
+        {"key": "deletedFile", "value": {"path": "e.txt"}},
+        {"key": "file", "value": {"path": "e.txt", "content": b64["e2"]}}), auth())
+    assert status == 200, raw
+    hub = LocalHub(server.root)
+    files = hub.list_files("org/base", json.loads(raw)["commitOid"])
+    assert "d/keep.txt" not in files and "d/old.txt" not in files
+    assert hub.read_file("org/base", "d/new.txt") == b"new" and hub.read_file("org/base", "e.txt") == b"e2"
+
+
+def test_half_sent_requests_are_closed(server, tmp_path):
+    """A request head that never ends (all at once, or one byte at a time) and a body that stops are closed after
+    the server's timeouts (here 0.5 s); the server keeps answering others."""
+    import time
+
+    proc, url = start_server(server.root, tmp_path / "timeouts.log", "--header-timeout", "0.5",
+                             "--body-timeout", "0.5")
+    socks = []
+    try:
+        heads = [_raw(url) for _ in range(20)]
+        for s in heads:
+            s.sendall(b"GET /api/models HTTP/1.1\r\nHost: x\r\nX-Half: ")
+        bodies = [_raw(url) for _ in range(5)]
+        for s in bodies:
+            s.sendall(b"POST /api/validate-yaml HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: 100\r\n\r\n{\"con")
+        socks = heads + bodies
+        trickle = _raw(url)  # slowloris: a byte every 0.1 s keeps data coming, never a whole head
+        socks.append(trickle)
+        trickle.setblocking(False)
+        closed, deadline = False, time.monotonic() + 30
+        while not closed and time.monotonic() < deadline:
+            try:
+                closed = trickle.send(b"a") == 0 or trickle.recv(1) == b""
+            except BlockingIOError:
+                pass
+            except (BrokenPipeError, ConnectionResetError):
+                closed = True
+            time.sleep(0.1)
+        assert closed, "a head sent one byte at a time was never closed"
+        for s in heads:
+            assert _closed_by_server(s) == b""
+        for s in bodies:
+            answer = _closed_by_server(s)
+            assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+        assert http("GET", f"{url}/api/models/org/base")[0] == 200
+    finally:
+        for s in socks:
+            s.close()
+        stop_server(proc)

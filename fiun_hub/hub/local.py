@@ -43,7 +43,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Mapping
 
-from ..constants import CARD_FILE, DEFAULT_AUTHOR, DEFAULT_BRANCH, FIUN_DIR, LEDGER_REPO
+from ..constants import CARD_FILE, DEFAULT_AUTHOR, DEFAULT_BRANCH, FIUN_DIR, LEDGER_REPO, NO_SPACE
 from ..errors import (
     BadInput,
     ConflictError,
@@ -132,12 +132,17 @@ def atomic_write(path: Path, data: bytes, fsync: bool = True) -> None:
     """Write ``data`` to ``path`` through a temporary file and an atomic rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        if fsync:
-            fh.flush()
-            os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            if fsync:
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # (a full disk): leave no half-written temporary behind
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
     if fsync:
         _fsync_dir(path.parent)
 
@@ -282,11 +287,7 @@ class LocalHub:
         if not (self.meta / "hub.json").is_file():
             raise HubNotFound(f"no fiun-hub hub at {self.root}; create one with `fiun-hub --hub {self.root} init`")
         if recover and (self.meta / "journal.json").exists():
-            try:
-                with self.lock():
-                    self._recover()
-            except DamagedJournal:
-                pass  # reads go on (they ignore it); every write says what is wrong, and so does verify
+            self._try_recover()
 
     # ------------------------------------------------------------------ creation
     @classmethod
@@ -623,6 +624,25 @@ class LocalHub:
                                  "look at it, then remove it (reads still work)")
         return purge
 
+    def _try_recover(self) -> None:
+        """Finish an unfinished publish when this handle is opened, if that can be done now. A reader does not need
+        it (every read reports the journal's ``old`` heads until the journal is gone), so when a writer holds the
+        lock or the disk is full (no space for the ref moves) the journal is left for the next writer, which
+        finishes it under the lock before its own publish (:meth:`lock`)."""
+        with contextlib.suppress(ConflictError, OSError, DamagedJournal):
+            with self.lock(timeout=0):
+                pass  # lock() finishes the journal once it holds the lock
+
+    def unfinished_publish(self) -> list[str]:
+        """The repos of a publish that started moving refs and did not finish (its journal is still there: it lands
+        whole on the next write, see :meth:`lock`); empty when there is none."""
+        try:
+            with open(self._journal, "rb") as fh:
+                moves = json.loads(fh.read()).get("moves", [])
+            return sorted({m["repo"] for m in moves})
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+            return []
+
     def _recover(self) -> None:
         """Finish an interrupted publish: every object it names exists, so moving the refs completes it."""
         journal = self.meta / "journal.json"
@@ -645,37 +665,47 @@ class LocalHub:
         atomic_write(self.repo_dir(repo) / "refs" / ref, cid.encode(), fsync=fsync)
 
     # ------------------------------------------------------------------ writes
-    def _store_blob(self, repo: str, content: bytes | Blob | Path) -> tuple[str, int]:
+    def _store_blob(self, repo: str, content: bytes | Blob | Path, created: list[Path] | None = None
+                    ) -> tuple[str, int]:
+        """Store one file's content as ``blobs/{sha256}``; a blob this call made is appended to ``created``."""
         blobs = self.repo_dir(repo) / "blobs"
         blobs.mkdir(parents=True, exist_ok=True)
-        if isinstance(content, Blob):
-            final = blobs / content.sha256
-            if not final.is_file():
-                tmp = blobs / f".incoming-{uuid.uuid4().hex}"
-                tmp.write_bytes(content.data)
-                os.replace(tmp, final)
-            return content.sha256, len(content.data)
         tmp = blobs / f".incoming-{uuid.uuid4().hex}"
-        h = hashlib.sha256()
-        size = 0
-        with open(tmp, "wb") as out:
-            if isinstance(content, (bytes, bytearray, memoryview)):
-                h.update(content)
-                out.write(content)
-                size = len(content)
+        try:
+            if isinstance(content, Blob):
+                final = blobs / content.sha256
+                if not final.is_file():
+                    tmp.write_bytes(content.data)
+                    os.replace(tmp, final)
+                    if created is not None:
+                        created.append(final)
+                return content.sha256, len(content.data)
+            h = hashlib.sha256()
+            size = 0
+            with open(tmp, "wb") as out:
+                if isinstance(content, (bytes, bytearray, memoryview)):
+                    h.update(content)
+                    out.write(content)
+                    size = len(content)
+                else:
+                    with open(content, "rb") as src:
+                        for chunk in iter(lambda: src.read(_CHUNK), b""):
+                            h.update(chunk)
+                            out.write(chunk)
+                            size += len(chunk)
+            sha = h.hexdigest()
+            final = blobs / sha
+            if final.is_file():
+                tmp.unlink()  # identical content is stored once
             else:
-                with open(content, "rb") as src:
-                    for chunk in iter(lambda: src.read(_CHUNK), b""):
-                        h.update(chunk)
-                        out.write(chunk)
-                        size += len(chunk)
-        sha = h.hexdigest()
-        final = blobs / sha
-        if final.is_file():
-            tmp.unlink()  # identical content is stored once
-        else:
-            os.replace(tmp, final)
-        return sha, size
+                os.replace(tmp, final)
+                if created is not None:
+                    created.append(final)
+            return sha, size
+        except BaseException:  # (a full disk): no half-written file stays behind
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
 
     def _make_snapshot(self, repo: str, cid: str, files: Mapping[str, str]) -> None:
         snaps = self.repo_dir(repo) / "snapshots"
@@ -691,8 +721,10 @@ class LocalHub:
                 target = "/".join([".."] * depth + ["blobs", sha])
                 try:
                     os.symlink(target, link)
-                except OSError:
-                    shutil.copyfile(self.blob_path(repo, sha), link)
+                except OSError as exc:
+                    if exc.errno in NO_SPACE:
+                        raise
+                    shutil.copyfile(self.blob_path(repo, sha), link)  # a file system without symlinks
             tmp.mkdir(parents=True, exist_ok=True)
             os.replace(tmp, final)
         except BaseException:
@@ -733,45 +765,61 @@ class LocalHub:
             if purge:
                 self._check_purge(purge)
             moves = []
-            for ch in changes:
-                parent = heads[ch.repo]
-                base = self.commit_info(ch.repo, parent) if parent else None
-                tree = dict(base.files) if base else {}
-                sizes = dict(base.sizes) if base else {}
-                for p in ch.delete:
-                    tree.pop(p, None)
-                    sizes.pop(p, None)
-                final = set(tree) | set(ch.files)
-                clash = sorted(p for p in final if any(p.startswith(q + "/") for q in final))
-                if clash:
-                    raise BadInput(f"{ch.repo}: {clash[0]} is both a file and a folder in the new revision")
-                for p, content in ch.files.items():
-                    tree[p], sizes[p] = self._store_blob(ch.repo, content)
-                record = {
-                    "repo": ch.repo,
-                    "parents": [parent] if parent else [],
-                    "author": ch.author or author or DEFAULT_AUTHOR,
-                    "time": _now(),
-                    "message": ch.message or f"Update {ch.repo}",
-                    "files": dict(sorted(tree.items())),
-                    "sizes": dict(sorted(sizes.items())),
-                }
-                cid = commit_id(record)
-                record["id"] = cid
-                # The record first: a snapshot folder is how a commit becomes visible to readers by id.
-                atomic_write(self._commit_path(cid), json.dumps(record, indent=1).encode(), fsync=False)
-                self._make_snapshot(ch.repo, cid, tree)
-                moves.append({"repo": ch.repo, "ref": DEFAULT_BRANCH, "old": parent, "new": cid})
-            # The index entries are computed before any ref moves, so nothing can fail between the moves.
-            entries = self._index_entries({m["repo"]: m["new"] for m in moves})
-            # Blobs, commits and snapshots were written unsynced: make them durable in one go before the
-            # journal names them, then move the refs and make that durable before the journal goes.
-            sync_filesystem(self.root)
-            journal = self.meta / "journal.json"
-            record = {"moves": moves, "time": _now()}
-            if purge:
-                record["purge"] = {"entries": list(purge), "blobs": self.purge_blobs(purge)}
-            atomic_write(journal, json.dumps(record).encode())
+            created: list[Path] = []  # what this publish wrote, removed again if it fails before its journal
+            try:
+                for ch in changes:
+                    parent = heads[ch.repo]
+                    base = self.commit_info(ch.repo, parent) if parent else None
+                    tree = dict(base.files) if base else {}
+                    sizes = dict(base.sizes) if base else {}
+                    for p in ch.delete:
+                        tree.pop(p, None)
+                        sizes.pop(p, None)
+                    final = set(tree) | set(ch.files)
+                    clash = sorted(p for p in final if any(p.startswith(q + "/") for q in final))
+                    if clash:
+                        raise BadInput(f"{ch.repo}: {clash[0]} is both a file and a folder in the new revision")
+                    for p, content in ch.files.items():
+                        tree[p], sizes[p] = self._store_blob(ch.repo, content, created)
+                    record = {
+                        "repo": ch.repo,
+                        "parents": [parent] if parent else [],
+                        "author": ch.author or author or DEFAULT_AUTHOR,
+                        "time": _now(),
+                        "message": ch.message or f"Update {ch.repo}",
+                        "files": dict(sorted(tree.items())),
+                        "sizes": dict(sorted(sizes.items())),
+                    }
+                    cid = commit_id(record)
+                    record["id"] = cid
+                    # The record first: a snapshot folder is how a commit becomes visible to readers by id.
+                    if not self._commit_path(cid).exists():
+                        created.append(self._commit_path(cid))
+                    atomic_write(self._commit_path(cid), json.dumps(record, indent=1).encode(), fsync=False)
+                    snapshot = self.repo_dir(ch.repo) / "snapshots" / cid
+                    if not snapshot.is_dir():
+                        created.append(snapshot)
+                    self._make_snapshot(ch.repo, cid, tree)
+                    moves.append({"repo": ch.repo, "ref": DEFAULT_BRANCH, "old": parent, "new": cid})
+                # The index entries are computed before any ref moves, so nothing can fail between the moves.
+                entries = self._index_entries({m["repo"]: m["new"] for m in moves})
+                # Blobs, commits and snapshots were written unsynced: make them durable in one go before the
+                # journal names them, then move the refs and make that durable before the journal goes.
+                sync_filesystem(self.root)
+                journal = self.meta / "journal.json"
+                record = {"moves": moves, "time": _now()}
+                if purge:
+                    record["purge"] = {"entries": list(purge), "blobs": self.purge_blobs(purge)}
+                atomic_write(journal, json.dumps(record).encode())
+            except BaseException:
+                # Nothing names these objects yet: remove them (a full disk gets its space back).
+                for path in reversed(created):
+                    if path.is_dir() and not path.is_symlink():
+                        shutil.rmtree(path, ignore_errors=True)
+                    else:
+                        with contextlib.suppress(OSError):
+                            path.unlink()
+                raise
             for move in moves:
                 self._write_ref(move["repo"], move["ref"], move["new"], fsync=False)
             if moves:
