@@ -53,6 +53,8 @@ class LabeledData:
     y: torch.Tensor
     labels: list[str]
     spec: str = ""
+    #: how ``x`` was fed (:func:`prepare`); None: plain [0, 1] images (:func:`load_images`) or made by hand
+    preprocessing: Preprocessing | None = None
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
@@ -81,18 +83,18 @@ class LabeledData:
             old_to_new[self.labels.index(name)] = new
         mapped = old_to_new[self.y]
         keep = mapped >= 0
-        return LabeledData(self.x[keep], mapped[keep], list(names), self.spec)
+        return LabeledData(self.x[keep], mapped[keep], list(names), self.spec, self.preprocessing)
 
     def to_label_space(self, names: Sequence[str]) -> "LabeledData":
         """Re-index targets to another label list; samples whose class is not in ``names`` are dropped."""
         present = [n for n in names if n in self.labels]
         sub = self.select_labels(present)
         idx = torch.tensor([list(names).index(n) for n in present], dtype=torch.long)
-        return LabeledData(sub.x, idx[sub.y] if len(sub) else sub.y, list(names), self.spec)
+        return LabeledData(sub.x, idx[sub.y] if len(sub) else sub.y, list(names), self.spec, self.preprocessing)
 
     def subset(self, index: torch.Tensor | Sequence[int]) -> "LabeledData":
         index = torch.as_tensor(index, dtype=torch.long)
-        return LabeledData(self.x[index], self.y[index], list(self.labels), self.spec)
+        return LabeledData(self.x[index], self.y[index], list(self.labels), self.spec, self.preprocessing)
 
 
 def parse_spec(spec: str) -> tuple[str, str | None, str]:
@@ -165,7 +167,12 @@ def load_data(spec: str, in_chans: int = 1, input_size: Sequence[int] | None = N
 
 def prepare(data: LabeledData, p: Preprocessing) -> LabeledData:
     """``data`` (images from :func:`load_images`) fed with the preprocessing ``p``."""
-    return LabeledData(transform_images(data.x, p), data.y, list(data.labels), data.spec)
+    if data.preprocessing is not None:
+        if data.preprocessing == p:
+            return data
+        raise DataSpecError(f"data {data.spec or '?'} is already fed with other preprocessing "
+                            f"({data.preprocessing.describe()}); prepare it from its images")
+    return LabeledData(transform_images(data.x, p), data.y, list(data.labels), data.spec, p)
 
 
 def to_unit_images(x: np.ndarray | torch.Tensor) -> torch.Tensor:

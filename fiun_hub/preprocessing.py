@@ -145,6 +145,8 @@ def resolve(pretrained_cfg: Mapping[str, Any] | None, in_chans: int | None = Non
 
 def of_config(raw: Mapping[str, Any], where: str = "config.json") -> Preprocessing:
     """The preprocessing of a parsed timm Hub ``config.json`` (its ``pretrained_cfg`` and ``model_args``)."""
+    if not isinstance(raw, Mapping):
+        raise BadInput(f"{where}: must be a JSON object")
     pcfg = raw.get("pretrained_cfg") or {}
     if not isinstance(pcfg, Mapping):
         raise BadInput(f"{where}: 'pretrained_cfg' must be an object")
