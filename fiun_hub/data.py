@@ -196,14 +196,30 @@ def to_unit_images(x: np.ndarray | torch.Tensor) -> torch.Tensor:
 
 
 def _resize(t: torch.Tensor, size: tuple[int, int], interpolation: str) -> torch.Tensor:
-    if tuple(t.shape[-2:]) == size:
+    """Pillow's resampling (what torchvision's Resize does to the PIL images timm's transform works on), as
+    tensor operations: antialiased bilinear/bicubic (torch's ``antialias=True`` is Pillow's filter, bicubic
+    a=-0.5), horizontal pass first, bicubic clipped to [0, 1] after each pass as Pillow's 8-bit passes are;
+    nearest picks the source pixel as Pillow does (:func:`_nearest_index`)."""
+    h, w = t.shape[-2:]
+    if (h, w) == tuple(size):
         return t
     if interpolation == "nearest":
-        return F.interpolate(t, size=size, mode="nearest-exact")
-    # antialias=True is torch's PIL-compatible resampling (PIL's bicubic a=-0.5, filters widened on downscale),
-    # what torchvision's Resize does to the PIL images timm's transform works on
-    out = F.interpolate(t, size=size, mode=interpolation, align_corners=False, antialias=True)
-    return out.clamp_(0.0, 1.0) if interpolation == "bicubic" else out
+        return t.index_select(-2, _nearest_index(h, size[0])).index_select(-1, _nearest_index(w, size[1]))
+    for step in ((h, size[1]), tuple(size)):
+        if tuple(t.shape[-2:]) == step:
+            continue
+        t = F.interpolate(t, size=step, mode=interpolation, align_corners=False, antialias=True)
+        if interpolation == "bicubic":
+            t = t.clamp_(0.0, 1.0)
+    return t
+
+
+def _nearest_index(n_in: int, n_out: int) -> torch.Tensor:
+    """Pillow's nearest-neighbour source index (ImagingScaleAffine): start at half a step, add the step
+    ``n_in / n_out`` in double precision, truncate; the running sum is what decides exact ties."""
+    step = n_in / n_out
+    pos = np.cumsum(np.concatenate([[step * 0.5], np.full(n_out - 1, step)]))
+    return torch.as_tensor(np.clip(pos.astype(np.int64), 0, n_in - 1))
 
 
 def _center_crop_or_pad(t: torch.Tensor, size: tuple[int, int], fill: torch.Tensor | None = None) -> torch.Tensor:

@@ -97,11 +97,12 @@ def build_model(config: ModelConfig) -> torch.nn.Module:
         model = timm.create_model(config.architecture, pretrained=False, **kwargs)
     except Exception as exc:
         raise BadInput(f"cannot build timm model {config.architecture!r}: {exc}") from None
-    pcfg = config.raw.get("pretrained_cfg")
-    if isinstance(pcfg, dict) and pcfg:
-        # as timm's own hf-hub loading does: the model carries its config.json's pretrained_cfg, so that
-        # timm.data.resolve_model_data_config(model) gives the preprocessing the model declares
-        model.pretrained_cfg = {**model.pretrained_cfg, **pcfg}
+    pcfg = config.raw.get("pretrained_cfg") or {}
+    # as timm's own hf-hub loading does: the model carries its config.json's pretrained_cfg (a data key it does
+    # not set takes timm's default, not the architecture's), so that timm.data.resolve_model_data_config(model)
+    # gives the preprocessing the model declares
+    base = {k: v for k, v in model.pretrained_cfg.items() if k not in PREPROCESSING_KEYS}
+    model.pretrained_cfg = {**base, **pcfg}
     return model
 
 
