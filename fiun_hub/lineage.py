@@ -23,7 +23,8 @@ from .constants import CARD_FILE, CONFIG_FILE, FIM_FILE, FIUN_DIR, LEDGER_REPO, 
 from .errors import BadInput, CardError, LineageError, RepoNotFound
 
 INDEX_FILE = "lineage.json"
-INDEX_FORMAT = "fiun-lineage/1"
+# /2: a sidecar's state also depends on the preprocessing it recorded (an index written before is rebuilt)
+INDEX_FORMAT = "fiun-lineage/2"
 
 
 # ---------------------------------------------------------------------------- index
