@@ -141,6 +141,10 @@ def evaluate_state(hub, repo: str, state: Mapping[str, torch.Tensor], test_data:
         model.load_state_dict(dict(state), strict=True)
     except RuntimeError as exc:
         raise BadInput(f"{repo}: state does not fit its config: {str(exc).splitlines()[0][:200]}") from None
+    pre = getattr(test_data, "preprocessing", None)
+    if pre is not None and pre != config.preprocessing:  # fed for another model: its numbers would mean nothing
+        raise BadInput(f"{repo}: test data is fed with {pre.describe()}, the model declares "
+                       f"{config.preprocessing.describe()}")
     return evaluate_model(model.eval(), config.labels, test_data, forget_classes)
 
 

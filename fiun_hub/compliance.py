@@ -629,14 +629,15 @@ _DATA_CACHE: dict[tuple, Any] = {}
 
 
 def _dataset(spec: str, config) -> Any:
-    """``spec`` shaped for a model; the last few are kept, since every repo of a request is measured on it."""
-    from .data import load_data
+    """``spec`` fed with a model's own preprocessing; the last few are kept, since every repo of a request is
+    measured on it."""
+    from .data import load_for_model
 
-    key = (spec, config.in_chans, tuple(config.input_size))
+    key = (spec, config.preprocessing)
     if key not in _DATA_CACHE:
         if len(_DATA_CACHE) >= 4:
             _DATA_CACHE.pop(next(iter(_DATA_CACHE)))
-        _DATA_CACHE[key] = load_data(spec, in_chans=config.in_chans, input_size=config.input_size)
+        _DATA_CACHE[key] = load_for_model(spec, config)
     return _DATA_CACHE[key]
 
 

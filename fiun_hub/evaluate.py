@@ -144,15 +144,16 @@ def evaluate_repo(hub, repo: str, data_spec: str, forget: Sequence[str] | None =
     """Held-out accuracy of ``repo`` (at ``revision``) on ``data_spec``; with ``forget`` also forget accuracy
     (on those classes) and retain accuracy (on the model's other classes), in percent.
 
-    The data is shaped for the model (its ``in_chans`` and input size) and mapped to its labels by name;
-    samples of classes the model does not know are ignored.
+    The data is fed to the model with its own preprocessing (its timm data config: input size, mean, std,
+    interpolation, crop) and mapped to its labels by name; samples of classes the model does not know are
+    ignored.
     """
-    from .data import load_data
+    from .data import load_for_model
     from .errors import DataSpecError
     from .models import load_model
 
     model, config, cid = load_model(hub, repo, revision)
-    data = load_data(data_spec, in_chans=config.in_chans, input_size=config.input_size)
+    data = load_for_model(data_spec, config)
     forget = [str(c) for c in (forget or [])]
     unknown = [c for c in forget if c not in config.labels]
     if unknown:

@@ -760,7 +760,7 @@ def read_sidecars(fim: bytes, classes: bytes | None = None, *, where: str = "") 
     class_fims: dict[str, dict[str, torch.Tensor]] = {}
     if classes is not None:
         ctensors, cmeta = _load(classes, FIM_CLASSES_FILE, where)
-        for key in RESERVED_KEYS + ("model_commit", "dataset", "data_spec"):
+        for key in RESERVED_KEYS + ("model_commit", "dataset", "data_spec", "preprocessing"):
             if (key in RESERVED_KEYS or (key in cmeta and key in meta)) and cmeta.get(key) != meta.get(key):
                 raise SidecarError(f"{where}{FIM_FILE} and {FIM_CLASSES_FILE} disagree on {key!r}")
         expected = {f"{n}@{lab}": (n, lab) for lab in labels if counts.get(lab, 0) > 0 for n in layers}

@@ -19,16 +19,19 @@ from typing import Iterable
 import networkx as nx
 
 from .card import parse_card
-from .constants import CARD_FILE, FIM_FILE, FIUN_DIR, LEDGER_REPO, WEIGHTS_FILE
+from .constants import CARD_FILE, CONFIG_FILE, FIM_FILE, FIUN_DIR, LEDGER_REPO, WEIGHTS_FILE
 from .errors import BadInput, CardError, LineageError, RepoNotFound
 
 INDEX_FILE = "lineage.json"
-INDEX_FORMAT = "fiun-lineage/1"
+# /2: a sidecar's state also depends on the preprocessing it recorded (an index written before is rebuilt)
+INDEX_FORMAT = "fiun-lineage/2"
 
 
 # ---------------------------------------------------------------------------- index
 def sidecar_state(hub, repo: str, files: dict[str, str], revision: str) -> str:
-    """``none``, ``ok``, ``stale`` (computed on other weights) or ``invalid`` for the FIM sidecar at a revision."""
+    """``none``, ``ok``, ``stale`` (computed on other weights, or with other preprocessing than the model's
+    config now declares) or ``invalid`` (unreadable, or a garbled recorded preprocessing) for the FIM sidecar at
+    a revision."""
     from .safetensors_io import read_header
 
     if FIM_FILE not in files:
@@ -39,14 +42,31 @@ def sidecar_state(hub, repo: str, files: dict[str, str], revision: str) -> str:
         return "invalid"
     weights = files.get(WEIGHTS_FILE)
     if meta.get("weights_sha256"):
-        return "ok" if meta["weights_sha256"] == weights else "stale"
-    commit = meta.get("model_commit")
-    if commit:
+        state = "ok" if meta["weights_sha256"] == weights else "stale"
+    elif meta.get("model_commit"):
         try:
-            return "ok" if hub.list_files(repo, commit).get(WEIGHTS_FILE) == weights else "stale"
+            state = "ok" if hub.list_files(repo, meta["model_commit"]).get(WEIGHTS_FILE) == weights else "stale"
         except Exception:
-            return "stale"
-    return "invalid"
+            state = "stale"
+    else:
+        return "invalid"
+    if state == "ok":
+        state = _preprocessing_state(hub, repo, files, revision, meta)
+    return state
+
+
+def _preprocessing_state(hub, repo: str, files: dict[str, str], revision: str, meta: dict) -> str:
+    """``ok``, ``stale`` or ``invalid`` by the one preprocessing rule (:func:`fiun_hub.preprocessing.
+    stale_preprocessing`), which ``sidecars.load_sidecars`` applies too."""
+    from .preprocessing import of_config, stale_preprocessing
+
+    if CONFIG_FILE not in files:
+        return "invalid"
+    try:
+        model = of_config(json.loads(hub.read_file(repo, CONFIG_FILE, revision)), f"{repo}:{CONFIG_FILE}")
+        return "stale" if stale_preprocessing(meta, model) else "ok"
+    except Exception:  # a garbled record or config: the sidecar cannot be trusted for this model
+        return "invalid"
 
 
 def index_entry(hub, repo: str, revision: str | None = None) -> dict:

@@ -10,13 +10,14 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 
 from .constants import CONFIG_FILE, MAX_CLASSES, WEIGHTS_FILE
 from .errors import BadInput
 from .jsonsafe import loads as loads_json
+from .preprocessing import KEYS as PREPROCESSING_KEYS, PROJECT_DEFAULTS, Preprocessing, check, of_config
 from .safetensors_io import header_of_bytes, load_tensors, read_header, torch_dtypes
 
 MAX_CONFIG_BYTES = 1 << 20
@@ -37,6 +38,8 @@ class ModelConfig:
     input_size: tuple[int, int, int]
     model_args: dict[str, Any]
     raw: dict[str, Any]
+    #: the data config the model is fed with (its ``pretrained_cfg``, resolved as timm resolves it)
+    preprocessing: Preprocessing | None = None
 
 
 def _pos_int(value: Any, key: str, where: str, limit: int) -> int:
@@ -105,8 +108,9 @@ def parse_config(data: bytes | str, where: str = "config.json") -> ModelConfig:
         classifier = classifier[0]
     if not isinstance(classifier, str):
         raise BadInput(f"{where}: pretrained_cfg.classifier must be a module name")
-    return ModelConfig(arch, num_classes, labels, classifier, in_chans, (in_chans, *input_size[1:]),
-                       model_args, raw)
+    preprocessing = of_config(raw, where)
+    return ModelConfig(arch, num_classes, labels, classifier, in_chans, preprocessing.input_size,
+                       model_args, raw, preprocessing)
 
 
 def build_model(config: ModelConfig) -> torch.nn.Module:
@@ -119,6 +123,12 @@ def build_model(config: ModelConfig) -> torch.nn.Module:
         model = timm.create_model(config.architecture, pretrained=False, **kwargs)
     except Exception as exc:
         raise BadInput(f"cannot build timm model {config.architecture!r}: {exc}") from None
+    pcfg = config.raw.get("pretrained_cfg") or {}
+    # as timm's own hf-hub loading does: the model carries its config.json's pretrained_cfg (a data key it does
+    # not set takes timm's default, not the architecture's), so that timm.data.resolve_model_data_config(model)
+    # gives the preprocessing the model declares
+    base = {k: v for k, v in model.pretrained_cfg.items() if k not in PREPROCESSING_KEYS}
+    model.pretrained_cfg = {**base, **pcfg}
     return model
 
 
@@ -153,35 +163,69 @@ def state_bytes(model_or_state: torch.nn.Module | dict) -> bytes:
     return save({k: v.detach().cpu().contiguous() for k, v in state.items()})
 
 
-def config_dict(model: torch.nn.Module, labels: Sequence[str], input_size: Sequence[int] | None = None) -> dict:
-    """timm's own config.json for ``model`` with ``label_names``."""
-    from timm.models._hub import save_config_for_hf
+#: pretrained_cfg keys that describe the architecture; every other one (the pretrained weights' tag, licence,
+#: source, their data config, test sizes, paper) describes weights that a trained model no longer has
+STRUCTURAL_CFG_KEYS = ("architecture", "input_size", "fixed_input_size", "min_input_size", "pool_size",
+                       "first_conv", "classifier", "num_classes", "custom_load")
+
+
+def config_dict(model: torch.nn.Module, labels: Sequence[str], input_size: Sequence[int] | None = None,
+                data_config: Mapping[str, Any] | None = None) -> dict:
+    """timm's own config.json for ``model`` (written by ``timm.models.save_for_hf``) with ``label_names`` and
+    the data config the model was trained with: ``input_size`` (C, H, W; default the architecture's) and
+    ``data_config``'s ``mean``/``std``/``interpolation``/``crop_pct``/``crop_mode``, each defaulting to
+    fiun-hub's training preprocessing (:data:`fiun_hub.preprocessing.PROJECT_DEFAULTS`). The architecture's
+    pretrained settings (ImageNet statistics, tag, licence) are not carried over."""
+    from timm.models import save_for_hf
 
     labels = [str(x) for x in labels]
     if len(labels) != model.num_classes:
         raise BadInput(f"{len(labels)} labels for a head of {model.num_classes} classes")
-    data_config = {"input_size": tuple(input_size)} if input_size else None
+    trained = {**PROJECT_DEFAULTS, **dict(data_config or {})}
+    if input_size is not None:
+        trained["input_size"] = tuple(input_size)
+    unknown = sorted(set(trained) - set(PREPROCESSING_KEYS))
+    if unknown:
+        raise BadInput(f"data config: unknown keys {unknown} (use {', '.join(PREPROCESSING_KEYS)})")
+    mean = trained.get("mean")
+    placeholder = (len(mean) if isinstance(mean, (list, tuple)) and len(mean) > 1 else 1, 1, 1)
+    check({**trained, "input_size": trained.get("input_size") or placeholder}, "data config")  # before timm
+    for key in ("mean", "std", "input_size"):
+        if isinstance(trained.get(key), (list, tuple)):
+            trained[key] = tuple(trained[key])
+        elif key in ("mean", "std"):
+            trained[key] = (trained[key],)
+    own = model.pretrained_cfg
+    model.pretrained_cfg = {k: v for k, v in own.items() if k in STRUCTURAL_CFG_KEYS}
     quiet = logging.getLogger("timm")
     level = quiet.level
-    quiet.setLevel(logging.ERROR)  # timm warns that ImageNet's 3-channel mean does not fit in_chans=1
+    quiet.setLevel(logging.ERROR)
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / CONFIG_FILE
-            save_config_for_hf(model, str(path), model_config={"label_names": labels}, data_config=data_config)
-            return json.loads(path.read_text())
+            save_for_hf(model, tmp, model_config={"label_names": labels}, safe_serialization=True,
+                        data_config=trained)
+            cfg = json.loads((Path(tmp) / CONFIG_FILE).read_text())
+    except (ValueError, TypeError, AssertionError) as exc:
+        raise BadInput(f"cannot record the data config {trained}: {exc}"[:300]) from None
     finally:
+        model.pretrained_cfg = own
         quiet.setLevel(level)
+    of_config(cfg, "data config")  # what was written reads back (and resolves) as a checked preprocessing
+    return cfg
 
 
 def save_model_folder(model: torch.nn.Module, folder: str | Path, labels: Sequence[str],
-                      input_size: Sequence[int] | None = None) -> Path:
+                      input_size: Sequence[int] | None = None, data_config: Mapping[str, Any] | None = None) -> Path:
     """Save any timm model (and its label names, in head-row order) as a timm Hub folder.
 
-    ``input_size`` is the ``(C, H, W)`` the model was trained at (recorded in ``pretrained_cfg``).
+    ``input_size`` is the ``(C, H, W)`` the model was trained at and ``data_config`` the rest of the data config
+    it was trained with (``mean``, ``std``, ``interpolation``, ``crop_pct``, ``crop_mode``; default fiun-hub's
+    training preprocessing: mean = std = 0.5, bilinear, no crop), recorded in ``pretrained_cfg`` so that every
+    reader (fiun-hub, timm) feeds the model what it was trained on (:func:`config_dict`).
     """
     folder = Path(folder)
+    cfg = config_dict(model, labels, input_size, data_config)
     folder.mkdir(parents=True, exist_ok=True)
-    cfg = config_dict(model, labels, input_size)
     (folder / CONFIG_FILE).write_text(json.dumps(cfg, indent=2))
     (folder / WEIGHTS_FILE).write_bytes(state_bytes(model))
     return folder

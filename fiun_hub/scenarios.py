@@ -57,6 +57,7 @@ from .constants import FIM_CLASSES_FILE, FIM_FILE, WEIGHTS_FILE
 from .data import LabeledData, load_data, parse_spec
 from .errors import BadInput
 from .fisher import DEFAULT_ESTIMATOR
+from .preprocessing import SIDECAR_KEY
 
 SCENARIOS = ("fl", "ddpl", "il", "tl")
 INITS = ("scratch", "parents-average", "parent", "parent-frozen-backbone")
@@ -193,14 +194,22 @@ class Scenario:
         return [r for r in self.nodes if r in seen]
 
     # -------------------------------------------------------------------- data
+    @property
+    def preprocessing(self):
+        """What every model of the scenario is trained on and saved with: fiun-hub's training preprocessing
+        (mean = std = 0.5, bilinear, no crop) at the scenario's input size."""
+        from .preprocessing import training_config
+
+        return training_config(self.input_size)
+
     def load_train(self) -> LabeledData:
         if self._train is None:
-            self._train = load_data(self.train_spec, in_chans=self.input_size[0], input_size=self.input_size[1:])
+            self._train = load_data(self.train_spec, preprocessing=self.preprocessing)
         return self._train
 
     def load_test(self) -> LabeledData:
         if self._test is None:
-            self._test = load_data(self.test_spec, in_chans=self.input_size[0], input_size=self.input_size[1:])
+            self._test = load_data(self.test_spec, preprocessing=self.preprocessing)
         return self._test
 
     def train_data(self, repo: str, exclude: Iterable[str] = ()) -> LabeledData:
@@ -221,7 +230,7 @@ class Scenario:
         data = self.load_train().subset(node.shard)
         present = [c for c in dict.fromkeys(classes) if c in data.labels and c in node.labels]
         if not present:
-            return LabeledData(data.x[:0], data.y[:0], list(node.labels), data.spec)
+            return LabeledData(data.x[:0], data.y[:0], list(node.labels), data.spec, data.preprocessing)
         return data.select_labels(present).to_label_space(node.labels)
 
     # -------------------------------------------------------------------- evaluation
@@ -465,7 +474,7 @@ def plan_scenario(
                    int(batch_size), int(seed))
     prefix = prefix or name
     validate_repo_id(f"{org}/{prefix}-x")
-    train = load_data(f"{dataset}:train", in_chans=input_size[0], input_size=input_size[1:])
+    train = load_data(f"{dataset}:train", in_chans=input_size[0], input_size=input_size[1:])  # labels only
     pool = min(len(train), DEFAULT_POOL if pool_size is None else int(pool_size))
     dealer = _Dealer(train.y, train.labels, seed, pool)
     labels = list(train.labels)
@@ -647,20 +656,32 @@ def sidecar_files(model: nn.Module, labels: Sequence[str], data: LabeledData, we
         "data_spec": data_spec,
         **dict(extra or {}),
     }
+    if data.preprocessing is not None:  # what the sidecar was computed with (docs/sidecars.md)
+        meta[SIDECAR_KEY] = data.preprocessing.canonical()
     return sidecar_bytes(res, meta)
 
 
 def push_model(hub, model: nn.Module, repo: str, labels: Sequence[str], *, input_size: Sequence[int],
                parents: Sequence[str] = (), relation: str | None = None, message: str | None = None,
                fim_data: LabeledData | None = None, data_spec: str = "", estimator: str = DEFAULT_ESTIMATOR,
-               device=None) -> dict[str, Any]:
-    """Save ``model`` as a timm folder, add sidecars computed on ``fim_data`` (when given) and push weights +
-    sidecars as ONE revision of ``repo`` (``parents`` as ``org/x@rev``). Returns push_folder's summary."""
+               device=None, data_config: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Save ``model`` as a timm folder (recording the data config it was trained with: ``input_size`` and
+    ``data_config``, by default fiun-hub's training preprocessing), add sidecars computed on ``fim_data`` (when
+    given; fed with that same preprocessing) and push weights + sidecars as ONE revision of ``repo``
+    (``parents`` as ``org/x@rev``). Returns push_folder's summary."""
     from .models import save_model_folder
+    from .preprocessing import training_config
     from .repo import push_folder
 
+    trained = training_config(input_size, data_config)
+    if fim_data is not None:
+        if fim_data.preprocessing is not None and fim_data.preprocessing != trained:
+            raise BadInput(f"{repo}: fim_data is fed with {fim_data.preprocessing.describe()}, the model is saved "
+                           f"with {trained.describe()}")
+        if fim_data.preprocessing is None:
+            fim_data = LabeledData(fim_data.x, fim_data.y, list(fim_data.labels), fim_data.spec, trained)
     with tempfile.TemporaryDirectory(prefix="fiun-scenario-") as tmp:
-        folder = save_model_folder(model, tmp, list(labels), input_size=tuple(input_size))
+        folder = save_model_folder(model, tmp, list(labels), input_size=tuple(input_size), data_config=data_config)
         if fim_data is not None:
             sha = hashlib.sha256((folder / WEIGHTS_FILE).read_bytes()).hexdigest()
             fim, cls = sidecar_files(model, labels, fim_data, sha, data_spec=data_spec, estimator=estimator,

@@ -8,12 +8,13 @@ import contextlib
 from typing import Any, Callable, Iterator
 
 from .card import fim_entry, render_card
-from .constants import CARD_FILE, FIM_CLASSES_FILE, FIM_FILE, WEIGHTS_FILE
-from .data import load_data
+from .constants import CARD_FILE, CONFIG_FILE, FIM_CLASSES_FILE, FIM_FILE, WEIGHTS_FILE
+from .data import load_for_model
 from .errors import SidecarError
 from .fisher import DEFAULT_ESTIMATOR, ESTIMATORS
 from .hub.local import LocalHub, RepoChange
 from .models import load_model
+from .preprocessing import SIDECAR_KEY
 from .repo import read_meta
 
 
@@ -65,7 +66,31 @@ def load_sidecars(hub: LocalHub, repo: str, revision: str | None = None, *, need
             recorded = None
     if recorded != files.get(WEIGHTS_FILE):
         raise SidecarError(f"{where}: Fisher sidecar is stale (computed on other weights); {fix}")
+    check_preprocessing(hub, repo, info, sc.metadata, where, fix)
     return sc
+
+
+def check_preprocessing(hub, repo: str, info, meta: dict, where: str, fix: str) -> None:
+    """SidecarError unless the sidecar (header ``meta``) was computed with the preprocessing the model's
+    ``config.json`` at ``info`` declares (the rule of :func:`fiun_hub.preprocessing.stale_preprocessing`, which
+    ``lineage.sidecar_state`` applies too). A garbled recorded preprocessing is bad input, exit 2."""
+    import json
+
+    from .errors import BadInput
+    from .preprocessing import of_config, stale_preprocessing
+
+    if CONFIG_FILE not in info.files:
+        raise SidecarError(f"{where} has no {CONFIG_FILE}")
+    try:
+        model = of_config(json.loads(read_at(hub, repo, info, CONFIG_FILE)), f"{where}:{CONFIG_FILE}")
+    except ValueError:
+        raise SidecarError(f"{where}:{CONFIG_FILE} is not valid JSON") from None
+    try:
+        why = stale_preprocessing(meta, model, f"{where}:{FIM_FILE}")
+    except BadInput as exc:
+        raise SidecarError(str(exc)) from None
+    if why:
+        raise SidecarError(f"{where}: Fisher sidecar is stale ({why}); {fix}")
 
 
 @contextlib.contextmanager
@@ -94,7 +119,7 @@ def fisher_of(hub, repo: str, revision: str, data_spec: str, *, layers: str = "h
     from .fisher import compute_fisher, resolve_layers
 
     model, config, _ = load_model(hub, repo, revision)
-    data = load_data(data_spec, in_chans=config.in_chans, input_size=config.input_size)
+    data = load_for_model(data_spec, config)
     known = [n for n in config.labels if n in data.labels]
     if not known:
         raise SidecarError(f"data {data_spec} shares no label with {repo} (model labels {config.labels[:10]}, "
@@ -106,7 +131,8 @@ def fisher_of(hub, repo: str, revision: str, data_spec: str, *, layers: str = "h
     with torch_threads(threads):
         result = compute_fisher(model, data.x, data.y, config.labels, names, estimator=estimator,
                                 batch_size=batch_size, device=device, progress=progress)
-    return {"result": result, "dataset": data.fingerprint, "samples": len(data)}
+    return {"result": result, "dataset": data.fingerprint, "samples": len(data),
+            "preprocessing": config.preprocessing.canonical()}
 
 
 def compute_and_commit(
@@ -162,6 +188,7 @@ def compute_and_commit(
         "weights_sha256": files[WEIGHTS_FILE],
         "dataset": out["dataset"],
         "data_spec": data_spec,
+        SIDECAR_KEY: out["preprocessing"],
     })
     meta = read_meta(hub, repo, cid)
     meta.fim = fim_entry(result.layers, result.estimator)

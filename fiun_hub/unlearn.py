@@ -212,12 +212,12 @@ def origin_unlearning_fim(hub: LocalHub, plan: Plan, origin: str, device: str | 
     if plan.classes is not None:
         have = [c for c in plan.classes if sc.counts.get(c, 0) > 0]
         return unlearning_fim(sc.class_fims, sc.counts, have), sc.labels, revision, sc.estimator
-    from .data import load_data
+    from .data import load_for_model
     from .fisher import compute_fisher
     from .models import load_model
 
     model, config, _ = load_model(hub, origin, revision)
-    data = load_data(plan.data_spec, in_chans=config.in_chans, input_size=config.input_size)
+    data = load_for_model(plan.data_spec, config)
     data = data.to_label_space(config.labels)
     if len(data) == 0:
         raise UnlearnError(f"forget data {plan.data_spec} holds no sample of {origin}'s classes")
