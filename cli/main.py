@@ -212,7 +212,10 @@ def tag(c: Ctx, repo: str, name: str, revision: str | None, force: bool) -> None
               help="Output format (default: tree; json with --json).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write to FILE (required for png).")
 @click.option("--check", is_flag=True, help="List provenance problems (unknown/unpinned parents, cycles, "
-                                            "pins to pre-forget revisions, stale sidecars); exit 1 if any.")
+                                            "pins to pre-forget revisions, unreadable cards) and what a forget's "
+                                            "plan would refuse (stale sidecars, no sidecar here nor at any "
+                                            "ancestor); exit 1 if any. Repos that would use an ancestor's "
+                                            "sidecar are listed as notes.")
 @click.option("--rebuild", is_flag=True, help="Read every card instead of the lineage index.")
 @pass_ctx
 @handled
@@ -224,10 +227,14 @@ def lineage(c: Ctx, repo: str | None, up: bool, down: bool, fmt: str | None, out
     hub = c.hub()
     g = L.resolve(hub, rebuild=rebuild)
     if check:
-        problems = L.check(hub, g)
+        from fiun_hub.fallback import forget_problems
+
+        problems = L.check(hub, g) + forget_problems(hub, g)
+        blocking = [p for p in problems if p.blocking]
         c.emit([p.to_dict() for p in problems],
-               lambda: "\n".join(p.message for p in problems) or f"lineage ok: {g.number_of_nodes()} repos")
-        if problems:
+               lambda: "\n".join(p.message if p.blocking else f"note: {p.message}" for p in problems)
+               + ("" if blocking else ("\n" if problems else "") + f"lineage ok: {g.number_of_nodes()} repos"))
+        if blocking:
             sys.exit(1)
         return
     g = L.subgraph(g, repo, up, down)

@@ -167,4 +167,31 @@ def resolve_sidecars(hub, repo: str, info, labels: Sequence[str], classifier: st
     return combine(loaded, labels, classifier, where=repo), SidecarChoice(tuple(sources))
 
 
-__all__ = ["SidecarChoice", "OWN", "sidecar_sources", "combine", "resolve_sidecars", "no_sidecar_message"]
+def forget_problems(hub, g) -> list:
+    """What a forget's plan would find about each repo's sidecar, for ``lineage --check`` (the same functions
+    :func:`resolve_sidecars` uses, header reads only): ``no-sidecar`` (blocking: neither its own nor an ancestor's;
+    the message names the ``fim`` command) and ``approximate-sidecar`` (a note, not blocking: a forget would use
+    its ancestors' sidecars). Stale sidecars and unreadable cards are reported by :func:`fiun_hub.lineage.check`."""
+    from .lineage import Problem
+
+    out = []
+    for repo in sorted(g):
+        a = g.nodes[repo]
+        if a.get("missing") or a.get("card_error") or a.get("no_card") or a.get("sidecar") != "none":
+            continue
+        try:
+            info = hub.commit_info(repo, a["head"])
+        except FiunError as exc:
+            out.append(Problem(repo, "card", f"{repo}: {exc}"))
+            continue
+        sources = sidecar_sources(hub, repo, info)
+        if sources:
+            out.append(Problem(repo, "approximate-sidecar", f"{repo}: no sidecar of its own; a forget uses "
+                                                            f"{SidecarChoice(sources).describe()}", blocking=False))
+        else:
+            out.append(Problem(repo, "no-sidecar", no_sidecar_message(repo, info.id)))
+    return out
+
+
+__all__ = ["SidecarChoice", "OWN", "sidecar_sources", "combine", "resolve_sidecars", "no_sidecar_message",
+           "forget_problems"]
