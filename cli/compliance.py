@@ -64,10 +64,15 @@ def _plan_text(tp) -> str:
     lines.append(f"affected: {len(tp.states)} repo(s); {len(tp.targets)} to forget"
                  + (f", {len(tp.record_only)} to record" if tp.record_only else ""))
     lines.append(f"  {'repo':32s} {'depth':>5s}  {'head':12s}  action")
+    used = {n.repo: n.sidecar_used for n in tp.plan.nodes} if tp.plan is not None else {}
     for s in tp.states:
         lines.append(f"  {s.repo:32s} {s.depth:>5d}  {s.head[:12]:12s}  {ACTIONS.get(s.status, s.status)}")
         if s.status not in ("pending", "done") and s.message:
             lines.append(f"      {s.message}")
+        if s.repo in tp.targets and used.get(s.repo, "own") != "own":
+            from fiun_hub_cli.main import _short_sidecar
+
+            lines.append(f"      ~ sidecar {_short_sidecar(used[s.repo])}")
     for p in tp.problems:
         lines.append(f"  ! {p}")
     return "\n".join(lines)

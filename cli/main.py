@@ -241,7 +241,10 @@ def tag(c: Ctx, repo: str, name: str, revision: str | None, force: bool) -> None
               help="Output format (default: tree; json with --json).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write to FILE (required for png).")
 @click.option("--check", is_flag=True, help="List provenance problems (unknown/unpinned parents, cycles, "
-                                            "pins to pre-forget revisions, stale sidecars); exit 1 if any.")
+                                            "pins to pre-forget revisions, unreadable cards) and what a forget's "
+                                            "plan would refuse (stale sidecars, no sidecar here nor at any "
+                                            "ancestor); exit 1 if any. Repos that would use an ancestor's "
+                                            "sidecar are listed as notes.")
 @click.option("--rebuild", is_flag=True, help="Read every card instead of the lineage index.")
 @pass_ctx
 @handled
@@ -253,10 +256,14 @@ def lineage(c: Ctx, repo: str | None, up: bool, down: bool, fmt: str | None, out
     hub = c.hub()
     g = L.resolve(hub, rebuild=rebuild)
     if check:
-        problems = L.check(hub, g)
+        from fiun_hub.fallback import forget_problems
+
+        problems = L.check(hub, g) + forget_problems(hub, g)
+        blocking = [p for p in problems if p.blocking]
         c.emit([p.to_dict() for p in problems],
-               lambda: "\n".join(p.message for p in problems) or f"lineage ok: {g.number_of_nodes()} repos")
-        if problems:
+               lambda: "\n".join(p.message if p.blocking else f"note: {p.message}" for p in problems)
+               + ("" if blocking else ("\n" if problems else "") + f"lineage ok: {g.number_of_nodes()} repos"))
+        if blocking:
             sys.exit(1)
         return
     g = L.subgraph(g, repo, up, down)
@@ -334,6 +341,13 @@ def fim(c: Ctx, repo: str, data_spec: str, layers: str, estimator: str, batch_si
                  f"layers {', '.join(info['layers'])}" + (", computed on Ray" if executor == "ray" else "") + ")")
 
 
+def _short_sidecar(used: str) -> str:
+    """``approximate: from acme/a@3f2c...`` with 12-hex revisions, for text output."""
+    import re
+
+    return re.sub(r"@([0-9a-f]{12})[0-9a-f]{28}", r"@\1…", used)
+
+
 def _plan_text(plan) -> str:
     lines = [f"request {plan.request_id}: forget "
              + (f"classes {', '.join(plan.classes)}" if plan.classes else f"samples of {plan.data_spec}")
@@ -342,9 +356,11 @@ def _plan_text(plan) -> str:
     lines.append(f"  {'repo':32s} {'depth':>5s}  {'head':12s} {'sidecar':8s} {'head shape':12s} merges")
     for n in plan.nodes:
         shape = "x".join(map(str, n.head_shape)) if n.head_shape else "-"
-        state = "done" if n.done else n.sidecar
+        state = "done" if n.done else ("approx" if n.sidecar_used != "own" else n.sidecar)
         lines.append(f"  {n.repo:32s} {n.depth:>5d}  {n.head[:12]:12s} {state:8s} {shape:12s} "
                      f"{', '.join(n.sources)}")
+        if n.sidecar_used != "own":
+            lines.append(f"      ~ sidecar {_short_sidecar(n.sidecar_used)}")
         for p in n.problems:
             lines.append(f"      ! {p}")
     return "\n".join(lines)
@@ -363,6 +379,9 @@ def _plan_text(plan) -> str:
 @click.option("--lambda", "lam", type=float, default=None,
               help="Dampening: a selected parameter keeps min(lambda x F / M, 1) of its distance to its "
                    "reference (default 0.01).")
+@click.option("--record-spec", is_flag=True,
+              help="Sample-wise: also write the --data spec into every card's record (by default a record names "
+                   "the samples only by fingerprint: sha256, count, label counts; a path may name a person).")
 @click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")
 @click.option("--workers", type=int, default=1, show_default=True, help="Processes for the per-repo work.")
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
@@ -375,7 +394,7 @@ def _plan_text(plan) -> str:
                    "(tombstones in their place, in the same publish; local hubs). `takedown` does this by default.")
 @pass_ctx
 @handled
-def forget(c: Ctx, origins, classes, data_spec, request_id, alpha, lam, dry_run, workers, executor,
+def forget(c: Ctx, origins, classes, data_spec, request_id, alpha, lam, record_spec, dry_run, workers, executor,
            ray_address, purge) -> None:
     """Unlearn classes (or samples) at the ORIGINs and at every model derived from them, in one pass.
 
@@ -388,6 +407,7 @@ def forget(c: Ctx, origins, classes, data_spec, request_id, alpha, lam, dry_run,
     hub = c.hub()
     plan = plan_forget(hub, list(origins), classes, data_spec, request_id,
                        DEFAULT_ALPHA if alpha is None else alpha, DEFAULT_LAMBDA if lam is None else lam)
+    plan.record_spec = record_spec
     if dry_run or plan.problems:
         c.emit(plan.to_dict(), lambda: _plan_text(plan))
         if plan.problems:

@@ -456,7 +456,7 @@ class RepoState:
         return {"repo": self.repo, "depth": self.depth, "status": self.status, "finding": self.finding,
                 "message": self.message, "head": self.head, "weights_sha256": self.weights_sha256,
                 "from": led.get("from"), "to": led.get("to"), "recorded_weights_sha256": led.get("weights_sha256"),
-                "at": led.get("at"), "forget_acc_before": led.get("forget_acc_before"),
+                "at": led.get("at"), "sidecar": led.get("sidecar"), "forget_acc_before": led.get("forget_acc_before"),
                 "retain_acc_before": led.get("retain_acc_before"), "forget_acc_recorded": led.get("forget_acc"),
                 "retain_acc_recorded": led.get("retain_acc"), **{k: v for k, v in self.eval.items()}}
 
@@ -722,8 +722,9 @@ def _restrict(hub: LocalHub, request: TakedownRequest, plan, apply: Iterable[str
     """The FIUn plan with only ``apply`` left to do (every other node marked done and its problems dropped),
     and the targets that cannot be applied, with why."""
     from .constants import CONFIG_FILE
+    from .fallback import resolve_sidecars
     from .models import parse_config
-    from .sidecars import load_sidecars, read_at
+    from .sidecars import read_at
 
     apply = set(apply)
     nodes, blocked = [], {}
@@ -734,7 +735,8 @@ def _restrict(hub: LocalHub, request: TakedownRequest, plan, apply: Iterable[str
                 try:
                     info = hub.commit_info(n.repo, n.head)
                     config = parse_config(read_at(hub, n.repo, info, CONFIG_FILE), n.repo)
-                    sc = load_sidecars(hub, n.repo, info=info)
+                    sc, choice = resolve_sidecars(hub, n.repo, info, n.labels or config.labels, config.classifier)
+                    n = dataclasses.replace(n, sidecar_used=choice.describe())
                     plan._loaded[n.repo] = (config, sc, info)
                     if n.repo in plan.origins and plan.classes is not None and \
                             not any(sc.counts.get(c, 0) > 0 for c in n.forget_here):
@@ -834,9 +836,12 @@ def _apply(hub: LocalHub, tp: TakedownPlan, kind: str, *, eval_data: str | None,
                                 "weights_sha256": hub.list_files(repo, heads[repo]).get(WEIGHTS_FILE)}
     texts = {} if tp.record is not None else {request.id: request.text or _yaml_of(request)}
 
+    used = {n.repo: n.sidecar_used for n in plan.nodes}
+
     def build(changes: list[RepoChange]) -> RepoChange:
         for ch in changes:
             event["repos"][ch.repo] = {"action": "forgot", "from": ch.parent_commit, "to": None,
+                                       "sidecar": used.get(ch.repo, "own"),
                                        "weights_sha256": _weights_of(ch), **{f"{k}_before": v for k, v in
                                                                               before.get(ch.repo, {}).items()}}
         return _ledger_change(hub, {request.id: _with_event(record, event)}, texts,
@@ -971,6 +976,10 @@ def plan_report(hub: LocalHub, tp: TakedownPlan) -> dict[str, Any]:
 
     rec = tp.record or _new_record(tp.request)
     entry = _entry(resolve(hub), rec, tp.states, [])
+    used = {n.repo: n.sidecar_used for n in tp.plan.nodes} if tp.plan is not None else {}
+    for row in entry["repos"]:  # which sidecar each target's forget would use
+        if row["repo"] in tp.targets:
+            row["sidecar"] = used.get(row["repo"], row.get("sidecar"))
     # In a plan, "pending" is the work to do, not a finding.
     entry.update(findings=[], ok=not tp.problems, todo=list(tp.targets), record_only=list(tp.record_only))
     return {"kind": "takedown-plan", "hub": str(hub.root), "generated_at": _now(), "ok": not tp.problems,

@@ -343,20 +343,28 @@ def class_forget_update(
     use_retain_fim: bool = True,
     forget_rows: bool = True,
     mean_reference: bool = True,
+    inert: Sequence[str] = (),
 ) -> Fim:
     """The class-wise FIUn step for one affected model, with the chosen defaults (module docstring).
 
     ``params``: the model's unlearnable parameters; ``labels``: its head rows; ``model_fim`` /
     ``class_fims`` / ``counts``: ITS OWN sidecars; ``mfim``: the merged unlearning FIM already aligned to
-    ``labels`` (:func:`align_rows`, :func:`merge_fims`); ``forget``: the forgotten label names. The three
-    switches turn each change back into the paper's behaviour for ablations. Labels of ``forget`` the model
-    does not have are ignored (nothing to forget there).
+    ``labels`` (:func:`align_rows`, :func:`merge_fims`); ``forget``: the forgotten label names (empty for a
+    sample-wise forget). The three switches turn each change back into the paper's behaviour for ablations.
+
+    A class-wise forget of which the model has none of the labels changes nothing at all (retained rows never
+    change). ``inert``: labels that earlier forgets removed from this model; their head rows are left out of the
+    retained-row mean and set to the retained mean of the updated head (:func:`anchor_inert_rows`), so that no later
+    forget, class-wise or sample-wise, can make such a class win again.
     """
     labels = [str(v) for v in labels]
     forget = [str(c) for c in forget]
     check_shapes(mfim, params, "unlearning FIM")
     check_shapes({n: t for n, t in model_fim.items() if n in mfim}, params, "model FIM")
     known = [c for c in forget if c in labels]
+    if forget and not known:  # none of the forgotten labels here: nothing of this model is selectable
+        return {n: p.detach().clone() for n, p in params.items()}
+    inert_here = [c for c in dict.fromkeys(str(c) for c in inert) if c in labels and c not in known]
     f = retain_fim(model_fim, class_fims, counts, forget) if use_retain_fim else dict(model_fim)
     m = dict(mfim)
     ref = None
@@ -364,9 +372,41 @@ def class_forget_update(
     if known and head:
         if forget_rows:
             m = forget_rows_only(m, labels, known, head)
-        if mean_reference and len(known) < len(labels):
-            ref = retained_mean_reference(params, labels, known, head)
-    return dampen(params, f, m, alpha=alpha, lam=lam, exponent=exponent, reference=ref)
+        if mean_reference and len(known) + len(inert_here) < len(labels):
+            ref = retained_mean_reference(params, labels, known + inert_here, head)
+    out = dampen(params, f, m, alpha=alpha, lam=lam, exponent=exponent, reference=ref)
+    if inert_here and head and len(known) + len(inert_here) < len(labels):
+        out = anchor_inert_rows(out, labels, inert_here, known, head)
+    return out
+
+
+def anchor_inert_rows(
+    params: Mapping[str, torch.Tensor], labels: Sequence[str], inert: Sequence[str], forget: Sequence[str],
+    head_params: Sequence[str],
+) -> Fim:
+    """``params`` with the head rows of the ``inert`` labels (forgotten by earlier requests) set to the mean of
+    the retained rows (neither ``inert`` nor ``forget``): such a row scores the average retained logit, which is
+    never above the best one, whatever the update did to the retained rows. Other rows and parameters are
+    returned as they are (same tensors, not copies)."""
+    rows = [i for i, lab in enumerate(labels) if str(lab) in {str(c) for c in inert}]
+    if not rows:
+        return dict(params)
+    drop = {str(c) for c in inert} | {str(c) for c in forget}
+    keep = torch.tensor([i for i, lab in enumerate(labels) if str(lab) not in drop], dtype=torch.long)
+    if keep.numel() == 0:
+        raise UnlearnError(f"every label of the model ({list(labels)}) is forgotten; nothing to keep")
+    out = dict(params)
+    idx = torch.tensor(rows, dtype=torch.long)
+    for n in head_params:
+        if n not in params:
+            continue
+        p = params[n]
+        _check_rows(n, p, len(labels))
+        mean = p.detach().to(torch.float64).index_select(0, keep).mean(0, keepdim=True)
+        new = p.detach().clone()
+        new[idx] = mean.expand((len(rows), *p.shape[1:])).to(p.dtype)
+        out[n] = new
+    return out
 
 
 # --------------------------------------------------------------------------------------------------- estimator
@@ -420,5 +460,5 @@ def normalized_head_fisher(
 __all__ = [
     "DEFAULT_ALPHA", "DEFAULT_LAMBDA", "DEFAULT_EXPONENT", "unlearning_fim", "retain_fim", "align_rows",
     "check_shapes", "merge_fims", "forget_rows_only", "retained_mean_reference", "dampen",
-    "class_forget_update", "normalized_head_fisher",
+    "class_forget_update", "anchor_inert_rows", "normalized_head_fisher",
 ]

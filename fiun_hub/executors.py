@@ -527,6 +527,10 @@ def _group_key(ld: _Loaded) -> Any:
         forget = [str(c) for c in t.forget]
         head = [n for n in t.head_params if n in ld.params]
         known = [c for c in forget if c in labels]
+        if forget and not known:  # nothing of this repo changes (class_forget_update): the per-repo path
+            return None
+        inert = [c for c in dict.fromkeys(str(c) for c in getattr(t, "inert", ()) or ()) if c in labels
+                 and c not in known]
         counts = t.counts
         drop = [c for c in dict.fromkeys(forget) if int(counts.get(c, 0)) > 0]
         total = sum(int(v) for v in counts.values())
@@ -550,8 +554,13 @@ def _group_key(ld: _Loaded) -> Any:
                 return None
             sig.append((n, tuple(p.shape), str(p.dtype), str(t.mfim[n].dtype), str(t.model_fim[n].dtype), is_head))
         mask = tuple(lab in set(known) for lab in labels) if (known and head) else None
-        use_ref = bool(known and head) and len(known) < len(labels)
-        return (tuple(sig), mask, use_ref, tuple(drop), float(t.alpha), float(t.lam))
+        use_ref = bool(known and head) and len(known) + len(inert) < len(labels)
+        anchor = tuple(lab in set(inert) for lab in labels) \
+            if (inert and head and len(known) + len(inert) < len(labels)) else None
+        if anchor is not None and any(p_.ndim == 0 or p_.shape[0] != len(labels)
+                                      for n_, p_ in ld.params.items() if n_ in head):
+            return None
+        return (tuple(sig), mask, use_ref, tuple(drop), float(t.alpha), float(t.lam), anchor)
     except Exception:  # noqa: BLE001  (anything odd: the per-repo path reports it)
         return None
 
@@ -572,7 +581,7 @@ def dampen_group(group: Sequence[_Loaded], device: Any = None) -> list[dict[str,
 
     dev = resolve_device(device)
     first = group[0]
-    sig, mask, use_ref, drop, alpha, lam = first.key
+    sig, mask, use_ref, drop, alpha, lam, anchor = first.key
     b = len(group)
     tasks = [ld.task for ld in group]
     totals = [float(sum(int(v) for v in t.counts.values())) for t in tasks]
@@ -598,8 +607,9 @@ def dampen_group(group: Sequence[_Loaded], device: Any = None) -> list[dict[str,
         if is_head and mask is not None:
             rows = torch.tensor(mask, dtype=torch.bool, device=dev).reshape((1, len(mask)) + (1,) * (len(shape) - 1))
             m32 = torch.where(rows, m32, torch.zeros_like(m32))  # dampening.forget_rows_only
-            if use_ref:  # dampening.retained_mean_reference
-                keep = torch.tensor([i for i, f in enumerate(mask) if not f], dtype=torch.long, device=dev)
+            if use_ref:  # dampening.retained_mean_reference (rows forgotten earlier are not retained)
+                keep = torch.tensor([i for i, f in enumerate(mask) if not f and not (anchor and anchor[i])],
+                                    dtype=torch.long, device=dev)
                 mean = p.to(torch.float64).index_select(1, keep).mean(1, keepdim=True)
                 ref = mean.expand_as(p).to(p.dtype)
         # dampening.dampen
@@ -616,7 +626,15 @@ def dampen_group(group: Sequence[_Loaded], device: Any = None) -> list[dict[str,
             moved = r + beta * (theta - r)
         else:
             moved = beta * theta
-        new = torch.where(sel, moved.to(p.dtype), p).cpu()
+        new = torch.where(sel, moved.to(p.dtype), p)
+        if is_head and anchor is not None:  # dampening.anchor_inert_rows
+            rows = [i for i, a in enumerate(anchor) if a]
+            keep = torch.tensor([i for i, a in enumerate(anchor) if not a and not (mask and mask[i])],
+                                dtype=torch.long, device=dev)
+            mean = new.to(torch.float64).index_select(1, keep).mean(1, keepdim=True)
+            new = new.clone()
+            new[:, rows] = mean.expand((b, len(rows)) + tuple(shape[1:])).to(p.dtype)
+        new = new.cpu()
         for i in range(b):
             out[i][n] = new[i]
     return out

@@ -282,10 +282,11 @@ def subgraph(g: nx.DiGraph, repo: str | None, up: bool = False, down: bool = Fal
 class Problem:
     repo: str
     kind: str  # cycle | missing-parent | unpinned | unknown-revision | pre-forget-pin | stale-sidecar | card
-    message: str
+    message: str  # ... | no-sidecar | approximate-sidecar (fiun_hub.fallback.forget_problems)
+    blocking: bool = True  # False: a note (lineage --check still exits 0)
 
     def to_dict(self) -> dict:
-        return {"repo": self.repo, "kind": self.kind, "message": self.message}
+        return {"repo": self.repo, "kind": self.kind, "message": self.message, "blocking": self.blocking}
 
 
 def check(hub, g: nx.DiGraph | None = None) -> list[Problem]:

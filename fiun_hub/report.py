@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,17 @@ def _acc(row: dict, what: str) -> str:
         now = f"now {_pct(row.get(f'{what}_acc'))}"
         text = f"{text} ({now})" if text else now
     return text or "–"
+
+
+def _note(r: dict) -> str:
+    """A repo row's note: its status message (or evaluation error), and the sidecar its forget used when it was not
+    its own ("approximate: from acme/a@3f2c..."; docs/method.md section 8)."""
+    note = r.get("message") or r.get("eval_error") or ""
+    used = r.get("sidecar")
+    if used and used != "own":
+        short = re.sub(r"@([0-9a-f]{12})[0-9a-f]{28}", r"@\1…", str(used))
+        note = f"{note}; sidecar {short}" if note else f"sidecar {short}"
+    return note
 
 
 def _forget_text(req: dict) -> str:
@@ -187,7 +199,7 @@ def to_markdown(data: dict) -> str:
                 f"| `{_short(r['weights_sha256'])}`"
                 f" | {_md(_short(r.get('from')))} → {_md(_short(r.get('to')))} "
                 f"| `{_short(r.get('recorded_weights_sha256'))}` | {_acc(r, 'forget')} | {_acc(r, 'retain')} "
-                f"| {_md(r.get('at'))} | {_md(r.get('message') or r.get('eval_error'))} |")
+                f"| {_md(r.get('at'))} | {_md(_note(r) or None)} |")
         if entry.get("events"):
             lines += ["", "### Ledger events", "", "| event | at | by | repos | eval data |", "|---|---|---|---|---|"]
             lines += [f"| {e['kind']} | {e['at']} | {_md(e.get('author'))} | {', '.join(e['repos'])} "
@@ -285,7 +297,7 @@ def to_html(data: dict) -> str:
                 f"<td>{_code(r.get('to'))}</td><td>{_code(r.get('recorded_weights_sha256'))}</td>"
                 f"<td class=\"acc\">{_e(_acc(r, 'forget'))}</td><td class=\"acc\">{_e(_acc(r, 'retain'))}</td>"
                 f"<td class=\"at\">{_e(r.get('at'))}</td>"
-                f"<td class=\"note\">{_e(r.get('message') or r.get('eval_error') or '')}</td></tr>")
+                f"<td class=\"note\">{_e(_note(r))}</td></tr>")
         out.append("</tbody></table></div>")
         if entry.get("events"):
             out.append('<h3>Ledger events</h3><table class="events"><thead><tr><th>event</th><th>at</th><th>by</th>'

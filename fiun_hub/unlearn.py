@@ -31,7 +31,8 @@ from .hub.local import Blob, LocalHub, RepoChange, check_card_write
 from .lineage import affected, merge_sources, resolve
 from .models import parse_config
 from .repo import read_meta
-from .sidecars import load_sidecars, path_at, read_at
+from .fallback import resolve_sidecars
+from .sidecars import path_at, read_at
 
 from .dampening import DEFAULT_ALPHA, DEFAULT_LAMBDA  # noqa: E402  (one place for the method's defaults)
 
@@ -50,6 +51,10 @@ class NodePlan:
     sidecar: str
     done: bool  # already carries the request
     problems: list[str] = field(default_factory=list)
+    # which sidecar the update uses: "own", or "approximate: from org/a@REV[, ...]" (fiun_hub.fallback)
+    sidecar_used: str = "own"
+    # labels of this head that earlier forgets (other requests in its card) removed: kept inert by the update
+    forgotten_before: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -65,6 +70,8 @@ class Plan:
     # Checked configs and sidecars (and the head's CommitInfo) read while planning, reused by run_forget (not
     # part of the plan's data): repo -> (config, sidecars[, commit info]).
     _loaded: dict[str, tuple[Any, ...]] = field(default_factory=dict, repr=False, compare=False)
+    # sample-wise: write the data spec into the records too (by default only the samples' fingerprint)
+    record_spec: bool = False
 
     @property
     def problems(self) -> list[str]:
@@ -149,13 +156,15 @@ def plan_forget(
         labels = list(a.get("labels") or [])
         node = NodePlan(repo, depths[repo], a["head"], merge_sources(g, origins, repo), labels,
                         [c for c in (classes or []) if c in labels], None, a.get("sidecar", "none"), done)
+        node.forgotten_before = forgotten_before(a.get("unlearned") or [], labels, request_id)
         if a.get("card_error"):
             node.problems.append(a["card_error"])
         if not done:
             try:
                 info = hub.commit_info(repo, node.head)  # read once: config, sidecars and weights come from it
                 config = parse_config(read_at(hub, repo, info, CONFIG_FILE), f"{repo}:{CONFIG_FILE}")
-                sc = load_sidecars(hub, repo, info=info)
+                sc, choice = resolve_sidecars(hub, repo, info, labels or config.labels, config.classifier)
+                node.sidecar_used = choice.describe()
                 loaded[repo] = (config, sc, info)
                 heads = _head_params(sc.layers, config.classifier)
                 node.head_shape = list(sc.model_fim[heads[0]].shape) if heads else None
@@ -177,6 +186,46 @@ def plan_forget(
         nodes.append(node)
     return Plan(request_id, origins, classes, data_spec, float(alpha), float(lam), nodes,
                 g.number_of_nodes() - len(depths), loaded)
+
+
+def forgotten_before(records: Sequence[dict], labels: Sequence[str], request_id: str) -> list[str]:
+    """The labels of ``labels`` that class-wise records other than ``request_id`` removed (oldest first)."""
+    out: list[str] = []
+    for u in records:
+        if not isinstance(u, dict) or u.get("request") == request_id:
+            continue
+        for c in u.get("classes") or []:
+            if str(c) in labels and str(c) not in out:
+                out.append(str(c))
+    return out
+
+
+def samples_fingerprint(spec: str) -> dict[str, Any]:
+    """What a sample-wise record names instead of the data spec (a path may name a person): the sha256 of the
+    sample arrays as the spec's source holds them, before any preprocessing (images: dtype, shape and bytes; labels
+    as int64; the label names, NUL-separated), the sample count and the count per label name."""
+    import numpy as np
+
+    from . import data as D
+
+    kind, arg, split = D.parse_spec(spec)
+    if kind == "digits":
+        x, y, labels = D._digits(split)
+    elif kind == "fashion-mnist":
+        x, y, labels = D._fashion_mnist(Path(arg) if arg else D.FASHION_MNIST_DIR, split)
+    elif kind == "npz":
+        x, y, labels = D._npz(Path(arg), split)
+    else:
+        x, y, labels = D._folder(Path(arg), split)
+    x, y = np.ascontiguousarray(x), np.ascontiguousarray(y, dtype=np.int64)
+    h = hashlib.sha256()
+    h.update(f"{x.dtype.str}{list(x.shape)}".encode())
+    h.update(x.tobytes())
+    h.update(y.tobytes())
+    h.update("\x00".join(str(v) for v in labels).encode())
+    counts = np.bincount(y, minlength=len(labels)).tolist() if len(y) else []
+    return {"sha256": h.hexdigest(), "count": int(len(y)),
+            "labels": {str(lab): int(n) for lab, n in zip(labels, counts) if n}}
 
 
 def _mismatch(repo: str, sc, heads: Sequence[str], origin: str, osc) -> list[str]:
@@ -208,7 +257,13 @@ def origin_unlearning_fim(hub: LocalHub, plan: Plan, origin: str, device: str | 
         meta = read_meta(hub, origin, g_node.head)
         rec = next(u for u in meta.unlearned if u.get("request") == plan.request_id)
         revision = rec.get("from_revision") or revision
-    sc = load_sidecars(hub, origin, revision)
+    got = plan._loaded.get(origin)
+    if not g_node.done and got and len(got) > 2 and got[2].id == revision:
+        sc = got[1]
+    else:
+        info = hub.commit_info(origin, revision)
+        oconfig = parse_config(read_at(hub, origin, info, CONFIG_FILE), f"{origin}:{CONFIG_FILE}")
+        sc, _ = resolve_sidecars(hub, origin, info, oconfig.labels, oconfig.classifier)
     if plan.classes is not None:
         have = [c for c in plan.classes if sc.counts.get(c, 0) > 0]
         return unlearning_fim(sc.class_fims, sc.counts, have), sc.labels, revision, sc.estimator
@@ -246,6 +301,7 @@ class NodeTask:
     alpha: float
     lam: float
     out_path: str | None = None
+    inert: list[str] = field(default_factory=list)  # labels earlier forgets removed (kept inert)
 
 
 def read_into_bytearray(path: str | os.PathLike) -> bytearray:
@@ -305,7 +361,8 @@ def unlearn_node(task: NodeTask) -> tuple[str, bytes | str, dict[str, Any]]:
         params[n] = torch.frombuffer(data, dtype=DTYPES[h["dtype"]], count=(b - a) // DTYPES[h["dtype"]].itemsize,
                                      offset=start + a).reshape(h["shape"]).clone()
     new = class_forget_update(params, task.labels, task.model_fim, task.class_fims, task.counts, task.mfim,
-                              task.forget, task.head_params, alpha=task.alpha, lam=task.lam)
+                              task.forget, task.head_params, alpha=task.alpha, lam=task.lam,
+                              inert=task.inert or ())
     changed = total = 0
     for n, t in new.items():
         if not torch.isfinite(t).all():
@@ -439,8 +496,8 @@ def _loaded(hub, plan: Plan, node: NodePlan) -> tuple[Any, Any, Any]:
     info = got[2] if len(got) > 2 else hub.commit_info(node.repo, node.head)
     if len(got) >= 2:
         return got[0], got[1], info
-    return (parse_config(read_at(hub, node.repo, info, CONFIG_FILE), node.repo),
-            load_sidecars(hub, node.repo, info=info), info)
+    config = parse_config(read_at(hub, node.repo, info, CONFIG_FILE), node.repo)
+    return config, resolve_sidecars(hub, node.repo, info, node.labels or config.labels, config.classifier)[0], info
 
 
 def run_forget(
@@ -477,9 +534,15 @@ def run_forget(
     t_origin = time.perf_counter() - t0
 
     staging = _Staging(hub) if isinstance(hub, LocalHub) else None
-    tasks, nodes = [], {}
+    tasks, nodes, untouched = [], {}, []
     for node in plan.todo:
         config, sc, info = _loaded(hub, plan, node)
+        if plan.classes is not None and not node.forget_here:
+            # None of the forgotten labels here: the weights and sidecars stay byte-identical; only the record
+            # is added (so that audits see the request applied).
+            nodes[node.repo] = (node, sc, info)
+            untouched.append(node.repo)
+            continue
         heads = _head_params(sc.layers, config.classifier)
         aligned = [align_rows(fims[o][0], fims[o][1], node.labels, heads) for o in node.sources]
         for o, f in zip(node.sources, aligned):
@@ -496,12 +559,17 @@ def run_forget(
         tasks.append(NodeTask(node.repo, str(path_at(hub, node.repo, info, WEIGHTS_FILE)), node.labels,
                               {n: sc.model_fim[n] for n in mfim},
                               {c: {n: f[n] for n in mfim} for c, f in sc.class_fims.items()}, dict(sc.counts),
-                              mfim, list(plan.classes or []), heads, plan.alpha, plan.lam))
+                              mfim, list(plan.classes or []), heads, plan.alpha, plan.lam,
+                              inert=list(node.forgotten_before)))
         nodes[node.repo] = (node, sc, info)
 
     now = utc_now()
     origin_revs = [f"{o}@{fims[o][2]}" for o in plan.origins]
-    what = f"classes {', '.join(plan.classes)}" if plan.classes else f"samples {plan.data_spec}"
+    samples = None
+    if plan.data_spec is not None:
+        samples = samples_fingerprint(plan.data_spec)
+    what = (f"classes {', '.join(plan.classes)}" if plan.classes else
+            f"{samples['count']} samples (sha256 {samples['sha256'][:12]})")
     changes: dict[str, RepoChange] = {}
     stats: dict[str, dict[str, Any]] = {}
     t_finish = [0.0]
@@ -509,17 +577,28 @@ def run_forget(
     def finish(repo: str, result: tuple) -> dict[str, Any]:
         """One repo's new revision, made as its result arrives: weights (staged), sidecars, card."""
         t = time.perf_counter()
-        _, payload, st = result
-        sha = st.get("weights_sha256")
-        if isinstance(payload, (bytes, bytearray)):
-            weights = Blob(bytes(payload), sha) if sha else Blob.of(bytes(payload))
-            sha = weights.sha256
-        else:
-            weights = staging.adopt(repo, payload, sha)
         node, sc, info = nodes[repo]
-        # The new sidecars: the forgotten classes stripped, the rest kept as computed on the pre-forget weights.
-        fim_b, cls_b = strip_classes(sc, node.forget_here, {"weights_sha256": sha, "derived_by": plan.request_id,
-                                                            "derived_from": node.head})
+        files: dict[str, Any] = {}
+        if result is None:  # untouched: same weights, same sidecars
+            sha = info.files.get(WEIGHTS_FILE)
+            st = {"changed": 0, "params": sum(int(t.numel()) for t in sc.model_fim.values()), "unchanged": True}
+        else:
+            _, payload, st = result
+            sha = st.get("weights_sha256")
+            if isinstance(payload, (bytes, bytearray)):
+                weights = Blob(bytes(payload), sha) if sha else Blob.of(bytes(payload))
+                sha = weights.sha256
+            else:
+                weights = staging.adopt(repo, payload, sha)
+            files[WEIGHTS_FILE] = weights
+            if node.sidecar_used == "own":
+                # The new sidecars: the forgotten classes stripped, the rest kept as computed on the pre-forget
+                # weights. (A repo that used its ancestors' sidecars gets none: it never had any of its own.)
+                fim_b, cls_b = strip_classes(sc, node.forget_here, {"weights_sha256": sha,
+                                                                    "derived_by": plan.request_id,
+                                                                    "derived_from": node.head})
+                put = staging.put if staging is not None else (lambda _r, d: d)
+                files.update({FIM_FILE: put(repo, fim_b), FIM_CLASSES_FILE: put(repo, cls_b)})
         meta, body = parse_card_full(read_at(hub, repo, info, CARD_FILE), where=repo)
         record = {
             "request": plan.request_id,
@@ -530,18 +609,23 @@ def run_forget(
             "lambda": plan.lam,
             "estimator": sc.estimator,
             "reference": "retained-mean" if plan.classes else "zero",
+            "sidecar": node.sidecar_used,
             "at": now,
         }
-        if plan.data_spec is not None:
-            record["data"] = plan.data_spec
+        if result is None:
+            record["weights"] = "unchanged"
+        if samples is not None:
+            record["samples"] = samples
+            if plan.record_spec:
+                record["data"] = plan.data_spec
         meta.unlearned = list(meta.unlearned) + [record]
         card = render_card(meta, body, repo).encode()
         check_card_write(repo, card)  # what publish refuses (a card past the size fiun-hub reads), before it runs
-        put = staging.put if staging is not None else (lambda _r, d: d)
+        files[CARD_FILE] = card
         changes[repo] = RepoChange(
-            repo,
-            {WEIGHTS_FILE: weights, FIM_FILE: put(repo, fim_b), FIM_CLASSES_FILE: put(repo, cls_b), CARD_FILE: card},
-            f"Forget {what} (request {plan.request_id}, FIUn from {', '.join(node.sources)})",
+            repo, files,
+            f"Forget {what} (request {plan.request_id}, FIUn from {', '.join(node.sources)})"
+            + ("; no forgotten label here, weights unchanged" if result is None else ""),
             parent_commit=node.head,
         )
         stats[repo] = {**st, "weights_sha256": sha}
@@ -556,6 +640,10 @@ def run_forget(
         t1 = time.perf_counter()
         run_unlearn(tasks, workers=workers, executor=executor, device=device, batched=batched,
                     progress=progress, ray_address=ray_address, on_result=finish)
+        for repo in untouched:
+            finish(repo, None)
+            if progress:
+                progress(repo)
         t_nodes = time.perf_counter() - t1 - t_finish[0]
         t2 = time.perf_counter()
         publishing = True
@@ -597,9 +685,11 @@ def _affected_set_unchanged(plan: Plan) -> Callable[[LocalHub], None]:
 
 
 def forget(hub: LocalHub, origins: Sequence[str], classes=None, data_spec=None, request_id=None,
-           alpha: float = DEFAULT_ALPHA, lam: float = DEFAULT_LAMBDA, **kwargs) -> tuple[Plan, ForgetResult]:
+           alpha: float = DEFAULT_ALPHA, lam: float = DEFAULT_LAMBDA, record_spec: bool = False,
+           **kwargs) -> tuple[Plan, ForgetResult]:
     """Plan and run a forget in one call (what ``fiun-hub forget`` does)."""
     plan = plan_forget(hub, origins, classes, data_spec, request_id, alpha, lam)
+    plan.record_spec = bool(record_spec)
     return plan, run_forget(hub, plan, **kwargs)
 
 

@@ -140,7 +140,9 @@ def test_forget_bad_input_one_line_exit_2_hub_unchanged(cli, small, tmp_path, hu
     assert hub_fingerprint(hub.root) == snap
 
 
-def test_samplewise_forget_records_its_data(cli, dag, tmp_path):
+def test_samplewise_forget_records_a_fingerprint_not_the_path(cli, dag, tmp_path):
+    import hashlib
+
     from sklearn.datasets import load_digits
 
     from fiun_hub.repo import read_meta, show
@@ -148,22 +150,37 @@ def test_samplewise_forget_records_its_data(cli, dag, tmp_path):
     hub = copy_hub(dag[0], tmp_path / "hub")
     old = heads(hub)
     d = load_digits()
-    keep = np.flatnonzero(d.target == 3)[:6]
-    path = tmp_path / "forget-me.npz"
-    np.savez(path, x=d.images[keep].astype(np.float32), y=d.target[keep].astype(np.int64),
-             labels=np.array([str(i) for i in range(10)]))
+    keep = np.concatenate([np.flatnonzero(d.target == 3)[:6], np.flatnonzero(d.target == 5)[:2]])
+    path = tmp_path / "jane-doe-photos.npz"
+    x, y = d.images[keep].astype(np.float32), d.target[keep].astype(np.int64)
+    np.savez(path, x=x, y=y, labels=np.array([str(i) for i in range(10)]))
     spec = f"npz:{path}"
+    # the fingerprint, computed here from the arrays as stored (docs/card-schema.md)
+    h = hashlib.sha256()
+    h.update(f"{x.dtype.str}{list(x.shape)}".encode())
+    h.update(x.tobytes())
+    h.update(y.tobytes())
+    h.update("\x00".join(str(i) for i in range(10)).encode())
+    want = {"sha256": h.hexdigest(), "count": 8, "labels": {"3": 6, "5": 2}}
     r = json.loads(ok(*cli("--hub", hub.root, "--json", "forget", "--origin", R, "--data", spec)))
     assert r["noop"] is False and set(r["revisions"]) == set(AFFECTED)
     for repo in AFFECTED:
         assert hub.head(repo) != old[repo]
         rec = read_meta(hub, repo).unlearned[-1]
-        assert rec["data"] == spec and rec["request"] == r["request_id"] and rec["classes"] is None
+        assert "data" not in rec and rec["samples"] == want, rec
+        assert rec["request"] == r["request_id"] and rec["classes"] is None
         assert rec["origins"] == [f"{R}@{old[R]}"] and rec["from_revision"] == old[repo]
+        assert "jane-doe" not in hub.read_file(repo, "README.md").decode()
+        assert "jane-doe" not in hub.commit_info(repo).message
         assert show(hub, repo)["sidecar"]["state"] == "ok"
     assert hub.head(U) == old[U]
     again = json.loads(ok(*cli("--hub", hub.root, "--json", "forget", "--origin", R, "--data", spec)))
     assert again["noop"] is True
+    # --record-spec writes the spec too, when the user wants it there
+    hub2 = copy_hub(dag[0], tmp_path / "hub2")
+    ok(*cli("--hub", hub2.root, "forget", "--origin", R, "--data", spec, "--record-spec"))
+    rec = read_meta(hub2, R).unlearned[-1]
+    assert rec["data"] == spec and rec["samples"] == want
 
 
 # ----------------------------------------------------------------------------------------------- fim

@@ -205,10 +205,11 @@ def test_json_on_every_command(cli, env, tmp_path):
         "check": cli("--hub", hub, "--json", "lineage", "--check"),
     }
     for name, (code, out, err) in runs.items():
-        assert code == 0, (name, err)
+        # no repo here has a sidecar (nor an ancestor with one): a forget would refuse, so --check fails
+        assert code == (1 if name == "check" else 0), (name, err)
         json.loads(out)  # every command speaks JSON
     assert json.loads(runs["init"][1]) == {"hub": str((tmp_path / "new").absolute())}
-    assert json.loads(runs["check"][1]) == []
+    assert {(p["kind"], p["blocking"]) for p in json.loads(runs["check"][1])} == {("no-sidecar", True)}
 
 
 # ---------------------------------------------------------------------------- lineage
@@ -249,7 +250,8 @@ def test_lineage_formats_and_directions(cli, env, tmp_path):
 def test_lineage_check_exit_codes(cli, env):
     hub, info = env
     code, out, err = cli("--hub", hub, "lineage", "--check")
-    assert code == 0 and out.startswith("lineage ok: 2 repos")
+    # neither repo has a sidecar, nor an ancestor with one: what the forget's plan would refuse, with the fix
+    assert code == 1 and "fiun-hub fim org/base --data SPEC" in out and "fiun-hub fim org/child --data SPEC" in out
     h = LocalHub(hub)
     h.publish([RepoChange("org/bad-pin", {"README.md": (
         f"---\nbase_model: org/base\nbase_model_relation: finetune\n"
@@ -259,7 +261,7 @@ def test_lineage_check_exit_codes(cli, env):
         f"fiun: {{parents: [{{repo: org/ghost, revision: '{'8' * 40}'}}]}}\n---\n").encode()})])
     code, out, err = cli("--hub", hub, "--json", "lineage", "--check")
     assert code == 1
-    problems = json.loads(out)
+    problems = [p for p in json.loads(out) if p["kind"] != "no-sidecar"]
     assert sorted((p["repo"], p["kind"]) for p in problems) == [("org/bad-pin", "unknown-revision"),
                                                                 ("org/ghost", "missing-parent")]
     code, out, err = cli("--hub", hub, "lineage", "--check")
