@@ -758,6 +758,52 @@ def derivatives_of(hub, sources: dict[str, Fingerprint], entries: dict, exclude:
     return out
 
 
+def undeclared_findings(hub, request_id: str, pre_forget: dict[str, str], exclude: Iterable[str],
+                        carries=None) -> list[dict]:
+    """Findings ``undeclared-derivative`` for a request: heads outside ``exclude`` (the declared affected set)
+    that look derived from the pre-forget revision ``pre_forget[repo]`` of an affected repo. ``carries(repo,
+    head)`` tells a head that already carries the request (adopted by a fix): not a finding."""
+    from .lineage import read_index_file, rebuild_index
+
+    if getattr(hub, "root", None) is None or not pre_forget:
+        return []
+    entries = read_index_file(hub)
+    if entries is None:
+        entries = rebuild_index(hub)
+    sources = {}
+    for repo, rev in sorted(pre_forget.items()):
+        try:
+            w = hub.list_files(repo, rev).get(WEIGHTS_FILE)
+        except BadInput:
+            continue
+        fp = fingerprint_of(hub, repo, w, where=f"{repo}@{rev[:12]}") if w else None
+        if fp is not None:
+            sources[f"{repo}@{rev}"] = fp
+    found = derivatives_of(hub, sources, entries, exclude)
+    def strength(edge):
+        e = edge.evidence
+        sims = [v for v in (e.get("init_similarity"), e.get("learned_similarity")) if v is not None]
+        return (e.get("identical_tensors", 0), min(sims) if sims else 0.0)
+
+    best: dict[str, tuple[str, SuspectedEdge]] = {}
+    for src, hits in sorted(found.items()):
+        for repo, edge in hits:
+            if repo not in best or strength(edge) > strength(best[repo][1]):
+                best[repo] = (src, edge)
+    out: dict[str, dict] = {}
+    for repo, (src, edge) in sorted(best.items()):
+        if carries is not None and carries(repo, entries[repo]["head"]):
+            continue
+        src_repo, _, src_rev = src.partition("@")
+        ev = {k: v for k, v in edge.to_dict().items() if k not in ("parent", "child", "direction", "declared")}
+        out[repo] = {"request": request_id, "repo": repo, "kind": "undeclared-derivative",
+                     "message": f"{repo}: its weights look derived from {src_repo}@{src_rev[:12]} (before the "
+                                f"forget of request {request_id}) but its card does not declare it "
+                                f"({edge.line().split('(', 1)[1]}",
+                     "derived_from": {"repo": src_repo, "revision": src_rev}, "evidence": ev}
+    return [out[r] for r in sorted(out)]
+
+
 __all__ = ["Fingerprint", "Layout", "Evidence", "SuspectedEdge", "compute_fingerprint", "fingerprint_file",
            "record_fingerprint", "load_fingerprint", "fingerprint_of", "rebuild_fingerprints", "infer", "relate",
-           "derivatives_of", "head_fingerprints"]
+           "derivatives_of", "head_fingerprints", "undeclared_findings"]
