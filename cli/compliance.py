@@ -75,6 +75,8 @@ def _plan_text(tp) -> str:
             lines.append(f"      ~ sidecar {_short_sidecar(used[s.repo])}")
     for p in tp.problems:
         lines.append(f"  ! {p}")
+    for f in tp.undeclared:
+        lines.append(f"  ! undeclared-derivative (not in the affected set): {f['message']}")
     return "\n".join(lines)
 
 

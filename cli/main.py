@@ -246,15 +246,31 @@ def tag(c: Ctx, repo: str, name: str, revision: str | None, force: bool) -> None
                                             "ancestor); exit 1 if any. Repos that would use an ancestor's "
                                             "sidecar are listed as notes.")
 @click.option("--rebuild", is_flag=True, help="Read every card instead of the lineage index.")
+@click.option("--infer", is_flag=True, help="Infer edges from the weights' fingerprints: pairs with identical "
+                                            "tensors or far closer than independently trained models, and merges; "
+                                            "with their evidence and whether the cards declare them. With --check, "
+                                            "exit 1 if any is undeclared.")
 @pass_ctx
 @handled
 def lineage(c: Ctx, repo: str | None, up: bool, down: bool, fmt: str | None, output: str | None, check: bool,
-            rebuild: bool) -> None:
+            rebuild: bool, infer: bool) -> None:
     """Show the inheritance DAG of the hub, or of REPO (its ancestors and descendants)."""
     from fiun_hub import lineage as L
 
     hub = c.hub()
     g = L.resolve(hub, rebuild=rebuild)
+    if infer:
+        from fiun_hub.fingerprint import infer as infer_edges
+
+        edges = infer_edges(hub, g)
+        if repo is not None:
+            edges = [e for e in edges if repo in (e.parent, e.child)]
+        undeclared = [e for e in edges if not e.declared]
+        c.emit({"edges": [e.to_dict() for e in edges], "undeclared": len(undeclared)},
+               lambda: "\n".join(e.line() for e in edges) or "no suspected edges")
+        if check and undeclared:
+            sys.exit(1)
+        return
     if check:
         from fiun_hub.fallback import forget_problems
 

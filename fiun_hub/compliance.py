@@ -62,7 +62,7 @@ DEFAULT_MAX_FORGET_ACC = 5.0  # percent; above it a class-wise forget is reporte
 
 #: statuses that are findings in an audit, and those that --fix (or a takedown re-run) repairs by forgetting
 FINDINGS = ("pending", "pre-forget-pin", "derived-from-flagged", "unpinned-parent", "lost-record", "weights-changed",
-            "unrecorded", "forget-accuracy", "origin-missing")
+            "unrecorded", "forget-accuracy", "origin-missing", "undeclared-derivative")
 APPLY = ("pending", "pre-forget-pin", "derived-from-flagged", "unpinned-parent", "lost-record", "weights-changed",
          "unrecorded")
 
@@ -696,9 +696,10 @@ class TakedownPlan:
     record: dict | None  # the request's ledger record before this run
     problems: list[str] = field(default_factory=list)
     blocked: dict[str, str] = field(default_factory=dict)  # target -> why it cannot be applied
+    undeclared: list[dict] = field(default_factory=list)  # findings undeclared-derivative (not forgotten)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"request": self.request.to_dict(), "request_id": self.request.id,
+        return {"request": self.request.to_dict(), "request_id": self.request.id, "undeclared": self.undeclared,
                 "affected": [s.to_dict() for s in self.states], "targets": self.targets,
                 "record_only": self.record_only, "in_ledger": self.record is not None, "problems": self.problems,
                 "blocked": self.blocked, "plan": self.plan.to_dict() if self.plan is not None else None,
@@ -789,7 +790,8 @@ def plan_takedown(hub: LocalHub, request: TakedownRequest) -> TakedownPlan:
     if not problems:
         restricted, blocked = _restrict(hub, request, plan, targets)
         problems = list(blocked.values())
-    return TakedownPlan(request, restricted, states, targets, record_only, record, problems)
+    return TakedownPlan(request, restricted, states, targets, record_only, record, problems,
+                        undeclared=_undeclared(hub, request.id, states, _Lineage(hub)))
 
 
 def _origins_used(hub: LocalHub, plan, lin: _Lineage) -> list[str]:
@@ -970,6 +972,20 @@ def _entry(g, rec: dict, states: list[RepoState], problems: list[dict]) -> dict[
     }
 
 
+def _undeclared(hub: LocalHub, rid: str, states: list[RepoState], lin: _Lineage) -> list[dict]:
+    """Findings ``undeclared-derivative``: heads outside the affected set whose weights look derived from an
+    affected repo's pre-forget revision (fiun_hub.fingerprint)."""
+    from .fingerprint import undeclared_findings
+
+    pre = {}
+    for s in states:
+        led = s.ledger or {}
+        rec = lin.record(s.repo, s.head, rid) or {}
+        pre[s.repo] = led.get("first_from") or led.get("from") or rec.get("from_revision") or s.head
+    return undeclared_findings(hub, rid, pre, {s.repo for s in states},
+                               carries=lambda repo, head: lin.carries(repo, head, rid))
+
+
 def plan_report(hub: LocalHub, tp: TakedownPlan) -> dict[str, Any]:
     """Report data (as :func:`audit` gives) for a takedown that has not run: what it would do (``--dry-run``)."""
     from .lineage import resolve
@@ -980,11 +996,11 @@ def plan_report(hub: LocalHub, tp: TakedownPlan) -> dict[str, Any]:
     for row in entry["repos"]:  # which sidecar each target's forget would use
         if row["repo"] in tp.targets:
             row["sidecar"] = used.get(row["repo"], row.get("sidecar"))
-    # In a plan, "pending" is the work to do, not a finding.
-    entry.update(findings=[], ok=not tp.problems, todo=list(tp.targets), record_only=list(tp.record_only))
+    # In a plan, "pending" is the work to do, not a finding; undeclared derivatives are (the takedown misses them).
+    entry.update(findings=tp.undeclared, ok=not tp.problems, todo=list(tp.targets), record_only=list(tp.record_only))
     return {"kind": "takedown-plan", "hub": str(hub.root), "generated_at": _now(), "ok": not tp.problems,
             "eval_data": None, "max_forget_acc": None, "ledger_revision": None, "problems": tp.problems,
-            "findings": [], "requests": [entry]}
+            "findings": undeclared, "requests": [entry]}
 
 
 def audit(hub: LocalHub, request_id: str | None = None, *, eval_data: str | None = None,
@@ -1018,7 +1034,7 @@ def audit(hub: LocalHub, request_id: str | None = None, *, eval_data: str | None
                     s.status = "forget-accuracy"
                     s.message = (f"{s.repo}: held-out forget accuracy {fa:.1f}% on {eval_data} is above "
                                  f"{max_forget_acc:g}%")
-        entry = _entry(g, rec, states, problems)
+        entry = _entry(g, rec, states, problems + _undeclared(hub, rid, states, lin))
         _purge_facts(hub, rid, rec, records, entry)
         entries.append(entry)
         req_findings = entry["findings"]

@@ -81,7 +81,11 @@ def index_entry(hub, repo: str, revision: str | None = None) -> dict:
         "sidecar": sidecar_state(hub, repo, info.files, info.id),
         "unlearned": [],
         "card_error": None,
+        "weights": info.files.get(WEIGHTS_FILE),
     }
+    from .fingerprint import record_fingerprint
+
+    record_fingerprint(hub, repo, entry["weights"])  # .fiun/fingerprints/: kept for every published revision
     if CARD_FILE not in info.files:
         # No card, no lineage claim: a root (e.g. a repo just made by `create_repo`). Unlike an unreadable card
         # it cannot hide parents, so it does not block a forget; `lineage --check` still lists it.
@@ -155,9 +159,14 @@ def write_index_file(hub, repos: dict) -> None:
 def rebuild_index(hub) -> dict:
     """Entries for every repo, read from the cards (not from the index), at heads read as one consistent set
     where the backend can (LocalHub.heads: never half of a publish)."""
+    from .fingerprint import rebuild_fingerprints
+
     if hasattr(hub, "heads"):
-        return {repo: index_entry(hub, repo, head) for repo, head in sorted(hub.heads().items())}
-    return {repo: index_entry(hub, repo) for repo in hub.list_repos()}
+        entries = {repo: index_entry(hub, repo, head) for repo, head in sorted(hub.heads().items())}
+    else:
+        entries = {repo: index_entry(hub, repo) for repo in hub.list_repos()}
+    rebuild_fingerprints(hub, entries)
+    return entries
 
 
 # ---------------------------------------------------------------------------- graph
