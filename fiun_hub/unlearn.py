@@ -209,14 +209,15 @@ def samples_fingerprint(spec: str) -> dict[str, Any]:
     from . import data as D
 
     kind, arg, split = D.parse_spec(spec)
+    explicit = D._has_split_suffix(spec)  # as the data loader reads it: a file without a split suffix is whole
     if kind == "digits":
         x, y, labels = D._digits(split)
     elif kind == "fashion-mnist":
         x, y, labels = D._fashion_mnist(Path(arg) if arg else D.FASHION_MNIST_DIR, split)
     elif kind == "npz":
-        x, y, labels = D._npz(Path(arg), split)
+        x, y, labels = D._npz(Path(arg), split, explicit)
     else:
-        x, y, labels = D._folder(Path(arg), split)
+        x, y, labels = D._folder(Path(arg), split, explicit)
     x, y = np.ascontiguousarray(x), np.ascontiguousarray(y, dtype=np.int64)
     h = hashlib.sha256()
     h.update(f"{x.dtype.str}{list(x.shape)}".encode())
