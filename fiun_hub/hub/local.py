@@ -610,18 +610,20 @@ class LocalHub:
                                  "then remove it (reads still work)")
         return moves
 
-    def _journal_purge(self) -> list[dict]:
-        """The purge entries a journal carries (``[]`` for none); read after :meth:`journal_moves` accepted it."""
+    def _journal_purge(self) -> dict | None:
+        """The purge a journal carries (``{"entries": [...], "blobs": [...]}``, None for none); read after
+        :meth:`journal_moves` accepted the journal."""
         try:
             entries = json.loads((self.meta / "journal.json").read_bytes())
         except (OSError, ValueError, RecursionError):
-            return []
+            return None
         purge = entries.get("purge") if isinstance(entries, dict) else None
         if purge is None:
-            return []
-        if not (isinstance(purge, list) and all(isinstance(e, dict) for e in purge)):
-            raise DamagedJournal(f"{self.meta / 'journal.json'} is damaged (its 'purge' is not a list of records); "
-                                 "look at it, then remove it (reads still work)")
+            return None
+        if not (isinstance(purge, dict) and isinstance(purge.get("entries"), list)
+                and isinstance(purge.get("blobs", []), list)):
+            raise DamagedJournal(f"{self.meta / 'journal.json'} is damaged (its 'purge' is not the record a purge "
+                                 "writes); look at it, then remove it (reads still work)")
         return purge
 
     def _try_recover(self) -> None:
