@@ -294,8 +294,8 @@ def run_profile(name: str, prof: dict[str, Any], work: Path, seed: int) -> dict[
         log(f"{name}/{req}: fiun {sec:.2f}s")
         if DF is not None:
             t = time.perf_counter()
-            deep_states, info = DF.deep_class_forget(scn_hub=hub0, scenario=scn, classes=classes,
-                                                     fiun_states=states)
+            deep_states, info = DF.deep_class_forget(hub0, scn.origin, {r: scn.node(r).revision for r in affected},
+                                                     classes, states)
             dsec = sec + (time.perf_counter() - t)
             methods["deep"] = {"seconds": round(dsec, 3), "info": info,
                                "models": {r: ev.classwise(r, ev.model(r, deep_states[r]), classes)
