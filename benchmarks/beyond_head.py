@@ -62,7 +62,7 @@ if str(ROOT) not in sys.path:
 
 from fiun_hub import baselines as BL  # noqa: E402
 from fiun_hub.data import FASHION_MNIST_DIR, LabeledData, load_data, load_images  # noqa: E402
-from fiun_hub.evaluate import (accuracy, forget_retain_accuracy, linear_probe, relearn_test,  # noqa: E402
+from fiun_hub.evaluate import (forget_retain_accuracy, linear_probe, relearn_test,  # noqa: E402
                                sample_forget_metrics, top2_leak)
 from fiun_hub.hub.local import LocalHub  # noqa: E402
 from fiun_hub.models import load_model  # noqa: E402

@@ -123,12 +123,12 @@ def deep_class_forget(hub, origin: str, revisions: Mapping[str, str], classes: S
     ``classes`` is returned unchanged. Returns ``(states, info)``; info lists the channels per repo."""
     from .dampening import retain_fim, unlearning_fim
     from .models import load_model
-    from .scenarios import head_params
+    from .fisher import resolve_layers
     from .sidecars import load_sidecars
 
     osc = load_sidecars(hub, origin, revisions[origin])
     model_o, _, _ = load_model(hub, origin, revisions[origin])
-    w_o = next(n for n in head_params(model_o) if n.endswith("weight"))
+    w_o = next(n for n in resolve_layers(model_o, "head") if n.endswith("weight"))
     u = unlearning_fim(osc.class_fims, osc.counts, [c for c in classes if osc.counts.get(c, 0) > 0])[w_o]
     states: dict[str, dict] = {}
     info: dict[str, dict] = {}
@@ -140,7 +140,7 @@ def deep_class_forget(hub, origin: str, revisions: Mapping[str, str], classes: S
             info[repo] = {"channels": [], "reason": "none of the classes"}
             continue
         sc = osc if repo == origin else load_sidecars(hub, repo, rev)
-        w = next(n for n in head_params(model) if n.endswith("weight"))
+        w = next(n for n in resolve_layers(model, "head") if n.endswith("weight"))
         fr = retain_fim(sc.model_fim, sc.class_fims, sc.counts, here)[w]
         chans = select_channels(channel_ratio(u, fr), alpha=alpha, max_fraction=max_fraction)
         states[repo] = zero_feature_channels(model, head_states[repo], chans)
