@@ -10,7 +10,6 @@ from .errors import BadInput, ConflictError
 from .hub.ids import check_user_writable, split_repo_rev, validate_repo_id, validate_tag_name
 from .hub.local import LocalHub, RepoChange
 from .lineage import resolve, sidecar_state, validate_new_parents
-from .models import check_folder, folder_file
 from .safetensors_io import read_header
 
 SIDECARS = (FIM_FILE, FIM_CLASSES_FILE)
@@ -108,6 +107,8 @@ def push_folder(
     writers' lock (:func:`_repin_under_lock`). Returns the new revision's summary, with ``notes`` (what the user
     should hear: a parent re-pinned to a head that moved while the push waited).
     """
+    from .models import check_folder, folder_file  # torch and timm: only a push builds a model (log/show stay light)
+
     check_user_writable(validate_repo_id(repo))
     folder = Path(folder)
     config = check_folder(folder)
