@@ -10,8 +10,9 @@ line gives its nearest sidecar and they are combined as the MFIM combines unlear
 - the model FIM is the count-weighted mean of the combined class FIMs (as after
   :func:`fiun_hub.fisher.strip_classes`), so the retain FIM stays consistent with the class FIMs.
 
-A source is a pinned ancestor revision whose sidecars (both files) are bound to that revision's weights; a stale or
-invalid one is passed over and the search goes on above it. A repo with neither its own sidecar nor any ancestor's
+A source is a pinned ancestor revision whose sidecars (both files) are bound to that revision's weights; a stale,
+invalid or purged one (a takedown purges a descendant's pre-forget sidecars with its weights) is passed over and
+the search goes on above it. A repo with neither its own sidecar nor any ancestor's
 is refused with the ``fiun-hub fim`` command that fixes it. A repo *with* its own sidecar always uses it (a stale or
 malformed one is a problem, never silently replaced).
 

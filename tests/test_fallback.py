@@ -135,9 +135,6 @@ def test_lineage_check_and_forget_refuse_the_same_repo_without_any_sidecar(strip
     assert hub_fingerprint(hub.root) == snap
 
 
-@pytest.mark.xfail(strict=True, reason="known open (issues 13/15 merged in one session): the takedown now purges "
-                   "child-a's pre-forget revision, and audit --fix through the no-sidecar fallback reads that "
-                   "revision's purged files back (audit then reports them 'unpurged')")
 def test_audit_fix_repairs_a_late_derivative_pushed_without_a_sidecar(dag, tmp_path):
     from fiun_hub.compliance import audit, fix, ledger_record, parse_request, plan_takedown, run_takedown
     from fiun_hub.models import load_model
@@ -151,13 +148,33 @@ def test_audit_fix_repairs_a_late_derivative_pushed_without_a_sidecar(dag, tmp_p
     # derived from child-a's pre-takedown revision (loaded before the takedown purges it), no sidecar
     model, config, _ = load_model(hub, A, pre)
     run_takedown(hub, plan_takedown(hub, request))
-    late = push(hub, model, "dag/late", config.labels, parents=[f"{A}@{pre}"])
+    # `push --parent A@pre` now refuses the purged revision; the card of an upload made by other means (an HF
+    # client, an edited card) can still pin it: the derivative is pushed on A's head, then its card re-pinned.
+    from dataclasses import replace
+
+    from fiun_hub.card import ParentRef, parse_card_full, render_card
+    from fiun_hub.hub.local import RepoChange
+
+    with pytest.raises(Exception, match="was purged by request"):
+        push(hub, model, "dag/late", config.labels, parents=[f"{A}@{pre}"])
+    push(hub, model, "dag/late", config.labels, parents=[A])
+    meta, body = parse_card_full(hub.read_file("dag/late", "README.md"))
+    meta = replace(meta, parents=[ParentRef(A, pre)])
+    hub.publish([RepoChange("dag/late", {"README.md": render_card(meta, body, "dag/late").encode()},
+                                     "pin the pre-takedown revision it was derived from")])
+    late = hub.head("dag/late")
     report = audit(hub, request.id)
-    assert [(f["repo"], f["kind"]) for f in report["findings"]] == [("dag/late", "pre-forget-pin")]
-    [out] = fix(hub, report, eval_data="digits:test")
+    # its weights are child-a@pre's bytes, which the takedown purged: the upload is also `unpurged`
+    assert sorted((f["repo"], f["kind"]) for f in report["findings"]) == [("dag/late", "pre-forget-pin"),
+                                                                           ("dag/late", "unpurged")]
+    outs = fix(hub, report, eval_data="digits:test")
+    [out] = [o for o in outs if o.get("fixed")]
     assert out["fixed"] == ["dag/late"] and not out["blocked"]
     rec = next(u for u in read_meta(hub, "dag/late").unlearned if u["request"] == request.id)
-    assert rec["sidecar"] == f"approximate: from {A}@{pre}" and rec["from_revision"] == late
+    # child-a@pre's sidecar went with its purge; the fallback climbs to the origin's pre-forget revision, whose
+    # sidecars the takedown keeps (the request's unlearning FIM)
+    root_pin = next(p.revision for p in parse_card_full(hub.read_file(A, "README.md", pre))[0].parents if p.repo == R)
+    assert rec["sidecar"] == f"approximate: from {R}@{root_pin}" and rec["from_revision"] == late
     entry = ledger_record(hub, request.id)["repos"]["dag/late"]
     assert entry["sidecar"] == rec["sidecar"] and entry["forget_acc"] <= 1.0 < 80 < entry["forget_acc_before"]
     again = audit(hub, request.id)
@@ -166,7 +183,7 @@ def test_audit_fix_repairs_a_late_derivative_pushed_without_a_sidecar(dag, tmp_p
     assert row["sidecar"] == rec["sidecar"]
     from fiun_hub.report import to_markdown
 
-    assert f"sidecar approximate: from {A}@{pre[:12]}…" in to_markdown(again)
+    assert f"sidecar approximate: from {R}@{root_pin[:12]}…" in to_markdown(again)
 
 
 # ----------------------------------------------------------------------------------------------- part 6
