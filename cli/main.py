@@ -92,8 +92,23 @@ def handled(fn: Callable) -> Callable:
 pass_ctx = click.make_pass_decorator(Ctx)
 
 
+def _json_after_command(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value:
+        ctx.find_object(Ctx).as_json = True
+
+
 class OneLineErrors(click.Group):
-    """Usage errors (unknown option, bad choice, missing argument) print one line too, exit 2."""
+    """Usage errors (unknown option, bad choice, missing argument) print one line too, exit 2.
+
+    Every command also takes ``--json`` after its name (``fiun-hub lineage --json``, as users type it), the same
+    flag as the global one before it."""
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        if not any("--json" in p.opts for p in cmd.params):
+            cmd.params.append(click.Option(["--json"], is_flag=True, expose_value=False, is_eager=True,
+                                           callback=_json_after_command,
+                                           help="Print machine-readable JSON instead of text (as `fiun-hub --json`)."))
+        super().add_command(cmd, name)
 
     def main(self, *args, standalone_mode: bool = True, **kwargs):
         if not standalone_mode:

@@ -28,7 +28,7 @@ The class-wise step for one affected model ``v`` (origin or descendant), all of 
    value, leaves up to all of it when the two FIMs are close, and misses the 4-class targets).
 
 These defaults assume FIMs from the ``normalized`` per-sample estimator (each sample's squared gradient
-divided by its squared norm over the unlearnable layers, see :func:`normalized_head_fisher`): such FIMs sum to
+divided by its squared norm over the unlearnable layers, see :func:`fiun_hub.fisher.normalized_head_fisher`): such FIMs sum to
 1 over the layers for every model, so an origin's unlearning FIM is on the same scale as any descendant's
 model FIM. With the plain empirical Fisher, whose scale follows each model's training loss (three orders of
 magnitude across one DAG in the benchmark), no single ``alpha`` fits every descendant.
@@ -44,6 +44,7 @@ from typing import Mapping, Sequence
 import torch
 
 from .errors import UnlearnError
+from .fisher import normalized_head_fisher  # the default estimator lives in fisher.py (re-exported for old callers)
 
 Fim = dict[str, torch.Tensor]
 
@@ -53,14 +54,92 @@ DEFAULT_LAMBDA = 0.01
 DEFAULT_EXPONENT = 1.0
 
 
+# --------------------------------------------------------------------------------------------------- the update, stacked
+# The formulas of the update, each written once, over *stacks*: the leading dimension indexes models, so a single
+# model is a stack of one (``t[None]``). The per-repo functions below (:func:`retain_fim`, :func:`forget_rows_only`,
+# :func:`retained_mean_reference`, :func:`dampen`, :func:`anchor_inert_rows`) check their inputs and call these
+# on a stack of one; :func:`fiun_hub.executors.dampen_group` calls them on the stacked tensors of many repos
+# with the same head shape (one set of operations per parameter name, on any device). Elementwise, or reducing
+# along the row dimension only, so a model's result does not depend on what else is in its stack.
+
+
+def nonneg64(t: torch.Tensor) -> torch.Tensor:
+    """float64, on ``t``'s device, with NaN -> 0 and negatives -> 0 (+Inf kept: it means "infinitely important")."""
+    t = t.to(torch.float64)
+    t = torch.where(torch.isnan(t), torch.zeros_like(t), t)
+    return t.clamp_min(0.0)
+
+
+def retain_fim_stacked(fm: torch.Tensor, totals: torch.Tensor,
+                       drops: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """``(N F_m - sum_c n_c F_c) / (N - sum_c n_c)``, clamped at 0, float32 (:func:`retain_fim`), per model of a
+    stack. ``fm``: (B, ...) model FIMs through :func:`nonneg64`; ``totals``: (B,) float64 sample counts N;
+    ``drops``: per dropped class, ``(n_c`` (B,) float64, ``F_c`` (B, ...) through :func:`nonneg64`). No drops:
+    ``fm`` as float32."""
+    if not drops:
+        return fm.float()
+    bshape = (fm.shape[0],) + (1,) * (fm.ndim - 1)
+    acc = totals.reshape(bshape) * fm
+    n_drop = torch.zeros_like(totals)
+    for nc, fc in drops:
+        n_drop = n_drop + nc
+        acc -= nc.reshape(bshape) * fc
+    return (acc / (totals - n_drop).reshape(bshape)).clamp_min(0.0).float()
+
+
+def _row_mask(mask: Sequence[bool], like: torch.Tensor) -> torch.Tensor:
+    """``mask`` (one flag per head row) shaped to broadcast over a stack ``like`` of (B, rows, ...)."""
+    return torch.tensor(list(mask), dtype=torch.bool, device=like.device).reshape(
+        (1, len(mask)) + (1,) * (like.ndim - 2))
+
+
+def forget_rows_stacked(m: torch.Tensor, forget_mask: Sequence[bool]) -> torch.Tensor:
+    """A stack of head MFIMs (B, rows, ...) with the rows not flagged in ``forget_mask`` set to 0."""
+    return torch.where(_row_mask(forget_mask, m), m, torch.zeros_like(m))
+
+
+def row_mean_stacked(p: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """float64 mean of the rows ``keep`` (long indices) of each model of a stack (B, rows, ...): (B, 1, ...)."""
+    return p.to(torch.float64).index_select(1, keep).mean(1, keepdim=True)
+
+
+def dampen_stacked(p: torch.Tensor, f: torch.Tensor, m: torch.Tensor, *, alpha: float, lam: float,
+                   exponent: float = DEFAULT_EXPONENT, reference: torch.Tensor | None = None) -> torch.Tensor:
+    """Selection and dampening, elementwise (:func:`dampen` says the rule and its guards); any shape, so a stack
+    too. ``p``: parameters (finite); ``f``: the FIM compared against; ``m``: the MFIM; ``reference``: where a
+    selected element shrinks to (default 0). Returns a new tensor in ``p``'s dtype: selected elements moved,
+    the others bit-identical."""
+    m, f = m.to(torch.float64), f.to(torch.float64)
+    theta = p.to(torch.float64)
+    valid = ~(torch.isnan(m) | torch.isnan(f) | (m < 0) | (f < 0) | torch.isinf(f))
+    sel = valid & (m > alpha * f)
+    ratio = torch.where(torch.isinf(m) | (f == 0), torch.zeros_like(m),
+                        (lam * f) / torch.where(m > 0, m, torch.ones_like(m)))
+    beta = ratio.pow(exponent).clamp(0.0, 1.0)
+    beta = torch.where(torch.isfinite(beta), beta, torch.zeros_like(beta))
+    if reference is not None:
+        r = reference.to(torch.float64)
+        moved = r + beta * (theta - r)
+    else:
+        moved = beta * theta
+    return torch.where(sel, moved.to(p.dtype), p)
+
+
+def anchor_rows_stacked(new: torch.Tensor, rows: Sequence[int], keep: torch.Tensor) -> torch.Tensor:
+    """A copy of a stack of heads (B, rows, ...) whose ``rows`` are set to the mean of the rows ``keep``
+    (:func:`anchor_inert_rows`)."""
+    mean = row_mean_stacked(new, keep)
+    out = new.clone()
+    out[:, list(rows)] = mean.expand((new.shape[0], len(rows)) + tuple(new.shape[2:])).to(new.dtype)
+    return out
+
+
 # --------------------------------------------------------------------------------------------------- FIMs
 
 
 def _finite_nonneg(t: torch.Tensor) -> torch.Tensor:
-    """float64 copy with NaN -> 0 and negatives -> 0 (+Inf kept: it means "infinitely important")."""
-    t = t.detach().to("cpu", torch.float64)
-    t = torch.where(torch.isnan(t), torch.zeros_like(t), t)
-    return t.clamp_min(0.0)
+    """float64 copy on the CPU with NaN -> 0 and negatives -> 0 (:func:`nonneg64`)."""
+    return nonneg64(t.detach().to("cpu"))
 
 
 def unlearning_fim(
@@ -125,13 +204,14 @@ def retain_fim(
     if total - n_drop <= 0:
         raise UnlearnError(f"forgetting {list(forget)} leaves no retained training sample")
     out: Fim = {}
+    totals = torch.tensor([float(total)], dtype=torch.float64)
     for n, t in model_fim.items():
-        acc = total * _finite_nonneg(t)
         for c in drop:
             if n not in class_fims[c] or class_fims[c][n].shape != t.shape:
                 raise UnlearnError(f"class FIM {n}@{c} is missing or shaped unlike the model FIM")
-            acc -= int(counts[c]) * _finite_nonneg(class_fims[c][n])
-        out[n] = (acc / (total - n_drop)).clamp_min(0.0).float()
+        drops = [(torch.tensor([float(int(counts[c]))], dtype=torch.float64), _finite_nonneg(class_fims[c][n])[None])
+                 for c in drop]
+        out[n] = retain_fim_stacked(_finite_nonneg(t)[None], totals, drops)[0]
     return out
 
 
@@ -221,14 +301,13 @@ def forget_rows_only(
     forgotten labels can be selected (a zero unlearning FIM never exceeds ``alpha * F``). Other parameters are
     returned unchanged."""
     forget_set = {str(c) for c in forget}
-    mask = torch.tensor([str(lab) in forget_set for lab in labels], dtype=torch.bool)
+    mask = [str(lab) in forget_set for lab in labels]
     head = set(head_params)
     out: Fim = {}
     for n, t in mfim.items():
         if n in head:
             _check_rows(n, t, len(labels))
-            m = mask.reshape(-1, *([1] * (t.ndim - 1)))
-            out[n] = torch.where(m, t, torch.zeros_like(t))
+            out[n] = forget_rows_stacked(t[None], mask)[0]
         else:
             out[n] = t
     return out
@@ -252,7 +331,7 @@ def retained_mean_reference(
         p = params[n].detach()
         if p.ndim == 0 or p.shape[0] != len(labels):
             raise UnlearnError(f"head parameter {n} has {tuple(p.shape)[:1] or 'no'} rows but {len(labels)} labels")
-        mean = p.to(torch.float64).index_select(0, idx).mean(0, keepdim=True)
+        mean = row_mean_stacked(p[None], idx)[0]
         out[n] = mean.expand_as(p).to(p.dtype).clone()
     return out
 
@@ -302,28 +381,16 @@ def dampen(
         theta = p.detach().to("cpu", torch.float64)
         if not bool(torch.isfinite(theta).all()):
             raise UnlearnError(f"parameter {n} holds non-finite values")
-        m, f = m_raw.to(torch.float64), f_raw.to(torch.float64)
-        valid = ~(torch.isnan(m) | torch.isnan(f) | (m < 0) | (f < 0) | torch.isinf(f))
-        sel = valid & (m > alpha * f)
-        if not bool(sel.any()):
-            out[n] = p.detach().clone()
-            continue
-        ratio = torch.where(torch.isinf(m) | (f == 0), torch.zeros_like(m),
-                            (lam * f) / torch.where(m > 0, m, torch.ones_like(m)))
-        beta = ratio.pow(exponent).clamp(0.0, 1.0)
-        beta = torch.where(torch.isfinite(beta), beta, torch.zeros_like(beta))
+        r = None
         if reference is not None and n in reference:
-            r = reference[n].detach().to("cpu", torch.float64)
+            r = reference[n].detach().to("cpu")
             if r.shape != p.shape:
                 raise UnlearnError(f"reference of {n} is {tuple(r.shape)}, parameter {tuple(p.shape)}")
             if not bool(torch.isfinite(r).all()):
                 raise UnlearnError(f"reference of {n} holds non-finite values")
-            moved = r + beta * (theta - r)
-        else:
-            moved = beta * theta
-        new = p.detach().clone()
-        new[sel.to(new.device)] = moved[sel].to(new.dtype).to(new.device)
-        out[n] = new
+        new = dampen_stacked(p.detach().to("cpu"), f_raw, m_raw, alpha=alpha, lam=lam, exponent=exponent,
+                             reference=r)
+        out[n] = new.to(p.device)
     return out
 
 
@@ -396,69 +463,18 @@ def anchor_inert_rows(
     if keep.numel() == 0:
         raise UnlearnError(f"every label of the model ({list(labels)}) is forgotten; nothing to keep")
     out = dict(params)
-    idx = torch.tensor(rows, dtype=torch.long)
     for n in head_params:
         if n not in params:
             continue
         p = params[n]
         _check_rows(n, p, len(labels))
-        mean = p.detach().to(torch.float64).index_select(0, keep).mean(0, keepdim=True)
-        new = p.detach().clone()
-        new[idx] = mean.expand((len(rows), *p.shape[1:])).to(p.dtype)
-        out[n] = new
+        out[n] = anchor_rows_stacked(p.detach()[None], rows, keep)[0]
     return out
 
 
-# --------------------------------------------------------------------------------------------------- estimator
-
-
-def normalized_head_fisher(
-    features: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, bias: bool = True
-) -> tuple[Fim, dict[int, Fim], dict[int, int]]:
-    """The ``normalized`` per-sample Fisher of a linear head, in closed form (pure; the caller runs the
-    model). Per sample, the squared gradient of the cross-entropy is divided by its squared norm over the
-    head: ``g_i^2 / ||g_i||^2`` with ``g_W = e h^T``, ``g_b = e``, ``e = softmax(z) - onehot(y)``, so
-    ``||g||^2 = ||e||^2 (||h||^2 + 1)``. Every sample carries unit importance: the FIM sums to 1 over the
-    head whatever the model's confidence, and a sample's own row gets at least half of it. ``e`` is formed
-    from log-probabilities (``e_y = -sum_{k != y} p_k``) so that a confidently fit sample keeps its direction
-    instead of rounding to a zero gradient; a sample whose gradient is exactly 0 contributes nothing.
-
-    ``features``: (N, D) head inputs; ``logits``: (N, K); ``y``: (N,) row indices. Returns
-    ``(model_fim, class_fims, counts)`` keyed ``"weight"`` / ``"bias"`` (rename to the parameter names) and
-    by class row; float32.
-    """
-    h = features.detach().to(torch.float64)
-    z = logits.detach().to(torch.float64)
-    y = y.detach().long()
-    n, k = z.shape
-    p = torch.softmax(z, dim=1)
-    e = p.clone()
-    others = p.clone()
-    others[torch.arange(n), y] = 0.0
-    e[torch.arange(n), y] = -others.sum(1)
-    gn2 = (e * e).sum(1) * ((h * h).sum(1) + (1.0 if bias else 0.0))
-    w = torch.where(gn2 > 0, 1.0 / torch.where(gn2 > 0, gn2, torch.ones_like(gn2)), torch.zeros_like(gn2))
-    e2 = e * e * w[:, None]
-    h2 = h * h
-    model_fim = {"weight": (e2.T @ h2 / max(n, 1)).float()}
-    if bias:
-        model_fim["bias"] = (e2.sum(0) / max(n, 1)).float()
-    class_fims: dict[int, Fim] = {}
-    counts: dict[int, int] = {}
-    for c in range(k):
-        mask = y == c
-        counts[c] = int(mask.sum())
-        if counts[c] == 0:
-            continue
-        cf = {"weight": (e2[mask].T @ h2[mask] / counts[c]).float()}
-        if bias:
-            cf["bias"] = (e2[mask].sum(0) / counts[c]).float()
-        class_fims[c] = cf
-    return model_fim, class_fims, counts
-
-
 __all__ = [
-    "DEFAULT_ALPHA", "DEFAULT_LAMBDA", "DEFAULT_EXPONENT", "unlearning_fim", "retain_fim", "align_rows",
+    "DEFAULT_ALPHA", "DEFAULT_LAMBDA", "DEFAULT_EXPONENT", "nonneg64", "retain_fim_stacked", "forget_rows_stacked",
+    "row_mean_stacked", "dampen_stacked", "anchor_rows_stacked", "unlearning_fim", "retain_fim", "align_rows",
     "check_shapes", "merge_fims", "forget_rows_only", "retained_mean_reference", "dampen",
     "class_forget_update", "anchor_inert_rows", "normalized_head_fisher",
 ]

@@ -463,44 +463,23 @@ def resolve_device(device: Any = None):
     return torch.device(device)
 
 
-def _nonneg64(t):
-    """``fiun_hub.dampening._finite_nonneg`` on a stacked tensor, on its device: float64, NaN -> 0, negatives -> 0."""
-    import torch
-
-    t = t.to(torch.float64)
-    t = torch.where(torch.isnan(t), torch.zeros_like(t), t)
-    return t.clamp_min(0.0)
-
-
 @dataclasses.dataclass
 class _Loaded:
     task: Any
     data: bytearray
-    start: int
     header: dict
     params: dict  # name -> tensor (CPU clone of the stored values)
     key: Any = None  # group key, or None: do this one with unlearn_node
 
 
 def _load(task: Any) -> _Loaded:
-    import torch
-
-    from .safetensors_io import DTYPES, header_of_bytes
-
+    from .safetensors_io import header_of_bytes, read_tensors
     from .unlearn import read_into_bytearray
 
     data = read_into_bytearray(task.weights_path)
     header, _ = header_of_bytes(data, where=task.repo)
-    start = 8 + int.from_bytes(data[:8], "little")
-    params = {}
-    if all(n in header for n in task.mfim):
-        for n in task.mfim:
-            h = header[n]
-            a, b = h["data_offsets"]
-            dt = DTYPES[h["dtype"]]
-            params[n] = torch.frombuffer(data, dtype=dt, count=(b - a) // dt.itemsize,
-                                         offset=start + a).reshape(h["shape"]).clone()
-    ld = _Loaded(task, data, start, header, params)
+    params = read_tensors(data, header, task.mfim) if all(n in header for n in task.mfim) else {}
+    ld = _Loaded(task, data, header, params)
     ld.key = _group_key(ld)
     return ld
 
@@ -574,66 +553,41 @@ def _stack(tensors: Iterable[Any], dev):
 def dampen_group(group: Sequence[_Loaded], device: Any = None) -> list[dict[str, Any]]:
     """The class-wise FIUn update (:func:`fiun_hub.dampening.class_forget_update` with its defaults) of every
     repo in ``group`` (all with the same :func:`_group_key`) on stacked tensors: one set of operations per
-    parameter name for the whole group. Returns each repo's new tensors, on CPU, in the group's order."""
+    parameter name for the whole group, through the same stacked functions of :mod:`fiun_hub.dampening` that the
+    per-repo update runs on a stack of one. Returns each repo's new tensors, on CPU, in the group's order."""
     import torch
 
-    from .dampening import DEFAULT_EXPONENT
+    from .dampening import (anchor_rows_stacked, dampen_stacked, forget_rows_stacked, nonneg64,
+                            retain_fim_stacked, row_mean_stacked)
 
     dev = resolve_device(device)
     first = group[0]
     sig, mask, use_ref, drop, alpha, lam, anchor = first.key
     b = len(group)
     tasks = [ld.task for ld in group]
-    totals = [float(sum(int(v) for v in t.counts.values())) for t in tasks]
+    totals = torch.tensor([float(sum(int(v) for v in t.counts.values())) for t in tasks], dtype=torch.float64,
+                          device=dev)
+    counts = {c: torch.tensor([float(int(t.counts[c])) for t in tasks], dtype=torch.float64, device=dev)
+              for c in drop}
     out: list[dict[str, Any]] = [{} for _ in group]
     for n, shape, _dt, _mdt, _fdt, is_head in sig:
-        bshape = (b,) + (1,) * len(shape)
         p = _stack((ld.params[n] for ld in group), dev)
-        # retain FIM: (N F_m - sum_c n_c F_c) / (N - sum n_c), clamped at 0, float32 (dampening.retain_fim)
-        fm = _nonneg64(_stack((t.model_fim[n] for t in tasks), dev))
-        if drop:
-            tot = torch.tensor(totals, dtype=torch.float64, device=dev).reshape(bshape)
-            acc = tot * fm
-            n_drop = torch.zeros(b, dtype=torch.float64)
-            for c in drop:
-                nc = torch.tensor([float(int(t.counts[c])) for t in tasks], dtype=torch.float64)
-                n_drop += nc
-                acc -= nc.to(dev).reshape(bshape) * _nonneg64(_stack((t.class_fims[c][n] for t in tasks), dev))
-            f32 = (acc / (tot - n_drop.to(dev).reshape(bshape))).clamp_min(0.0).float()
-        else:
-            f32 = fm.float()
-        m32 = _stack((t.mfim[n] for t in tasks), dev)
+        f = retain_fim_stacked(nonneg64(_stack((t.model_fim[n] for t in tasks), dev)), totals,
+                               [(counts[c], nonneg64(_stack((t.class_fims[c][n] for t in tasks), dev)))
+                                for c in drop])
+        m = _stack((t.mfim[n] for t in tasks), dev)
         ref = None
         if is_head and mask is not None:
-            rows = torch.tensor(mask, dtype=torch.bool, device=dev).reshape((1, len(mask)) + (1,) * (len(shape) - 1))
-            m32 = torch.where(rows, m32, torch.zeros_like(m32))  # dampening.forget_rows_only
-            if use_ref:  # dampening.retained_mean_reference (rows forgotten earlier are not retained)
-                keep = torch.tensor([i for i, f in enumerate(mask) if not f and not (anchor and anchor[i])],
+            m = forget_rows_stacked(m, mask)
+            if use_ref:  # the retained rows' mean (rows forgotten earlier are not retained)
+                keep = torch.tensor([i for i, fl in enumerate(mask) if not fl and not (anchor and anchor[i])],
                                     dtype=torch.long, device=dev)
-                mean = p.to(torch.float64).index_select(1, keep).mean(1, keepdim=True)
-                ref = mean.expand_as(p).to(p.dtype)
-        # dampening.dampen
-        m, f = m32.to(torch.float64), f32.to(torch.float64)
-        theta = p.to(torch.float64)
-        valid = ~(torch.isnan(m) | torch.isnan(f) | (m < 0) | (f < 0) | torch.isinf(f))
-        sel = valid & (m > alpha * f)
-        ratio = torch.where(torch.isinf(m) | (f == 0), torch.zeros_like(m),
-                            (lam * f) / torch.where(m > 0, m, torch.ones_like(m)))
-        beta = ratio.pow(DEFAULT_EXPONENT).clamp(0.0, 1.0)
-        beta = torch.where(torch.isfinite(beta), beta, torch.zeros_like(beta))
-        if ref is not None:
-            r = ref.to(torch.float64)
-            moved = r + beta * (theta - r)
-        else:
-            moved = beta * theta
-        new = torch.where(sel, moved.to(p.dtype), p)
-        if is_head and anchor is not None:  # dampening.anchor_inert_rows
-            rows = [i for i, a in enumerate(anchor) if a]
+                ref = row_mean_stacked(p, keep).expand_as(p).to(p.dtype)
+        new = dampen_stacked(p, f, m, alpha=alpha, lam=lam, reference=ref)
+        if is_head and anchor is not None:
             keep = torch.tensor([i for i, a in enumerate(anchor) if not a and not (mask and mask[i])],
                                 dtype=torch.long, device=dev)
-            mean = new.to(torch.float64).index_select(1, keep).mean(1, keepdim=True)
-            new = new.clone()
-            new[:, rows] = mean.expand((b, len(rows)) + tuple(shape[1:])).to(p.dtype)
+            new = anchor_rows_stacked(new, [i for i, a in enumerate(anchor) if a], keep)
         new = new.cpu()
         for i in range(b):
             out[i][n] = new[i]
@@ -643,21 +597,9 @@ def dampen_group(group: Sequence[_Loaded], device: Any = None) -> list[dict[str,
 def _finish(ld: _Loaded, new: dict[str, Any]) -> tuple[str, bytes | str, dict[str, Any]]:
     """Write the new tensors into the file's bytes (as unlearn_node does): (repo, bytes or the path they were
     written to, stats), as :func:`fiun_hub.unlearn.emit_weights` gives them."""
-    import torch
+    from .unlearn import emit_weights, splice_update
 
-    from .errors import UnlearnError
-    from .unlearn import emit_weights
-
-    changed = total = 0
-    for n, t in new.items():
-        if not torch.isfinite(t).all():
-            raise UnlearnError(f"{ld.task.repo}: dampening produced non-finite values in {n}")
-        old = ld.params[n]
-        changed += int((t != old).sum())
-        total += t.numel()
-        a, b = ld.header[n]["data_offsets"]
-        ld.data[ld.start + a: ld.start + b] = t.contiguous().view(torch.uint8).numpy().tobytes()
-    return emit_weights(ld.task, ld.data, {"changed": changed, "params": total})
+    return emit_weights(ld.task, ld.data, splice_update(ld.task.repo, ld.data, ld.header, ld.params, new))
 
 
 def run_batched(tasks: Sequence[Any], *, device: Any = None, max_batch: int = DEFAULT_MAX_BATCH,

@@ -334,6 +334,60 @@ def compute_fisher(
     )
 
 
+def normalized_errors(logits: torch.Tensor, h: torch.Tensor, y: torch.Tensor, bias: bool = True) -> torch.Tensor:
+    """The ``normalized`` estimator's per-sample term for a linear head, written once: the output error
+    ``e = softmax(z) - onehot(y)`` of each sample, scaled by ``1 / ||g||`` so that ``e^2 outer h^2`` (and ``e^2`` for
+    the bias) is that sample's squared gradient over its squared norm over the head, ``g_W = e h^T``, ``g_b = e``,
+    ``||g||^2 = ||e||^2 (||h||^2 + 1)``. ``e_y`` is formed as ``-sum_{k != y} p_k``, exact where ``1 - p_y`` would
+    round to 0, so a confidently fit sample keeps its direction; a sample whose gradient is exactly 0 gets 0.
+    ``logits``: (N, K), ``h``: (N, D), both in the dtype to compute in; ``y``: (N,) row indices."""
+    rows = torch.arange(logits.shape[0], device=logits.device)
+    e = torch.softmax(logits, dim=1)
+    others = e.clone()
+    others[rows, y] = 0.0
+    e[rows, y] = -others.sum(1)
+    gn2 = (e * e).sum(1) * ((h * h).sum(1) + (1.0 if bias else 0.0))
+    scale = torch.where(gn2 > 0, gn2, torch.ones_like(gn2)).rsqrt() * (gn2 > 0)
+    return e * scale[:, None]
+
+
+def normalized_head_fisher(
+    features: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, bias: bool = True
+) -> tuple[dict[str, torch.Tensor], dict[int, dict[str, torch.Tensor]], dict[int, int]]:
+    """The ``normalized`` per-sample Fisher of a linear head in closed form, from given head inputs and logits
+    (pure; the caller runs the model): each sample's :func:`normalized_errors` squared, outer its squared
+    features, averaged over all samples (model FIM) and over each class's (class FIMs). Every sample carries
+    unit importance: the FIM sums to 1 over the head whatever the model's confidence, and a sample's own row gets
+    at least half of it. :func:`compute_fisher` with ``estimator="normalized"`` is this, accumulated in chunks.
+
+    ``features``: (N, D) head inputs; ``logits``: (N, K); ``y``: (N,) row indices. Returns
+    ``(model_fim, class_fims, counts)`` keyed ``"weight"`` / ``"bias"`` (rename to the parameter names) and
+    by class row; float32.
+    """
+    h = features.detach().to(torch.float64)
+    z = logits.detach().to(torch.float64)
+    y = y.detach().long()
+    n, k = z.shape
+    e = normalized_errors(z, h, y, bias)
+    e2 = e * e
+    h2 = h * h
+    model_fim = {"weight": (e2.T @ h2 / max(n, 1)).float()}
+    if bias:
+        model_fim["bias"] = (e2.sum(0) / max(n, 1)).float()
+    class_fims: dict[int, dict[str, torch.Tensor]] = {}
+    counts: dict[int, int] = {}
+    for c in range(k):
+        mask = y == c
+        counts[c] = int(mask.sum())
+        if counts[c] == 0:
+            continue
+        cf = {"weight": (e2[mask].T @ h2[mask] / counts[c]).float()}
+        if bias:
+            cf["bias"] = (e2[mask].sum(0) / counts[c]).float()
+        class_fims[c] = cf
+    return model_fim, class_fims, counts
+
+
 def _closed_form(model, head, x, y, k, batch, bs, dev, pdtype, acc_dtype, progress, normalized=False) -> _Acc:
     """Head-only FIM from one forward pass: squared gradients are (p - e)^2 outer h^2 (per-sample), or
     ((p - e)^T h / B)^2 per batch (batch). Raises _NotHead if the Linear's output is not the logits."""
@@ -385,17 +439,11 @@ def _closed_form(model, head, x, y, k, batch, bs, dev, pdtype, acc_dtype, progre
                     raise _NotHead
                 _as_logits(out, k)
                 rows = torch.arange(out.shape[0], device=out.device)
-                e = torch.softmax(out.to(acc_dtype), dim=1)
                 hh = h.to(acc_dtype)
                 if normalized:
-                    # e_y = -(sum of the other probabilities): exact where 1 - p_y would round to 0
-                    others = e.clone()
-                    others[rows, yb] = 0.0
-                    e[rows, yb] = -others.sum(1)
-                    gn2 = (e * e).sum(1) * ((hh * hh).sum(1) + (1.0 if bname else 0.0))
-                    scale = torch.where(gn2 > 0, gn2, torch.ones_like(gn2)).rsqrt() * (gn2 > 0)
-                    e = e * scale[:, None]  # so that e^2 h^2 is the squared gradient over its squared norm
+                    e = normalized_errors(out.to(acc_dtype), hh, yb, bias=bool(bname))
                 else:
+                    e = torch.softmax(out.to(acc_dtype), dim=1)
                     e[rows, yb] -= 1.0
                 onehot_ok = not batch and e.shape[0] * k * k * hh.shape[1] <= _ONEHOT_FLOPS
                 classes = [] if onehot_ok else yb.unique().tolist()

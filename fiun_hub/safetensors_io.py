@@ -112,6 +112,33 @@ def header_of_bytes(data: bytes, where: str = "") -> tuple[dict, dict[str, str]]
     return parse_header(data, len(data), where)
 
 
+def read_tensors(data: bytes | bytearray, header: dict, names) -> dict:
+    """Copies of the tensors ``names`` of a safetensors file held in ``data`` (``header``: its validated
+    header, :func:`header_of_bytes`), as torch tensors of the stored dtype and shape."""
+    import torch
+
+    start = 8 + int.from_bytes(data[:8], "little")
+    out = {}
+    for n in names:
+        h = header[n]
+        a, b = h["data_offsets"]
+        dt = DTYPES[h["dtype"]]
+        out[n] = torch.frombuffer(data, dtype=dt, count=(b - a) // dt.itemsize, offset=start + a).reshape(
+            h["shape"]).clone()
+    return out
+
+
+def splice_tensor(data: bytearray, header: dict, name: str, tensor) -> None:
+    """Overwrite, in place, the bytes of tensor ``name`` in the safetensors file held in ``data`` with
+    ``tensor`` (same dtype and shape as stored): the header and every other byte stay as they are, so a file
+    whose few tensors change is rewritten without deserialising the rest."""
+    import torch
+
+    start = 8 + int.from_bytes(data[:8], "little")
+    a, b = header[name]["data_offsets"]
+    data[start + a: start + b] = tensor.contiguous().view(torch.uint8).numpy().tobytes()
+
+
 def load_tensors(data: bytes, where: str = "") -> dict:
     """Tensors of a safetensors byte string, after validating its header."""
     from safetensors.torch import load

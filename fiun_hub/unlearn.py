@@ -345,36 +345,39 @@ def unlearn_node(task: NodeTask) -> tuple[str, bytes | str, dict[str, Any]]:
     tensors' byte ranges rewritten: same header, every other byte identical, no full deserialisation.
     """
     from .dampening import class_forget_update
-    from .safetensors_io import DTYPES, header_of_bytes
+    from .safetensors_io import header_of_bytes, read_tensors
 
     data = read_into_bytearray(task.weights_path)
     header, _ = header_of_bytes(data, where=task.repo)
-    start = 8 + int.from_bytes(data[:8], "little")
     missing = [n for n in task.mfim if n not in header]
     if missing:
         raise UnlearnError(f"{task.repo}: weights lack the sidecar's layer(s) {missing}")
-    params = {}
     for n in task.mfim:
-        h = header[n]
-        if h["dtype"] not in ("F16", "BF16", "F32", "F64"):
-            raise UnlearnError(f"{task.repo}: unlearnable tensor {n} is {h['dtype']}, not floating point")
-        a, b = h["data_offsets"]
-        params[n] = torch.frombuffer(data, dtype=DTYPES[h["dtype"]], count=(b - a) // DTYPES[h["dtype"]].itemsize,
-                                     offset=start + a).reshape(h["shape"]).clone()
+        if header[n]["dtype"] not in ("F16", "BF16", "F32", "F64"):
+            raise UnlearnError(f"{task.repo}: unlearnable tensor {n} is {header[n]['dtype']}, not floating point")
+    params = read_tensors(data, header, task.mfim)
     new = class_forget_update(params, task.labels, task.model_fim, task.class_fims, task.counts, task.mfim,
                               task.forget, task.head_params, alpha=task.alpha, lam=task.lam,
                               inert=task.inert or ())
+    return emit_weights(task, data, splice_update(task.repo, data, header, params, new))
+
+
+def splice_update(repo: str, data: bytearray, header: dict, old: dict, new: dict) -> dict[str, Any]:
+    """Write a repo's updated unlearnable tensors ``new`` into its weights file's bytes ``data`` in place
+    (:func:`~fiun_hub.safetensors_io.splice_tensor`; ``old``: the tensors as read), refusing non-finite values or
+    a changed dtype or shape. Returns the stats of the update: changed and total parameters."""
+    from .safetensors_io import splice_tensor
+
     changed = total = 0
     for n, t in new.items():
         if not torch.isfinite(t).all():
-            raise UnlearnError(f"{task.repo}: dampening produced non-finite values in {n}")
-        if t.dtype != params[n].dtype or t.shape != params[n].shape:
-            raise UnlearnError(f"{task.repo}: dampening changed the dtype or shape of {n}")
-        changed += int((t != params[n]).sum())
+            raise UnlearnError(f"{repo}: dampening produced non-finite values in {n}")
+        if t.dtype != old[n].dtype or t.shape != old[n].shape:
+            raise UnlearnError(f"{repo}: dampening changed the dtype or shape of {n}")
+        changed += int((t != old[n]).sum())
         total += t.numel()
-        a, b = header[n]["data_offsets"]
-        data[start + a: start + b] = t.contiguous().view(torch.uint8).numpy().tobytes()
-    return emit_weights(task, data, {"changed": changed, "params": total})
+        splice_tensor(data, header, n, t)
+    return {"changed": changed, "params": total}
 
 
 class StagedBlob(Blob):

@@ -72,12 +72,38 @@ def test_the_wrapper_sees_a_command_that_does_import_torch(small, tmp_path):
     assert "torch" in heavy and "timm" in heavy, (code, out, heavy)
 
 
-def test_tag_writes_a_ref_without_torch(small, tmp_path):
+def test_tag_and_log_without_torch_json_after_the_command(small, tmp_path):
     import shutil
 
     hub = tmp_path / "hub"
     shutil.copytree(small[0], hub, symlinks=True)
-    code, out, heavy = run_light("--hub", hub, "--json", "tag", "s/child", "light")
+    code, out, heavy = run_light("--hub", hub, "tag", "s/child", "light", "--json")
     assert code == 0 and heavy == [] and json.loads(out)["tag"] == "light"
-    code, out, heavy = run_light("--hub", hub, "--json", "log", "s/child")
+    code, out, heavy = run_light("--hub", hub, "log", "s/child", "--json")
     assert code == 0 and heavy == [] and isinstance(json.loads(out), list)
+
+
+@pytest.mark.parametrize("args", [
+    ("lineage",),
+    ("lineage", "s/child", "--down"),
+    ("lineage", "--check"),
+    ("log", "s/child"),
+    ("show", "s/stale"),
+    ("verify",),
+    ("audit",),
+    ("forget", "--origin", "s/origin", "--classes", "1", "--dry-run"),
+], ids=" ".join)
+def test_json_after_the_command_is_the_global_json(cli, small, args):
+    """``fiun-hub CMD ... --json`` prints exactly what ``fiun-hub --json CMD ...`` prints, with the same exit code
+    (it used to be a usage error, exit 2)."""
+    before = cli("--hub", small[0], "--json", *args)
+    after = cli("--hub", small[0], *args, "--json")
+    text = cli("--hub", small[0], *args)
+    assert after == before, args
+    json.loads(after[1])
+    assert after[0] in (0, 1) and text[1] != after[1], args  # it is JSON, not the text output
+
+
+def test_json_after_a_command_with_an_error_still_fails_one_line(cli, small):
+    code, out, err = cli("--hub", small[0], "show", "s/no-such-repo", "--json")
+    assert code == 2 and out == "" and len(err.splitlines()) == 1
