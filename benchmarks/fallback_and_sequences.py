@@ -137,8 +137,9 @@ def run_sequence(scn, built: Path, work: Path, test, inert: bool) -> list[dict[s
                            for c in u.get("classes") or []]
                 model, config, _ = load_model(hub, repo)
                 for c in dict.fromkeys(classes):
-                    earlier.setdefault(c, {})[repo] = round(forget_retain_accuracy(model, config.labels, test,
-                                                                                  [c])[0], 2)
+                    acc = forget_retain_accuracy(model, config.labels, test, [c])[0]
+                    if acc is not None:  # None: the model has no head row for c (a transfer child without it)
+                        earlier.setdefault(c, {})[repo] = round(acc, 2)
             worst = {c: max(v.values()) for c, v in earlier.items()}
             steps.append({"step": i, "kind": kind, "what": arg, "earlier_forgotten_acc": earlier, "worst": worst})
             log(f"{scn.name} sequence ({'inert' if inert else 'off'}) step {i} {kind}: worst earlier {worst}")

@@ -364,9 +364,17 @@ def _compact(g: _Group, cols: np.ndarray, mask: np.ndarray) -> np.ndarray | None
     return v @ _projection(v.shape[1], 7 + sel.size)
 
 
+EVIDENCE_CHUNK = 2048  # pairs whose sketches are gathered at once (bounds the memory of a large family)
+
+
 def _evidence(ga: _Group, ia: np.ndarray, ca: np.ndarray, gb: _Group, ib: np.ndarray, cb: np.ndarray,
               learned: np.ndarray) -> list[Evidence]:
-    """Exact evidence (on the full sketches) for pairs ``(ga[ia[p]], gb[ib[p]])`` over matched columns."""
+    """Exact evidence (on the full sketches) for pairs ``(ga[ia[p]], gb[ib[p]])`` over matched columns, in chunks
+    of ``EVIDENCE_CHUNK`` pairs: a family of a thousand fine-tunes is ~500k candidate pairs, whose gathered
+    sketches at once would need tens of GiB."""
+    if ia.size > EVIDENCE_CHUNK:
+        return [e for s in range(0, ia.size, EVIDENCE_CHUNK)
+                for e in _evidence(ga, ia[s:s + EVIDENCE_CHUNK], ca, gb, ib[s:s + EVIDENCE_CHUNK], cb, learned)]
     if ia.size == 0:
         return []
     va = ga.valid[ia][:, ca] & gb.valid[ib][:, cb]
