@@ -452,15 +452,16 @@ def to_png(g: nx.DiGraph, path: str | Path, title: str = "fiun-hub lineage",
 
     ``colors`` maps repo -> fill colour; by default unlearned repos are orange, missing ones grey.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # A Figure with its own Agg canvas: no pyplot, so the caller's global backend and figure registry are untouched.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     pos = layered_positions(g)
     width = max([abs(x) for x, _ in pos.values()] + [1.0])
     depth = max([-y for _, y in pos.values()] + [1.0])
-    fig, ax = plt.subplots(figsize=(min(4 + 2.6 * width, 40), min(2 + 1.4 * depth, 40)))
+    fig = Figure(figsize=(min(4 + 2.6 * width, 40), min(2 + 1.4 * depth, 40)))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
     for u, v, e in g.edges(data=True):
         (x0, y0), (x1, y1) = pos[u], pos[v]
         ax.annotate("", xy=(x1, y1 + 0.18), xytext=(x0, y0 - 0.18),
@@ -482,5 +483,4 @@ def to_png(g: nx.DiGraph, path: str | Path, title: str = "fiun-hub lineage",
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
