@@ -17,8 +17,9 @@ tags: [fiun-hub]
 fiun:
   parents: [{repo: org/parent-a, revision: <40 hex>}, ...]
   labels: [tshirt, trouser, ...]              # head-row order
-  fim: {file: fim.safetensors, classes_file: fim-classes.safetensors, layers: [...], estimator: per-sample}
-  unlearned: [{request: ..., classes: [...], origins: [...], from_revision: ..., alpha: ..., lambda: ..., at: ...}]
+  fim: {file: fim.safetensors, classes_file: fim-classes.safetensors, layers: [...], estimator: normalized}
+  unlearned: [{request: ..., classes: [...], origins: [...], from_revision: ..., alpha: ..., lambda: ..., estimator: ...,
+               reference: ..., sidecar: ..., at: ...}]   # docs/card-schema.md
 ```
 """
 from __future__ import annotations

@@ -11,7 +11,6 @@ large hub resolves from one file; ``resolve(hub, rebuild=True)`` reads every car
 from __future__ import annotations
 
 import json
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -244,21 +243,17 @@ def descendants(g: nx.DiGraph, repo: str) -> set[str]:
 def affected(g: nx.DiGraph, origins: Iterable[str]) -> dict[str, int]:
     """The affected set of a forget at ``origins``: origins and all their descendants, by BFS, with depth.
 
-    Depth is the shortest number of edges from any origin (origins have depth 0).
+    Depth is the shortest number of edges from any origin (origins have depth 0), from networkx's ``bfs_layers``.
+    Keys: the origins in the order given, then each layer in name order (callers use the depths, not the order).
 
     >>> g = nx.DiGraph([("o/a", "o/b"), ("o/a", "o/c"), ("o/b", "o/d"), ("o/c", "o/d"), ("x/y", "x/z")])
     >>> affected(g, ["o/a"])
     {'o/a': 0, 'o/b': 1, 'o/c': 1, 'o/d': 2}
     """
-    origins = _check_known(g, origins)
-    depth = {o: 0 for o in origins}
-    queue = deque(origins)
-    while queue:
-        node = queue.popleft()
-        for child in sorted(g.successors(node)):
-            if child not in depth:
-                depth[child] = depth[node] + 1
-                queue.append(child)
+    origins = list(dict.fromkeys(_check_known(g, origins)))
+    depth = dict.fromkeys(origins, 0)
+    for d, layer in enumerate(nx.bfs_layers(g, origins)):
+        depth.update((r, d) for r in sorted(layer) if r not in depth)
     return depth
 
 
@@ -452,15 +447,16 @@ def to_png(g: nx.DiGraph, path: str | Path, title: str = "fiun-hub lineage",
 
     ``colors`` maps repo -> fill colour; by default unlearned repos are orange, missing ones grey.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # A Figure with its own Agg canvas: no pyplot, so the caller's global backend and figure registry are untouched.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     pos = layered_positions(g)
     width = max([abs(x) for x, _ in pos.values()] + [1.0])
     depth = max([-y for _, y in pos.values()] + [1.0])
-    fig, ax = plt.subplots(figsize=(min(4 + 2.6 * width, 40), min(2 + 1.4 * depth, 40)))
+    fig = Figure(figsize=(min(4 + 2.6 * width, 40), min(2 + 1.4 * depth, 40)))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
     for u, v, e in g.edges(data=True):
         (x0, y0), (x1, y1) = pos[u], pos[v]
         ax.annotate("", xy=(x1, y1 + 0.18), xytext=(x0, y0 - 0.18),
@@ -482,5 +478,4 @@ def to_png(g: nx.DiGraph, path: str | Path, title: str = "fiun-hub lineage",
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path

@@ -44,11 +44,11 @@ import hashlib
 import math
 import tempfile
 import time
-from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+import networkx as nx
 import numpy as np
 import torch
 import torch.nn as nn
@@ -184,13 +184,9 @@ class Scenario:
         origins = list(origins) if origins is not None else list(self.origins)
         for o in origins:
             self.node(o)
-        seen = set(origins)
-        queue = deque(origins)
-        while queue:
-            for c in self.children(queue.popleft()):
-                if c not in seen:
-                    seen.add(c)
-                    queue.append(c)
+        g = nx.DiGraph((p, r) for r, n in self.nodes.items() for p in n.parents)
+        g.add_nodes_from(self.nodes)
+        seen = {r for layer in nx.bfs_layers(g, origins) for r in layer}
         return [r for r in self.nodes if r in seen]
 
     # -------------------------------------------------------------------- data

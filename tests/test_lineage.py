@@ -427,3 +427,18 @@ def test_png_export_draws_the_dag(family, tmp_path):
     img = mpimg.imread(out)
     assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
     assert float(img[..., :3].std()) > 0.01  # not a blank canvas
+
+
+def test_png_export_leaves_the_global_matplotlib_state_alone(family, tmp_path, monkeypatch):
+    """The picture is drawn on its own Figure/Agg canvas: the caller's backend is not switched and no pyplot
+    figure is left registered (a notebook or GUI caller keeps its own)."""
+    import matplotlib
+
+    hub, _ = family
+    monkeypatch.setitem(matplotlib.rcParams, "backend", "pdf")
+    pyplot = __import__("sys").modules.get("matplotlib.pyplot")
+    before = list(pyplot.get_fignums()) if pyplot else []
+    L.to_png(L.resolve(hub), tmp_path / "dag.png")
+    assert matplotlib.rcParams["backend"] == "pdf"
+    pyplot = __import__("sys").modules.get("matplotlib.pyplot")
+    assert (list(pyplot.get_fignums()) if pyplot else []) == before
