@@ -142,3 +142,46 @@ def test_a_damaged_fingerprint_is_one_line_and_exit_2(built, tmp_path):
     assert "damaged weight fingerprint" in line and B in line
     assert LocalHub(hub.root).head(M)  # nothing else harmed
     assert I in hub.list_repos()
+
+
+def test_constant_and_non_finite_tensors_fingerprint_and_compare_without_warnings(tmp_path):
+    """A constant tensor has norm exactly 0 (not x - mean rounding noise) and is no evidence; inf/NaN values are
+    left out before any arithmetic, and the mean is over the finite values. No RuntimeWarning anywhere."""
+    import warnings
+
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from fiun_hub.fingerprint import fingerprint_file, relate, sketch_values
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((16, 16)).astype(np.float32)
+    bias = rng.standard_normal(40).astype(np.float32)
+    bad = rng.standard_normal(100).astype(np.float32)
+    finite = bad.copy()
+    bad[3], bad[50], bad[77] = np.inf, -np.inf, np.nan
+    files = {}
+    for name, noise in (("a", 0.0), ("b", 0.01)):
+        t = {"w": w + noise * rng.standard_normal(w.shape).astype(np.float32),
+             "bias": bias + noise * rng.standard_normal(40).astype(np.float32),
+             "const": np.full(100, 0.1, np.float32), "bad": bad}
+        files[name] = tmp_path / f"{name}.safetensors"
+        save_file(t, str(files[name]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        norm, sk = sketch_values(np.full(1000, 0.1))
+        assert norm == 0.0 and not sk.any()
+        norm, sk = sketch_values(np.array([np.inf, np.nan, 1.0]))  # one finite value: nothing to centre
+        assert norm == 0.0 and not sk.any()
+        fps = {n: fingerprint_file(p, n * 64) for n, p in files.items()}
+        names = [t[0] for t in fps["a"].layout.tensors]
+        c, b = names.index("const"), names.index("bad")
+        assert fps["a"].norms[c] == 0 and not fps["a"].sketch[c].any()
+        kept = finite[np.isfinite(bad)].astype(np.float64)
+        assert np.isfinite(fps["a"].norms[b])
+        assert abs(fps["a"].norms[b] - np.linalg.norm(kept - kept.mean())) < 1e-3
+        pairs, merges = relate(fps)
+    kind, ev = pairs[("a", "b")]
+    assert kind == "close" and not merges
+    # the constant tensor is no evidence though it is byte-identical in both; the inf tensor is identical
+    assert ev.shared == 3 and ev.identical == 1
