@@ -663,7 +663,10 @@ def _declared(g, a: str, b: str) -> bool:
 
     if a not in g or b not in g:
         return False
-    return nx.has_path(g, a, b) or nx.has_path(g, b, a)
+    if nx.has_path(g, a, b) or nx.has_path(g, b, a):
+        return True
+    # siblings and cousins: two fine-tunes of one declared ancestor are alike because of it, and the cards say so
+    return bool(nx.ancestors(g, a) & nx.ancestors(g, b))
 
 
 def head_fingerprints(hub, entries: dict) -> dict[str, Fingerprint]:
@@ -693,7 +696,7 @@ def head_fingerprints(hub, entries: dict) -> dict[str, Fingerprint]:
 
 def infer(hub, g=None, entries: dict | None = None) -> list[SuspectedEdge]:
     """Suspected edges among the heads of every repo in the hub, with evidence, direction and whether the cards
-    declare them (declared: one is an ancestor of the other in ``g``)."""
+    declare them (declared: one is an ancestor of the other in ``g``, or both descend from one declared model)."""
     from .lineage import read_index_file, rebuild_index, resolve
 
     if entries is None:
