@@ -1,5 +1,5 @@
 """Weight fingerprints and lineage inferred from them: the derivatives nobody declared (docs/hub-layout.md,
-"Weight fingerprints"; the rule in docs/lineage-inference.md).
+"Fingerprints"; the rule in docs/lineage-inference.md).
 
 A fingerprint is computed from a safetensors file's bytes (no model is built, nothing is unpickled): for every
 floating-point tensor, a digest of its bytes, the L2 norm of its centred values and a count sketch of them
