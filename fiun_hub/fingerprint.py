@@ -1,5 +1,5 @@
 """Weight fingerprints and lineage inferred from them: the derivatives nobody declared (docs/hub-layout.md,
-"Weight fingerprints"; the rule in docs/lineage-inference.md).
+"Fingerprints"; the rule in docs/lineage-inference.md).
 
 A fingerprint is computed from a safetensors file's bytes (no model is built, nothing is unpickled): for every
 floating-point tensor, a digest of its bytes, the L2 norm of its centred values and a count sketch of them
@@ -121,8 +121,16 @@ def _values(buf, dtype: str, start: int, end: int) -> np.ndarray | None:
 def sketch_values(x: np.ndarray) -> tuple[float, np.ndarray]:
     """(L2 norm of the centred values, their count sketch). Tensors of at most ``SKETCH_K`` values are kept
     whole (zero-padded), so small tensors compare exactly."""
-    x = x - x.mean() if x.size else x
-    x = np.where(np.isfinite(x), x, 0.0)
+    finite = np.isfinite(x)
+    if not finite.all():
+        x = np.where(finite, x, 0.0)  # before any arithmetic: inf/NaN never reach the mean (no RuntimeWarning)
+    if finite.sum() < 2:
+        return 0.0, np.zeros(SKETCH_K)
+    fx = x[finite] if not finite.all() else x
+    if fx.min() == fx.max():
+        return 0.0, np.zeros(SKETCH_K)  # constant: exactly 0, not the rounding noise of x - mean
+    # the mean of the finite values only; non-finite positions sit at that mean (centred value 0)
+    x = np.where(finite, x - fx.mean(), 0.0)
     norm = float(np.sqrt(np.dot(x, x)))
     if x.size <= SKETCH_K:
         out = np.zeros(SKETCH_K)
@@ -345,8 +353,10 @@ class _Group:
         raw = np.stack([f.sketch for f in fps]) if fps else np.zeros((0, len(layout.tensors), SKETCH_K), np.float32)
         self.raw = raw
         sn = np.linalg.norm(raw, axis=2, keepdims=True)
-        self.unit = np.divide(raw, sn, out=np.zeros_like(raw), where=sn > 0)
+        # a zero norm (a constant tensor) or an all-zero sketch is no evidence: its unit sketch stays 0 (no
+        # division by 0) and it is left out of every mean (``valid``)
         self.valid = (self.norms > 0) & (sn[..., 0] > 0)
+        self.unit = np.divide(raw, sn, out=np.zeros_like(raw), where=self.valid[..., None])
 
 
 def _projection(dim: int, seed: int) -> np.ndarray:
@@ -661,7 +671,10 @@ def _declared(g, a: str, b: str) -> bool:
 
     if a not in g or b not in g:
         return False
-    return nx.has_path(g, a, b) or nx.has_path(g, b, a)
+    if nx.has_path(g, a, b) or nx.has_path(g, b, a):
+        return True
+    # siblings and cousins: two fine-tunes of one declared ancestor are alike because of it, and the cards say so
+    return bool(nx.ancestors(g, a) & nx.ancestors(g, b))
 
 
 def head_fingerprints(hub, entries: dict) -> dict[str, Fingerprint]:
@@ -691,7 +704,7 @@ def head_fingerprints(hub, entries: dict) -> dict[str, Fingerprint]:
 
 def infer(hub, g=None, entries: dict | None = None) -> list[SuspectedEdge]:
     """Suspected edges among the heads of every repo in the hub, with evidence, direction and whether the cards
-    declare them (declared: one is an ancestor of the other in ``g``)."""
+    declare them (declared: one is an ancestor of the other in ``g``, or both descend from one declared model)."""
     from .lineage import read_index_file, rebuild_index, resolve
 
     if entries is None:

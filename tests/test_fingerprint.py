@@ -134,11 +134,91 @@ def test_takedown_plan_and_audit_name_the_undeclared_derivatives(built, tmp_path
     assert code == 1 and {f["repo"] for f in json.loads(out)["findings"]} == {FT, COPY}
 
 
+def _snapshot(root) -> dict:
+    import hashlib
+
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file() and not p.is_symlink()}
+
+
+def test_infer_check_is_0_when_every_edge_is_declared(tmp_path_factory, tmp_path):
+    """The trained DAG alone (every child declares its parent): edges found, all declared, --check exits 0."""
+    src, _ = trained_dag(tmp_path_factory)
+    hub = copy_hub(src, tmp_path / "hub")
+    code, data, err = _infer(hub, "--check")
+    assert code == 0, [e for e in data["edges"] if not e["declared"]]
+    edges = {(e["parent"], e["child"]): e for e in data["edges"]}
+    assert edges[(R, A)]["declared"] and edges[(R, B)]["declared"]
+    assert data["undeclared"] == 0 and all(e["declared"] for e in data["edges"])
+    code, out, _ = invoke("--hub", hub.root, "lineage", "--infer", "--check")
+    assert code == 0 and "UNDECLARED" not in out
+
+
 def test_a_damaged_fingerprint_is_one_line_and_exit_2(built, tmp_path):
-    hub, _ = built
+    hub, req = built
     hub = copy_hub(hub.root, tmp_path / "hub")
     fingerprint_path(hub, hub.list_files(B)[WEIGHTS_FILE]).write_text('{"format": "fiun-fingerprint/1", "weights"')
+    before = _snapshot(hub.root)
     line = one_error_line(invoke("--hub", hub.root, "lineage", "--infer"))
     assert "damaged weight fingerprint" in line and B in line
-    assert LocalHub(hub.root).head(M)  # nothing else harmed
+    assert _snapshot(hub.root) == before  # nothing stored changed
+    assert LocalHub(hub.root).head(M)
     assert I in hub.list_repos()
+
+
+def test_a_damaged_fingerprint_fails_audit_with_one_line_and_changes_nothing(built, tmp_path):
+    """audit reads the heads' fingerprints to find undeclared derivatives: a damaged one is exit 2, not a pass."""
+    hub, req = built
+    hub = copy_hub(hub.root, tmp_path / "hub")
+    code, _, err = invoke("--hub", hub.root, "takedown", req)
+    assert code == 0, err
+    fingerprint_path(hub, hub.list_files(FT)[WEIGHTS_FILE]).write_text('{"format": "fiun-fingerprint/1"')
+    before = _snapshot(hub.root)
+    line = one_error_line(invoke("--hub", hub.root, "audit"))
+    assert "damaged weight fingerprint" in line and FT in line
+    line = one_error_line(invoke("--hub", hub.root, "audit", "--fix"))
+    assert "damaged weight fingerprint" in line
+    assert _snapshot(hub.root) == before  # nothing stored changed, --fix included
+
+
+def test_constant_and_non_finite_tensors_fingerprint_and_compare_without_warnings(tmp_path):
+    """A constant tensor has norm exactly 0 (not x - mean rounding noise) and is no evidence; inf/NaN values are
+    left out before any arithmetic, and the mean is over the finite values. No RuntimeWarning anywhere."""
+    import warnings
+
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from fiun_hub.fingerprint import fingerprint_file, relate, sketch_values
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((16, 16)).astype(np.float32)
+    bias = rng.standard_normal(40).astype(np.float32)
+    bad = rng.standard_normal(100).astype(np.float32)
+    finite = bad.copy()
+    bad[3], bad[50], bad[77] = np.inf, -np.inf, np.nan
+    files = {}
+    for name, noise in (("a", 0.0), ("b", 0.01)):
+        t = {"w": w + noise * rng.standard_normal(w.shape).astype(np.float32),
+             "bias": bias + noise * rng.standard_normal(40).astype(np.float32),
+             "const": np.full(100, 0.1, np.float32), "bad": bad}
+        files[name] = tmp_path / f"{name}.safetensors"
+        save_file(t, str(files[name]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        norm, sk = sketch_values(np.full(1000, 0.1))
+        assert norm == 0.0 and not sk.any()
+        norm, sk = sketch_values(np.array([np.inf, np.nan, 1.0]))  # one finite value: nothing to centre
+        assert norm == 0.0 and not sk.any()
+        fps = {n: fingerprint_file(p, n * 64) for n, p in files.items()}
+        names = [t[0] for t in fps["a"].layout.tensors]
+        c, b = names.index("const"), names.index("bad")
+        assert fps["a"].norms[c] == 0 and not fps["a"].sketch[c].any()
+        kept = finite[np.isfinite(bad)].astype(np.float64)
+        assert np.isfinite(fps["a"].norms[b])
+        assert abs(fps["a"].norms[b] - np.linalg.norm(kept - kept.mean())) < 1e-3
+        pairs, merges = relate(fps)
+    kind, ev = pairs[("a", "b")]
+    assert kind == "close" and not merges
+    # the constant tensor is no evidence though it is byte-identical in both; the inf tensor is identical
+    assert ev.shared == 3 and ev.identical == 1
