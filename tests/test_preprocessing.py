@@ -396,3 +396,47 @@ def test_help_of_fim_forget_eval_says_each_model_is_fed_its_own_preprocessing(cl
     assert "records that preprocessing" in helps["fim"]
     assert "nearest ancestors'" in helps["forget"] and "fiun-hub fim" in helps["forget"]
     assert "held out" in helps["eval"]
+
+
+@pytest.mark.parametrize("bad", [{"mean": ["grey"]}, {"mean": "0.5"}, {"input_size": [1, 0, 16]}],
+                         ids=["non-numeric-mean", "string-mean", "size-0"])
+def test_a_malformed_config_in_the_hub_is_one_line_exit_2_for_fim_forget_eval(sidecar_hub, cli, hub_fingerprint,
+                                                                                bad):
+    """A config.json already in the hub (uploaded by another client) with a non-numeric mean or an input size
+    of 0: `fim`, `forget` and `eval` each answer one line and exit 2, and nothing in the hub changes."""
+    hub = sidecar_hub
+    cfg = json.loads(hub.read_file("t/m", CONFIG_FILE))
+    cfg["pretrained_cfg"].update(bad)
+    _publish(hub, "t/m", {CONFIG_FILE: json.dumps(cfg).encode()})
+    before = hub_fingerprint(hub.root)
+    for args in (("fim", "t/m", "--data", "digits:train"), ("forget", "--origin", "t/m", "--classes", "3"),
+                 ("eval", "t/m", "--data", "digits:test")):
+        code, out, err = cli("--hub", hub.root, *args)
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and lines[0].startswith("fiun-hub: error: "), (args, err)
+        assert ("mean" in err or "input_size" in err) and "Traceback" not in out + err, (args, err)
+        assert hub_fingerprint(hub.root) == before, args
+
+
+@pytest.mark.parametrize("recorded", [
+    '{"crop_mode":"squash","crop_pct":1.0,"input_size":[1,16,16],"interpolation":"lanczos","mean":[0.5],"std":[0.5]}',
+    '{"crop_mode":"squash","crop_pct":1.0,"input_size":[1,16,16],"interpolation":"bilinear","mean":[0.5],'
+    '"std":[0.5],"gamma":2.2}',
+    '{"crop_mode":"squash","crop_pct":1.0,"input_size":[1,0,16],"interpolation":"bilinear","mean":[0.5],"std":[0.5]}',
+], ids=["unknown-interpolation", "unknown-key", "size-0"])
+def test_a_sidecar_with_unknown_preprocessing_is_one_line_exit_2(sidecar_hub, cli, hub_fingerprint, recorded):
+    """A sidecar whose recorded preprocessing fiun-hub does not know: `show` and `lineage` call it invalid, a
+    forget (plan or run) answers one line, exit 2, nothing changed."""
+    from fiun_hub import lineage
+
+    hub = sidecar_hub
+    _publish(hub, "t/m", _rewrite_meta(hub, "t/m", lambda m: m.update(preprocessing=recorded)))
+    assert lineage.sidecar_state(hub, "t/m", hub.list_files("t/m"), hub.resolve("t/m")) == "invalid"
+    before = hub_fingerprint(hub.root)
+    code, out, _ = cli("--hub", hub.root, "--json", "show", "t/m")
+    assert code == 0 and json.loads(out)["sidecar"]["state"] == "invalid"
+    for extra in ((), ("--dry-run",)):
+        code, out, err = cli("--hub", hub.root, "forget", "--origin", "t/m", "--classes", "3", *extra)
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and "preprocessing" in err and "Traceback" not in err, (extra, err)
+    assert hub_fingerprint(hub.root) == before
