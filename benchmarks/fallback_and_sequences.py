@@ -17,7 +17,7 @@ On each of the four scenarios of :mod:`fiun_hub.scenarios` (fl, ddpl, il, tl), b
 Held-out data: the whole ``digits:test`` split (540 images). Writes
 ``benchmarks/results/fallback_and_sequences.json``.
 
-    nice -n 10 python benchmarks/fallback_and_sequences.py      # about 2-3 minutes on 2 cores
+    nice -n 10 python benchmarks/fallback_and_sequences.py      # about 2 minutes on 2 shared cores (1 torch thread)
 """
 from __future__ import annotations
 
@@ -137,9 +137,10 @@ def run_sequence(scn, built: Path, work: Path, test, inert: bool) -> list[dict[s
                            for c in u.get("classes") or []]
                 model, config, _ = load_model(hub, repo)
                 for c in dict.fromkeys(classes):
-                    acc = forget_retain_accuracy(model, config.labels, test, [c])[0]
-                    if acc is not None:  # None: the model has no head row for c (a transfer child without it)
-                        earlier.setdefault(c, {})[repo] = round(acc, 2)
+                    if c not in config.labels:  # a model without that label (a transfer head) has nothing to keep
+                        continue
+                    earlier.setdefault(c, {})[repo] = round(forget_retain_accuracy(model, config.labels, test,
+                                                                                  [c])[0], 2)
             worst = {c: max(v.values()) for c, v in earlier.items()}
             steps.append({"step": i, "kind": kind, "what": arg, "earlier_forgotten_acc": earlier, "worst": worst})
             log(f"{scn.name} sequence ({'inert' if inert else 'off'}) step {i} {kind}: worst earlier {worst}")
@@ -153,7 +154,7 @@ def main() -> dict[str, Any]:
     t0 = time.perf_counter()
     test = load_data("digits:test", in_chans=1, input_size=(16, 16))
     results: dict[str, Any] = {
-        "command": "python benchmarks/fallback_and_sequences.py",
+        "command": "HF_HUB_OFFLINE=1 nice -n 10 python benchmarks/fallback_and_sequences.py",
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
                     "cpus": os.cpu_count()},
         "profile": {"dataset": "digits", "arch": "test_resnet", "input_size": [1, 16, 16], "epochs": 6, "seed": 0,

@@ -176,6 +176,13 @@ def push(c: Ctx, folder: str, repo: str, parents: tuple[str, ...], relation: str
     c.emit(info, f"pushed {repo}@{info['revision']}")
 
 
+def _describe_pre(d: dict) -> str:
+    """A data config dict (``Preprocessing.to_dict``) in one line, as ``Preprocessing.describe`` writes it."""
+    c, h, w = d["input_size"]
+    return (f"{c}x{h}x{w}, mean {d['mean']}, std {d['std']}, {d['interpolation']}, "
+            f"crop {d['crop_pct']} ({d['crop_mode']})")
+
+
 @main.command()
 @click.argument("spec", metavar="REPO[@REV]")
 @pass_ctx
@@ -198,12 +205,19 @@ def show(c: Ctx, spec: str) -> None:
             "  parents:  " + (", ".join(f"{p['repo']}@{(p['revision'] or 'UNPINNED')[:12]}" for p in info["parents"])
                               or "- (root)"),
             f"  labels:   {', '.join(info['labels'])}",
+            "  inputs:   " + (_describe_pre(info["preprocessing"]) if info.get("preprocessing") else
+                              "unreadable data config"),
             f"  sidecar:  {info['sidecar']['state']}"
             + (f" ({info['sidecar'].get('estimator')}, layers {info['sidecar'].get('layers')})"
                if info["sidecar"]["state"] in ("ok", "stale") else ""),
         ]
+        pre = info["sidecar"].get("preprocessing")
+        if pre is not None:
+            lines.append("            preprocessing: " + _describe_pre(pre)
+                         + ("" if info["sidecar"].get("preprocessing_recorded") else " (not recorded: legacy)"))
         if info["sidecar"].get("fix"):
-            lines.append(f"            stale: computed on other weights; run `{info['sidecar']['fix']}`")
+            lines.append(f"            stale: {info['sidecar'].get('stale_reason') or 'computed on other weights'}; "
+                         f"run `{info['sidecar']['fix']}`")
         if info["card_error"]:
             lines.append(f"  card:     ERROR {info['card_error']}")
         for u in info["unlearned"]:
@@ -337,7 +351,8 @@ def _progress(c: Ctx, total: int | None, description: str):
 @main.command()
 @click.argument("repo")
 @click.option("--data", "data_spec", required=True, metavar="SPEC",
-              help="The model's training data: digits, fashion-mnist[:DIR], npz:PATH, folder:PATH (+ :train/:test).")
+              help="The model's training data: digits, fashion-mnist[:DIR], npz:PATH, folder:PATH (+ :train/:test); "
+                   "fed with the model's own preprocessing, which the sidecar records.")
 @click.option("--layers", default="head", show_default=True,
               help="Unlearnable layers: head (the classifier timm names), all, or comma-separated globs.")
 @click.option("--estimator", type=click.Choice(["normalized", "per-sample", "batch"]), default="normalized",
@@ -358,7 +373,14 @@ def _progress(c: Ctx, total: int | None, description: str):
 @handled
 def fim(c: Ctx, repo: str, data_spec: str, layers: str, estimator: str, batch_size: int, device: str | None,
         workers: int | None, executor: str, ray_address: str | None) -> None:
-    """Compute REPO's Fisher sidecars (model FIM and per-class FIMs) on its training data and commit them."""
+    """Compute REPO's Fisher sidecars (model FIM and per-class FIMs) on its training data and commit them.
+
+    The data is fed to REPO with its own preprocessing: the timm data config its config.json declares (input
+    size, channels, mean, std, interpolation, crop), applied as timm's eval transform would. The sidecar header
+    records that preprocessing; if the config later declares another, the sidecar is stale (`show`,
+    `lineage --check`) and a forget refuses it until `fim` is run again. Models that never had `fim` run on them
+    can still be forgotten with their nearest ancestors' sidecars (see `forget --help`).
+    """
     from fiun_hub.sidecars import compute_and_commit
 
     bar, _, desc = _progress(c, None, f"Fisher of {repo}" + (" (Ray)" if executor == "ray" else ""))
@@ -430,7 +452,11 @@ def forget(c: Ctx, origins, classes, data_spec, request_id, alpha, lam, record_s
     """Unlearn classes (or samples) at the ORIGINs and at every model derived from them, in one pass.
 
     Each affected repo gets a new revision: dampened weights, sidecars without the forgotten classes and a
-    `fiun.unlearned` record. On a local hub all new revisions land together or none does; on a remote hub
+    `fiun.unlearned` record. A repo without a sidecar of its own uses its nearest ancestors' at the revisions it
+    is pinned to (for a merge, combined as the MFIM combines them); the plan (--dry-run), the record and the
+    ledger say "approximate: from org/a@REV". Only a repo with neither its own sidecar nor any ancestor's is
+    refused, naming the `fiun-hub fim` command that fixes it. Sample-wise --data is fed to each origin with that
+    model's own preprocessing (its config.json's timm data config). On a local hub all new revisions land together or none does; on a remote hub
     (--hub hf://...) each repo is committed on its own and re-running the same forget finishes an interrupted one.
     """
     from fiun_hub.unlearn import DEFAULT_ALPHA, DEFAULT_LAMBDA, plan_forget, run_forget
@@ -489,12 +515,17 @@ def forget(c: Ctx, origins, classes, data_spec, request_id, alpha, lam, record_s
 
 @main.command(name="eval")
 @click.argument("spec", metavar="REPO[@REV]")
-@click.option("--data", "data_spec", required=True, metavar="SPEC", help="Held-out data, e.g. digits:test.")
+@click.option("--data", "data_spec", required=True, metavar="SPEC", help="Held-out data, e.g. digits:test (fed with REPO's own preprocessing).")
 @click.option("--forget-classes", help="Comma-separated forgotten classes: report forget and retain accuracy.")
 @pass_ctx
 @handled
 def eval_cmd(c: Ctx, spec: str, data_spec: str, forget_classes: str | None) -> None:
-    """Accuracy of REPO on DATA; with --forget-classes, forget accuracy (on those classes) and retain accuracy."""
+    """Accuracy of REPO on DATA; with --forget-classes, forget accuracy (on those classes) and retain accuracy.
+
+    DATA is fed with REPO's own preprocessing (the timm data config its config.json declares: input size,
+    channels, mean, std, interpolation, crop), as timm's eval transform would, never one normalisation for all.
+    A `:test` split is held out from `:train`, or refused when the source has none.
+    """
     from fiun_hub.evaluate import evaluate_repo
     from fiun_hub.hub import split_repo_rev
 

@@ -10,9 +10,10 @@ line gives its nearest sidecar and they are combined as the MFIM combines unlear
 - the model FIM is the count-weighted mean of the combined class FIMs (as after
   :func:`fiun_hub.fisher.strip_classes`), so the retain FIM stays consistent with the class FIMs.
 
-A source is a pinned ancestor revision whose sidecars (both files) are bound to that revision's weights; a stale,
-invalid or purged one (a takedown purges a descendant's pre-forget sidecars with its weights) is passed over and
-the search goes on above it. A repo with neither its own sidecar nor any ancestor's
+A source is a pinned ancestor revision whose sidecars (both files) are bound to that revision's weights; a stale or
+invalid one is passed over and the search goes on above it. A pinned revision whose sidecars a takedown purged
+stands on the sidecars its forget kept at the next revision (:func:`kept_after_purge`: the same class FIMs with the
+forgotten classes stripped, so the same retain FIM), and the record names that revision. A repo with neither its own sidecar nor any ancestor's
 is refused with the ``fiun-hub fim`` command that fixes it. A repo *with* its own sidecar always uses it (a stale or
 malformed one is a problem, never silently replaced).
 
@@ -69,6 +70,73 @@ def _parents_at(hub, repo: str, rev: str) -> list[tuple[str, str]]:
     return [(p.repo, p.revision) for p in meta.parents if p.revision]
 
 
+def _header(hub, repo: str, rev: str) -> dict | None:
+    """The model sidecar's header metadata at ``rev``; None when it cannot be read (purged, missing, garbled)."""
+    from .safetensors_io import read_header
+
+    try:
+        return read_header(hub.file_path(repo, FIM_FILE, rev))[1]
+    except Exception:
+        return None
+
+
+def _derived(hub, repo: str, prev, nxt) -> bool:
+    """Whether the sidecars of ``nxt`` are ``prev``'s with only forgotten classes stripped: the same blobs (a forget
+    that left the repo untouched), or a forget record in ``nxt``'s card that started from ``prev`` with the repo's
+    own sidecars, confirmed by the header's ``derived_from`` where the header is still there to read."""
+    if nxt.files.get(FIM_FILE) == prev.files.get(FIM_FILE) and \
+            nxt.files.get(FIM_CLASSES_FILE) == prev.files.get(FIM_CLASSES_FILE):
+        return True
+    from .card import parse_card
+
+    try:
+        records = parse_card(hub.read_file(repo, CARD_FILE, nxt.id), where=f"{repo}@{nxt.id[:12]}").unlearned
+    except FiunError:
+        return False
+    if not any(isinstance(u, dict) and u.get("from_revision") == prev.id and u.get("sidecar", OWN) == OWN
+               for u in records):
+        return False
+    header = _header(hub, repo, nxt.id)
+    return header.get("derived_from") == prev.id if header is not None else FIM_FILE in _stones(hub, repo, nxt.id)
+
+
+def _stones(hub, repo: str, cid: str) -> dict:
+    tombstones = getattr(hub, "tombstones", None)
+    try:
+        return tombstones(repo, cid) if tombstones is not None else {}
+    except FiunError:
+        return {}
+
+
+def kept_after_purge(hub, repo: str, info) -> str | None:
+    """The revision whose sidecars stand for ``repo``@``info``'s after a takedown purged them there, or None.
+
+    A takedown purges the weights *and* sidecars of an affected repo's pre-forget revisions; a child pinned to
+    such a revision (a late derivative) then finds no sidecar at its pin. The forget that purged it published, as
+    the next revision on the repo's line, the same sidecars with only the forgotten classes stripped (its card's
+    record starts from the pinned revision, the header's ``derived_from`` names it; a repo the forget left
+    untouched keeps the very same blobs): the class FIMs of the retained classes are the pinned revision's own,
+    and the model FIM is their count-weighted mean, which is exactly the retain FIM that the pinned revision's
+    sidecar gives for the forgotten classes (docs/method.md §8.1). Followed through several takedowns. Anything
+    else (a successor whose sidecars were computed afresh, none, stale ones) is not the pinned revision's FIM:
+    None, and the search climbs to the pinned revision's own parents."""
+    if FIM_FILE not in info.files or FIM_FILE not in _stones(hub, repo, info.id):
+        return None
+    try:
+        line = hub.history(repo)
+    except FiunError:
+        return None
+    cur = info
+    for _ in range(len(line)):
+        nxt = next((c for c in line if c.parents and c.parents[0] == cur.id), None)
+        if nxt is None or FIM_FILE not in nxt.files or not _derived(hub, repo, cur, nxt):
+            return None
+        if FIM_FILE not in _stones(hub, repo, nxt.id):
+            return nxt.id if _usable_at(hub, repo, nxt) else None
+        cur = nxt  # purged too, by a later takedown: its successor holds them
+    return None
+
+
 def sidecar_sources(hub, repo: str, info) -> tuple[str, ...]:
     """The ancestor revisions whose sidecars stand in for ``repo``'s at the commit ``info`` (which has none of its
     own): for each pinned parent, that revision if its sidecars are usable, else recursively its own parents'.
@@ -87,6 +155,10 @@ def sidecar_sources(hub, repo: str, info) -> tuple[str, ...]:
                 continue
             if _usable_at(hub, p, pinfo):
                 out.append(f"{p}@{pinfo.id}")
+                continue
+            kept = kept_after_purge(hub, p, pinfo)
+            if kept is not None:
+                out.append(f"{p}@{kept}")
             else:
                 climb(p, pinfo.id)
 
@@ -194,5 +266,5 @@ def forget_problems(hub, g) -> list:
     return out
 
 
-__all__ = ["SidecarChoice", "OWN", "sidecar_sources", "combine", "resolve_sidecars", "no_sidecar_message",
+__all__ = ["SidecarChoice", "OWN", "sidecar_sources", "kept_after_purge", "combine", "resolve_sidecars", "no_sidecar_message",
            "forget_problems"]

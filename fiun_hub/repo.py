@@ -183,6 +183,14 @@ def read_meta(hub: LocalHub, repo: str, revision: str | None = None) -> CardMeta
 
 
 def sidecar_summary(hub: LocalHub, repo: str, files: dict[str, str], cid: str) -> dict[str, Any]:
+    """The sidecar's state at ``cid`` and what its header records, including the preprocessing it was computed with
+    (``preprocessing``: the recorded data config, ``preprocessing_recorded``: False for a sidecar written before
+    fiun-hub recorded it, read as the legacy mean = std = 0.5 at the model's input size) and, when stale, why."""
+    import json
+
+    from .constants import CONFIG_FILE
+    from .preprocessing import of_config, recorded, stale_preprocessing
+
     state = sidecar_state(hub, repo, files, cid)
     out: dict[str, Any] = {"state": state}
     if state in ("ok", "stale"):
@@ -190,14 +198,35 @@ def sidecar_summary(hub: LocalHub, repo: str, files: dict[str, str], cid: str) -
         out.update({k: meta.get(k) for k in ("estimator", "batch_size", "model_commit", "data_spec", "dataset")})
         for k in ("layers", "counts"):
             try:
-                import json
-
                 out[k] = json.loads(meta.get(k, "null"))
             except ValueError:
                 out[k] = None
+        try:
+            model = of_config(json.loads(hub.read_file(repo, CONFIG_FILE, cid)), f"{repo}:{CONFIG_FILE}")
+            out["preprocessing"] = recorded(meta, model, f"{repo}:{FIM_FILE}").to_dict()
+            out["preprocessing_recorded"] = "preprocessing" in meta
+            why = stale_preprocessing(meta, model, f"{repo}:{FIM_FILE}")
+        except (BadInput, ValueError):  # sidecar_state said ok/stale, so the config and record read; be safe
+            out["preprocessing"], out["preprocessing_recorded"], why = None, "preprocessing" in meta, None
+        if state == "stale":
+            out["stale_reason"] = why or "computed on other weights"
     if state == "stale":
         out["fix"] = f"fiun-hub fim {repo} --data SPEC"
     return out
+
+
+def model_preprocessing(hub: LocalHub, repo: str, cid: str) -> dict[str, Any] | None:
+    """The data config the model at ``cid`` declares (``config.json``, resolved as timm resolves it), or None when
+    its config is missing or malformed (``show`` still shows the rest)."""
+    import json
+
+    from .constants import CONFIG_FILE
+    from .preprocessing import of_config
+
+    try:
+        return of_config(json.loads(hub.read_file(repo, CONFIG_FILE, cid)), f"{repo}:{CONFIG_FILE}").to_dict()
+    except (BadInput, ValueError):
+        return None
 
 
 def show(hub: LocalHub, repo: str, revision: str | None = None) -> dict[str, Any]:
@@ -227,6 +256,7 @@ def show(hub: LocalHub, repo: str, revision: str | None = None) -> dict[str, Any
         "parent_commits": info.parents,
         "files": {p: {"sha256": s, "size": info.sizes.get(p)} for p, s in info.files.items()},
         **card,
+        "preprocessing": model_preprocessing(hub, repo, info.id),
         "sidecar": sidecar_summary(hub, repo, info.files, info.id),
     }
 

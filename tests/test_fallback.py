@@ -136,54 +136,64 @@ def test_lineage_check_and_forget_refuse_the_same_repo_without_any_sidecar(strip
 
 
 def test_audit_fix_repairs_a_late_derivative_pushed_without_a_sidecar(dag, tmp_path):
+    """A model fine-tuned from child-a's pre-takedown revision, uploaded without a sidecar after the takedown
+    purged that revision (weights and sidecars): ``audit --fix`` forgets it with child-a's sidecars as the
+    takedown's forget kept them at child-a's next revision (the pinned revision's FIMs, class 3 stripped), and
+    the record, the ledger and the report name that revision."""
     from fiun_hub.compliance import audit, fix, ledger_record, parse_request, plan_takedown, run_takedown
+    from fiun_hub.dampening import retain_fim
     from fiun_hub.models import load_model
     from fiun_hub.repo import read_meta
+    from fiun_hub.safetensors_io import read_header
+    from fiun_hub.sidecars import load_sidecars
+    from fiun_hub.training import train_classifier
 
     from test_compliance import REQUEST
 
     hub = copy_hub(dag[0], tmp_path / "hub")
+    edge = copy_hub(dag[0], tmp_path / "edge")  # the edge team's copy, taken before the takedown
     pre = hub.head(A)
     request = parse_request(REQUEST)
-    # derived from child-a's pre-takedown revision (loaded before the takedown purges it), no sidecar
-    model, config, _ = load_model(hub, A, pre)
     run_takedown(hub, plan_takedown(hub, request))
-    # `push --parent A@pre` now refuses the purged revision; the card of an upload made by other means (an HF
-    # client, an edited card) can still pin it: the derivative is pushed on A's head, then its card re-pinned.
-    from dataclasses import replace
+    post = hub.head(A)
+    assert FIM_FILE in hub.tombstones(A, pre)  # the pinned revision's sidecars are gone
+    model, config, _ = load_model(edge, A, pre)
+    data = digits("train").subset(torch.arange(900, 1000)).to_label_space(config.labels)
+    train_classifier(model, data, epochs=1, lr=1e-4, batch_size=32, seed=9)
+    cid = push(edge, model.eval(), "dag/late", config.labels, parents=[f"{A}@{pre}"])  # no sidecar
+    files = {p: edge.file_path("dag/late", p, cid) for p in edge.list_files("dag/late", cid)}
+    assert FIM_FILE not in files
+    # `fiun-hub push --parent` refuses a purged revision; an upload by another client lands with the pin
+    late = hub.publish([RepoChange("dag/late", files, "Edge build (uploaded)", parent_commit="")])["dag/late"]
 
-    from fiun_hub.card import ParentRef, parse_card_full, render_card
-    from fiun_hub.hub.local import RepoChange
+    # what stands in for child-a@pre's sidecars: child-a@post's, derived from pre, whose model FIM is exactly
+    # the retain FIM (class 3 out) that pre's own sidecars give
+    assert read_header(hub.file_path(A, FIM_FILE, post))[1]["derived_from"] == pre
+    old, kept = load_sidecars(edge, A, pre), load_sidecars(hub, A, post)
+    want = retain_fim(old.model_fim, old.class_fims, old.counts, [FORGET])
+    for n, t in kept.model_fim.items():
+        assert torch.allclose(t, want[n], rtol=1e-5, atol=1e-12), n
+    assert FORGET not in kept.counts and all(kept.counts[c] == old.counts[c] for c in kept.counts)
 
-    with pytest.raises(Exception, match="was purged by request"):
-        push(hub, model, "dag/late", config.labels, parents=[f"{A}@{pre}"])
-    push(hub, model, "dag/late", config.labels, parents=[A])
-    meta, body = parse_card_full(hub.read_file("dag/late", "README.md"))
-    meta = replace(meta, parents=[ParentRef(A, pre)])
-    hub.publish([RepoChange("dag/late", {"README.md": render_card(meta, body, "dag/late").encode()},
-                                     "pin the pre-takedown revision it was derived from")])
-    late = hub.head("dag/late")
     report = audit(hub, request.id)
-    # its weights are child-a@pre's bytes, which the takedown purged: the upload is also `unpurged`
-    assert sorted((f["repo"], f["kind"]) for f in report["findings"]) == [("dag/late", "pre-forget-pin"),
-                                                                           ("dag/late", "unpurged")]
-    outs = fix(hub, report, eval_data="digits:test")
-    [out] = [o for o in outs if o.get("fixed")]
+    assert [(f["repo"], f["kind"]) for f in report["findings"]] == [("dag/late", "pre-forget-pin")]
+    [out] = fix(hub, report, eval_data="digits:test")
     assert out["fixed"] == ["dag/late"] and not out["blocked"]
+    used = f"approximate: from {A}@{post}"
     rec = next(u for u in read_meta(hub, "dag/late").unlearned if u["request"] == request.id)
-    # child-a@pre's sidecar went with its purge; the fallback climbs to the origin's pre-forget revision, whose
-    # sidecars the takedown keeps (the request's unlearning FIM)
-    root_pin = next(p.revision for p in parse_card_full(hub.read_file(A, "README.md", pre))[0].parents if p.repo == R)
-    assert rec["sidecar"] == f"approximate: from {R}@{root_pin}" and rec["from_revision"] == late
+    assert rec["sidecar"] == used and rec["from_revision"] == late
     entry = ledger_record(hub, request.id)["repos"]["dag/late"]
-    assert entry["sidecar"] == rec["sidecar"] and entry["forget_acc"] <= 1.0 < 80 < entry["forget_acc_before"]
+    assert entry["sidecar"] == used
+    # forgotten on held-out data (digits:test), retained classes kept
+    assert entry["forget_acc"] <= 1.0 < 80 < entry["forget_acc_before"], entry
+    assert entry["retain_acc"] >= entry["retain_acc_before"] - 2.0, entry
     again = audit(hub, request.id)
     assert again["ok"], again["findings"]
     row = next(r for r in again["requests"][0]["repos"] if r["repo"] == "dag/late")
-    assert row["sidecar"] == rec["sidecar"]
+    assert row["sidecar"] == used
     from fiun_hub.report import to_markdown
 
-    assert f"sidecar approximate: from {R}@{root_pin[:12]}…" in to_markdown(again)
+    assert f"sidecar approximate: from {A}@{post[:12]}…" in to_markdown(again)
 
 
 # ----------------------------------------------------------------------------------------------- part 6

@@ -230,6 +230,12 @@ def test_sidecar_records_preprocessing_and_goes_stale_when_the_config_changes(si
     assert ("t/m", "stale-sidecar") in kinds
     with pytest.raises(SidecarError, match="other preprocessing"):
         load_sidecars(hub, "t/m")
+    code, out, _ = cli("--hub", hub.root, "--json", "show", "t/m")
+    side = json.loads(out)["sidecar"]
+    assert code == 0 and side["state"] == "stale" and side["preprocessing"]["mean"] == [0.5]
+    assert "other preprocessing" in side["stale_reason"] and json.loads(out)["preprocessing"]["mean"] == [0.1307]
+    code, text, _ = cli("--hub", hub.root, "show", "t/m")
+    assert "stale: computed with other preprocessing" in text and "inputs:   1x16x16, mean [0.1307]" in text
     code, out, err = cli("--hub", hub.root, "forget", "--origin", "t/m", "--classes", "3", "--dry-run")
     assert code == 2 and "preprocessing" in err and len(err.strip().splitlines()) == 1
 
@@ -334,4 +340,111 @@ def test_eval_refuses_a_test_split_that_does_not_exist(hub, model_folder, tmp_pa
     before = hub_fingerprint(hub.root)
     code, _, err = cli("--hub", hub.root, "eval", "t/m", "--data", f"npz:{npz}:test")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "x_test" in err
+    assert hub_fingerprint(hub.root) == before
+
+
+# ------------------------------------------------------------------ part 1 end to end: a forget on MNIST statistics
+def _own_accuracy(model, npz, forget: list[int]) -> tuple[float, float]:
+    """(forget, retain) accuracy in % on the npz's x_test, each image fed through timm's own eval transform of
+    the model's data config (the reference ``fiun-hub eval`` must agree with)."""
+    pred, y, _ = _timm_reference(model, npz, 1)
+    f = torch.isin(y, torch.tensor(forget))
+    return (100.0 * float((pred[f] == y[f]).float().mean()), 100.0 * float((pred[~f] == y[~f]).float().mean()))
+
+
+def test_forget_on_models_declaring_mnist_statistics_is_judged_by_their_own_preprocessing(hub, tmp_path, cli):
+    """The issue's case: models that declare MNIST statistics (0.1307/0.3081). A root trained with them and a
+    child fine-tuned from it, sidecars from `fiun-hub fim`, a 4-class forget at the root through the CLI: every
+    model ends at <= 2% forget accuracy and within 5 points of its retain accuracy *by its own preprocessing*
+    (timm's transform, image by image), `fiun-hub eval` reports the same numbers, and `show` reports the
+    preprocessing the sidecar was computed with."""
+    from fiun_hub.data import load_images, prepare
+    from fiun_hub.models import load_model, save_model_folder
+    from fiun_hub.preprocessing import training_config
+    from fiun_hub.training import train_classifier
+
+    forget = [1, 3, 5, 7]
+    root, npz = _trained_repo(hub, tmp_path, "mroot", data_config=MNIST, train_size=20, chans=1)
+    model, config, _ = load_model(hub, root)
+    shard = prepare(load_images(f"npz:{npz}:train"), training_config((1, 20, 20), MNIST))
+    shard = shard.subset(torch.arange(0, len(shard), 2))
+    train_classifier(model, shard, epochs=1, lr=1e-3, batch_size=32, seed=1)
+    folder = save_model_folder(model.eval(), tmp_path / "mchild", config.labels, input_size=(1, 20, 20),
+                               data_config=MNIST)
+    child = "t/mchild"
+    H = ("--hub", hub.root)
+    assert cli(*H, "push", folder, child, "--parent", root)[0] == 0
+    for repo in (root, child):
+        code, _, err = cli(*H, "fim", repo, "--data", f"npz:{npz}:train")
+        assert code == 0, err
+    code, out, _ = cli(*H, "--json", "show", child)
+    info = json.loads(out)
+    assert code == 0 and info["preprocessing"]["mean"] == [0.1307] and info["preprocessing"]["std"] == [0.3081]
+    assert info["sidecar"]["state"] == "ok" and info["sidecar"]["preprocessing"] == info["preprocessing"]
+    assert info["sidecar"]["preprocessing_recorded"] is True
+    code, text, _ = cli(*H, "show", child)
+    assert "preprocessing: 1x20x20, mean [0.1307], std [0.3081], bilinear, crop 0.9 (center)" in text
+    before = {r: _own_accuracy(load_model(hub, r)[0], npz, forget) for r in (root, child)}
+    code, _, err = cli(*H, "forget", "--origin", root, "--classes", ",".join(map(str, forget)))
+    assert code == 0, err
+    for repo in (root, child):
+        f, r = _own_accuracy(load_model(hub, repo)[0], npz, forget)
+        assert before[repo][0] > 80 and f <= 2.0 and r >= before[repo][1] - 5.0, (repo, before[repo], f, r)
+        code, out, _ = cli(*H, "--json", "eval", repo, "--data", f"npz:{npz}:test",
+                           "--forget-classes", ",".join(map(str, forget)))
+        got = json.loads(out)
+        assert code == 0 and abs(got["forget_acc"] - f) <= 0.5 and abs(got["retain_acc"] - r) <= 0.5, (got, f, r)
+
+
+def test_help_of_fim_forget_eval_says_each_model_is_fed_its_own_preprocessing(cli):
+    """`--help` tells a user what the numbers depend on: the model's own data config, and the sidecar fallback."""
+    helps = {cmd: " ".join(cli(cmd, "--help")[1].split()) for cmd in ("fim", "forget", "eval")}  # unwrapped
+    for cmd, text in helps.items():
+        assert "own preprocessing" in text, cmd
+    assert "records that preprocessing" in helps["fim"]
+    assert "nearest ancestors'" in helps["forget"] and "fiun-hub fim" in helps["forget"]
+    assert "held out" in helps["eval"]
+
+
+@pytest.mark.parametrize("bad", [{"mean": ["grey"]}, {"mean": "0.5"}, {"input_size": [1, 0, 16]}],
+                         ids=["non-numeric-mean", "string-mean", "size-0"])
+def test_a_malformed_config_in_the_hub_is_one_line_exit_2_for_fim_forget_eval(sidecar_hub, cli, hub_fingerprint,
+                                                                                bad):
+    """A config.json already in the hub (uploaded by another client) with a non-numeric mean or an input size
+    of 0: `fim`, `forget` and `eval` each answer one line and exit 2, and nothing in the hub changes."""
+    hub = sidecar_hub
+    cfg = json.loads(hub.read_file("t/m", CONFIG_FILE))
+    cfg["pretrained_cfg"].update(bad)
+    _publish(hub, "t/m", {CONFIG_FILE: json.dumps(cfg).encode()})
+    before = hub_fingerprint(hub.root)
+    for args in (("fim", "t/m", "--data", "digits:train"), ("forget", "--origin", "t/m", "--classes", "3"),
+                 ("eval", "t/m", "--data", "digits:test")):
+        code, out, err = cli("--hub", hub.root, *args)
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and lines[0].startswith("fiun-hub: error: "), (args, err)
+        assert ("mean" in err or "input_size" in err) and "Traceback" not in out + err, (args, err)
+        assert hub_fingerprint(hub.root) == before, args
+
+
+@pytest.mark.parametrize("recorded", [
+    '{"crop_mode":"squash","crop_pct":1.0,"input_size":[1,16,16],"interpolation":"lanczos","mean":[0.5],"std":[0.5]}',
+    '{"crop_mode":"squash","crop_pct":1.0,"input_size":[1,16,16],"interpolation":"bilinear","mean":[0.5],'
+    '"std":[0.5],"gamma":2.2}',
+    '{"crop_mode":"squash","crop_pct":1.0,"input_size":[1,0,16],"interpolation":"bilinear","mean":[0.5],"std":[0.5]}',
+], ids=["unknown-interpolation", "unknown-key", "size-0"])
+def test_a_sidecar_with_unknown_preprocessing_is_one_line_exit_2(sidecar_hub, cli, hub_fingerprint, recorded):
+    """A sidecar whose recorded preprocessing fiun-hub does not know: `show` and `lineage` call it invalid, a
+    forget (plan or run) answers one line, exit 2, nothing changed."""
+    from fiun_hub import lineage
+
+    hub = sidecar_hub
+    _publish(hub, "t/m", _rewrite_meta(hub, "t/m", lambda m: m.update(preprocessing=recorded)))
+    assert lineage.sidecar_state(hub, "t/m", hub.list_files("t/m"), hub.resolve("t/m")) == "invalid"
+    before = hub_fingerprint(hub.root)
+    code, out, _ = cli("--hub", hub.root, "--json", "show", "t/m")
+    assert code == 0 and json.loads(out)["sidecar"]["state"] == "invalid"
+    for extra in ((), ("--dry-run",)):
+        code, out, err = cli("--hub", hub.root, "forget", "--origin", "t/m", "--classes", "3", *extra)
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and "preprocessing" in err and "Traceback" not in err, (extra, err)
     assert hub_fingerprint(hub.root) == before
