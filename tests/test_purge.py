@@ -78,10 +78,13 @@ def test_every_reader_refuses_a_purged_revision_naming_the_request(story, run_cl
     old = story["before_heads"][A]
     H = ("--hub", hub.root)
     want = f"{A}@{old[:12]} {WEIGHTS_FILE} was purged by request {RID} on "
-    for args in (("show", f"{A}@{old}"), ("eval", f"{A}@{old}", "--data", "digits:test")):
+    stored = fingerprint(hub.root)
+    for args in (("show", f"{A}@{old}"), ("eval", f"{A}@{old}", "--data", "digits:test"),
+                 ("fim", f"{A}@{old}", "--data", "digits:train")):
         code, out, err = run_cli(*H, *args)
         assert code == 2 and err.strip().startswith("fiun-hub: error: " + want), (args, err)
         assert len(err.strip().splitlines()) == 1
+    assert fingerprint(hub.root) == stored  # refusing changed nothing stored (fim commits nothing)
     folder = tmp_path / "m"
     folder.mkdir()
     for p in (CONFIG_FILE, WEIGHTS_FILE):
