@@ -374,9 +374,21 @@ def test_serve_answers_451_and_purges_lfs_files_for_the_real_client(story, tmp_p
         assert sorted(r["rfilename"] for r in info.removed if r["request"] == RID) == \
             ["fim-classes.safetensors", FIM_FILE, WEIGHTS_FILE]
         # The LFS purge through the unmodified client: the unlearned head's predecessor of a repo with history.
-        with pytest.raises(HfHubHTTPError):
+        with pytest.raises(HfHubHTTPError) as exc:
             list(HfApi(endpoint=url, token=False).list_lfs_files(W))  # the token is required
+        assert exc.value.response.status_code in (401, 403)
+        wrong = HfApi(endpoint=url, token="hf_" + "x" * 30)
+        with pytest.raises(HfHubHTTPError) as exc:  # and a wrong one is refused
+            list(wrong.list_lfs_files(W))
+        assert exc.value.response.status_code in (401, 403), exc.value.response.status_code
         files = {f.oid: f for f in api.list_lfs_files(W)}
+        stored = fingerprint(hub.root)
+        for token in ("hf_" + "x" * 30, False):  # deleting with a wrong token, or none, is refused and deletes nothing
+            with pytest.raises(HfHubHTTPError) as exc:
+                HfApi(endpoint=url, token=token).permanently_delete_lfs_files(W, list(files.values()),
+                                                                              rewrite_history=True)
+            assert exc.value.response.status_code in (401, 403), (token, exc.value.response.status_code)
+        assert fingerprint(hub.root) == stored
         s1, s2 = (hashlib.sha256(x).hexdigest() for x in (w1, w2))
         assert set(files) == {s1, s2}
         with pytest.raises(HfHubHTTPError) as exc:  # a file of the head is refused
