@@ -204,6 +204,47 @@ def test_unpurged_is_found_and_fixed(requested):
     assert [e["kind"] for e in evs].count("purge") == 3, [(e["kind"], e["at"], e.get("purge", {}).get("blobs")) for e in evs]
 
 
+def _sha_tree(folder: Path) -> dict[str, str]:
+    """sha256 of every file under ``folder`` (snapshot links read through to their blobs)."""
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _revision_bytes(hub: LocalHub, repo: str, rev: str) -> dict[str, str]:
+    """sha256 of every file of one revision: its snapshot folder and the blobs it names."""
+    d = hub.repo_dir(repo)
+    out = {f"snapshots/{rev}/{k}": v for k, v in _sha_tree(d / "snapshots" / rev).items()}
+    for sha in hub.commit_info(repo, rev).files.values():
+        out[f"blobs/{sha}"] = hashlib.sha256((d / "blobs" / sha).read_bytes()).hexdigest()
+    return out
+
+
+def test_a_second_purge_leaves_kept_revisions_and_unaffected_repos_byte_identical(requested, tmp_path):
+    src, req, root = requested
+    hub = copy_hub(src, tmp_path / "hub")
+    untouched = {r: _sha_tree(hub.repo_dir(r)) for r in (U, V)}  # copies taken before any purge
+    ok(invoke("--hub", hub.root, "takedown", req))
+    assert {r: _sha_tree(hub.repo_dir(r)) for r in (U, V)} == untouched
+    kept = {r: hub.head(r) for r in AFFECTED}  # the first request's post-forget revisions
+    kept_bytes = {r: _revision_bytes(hub, r, rev) for r, rev in kept.items()}
+    stones_1 = {r: {c.id: hub.tombstones(r, c.id) for c in hub.history(r)} for r in AFFECTED}
+    second = tmp_path / "TKD-2026-002.yaml"
+    second.write_text(REQUEST.replace(RID, "TKD-2026-002").replace('["3"]', '["5"]'))
+    data = json.loads(ok(invoke("--hub", hub.root, "--json", "takedown", second)))
+    assert set(data["revisions"]) == set(AFFECTED)
+    for repo, rev in kept.items():
+        assert hub.head(repo) != rev
+        assert not hub.tombstones(repo, rev), repo  # never touched by the second request's purge
+        assert _revision_bytes(hub, repo, rev) == kept_bytes[repo], repo
+        assert hub.read_file(repo, WEIGHTS_FILE, rev)
+        # and the first request's tombstones are as they were
+        assert {c: t for c, t in ((c.id, hub.tombstones(repo, c.id)) for c in hub.history(repo))
+                if c in stones_1[repo]} == stones_1[repo], repo
+    assert {r: _sha_tree(hub.repo_dir(r)) for r in (U, V)} == untouched
+    assert verify(hub) == []
+    assert "audit ok: 2 request(s)" in ok(invoke("--hub", hub.root, "audit"))  # no `unpurged` for the kept ones
+
+
 # ----------------------------------------------------------------------------------------------- crash safety
 def _small_hub(root: Path) -> tuple[LocalHub, list[dict], str]:
     """Two repos of raw files: x has three revisions (the sidecar shared by the first two), y one. Returns the
