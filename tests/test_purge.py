@@ -452,3 +452,39 @@ def test_serve_answers_451_and_purges_lfs_files_for_the_real_client(story, tmp_p
         assert verify(LocalHub(hub.root)) == []
     finally:
         stop_server(proc)
+
+
+# ----------------------------------------------------------------------------------------------- remote (hf://)
+try:  # fixtures: a real `fiun-hub serve` on a hub (test_hf_hub skips itself without starlette/uvicorn)
+    from test_hf_hub import mirror, online, serve  # noqa: E402,F401
+    HAVE_SERVE = True
+except pytest.skip.Exception:
+    HAVE_SERVE = False
+
+
+@pytest.mark.skipif(not HAVE_SERVE, reason="needs starlette and uvicorn (fiun-hub serve)")
+def test_cli_forget_purge_over_hf_purges_the_served_hub(dag, serve, cli, tmp_path):
+    """`takedown`/`audit` need a local hub (their ledger publishes atomically with the repos), so over hf:// the
+    purge is `forget --purge`: the endpoint's LFS purge through the unmodified client."""
+    from fiun_hub.hub import open_hub
+    from test_forget import FORGET
+
+    spec = serve(LocalHub.init(tmp_path / "served").root)
+    mirror(LocalHub(dag[0]), open_hub(spec))
+    served = LocalHub(tmp_path / "served")
+    before = {r: served.head(r) for r in served.list_repos()}
+    code, out, err = cli("--hub", spec, "forget", "--origin", R, "--classes", FORGET, "--purge")
+    assert code == 0, (out, err)
+    assert "LFS file(s) of pre-forget revisions" in out and "history could not be purged" not in out, out
+    served = LocalHub(tmp_path / "served")
+    for repo in AFFECTED:
+        old = before[repo]
+        assert served.head(repo) != old
+        assert not _blob(served, repo, old, WEIGHTS_FILE).exists(), repo
+        assert WEIGHTS_FILE in served.tombstones(repo, old), repo
+        assert served.read_file(repo, WEIGHTS_FILE)  # the head is whole
+    for repo in (U, V):
+        assert served.head(repo) == before[repo] and not served.tombstones(repo, before[repo])
+    assert verify(served) == []
+    code, _, err = cli("--hub", spec, "takedown", "x.yaml")
+    assert code == 2 and "needs a local hub folder" in err
