@@ -450,6 +450,12 @@ def test_serve_answers_451_and_purges_lfs_files_for_the_real_client(story, tmp_p
         assert "unsupported" not in out, out
         assert hub.list_files(A) == before and all(hub.read_file(A, p) for p in before)
         assert verify(LocalHub(hub.root)) == []
+        # an endpoint that refuses the LFS purge API (here: a token it does not accept): one line, nothing changed
+        stored = fingerprint(hub.root)
+        out = HfHub(f"hf://{url.split('://')[1]}", token="hf_" + "x" * 30).purge_history(W, "TKD-LFS-2")
+        assert set(out) == {"unsupported"} and "history could not be purged" in out["unsupported"], out
+        assert len(out["unsupported"].splitlines()) == 1
+        assert fingerprint(hub.root) == stored
     finally:
         stop_server(proc)
 
