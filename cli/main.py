@@ -383,6 +383,7 @@ def fim(c: Ctx, repo: str, data_spec: str, layers: str, estimator: str, batch_si
     """
     from fiun_hub.sidecars import compute_and_commit
 
+    repo = _head_only(c.hub(), repo, "fim computes and commits the sidecars of the head")
     bar, _, desc = _progress(c, None, f"Fisher of {repo}" + (" (Ray)" if executor == "ray" else ""))
     with bar:
         task = bar.add_task(desc, total=None)
@@ -392,6 +393,22 @@ def fim(c: Ctx, repo: str, data_spec: str, layers: str, estimator: str, batch_si
                                   executor=executor, ray_address=ray_address, workers=workers)
     c.emit(info, f"committed sidecars to {repo}@{info['revision']} ({info['estimator']}, {info['samples']} samples, "
                  f"layers {', '.join(info['layers'])}" + (", computed on Ray" if executor == "ray" else "") + ")")
+
+
+def _head_only(hub, spec: str, why: str) -> str:
+    """``REPO`` or ``REPO@REV`` naming the head -> ``REPO``. Any other revision is refused: a purged one with its
+    tombstone's one line (``... was purged by request ...``), another with ``why``."""
+    from fiun_hub.constants import WEIGHTS_FILE
+    from fiun_hub.hub import split_repo_rev
+
+    repo, rev = split_repo_rev(spec)
+    if rev is None:
+        return repo
+    cid = hub.resolve(repo, rev)
+    if cid != hub.resolve(repo):
+        hub.read_file(repo, WEIGHTS_FILE, cid)  # raises Purged on a purged revision
+        raise BadInput(f"{repo}@{cid[:12]} is not the head of {repo}: {why}")
+    return repo
 
 
 def _short_sidecar(used: str) -> str:

@@ -861,7 +861,8 @@ def _apply(hub: LocalHub, tp: TakedownPlan, kind: str, *, eval_data: str | None,
             return None
         if not purge:
             return None
-        entries = P.purge_entries(hub, request.id, starts, at, held=P.holds(records),
+        entries = P.purge_entries(hub, request.id, starts, at,
+                                  held=P.holds(records) | P.kept_revisions(records, request.id),
                                   fim_keep=P.fim_sources(records, event["origins"]))
         event["purge"] = P.summary(hub, entries, P.change_live(hub, changes))
         return entries

@@ -56,6 +56,23 @@ def holds(records: Mapping[str, dict]) -> set[tuple[str, str]]:
     return out
 
 
+def kept_revisions(records: Mapping[str, dict], but: str | None = None) -> set[tuple[str, str]]:
+    """``(repo, commit)`` of every post-forget revision a recorded request other than ``but`` produced: another
+    request's purge never touches them (issue 15: a purge never touches another request's kept revisions)."""
+    out = set()
+    for rid, rec in records.items():
+        if rid == but:
+            continue
+        for ev in rec.get("events", []):
+            for repo, e in (ev.get("repos") or {}).items():
+                if e.get("to"):
+                    out.add((repo, e["to"]))
+        for repo, e in (rec.get("repos") or {}).items():
+            if isinstance(e, dict) and e.get("to"):
+                out.add((repo, e["to"]))
+    return out
+
+
 def fim_sources(records: Mapping[str, dict], extra: Iterable[str] = ()) -> set[tuple[str, str]]:
     """``(origin, revision)`` whose sidecars are the unlearning FIM of a recorded request (kept by a purge)."""
     out = set()
@@ -200,7 +217,7 @@ def leftovers(hub: LocalHub, request_id: str, record: dict, records: Mapping[str
     """What a purge of ``request_id`` should have removed and is still on disk, and what it keeps on hold:
     ``{"entries": [tombstones to (re)write], "blobs": [{"repo", "sha256", "where"}], "strays": [paths],
     "held": {repo: [commits]}, "findings": [...]}``."""
-    held_all = holds(records)
+    held_all = holds(records) | kept_revisions(records, request_id)
     mine = {(r, c) for ev in record.get("events", []) for r, cs in ((ev.get("hold") or {}).get("revisions")
                                                                     or {}).items() for c in cs}
     keep = fim_sources(records)
@@ -297,4 +314,4 @@ def purge_leftovers(hub: LocalHub, request_id: str, left: dict[str, Any],
 
 
 __all__ = ["purgeable", "purge_entries", "held_revisions", "summary", "PurgingHub", "leftovers", "purge_leftovers",
-           "holds", "fim_sources", "KEPT_FILES"]
+           "holds", "kept_revisions", "fim_sources", "KEPT_FILES"]

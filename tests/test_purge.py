@@ -78,10 +78,13 @@ def test_every_reader_refuses_a_purged_revision_naming_the_request(story, run_cl
     old = story["before_heads"][A]
     H = ("--hub", hub.root)
     want = f"{A}@{old[:12]} {WEIGHTS_FILE} was purged by request {RID} on "
-    for args in (("show", f"{A}@{old}"), ("eval", f"{A}@{old}", "--data", "digits:test")):
+    stored = fingerprint(hub.root)
+    for args in (("show", f"{A}@{old}"), ("eval", f"{A}@{old}", "--data", "digits:test"),
+                 ("fim", f"{A}@{old}", "--data", "digits:train")):
         code, out, err = run_cli(*H, *args)
         assert code == 2 and err.strip().startswith("fiun-hub: error: " + want), (args, err)
         assert len(err.strip().splitlines()) == 1
+    assert fingerprint(hub.root) == stored  # refusing changed nothing stored (fim commits nothing)
     folder = tmp_path / "m"
     folder.mkdir()
     for p in (CONFIG_FILE, WEIGHTS_FILE):
@@ -199,6 +202,47 @@ def test_unpurged_is_found_and_fixed(requested):
     assert not blob.exists() and verify(hub) == []
     evs = ledger_record(hub, RID)["events"]
     assert [e["kind"] for e in evs].count("purge") == 3, [(e["kind"], e["at"], e.get("purge", {}).get("blobs")) for e in evs]
+
+
+def _sha_tree(folder: Path) -> dict[str, str]:
+    """sha256 of every file under ``folder`` (snapshot links read through to their blobs)."""
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _revision_bytes(hub: LocalHub, repo: str, rev: str) -> dict[str, str]:
+    """sha256 of every file of one revision: its snapshot folder and the blobs it names."""
+    d = hub.repo_dir(repo)
+    out = {f"snapshots/{rev}/{k}": v for k, v in _sha_tree(d / "snapshots" / rev).items()}
+    for sha in hub.commit_info(repo, rev).files.values():
+        out[f"blobs/{sha}"] = hashlib.sha256((d / "blobs" / sha).read_bytes()).hexdigest()
+    return out
+
+
+def test_a_second_purge_leaves_kept_revisions_and_unaffected_repos_byte_identical(requested, tmp_path):
+    src, req, root = requested
+    hub = copy_hub(src, tmp_path / "hub")
+    untouched = {r: _sha_tree(hub.repo_dir(r)) for r in (U, V)}  # copies taken before any purge
+    ok(invoke("--hub", hub.root, "takedown", req))
+    assert {r: _sha_tree(hub.repo_dir(r)) for r in (U, V)} == untouched
+    kept = {r: hub.head(r) for r in AFFECTED}  # the first request's post-forget revisions
+    kept_bytes = {r: _revision_bytes(hub, r, rev) for r, rev in kept.items()}
+    stones_1 = {r: {c.id: hub.tombstones(r, c.id) for c in hub.history(r)} for r in AFFECTED}
+    second = tmp_path / "TKD-2026-002.yaml"
+    second.write_text(REQUEST.replace(RID, "TKD-2026-002").replace('["3"]', '["5"]'))
+    data = json.loads(ok(invoke("--hub", hub.root, "--json", "takedown", second)))
+    assert set(data["revisions"]) == set(AFFECTED)
+    for repo, rev in kept.items():
+        assert hub.head(repo) != rev
+        assert not hub.tombstones(repo, rev), repo  # never touched by the second request's purge
+        assert _revision_bytes(hub, repo, rev) == kept_bytes[repo], repo
+        assert hub.read_file(repo, WEIGHTS_FILE, rev)
+        # and the first request's tombstones are as they were
+        assert {c: t for c, t in ((c.id, hub.tombstones(repo, c.id)) for c in hub.history(repo))
+                if c in stones_1[repo]} == stones_1[repo], repo
+    assert {r: _sha_tree(hub.repo_dir(r)) for r in (U, V)} == untouched
+    assert verify(hub) == []
+    assert "audit ok: 2 request(s)" in ok(invoke("--hub", hub.root, "audit"))  # no `unpurged` for the kept ones
 
 
 # ----------------------------------------------------------------------------------------------- crash safety
@@ -371,9 +415,21 @@ def test_serve_answers_451_and_purges_lfs_files_for_the_real_client(story, tmp_p
         assert sorted(r["rfilename"] for r in info.removed if r["request"] == RID) == \
             ["fim-classes.safetensors", FIM_FILE, WEIGHTS_FILE]
         # The LFS purge through the unmodified client: the unlearned head's predecessor of a repo with history.
-        with pytest.raises(HfHubHTTPError):
+        with pytest.raises(HfHubHTTPError) as exc:
             list(HfApi(endpoint=url, token=False).list_lfs_files(W))  # the token is required
+        assert exc.value.response.status_code in (401, 403)
+        wrong = HfApi(endpoint=url, token="hf_" + "x" * 30)
+        with pytest.raises(HfHubHTTPError) as exc:  # and a wrong one is refused
+            list(wrong.list_lfs_files(W))
+        assert exc.value.response.status_code in (401, 403), exc.value.response.status_code
         files = {f.oid: f for f in api.list_lfs_files(W)}
+        stored = fingerprint(hub.root)
+        for token in ("hf_" + "x" * 30, False):  # deleting with a wrong token, or none, is refused and deletes nothing
+            with pytest.raises(HfHubHTTPError) as exc:
+                HfApi(endpoint=url, token=token).permanently_delete_lfs_files(W, list(files.values()),
+                                                                              rewrite_history=True)
+            assert exc.value.response.status_code in (401, 403), (token, exc.value.response.status_code)
+        assert fingerprint(hub.root) == stored
         s1, s2 = (hashlib.sha256(x).hexdigest() for x in (w1, w2))
         assert set(files) == {s1, s2}
         with pytest.raises(HfHubHTTPError) as exc:  # a file of the head is refused
@@ -394,5 +450,47 @@ def test_serve_answers_451_and_purges_lfs_files_for_the_real_client(story, tmp_p
         assert "unsupported" not in out, out
         assert hub.list_files(A) == before and all(hub.read_file(A, p) for p in before)
         assert verify(LocalHub(hub.root)) == []
+        # an endpoint that refuses the LFS purge API (here: a token it does not accept): one line, nothing changed
+        stored = fingerprint(hub.root)
+        out = HfHub(f"hf://{url.split('://')[1]}", token="hf_" + "x" * 30).purge_history(W, "TKD-LFS-2")
+        assert set(out) == {"unsupported"} and "history could not be purged" in out["unsupported"], out
+        assert len(out["unsupported"].splitlines()) == 1
+        assert fingerprint(hub.root) == stored
     finally:
         stop_server(proc)
+
+
+# ----------------------------------------------------------------------------------------------- remote (hf://)
+try:  # fixtures: a real `fiun-hub serve` on a hub (test_hf_hub skips itself without starlette/uvicorn)
+    from test_hf_hub import mirror, online, serve  # noqa: E402,F401
+    HAVE_SERVE = True
+except pytest.skip.Exception:
+    HAVE_SERVE = False
+
+
+@pytest.mark.skipif(not HAVE_SERVE, reason="needs starlette and uvicorn (fiun-hub serve)")
+def test_cli_forget_purge_over_hf_purges_the_served_hub(dag, serve, cli, tmp_path):
+    """`takedown`/`audit` need a local hub (their ledger publishes atomically with the repos), so over hf:// the
+    purge is `forget --purge`: the endpoint's LFS purge through the unmodified client."""
+    from fiun_hub.hub import open_hub
+    from test_forget import FORGET
+
+    spec = serve(LocalHub.init(tmp_path / "served").root)
+    mirror(LocalHub(dag[0]), open_hub(spec))
+    served = LocalHub(tmp_path / "served")
+    before = {r: served.head(r) for r in served.list_repos()}
+    code, out, err = cli("--hub", spec, "forget", "--origin", R, "--classes", FORGET, "--purge")
+    assert code == 0, (out, err)
+    assert "LFS file(s) of pre-forget revisions" in out and "history could not be purged" not in out, out
+    served = LocalHub(tmp_path / "served")
+    for repo in AFFECTED:
+        old = before[repo]
+        assert served.head(repo) != old
+        assert not _blob(served, repo, old, WEIGHTS_FILE).exists(), repo
+        assert WEIGHTS_FILE in served.tombstones(repo, old), repo
+        assert served.read_file(repo, WEIGHTS_FILE)  # the head is whole
+    for repo in (U, V):
+        assert served.head(repo) == before[repo] and not served.tombstones(repo, before[repo])
+    assert verify(served) == []
+    code, _, err = cli("--hub", spec, "takedown", "x.yaml")
+    assert code == 2 and "needs a local hub folder" in err
