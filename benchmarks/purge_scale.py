@@ -204,7 +204,7 @@ def _measure_in_subprocess(src: Path, work: Path, mode: str, log) -> dict:
     cmd = [sys.executable, __file__, "--measure", str(work), "--mode", mode, "--measure-out", str(out_json)]
     proc = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True)
     if proc.returncode != 0:
-        raise SystemExit(f"measure {mode} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        raise SystemExit(f"measure {mode} failed (exit {proc.returncode}; -9 is a kill, e.g. the OOM killer):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     data = json.loads(out_json.read_text())
     shutil.rmtree(work, ignore_errors=True)
     return data
