@@ -1001,7 +1001,7 @@ def plan_report(hub: LocalHub, tp: TakedownPlan) -> dict[str, Any]:
     entry.update(findings=tp.undeclared, ok=not tp.problems, todo=list(tp.targets), record_only=list(tp.record_only))
     return {"kind": "takedown-plan", "hub": str(hub.root), "generated_at": _now(), "ok": not tp.problems,
             "eval_data": None, "max_forget_acc": None, "ledger_revision": None, "problems": tp.problems,
-            "findings": undeclared, "requests": [entry]}
+            "findings": tp.undeclared, "requests": [entry]}
 
 
 def audit(hub: LocalHub, request_id: str | None = None, *, eval_data: str | None = None,

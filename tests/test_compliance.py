@@ -116,7 +116,8 @@ def build_story(root: Path, src: Path, info: dict) -> dict:
     s: dict = {"info": info, "before_heads": heads(hub)}
     H = ("--hub", hub_dir)
     before = fingerprint(hub_dir)
-    s["dry"] = invoke(*H, "takedown", req, "--dry-run")
+    s["dry"] = invoke(*H, "takedown", req, "--dry-run", "--report", root / "plan.json")
+    s["plan_report"] = json.loads((root / "plan.json").read_text())
     s["dry_unchanged"] = fingerprint(hub_dir) == before
     s["takedown"] = invoke(*H, "--json", "takedown", req, "--eval-data", "digits:test",
                            "--report", root / "takedown.html")
@@ -157,6 +158,10 @@ def test_dry_run_shows_the_affected_set_and_changes_nothing(story):
     for repo in AFFECTED:
         assert repo in out
     assert U not in out and V not in out
+    plan = story["plan_report"]  # `--dry-run --report`: the plan's report, nothing applied
+    assert plan["kind"] == "takedown-plan" and plan["ok"] is True
+    assert sorted(plan["requests"][0]["todo"]) == sorted(AFFECTED)
+    assert plan["findings"] == plan["requests"][0]["findings"]  # the trained DAG declares every edge
 
 
 def test_takedown_forgets_everything_derived_and_records_it(story):
