@@ -715,7 +715,6 @@ def infer(hub, g=None, entries: dict | None = None) -> list[SuspectedEdge]:
     fps = head_fingerprints(hub, entries)
     pairs, merges = relate(fps)
     pairs = _prune(pairs)
-    merge_children = {m[0] for m in merges}
     edges: list[SuspectedEdge] = []
     since: dict[str, str] = {}
 
