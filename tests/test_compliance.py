@@ -118,6 +118,9 @@ def build_story(root: Path, src: Path, info: dict) -> dict:
     before = fingerprint(hub_dir)
     s["dry"] = invoke(*H, "takedown", req, "--dry-run", "--report", root / "plan.json")
     s["plan_report"] = json.loads((root / "plan.json").read_text())
+    s["dry_md"] = invoke(*H, "takedown", req, "--dry-run", "--report", root / "plan.md")
+    s["dry_html"] = invoke(*H, "takedown", req, "--dry-run", "--report", root / "plan.html")
+    s["plan_md"], s["plan_html"] = (root / "plan.md").read_text(), (root / "plan.html").read_text()
     s["dry_unchanged"] = fingerprint(hub_dir) == before
     s["takedown"] = invoke(*H, "--json", "takedown", req, "--eval-data", "digits:test",
                            "--report", root / "takedown.html")
@@ -162,6 +165,9 @@ def test_dry_run_shows_the_affected_set_and_changes_nothing(story):
     assert plan["kind"] == "takedown-plan" and plan["ok"] is True
     assert sorted(plan["requests"][0]["todo"]) == sorted(AFFECTED)
     assert plan["findings"] == plan["requests"][0]["findings"]  # the trained DAG declares every edge
+    ok(story["dry_md"]), ok(story["dry_html"])
+    for text in (story["plan_md"], story["plan_html"]):  # the same plan in the other two formats
+        assert all(repo in text for repo in AFFECTED)
 
 
 def test_takedown_forgets_everything_derived_and_records_it(story):
