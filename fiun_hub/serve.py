@@ -75,7 +75,9 @@ MAX_COMMIT_LINES = 100_000  # operations in one NDJSON commit (the preupload and
 HEADER_LIMIT = 64 << 10  # request line + headers, bytes (h11_max_incomplete_event_size); larger: 400, closed
 HEADER_TIMEOUT_S = 10.0  # a connection must send a whole request head within this (and again after each answer)
 BODY_TIMEOUT_S = 60.0  # at most this long between two pieces of a request body; then 408 and the connection closes
-KEEP_ALIVE_S = 5.0  # an idle keep-alive connection is closed after this (uvicorn's timeout_keep_alive)
+KEEP_ALIVE_S = 9.0  # an idle keep-alive connection is closed after this (uvicorn's timeout_keep_alive). Longer
+# than huggingface_hub's httpx pool keeps one (keepalive_expiry 5 s): with equal times the client reuses a connection
+# the server is closing and a POST fails with "connection reset"
 WRITE_BATCH = 4 * MB
 MEMORY_STAGE_MB = 64  # uploads up to this size are held in memory until their commit ($FIUN_HUB_SERVE_MEMORY_MB)
 PAGE_MODELS, PAGE_TREE, PAGE_COMMITS = 1000, 1000, 100

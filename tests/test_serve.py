@@ -681,3 +681,28 @@ def test_half_sent_requests_are_closed(server, tmp_path):
         for s in socks:
             s.close()
         stop_server(proc)
+
+
+def test_an_idle_connection_outlives_the_clients_keep_alive(server):
+    """huggingface_hub's httpx pool reuses an idle connection for up to ``keepalive_expiry`` seconds; a server that
+    closes idle connections at the same moment races it, and the client's POST fails with "connection reset" (seen
+    once in CI: `permanently_delete_lfs_files` after a 5 s pause). The server must keep one open longer."""
+    import http.client
+    import time
+
+    import httpx2
+
+    expiry = httpx2.Limits().keepalive_expiry
+    host, port = server.url.split("//", 1)[1].rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        conn.request("GET", "/api/models")
+        first = conn.getresponse()
+        first.read()
+        time.sleep(expiry + 0.5)  # idle a little longer than the client would keep the connection
+        conn.request("GET", "/api/models")  # http.client does not reconnect: this needs the same socket
+        second = conn.getresponse()
+        second.read()
+    finally:
+        conn.close()
+    assert (first.status, second.status) == (200, 200)
