@@ -37,7 +37,6 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -194,20 +193,8 @@ def measure(hub_dir: Path, mode: str) -> dict:
 
 
 def _measure_in_subprocess(src: Path, work: Path, mode: str, log) -> dict:
-    if work.exists():
-        shutil.rmtree(work)
-    t = time.perf_counter()
-    shutil.copytree(src, work, symlinks=True)
-    os.sync()
-    log(f"  copied the hub in {time.perf_counter() - t:.1f}s; measuring {mode}")
-    out_json = work.parent / f"purge-measure-{mode}.json"
-    cmd = [sys.executable, __file__, "--measure", str(work), "--mode", mode, "--measure-out", str(out_json)]
-    proc = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"measure {mode} failed (exit {proc.returncode}; -9 is a kill, e.g. the OOM killer):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    data = json.loads(out_json.read_text())
-    shutil.rmtree(work, ignore_errors=True)
-    return data
+    return scale.run_on_copy(src, work, __file__, ["--mode", mode], work.parent / f"purge-measure-{mode}.json",
+                             mode, log)
 
 
 def main(argv: list[str] | None = None) -> dict:

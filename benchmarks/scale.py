@@ -373,24 +373,31 @@ def measure(hub_dir: Path, executor: str, workers: int, batched: bool, warm: boo
     return out
 
 
-def _measure_in_subprocess(src: Path, work: Path, executor: str, workers: int, batched: bool, log,
-                           warm: bool = False) -> dict:
+def run_on_copy(src: Path, work: Path, script: str, args: list[str], out_json: Path, what: str, log) -> dict:
+    """Copy the hub ``src`` to ``work`` (fresh), run ``script --measure work <args> --measure-out out_json`` in a
+    fresh single-threaded subprocess, and return the JSON it wrote; the copy is removed afterwards."""
     if work.exists():
         shutil.rmtree(work)
     t = time.perf_counter()
     shutil.copytree(src, work, symlinks=True)
     os.sync()  # flush the copy now: the forget's publish syncs the file system and would pay for it
-    log(f"  copied the hub in {time.perf_counter() - t:.1f}s; measuring {executor}{' batched' if batched else ''}")
-    out_json = work.parent / f"measure-{executor}-{int(batched)}-{int(warm)}.json"
-    cmd = [sys.executable, __file__, "--measure", str(work), "--executor", executor, "--workers", str(workers),
-           "--measure-out", str(out_json)] + (["--batched"] if batched else []) + (["--warm"] if warm else [])
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    log(f"  copied the hub in {time.perf_counter() - t:.1f}s; measuring {what}")
+    cmd = [sys.executable, script, "--measure", str(work), *args, "--measure-out", str(out_json)]
+    proc = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True)
     if proc.returncode != 0:
-        raise SystemExit(f"measure {executor} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        raise SystemExit(f"measure {what} failed (exit {proc.returncode}; -9 is a kill, e.g. the OOM killer):\n"
+                         f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     data = json.loads(out_json.read_text())
     shutil.rmtree(work, ignore_errors=True)
     return data
+
+
+def _measure_in_subprocess(src: Path, work: Path, executor: str, workers: int, batched: bool, log,
+                           warm: bool = False) -> dict:
+    args = ["--executor", executor, "--workers", str(workers)] + (["--batched"] if batched else []) \
+        + (["--warm"] if warm else [])
+    return run_on_copy(src, work, __file__, args, work.parent / f"measure-{executor}-{int(batched)}-{int(warm)}.json",
+                       f"{executor}{' batched' if batched else ''}", log)
 
 
 # ============================================================================================== main
