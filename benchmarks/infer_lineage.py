@@ -145,10 +145,14 @@ class Planter:
             ind.append(self.push(f"ind-sameseed-{'ab'[j]}", m, "independent", detail_seed=777))
         p1, p2, p3 = ind[0], ind[1], ind[2]
         ft = {}
+        unseen = LabeledData(torch.cat([self.shards[i].x for i in (2, 3, 4, 5)]),
+                             torch.cat([self.shards[i].y for i in (2, 3, 4, 5)]), self.labels)
         for pi, p in ((1, p1), (2, p2)):
             for e in range(1, 6):
+                # each fine-tune its own data (200 images the parent never saw) and seed: made by someone else
+                pick = torch.randperm(len(unseen), generator=torch.Generator().manual_seed(10 * pi + e))[:200]
                 m = self.model_from(p)
-                self.train(m, 4, e, 1e-3, 40 + e)
+                self.train(m, unseen.subset(pick), e, 1e-3, 40 + 10 * pi + e)
                 declared = (pi, e) in ((1, 3), (2, 5))
                 ft[(pi, e)] = self.push(f"ft-e{e}-p{pi}", m, "fine-tune", [p], declared, epochs=e)
         clients = []
@@ -232,12 +236,13 @@ def score(truth: dict, edges: list[dict]) -> dict:
             found.setdefault(child, []).append({**e, "true_parent": parent,
                                                 "direction_ok": e["parent"] == parent and e["child"] == child})
     n = len(edges)
+    in_family = {x for e in edges if related(truth, e["parent"], e["child"]) != "false" for x in (e["parent"], e["child"])}
     per_kind = {}
     misses = []
     for kind in KINDS:
         planted = [r for r, t in truth.items() if t["kind"] == kind]
         rows = {"planted": len(planted), "found": 0, "all_parents_found": 0, "direction_ok": 0,
-                "declared_right": 0}
+                "declared_right": 0, "found_in_family": 0}
         for r in planted:
             hits = found.get(r, [])
             parents = set(truth[r]["parents"])
@@ -250,7 +255,9 @@ def score(truth: dict, edges: list[dict]) -> dict:
                 misses.append({"repo": r, **{k: v for k, v in truth[r].items() if k != "parents"},
                                "parents": sorted(parents)})
             rows["all_parents_found"] += got == parents
+            rows["found_in_family"] += r in in_family
         rows["recall"] = round(rows["found"] / len(planted), 4) if planted else None
+        rows["family_recall"] = round(rows["found_in_family"] / len(planted), 4) if planted else None
         per_kind[kind] = rows
     independents = [r for r, t in truth.items() if t["kind"] == "independent"]
     flagged_ind = sorted({x for e in false_edges for x in (e["parent"], e["child"]) if x in independents})
@@ -265,6 +272,58 @@ def score(truth: dict, edges: list[dict]) -> dict:
         "related_edges": related_edges[:50],
         "misses": misses,
     }
+
+
+def _ancestors(truth: dict, r: str) -> set:
+    seen, todo = set(), [r]
+    while todo:
+        for p in truth.get(todo.pop(), {}).get("parents", []):
+            if p not in seen:
+                seen.add(p)
+                todo.append(p)
+    return seen
+
+
+def audit_recall(hub, truth: dict) -> dict:
+    """What takedown plans and audits see: ``fingerprint.derivatives_of`` with one true parent's head as the
+    source (the parent itself excluded), for every planted parent. A derivative is found when a query of one of
+    its parents returns it; a returned model is *descendant* (of the source: what a takedown must reach),
+    *related* (the source's family otherwise) or *false*."""
+    from fiun_hub import fingerprint as F
+    from fiun_hub import lineage
+
+    entries = lineage.read_index_file(hub)
+    parents = sorted({p for t in truth.values() for p in t["parents"]})
+    got: dict[str, set] = {}
+    verdicts = {"descendant": 0, "related": 0, "false": 0}
+    false = []
+    t0 = time.perf_counter()
+    for p in parents:
+        fp = F.load_fingerprint(hub, entries[p]["weights"])
+        out = F.derivatives_of(hub, {p: fp}, entries, exclude={p})
+        for repo, edge in out.get(p, []):
+            got.setdefault(p, set()).add(repo)
+            if p in _ancestors(truth, repo):
+                verdicts["descendant"] += 1
+            elif related(truth, p, repo) != "false":
+                verdicts["related"] += 1
+            else:
+                verdicts["false"] += 1
+                false.append({"source": p, "repo": repo, **edge.evidence})
+    per_kind = {}
+    misses = []
+    for kind in KINDS:
+        planted = [r for r, t in truth.items() if t["kind"] == kind]
+        found = [r for r in planted if any(r in got.get(p, set()) for p in truth[r]["parents"])]
+        misses += [r for r in planted if r not in found]
+        per_kind[kind] = {"planted": len(planted), "found": len(found),
+                          "recall": round(len(found) / len(planted), 4) if planted else None}
+    total = sum(verdicts.values())
+    return {"queries": len(parents), "seconds": round(time.perf_counter() - t0, 2), **verdicts,
+            "precision": round((verdicts["descendant"] + verdicts["related"]) / total, 4) if total else None,
+            "precision_descendants": round(verdicts["descendant"] / total, 4) if total else None,
+            "recall": {k: v["recall"] for k, v in per_kind.items()}, "per_kind": per_kind, "misses": misses,
+            "false_findings": false[:30]}
 
 
 def run_infer_cli(hub_root: Path) -> tuple[float, dict]:
@@ -296,15 +355,21 @@ def bench_quality(root: Path, archs: list[str], datasets: list[str], epochs: int
                 Planter(hub, arch, ds, truth, epochs).build()
                 print(f"    {time.perf_counter() - t:.0f} s", flush=True)
     build_s = time.perf_counter() - t0
+    res = rescore(root, truth, archs, datasets, epochs)
+    res["build_s"] = round(build_s, 1)
+    return res, truth, hub
+
+
+def rescore(root: Path, truth: dict, archs, datasets, epochs) -> dict:
     infer_s, data = run_infer_cli(root)
     res = score(truth, data["edges"])
-    res.update(models=len(truth), build_s=round(build_s, 1), infer_cli_s=round(infer_s, 2),
+    res.update(models=len(truth), infer_cli_s=round(infer_s, 2),
                undeclared_reported=data["undeclared"], archs=archs, datasets=datasets, epochs=epochs)
     # every edge as reported, for the record (small)
     res["reported"] = [{k: e.get(k) for k in ("parent", "child", "kind", "direction", "declared", "identical_tensors",
                                               "shared_tensors", "init_similarity", "learned_similarity",
                                               "merge_weights")} for e in data["edges"]]
-    return res, truth, hub
+    return res
 
 
 # ------------------------------------------------------------------------------------------------ (b) scale
@@ -348,9 +413,69 @@ def _make(job) -> tuple[str, dict, dict]:
     return sha, fp.to_json(), fp.layout.to_json()
 
 
-def population(n: int, family: int, bases: list[str], family_base: str, seed: int = 0) -> list[dict]:
-    """``n`` synthetic models: specs (``job`` for :func:`_make`, or ``same_as``: a re-upload) with their planted
-    truth."""
+def _arrays(fp_json: dict, t: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    import base64
+
+    return (np.frombuffer(bytes.fromhex(fp_json["digests"]), dtype=">u8"),
+            np.frombuffer(base64.b64decode(fp_json["norms"]), dtype="<f4"),
+            np.frombuffer(base64.b64decode(fp_json["sketch"]), dtype="<f4").reshape(t, -1))
+
+
+def _assemble(pool: dict, layout: dict, seed: int) -> tuple[str, dict, np.ndarray]:
+    """An independent-like model assembled per tensor: tensor ``t`` taken from a random one of ``pool`` (real
+    fingerprints of shuffled copies of trained models of one layout). A fingerprint is computed tensor by tensor,
+    so this equals ``compute_fingerprint`` of the safetensors file assembled the same way (checked on a sample by
+    :func:`check_assembled`); the weights key is a sha256 of the choice, not of bytes that were never written."""
+    import base64
+    import hashlib
+
+    t = len(layout["tensors"])
+    if "stacked" not in pool:
+        parts = [_arrays(p, t) for p in pool["fps"]]
+        pool["stacked"] = [np.stack([p[i] for p in parts]) for i in range(3)]
+    D, N, S = pool["stacked"]
+    rng = np.random.default_rng(seed)
+    choice = rng.integers(0, D.shape[0], size=t)
+    rows = np.arange(t)
+    digests, norms, sketch = D[choice, rows], N[choice, rows], S[choice, rows]
+    sha = hashlib.sha256(f"assembled {layout['key']} {seed}".encode()).hexdigest()
+    first = pool["fps"][0]
+    return sha, {"format": first["format"], "weights": sha, "layout": layout["key"], "k": first["k"],
+                 "digests": digests.astype(">u8").tobytes().hex(),
+                 "norms": base64.b64encode(norms.astype("<f4").tobytes()).decode(),
+                 "sketch": base64.b64encode(sketch.astype("<f4").tobytes()).decode()}, choice
+
+
+def check_assembled(pool_jobs: list, choice: np.ndarray, fp_json: dict, base_paths: dict) -> bool:
+    """Write the safetensors bytes of an assembled model (tensor ``t`` from variant ``choice[t]``) and compare
+    ``compute_fingerprint`` of them with the assembled fingerprint."""
+    from safetensors.numpy import load_file, save
+
+    from fiun_hub.fingerprint import compute_fingerprint
+
+    variants = []
+    for base, shuffle_seed, _, _ in pool_jobs:
+        shuf = np.random.default_rng(shuffle_seed)
+        arr = {}
+        for k, v in sorted(load_file(str(base_paths[base])).items()):
+            arr[k] = shuf.permutation(v.reshape(-1)).reshape(v.shape) if v.dtype.kind == "f" and v.size > 1 else v
+        variants.append(arr)
+    fp0 = compute_fingerprint(save(variants[0]), "x" * 64)
+    names = [n for n, _, _ in fp0.layout.tensors]
+    out = dict(variants[0])
+    for t, n in enumerate(names):
+        out[n] = variants[int(choice[t])][n]
+    fp = compute_fingerprint(save(out), "x" * 64)
+    d, nr, sk = _arrays(fp_json, len(names))
+    return bool((fp.digests == d.astype(np.uint64)).all() and np.array_equal(fp.norms, nr)
+                and np.array_equal(fp.sketch, sk))
+
+
+def population(n: int, family: int, bases: list[str], family_base: str, layouts: list[str],
+               seed: int = 0, group_p: float = 0.015) -> list[dict]:
+    """``n`` synthetic models: specs (``job`` for :func:`_make`, ``assembled``: an independent for
+    :func:`_assemble`, or ``same_as``: a re-upload) with their planted truth. The family comes first, so the
+    population of a smaller ``n`` is the start of a larger one."""
     rng = np.random.default_rng(seed)
     specs: list[dict] = [{"name": "fam/root", "job": (family_base, None, 0.0, 0), "kind": "independent",
                           "parents": []}]
@@ -359,18 +484,18 @@ def population(n: int, family: int, bases: list[str], family_base: str, seed: in
                       "kind": "noise", "parents": ["fam/root"]})
     j = 0
     while len(specs) < n:
-        base = bases[int(rng.integers(len(bases)))]
-        shuffle_seed = 20_000 + j
-        if rng.random() < 0.7:  # an independent
-            specs.append({"name": f"ind/m{j}", "job": (base, shuffle_seed, 0.0, 0), "kind": "independent",
-                          "parents": []})
+        if rng.random() >= group_p:  # an independent
+            specs.append({"name": f"ind/m{j}", "assembled": (layouts[int(rng.integers(len(layouts)))], 50_000 + j),
+                          "kind": "independent", "parents": []})
             j += 1
             continue
+        base = bases[int(rng.integers(len(bases)))]
+        shuffle_seed = 20_000 + j
         root = f"grp{j}/root"  # a small family: its own root (shuffled: unrelated to the rest) and its copies
         specs.append({"name": root, "job": (base, shuffle_seed, 0.0, 0), "kind": "independent", "parents": []})
         for c in range(int(rng.integers(1, 6))):
             if rng.random() < 0.2:
-                specs.append({"name": f"grp{j}/reupload-{c}", "job": None, "same_as": root, "kind": "re-upload",
+                specs.append({"name": f"grp{j}/reupload-{c}", "same_as": root, "kind": "re-upload",
                               "parents": [root]})
             else:
                 specs.append({"name": f"grp{j}/copy-{c}",
@@ -380,7 +505,10 @@ def population(n: int, family: int, bases: list[str], family_base: str, seed: in
     return specs[:n]
 
 
-def build_scale_hub(root: Path, specs: list[dict], base_paths: dict, workers: int) -> dict:
+_MADE: dict = {}  # job -> (sha, fingerprint json, layout json), shared by the sizes of one run
+
+
+def build_scale_hub(root: Path, specs: list[dict], base_paths: dict, pools: dict, workers: int) -> dict:
     """The scale hub: stub repos (one commit each), fingerprints of real bytes, an index naming them."""
     from concurrent.futures import ProcessPoolExecutor
     from types import SimpleNamespace
@@ -390,7 +518,7 @@ def build_scale_hub(root: Path, specs: list[dict], base_paths: dict, workers: in
     from fiun_hub.hub.local import atomic_write
 
     manifest = root / "bench-manifest.json"
-    key = json.dumps([[s["name"], s.get("job"), s.get("same_as")] for s in specs])
+    key = json.dumps([[s["name"], s.get("job"), s.get("assembled"), s.get("same_as")] for s in specs])
     if manifest.is_file():
         m = json.loads(manifest.read_text())
         if m.get("key") == key:
@@ -399,28 +527,36 @@ def build_scale_hub(root: Path, specs: list[dict], base_paths: dict, workers: in
     hub = LocalHub.init(root)
     store = SimpleNamespace(root=root)
     t0 = time.perf_counter()
-    jobs = [s["job"] for s in specs if s.get("job") is not None]
-    if workers > 1:
+    jobs = sorted({s["job"] for s in specs if s.get("job") is not None} - set(_MADE), key=str)
+    if workers > 1 and len(jobs) > 32:
         with ProcessPoolExecutor(workers, initializer=_load_bases, initargs=(base_paths,)) as ex:
-            made = list(ex.map(_make, jobs, chunksize=16))
+            _MADE.update(zip(jobs, ex.map(_make, jobs, chunksize=8)))
     else:
         _load_bases(base_paths)
-        made = [_make(j) for j in jobs]
+        _MADE.update((j, _make(j)) for j in jobs)
     fingerprint_s = time.perf_counter() - t0
     weights: dict[str, str] = {}
-    it = iter(made)
-    layouts = 0
+    layouts = set()
+    t0 = time.perf_counter()
+    assembled = 0
     for s in specs:
-        if s.get("job") is None:
+        if s.get("same_as"):
             weights[s["name"]] = weights[s["same_as"]]
             continue
-        sha, fp, layout = next(it)
+        if s.get("assembled"):
+            lk, seed = s["assembled"]
+            layout = pools[lk]["layout"]
+            sha, fp, _ = _assemble(pools[lk], layout, seed)
+            assembled += 1
+        else:
+            sha, fp, layout = _MADE[s["job"]]
         weights[s["name"]] = sha
-        lp = _layout_path(store, layout["key"])
-        if not lp.is_file():
-            atomic_write(lp, json.dumps(layout, separators=(",", ":")).encode(), fsync=False)
-            layouts += 1
+        if layout["key"] not in layouts:
+            atomic_write(_layout_path(store, layout["key"]), json.dumps(layout, separators=(",", ":")).encode(),
+                         fsync=False)
+            layouts.add(layout["key"])
         atomic_write(fingerprint_path(store, sha), json.dumps(fp, separators=(",", ":")).encode(), fsync=False)
+    write_s = time.perf_counter() - t0
     t1 = time.perf_counter()
     names = [s["name"] for s in specs]
     for start in range(0, len(names), 250):
@@ -432,22 +568,41 @@ def build_scale_hub(root: Path, specs: list[dict], base_paths: dict, workers: in
     for r in names:
         entries[r]["weights"] = weights[r]
     lineage.write_index_file(hub, entries)
-    info = {"models": len(specs), "distinct_weights": len(set(weights.values())), "layouts": layouts,
-            "fingerprint_s": round(fingerprint_s, 1), "fingerprint_ms_per_model": round(1000 * fingerprint_s /
-                                                                                        max(1, len(jobs)), 1),
+    info = {"models": len(specs), "distinct_weights": len(set(weights.values())), "layouts": len(layouts),
+            "computed_fingerprints": len(jobs), "assembled_fingerprints": assembled,
+            "compute_s": round(fingerprint_s, 1), "write_fingerprints_s": round(write_s, 1),
+            "compute_ms_per_model": round(1000 * fingerprint_s / max(1, len(jobs)), 1),
             "publish_stubs_s": round(publish_s, 1), "workers": workers}
     manifest.write_text(json.dumps({"key": key, "info": info}))
     return info
 
 
-def bench_scale(root: Path, n: int, family: int, base_paths: dict, family_base: str, workers: int, repeats: int,
-                profile: bool) -> dict:
+def make_pools(base_paths: dict, base_layouts: dict, per_layout_bases: int, variants: int) -> tuple[dict, dict]:
+    """Per layout: real fingerprints of ``variants`` shuffled copies of each of up to ``per_layout_bases`` trained
+    models, and one assembled model checked against ``compute_fingerprint`` of its bytes."""
+    by: dict[str, list[str]] = {}
+    for r, lk in sorted(base_layouts.items()):
+        by.setdefault(lk, []).append(r)
+    jobs = {lk: [(b, 40_000 + 100 * i + v, 0.0, 0) for i, b in enumerate(rs[:per_layout_bases])
+                 for v in range(variants)] for lk, rs in by.items()}
+    _load_bases(base_paths)
+    pools, checks = {}, {}
+    for lk, js in jobs.items():
+        made = [_make(j) for j in js]
+        pools[lk] = {"fps": [m[1] for m in made], "layout": made[0][2], "bases": sorted({j[0] for j in js})}
+        _, fp, choice = _assemble(pools[lk], pools[lk]["layout"], 7)
+        checks[lk[:12]] = check_assembled(js, choice, fp, base_paths)
+    return pools, checks
+
+
+def bench_scale(root: Path, n: int, family: int, base_paths: dict, family_base: str, pools: dict,
+                layout_weights: list[str], workers: int, repeats: int, profile: bool) -> dict:
     from fiun_hub import fingerprint as F
 
     bases = sorted(base_paths)
-    specs = population(n, family, bases, family_base)
+    specs = population(n, family, bases, family_base, layout_weights)
     print(f"  scale hub: {n:,} models (family of {min(family, n - 1)}) ...", flush=True)
-    info = build_scale_hub(root, specs, base_paths, workers)
+    info = build_scale_hub(root, specs, base_paths, pools, workers)
     hub = LocalHub(root)
     cli_s, data = [], None
     for _ in range(repeats):
@@ -492,15 +647,22 @@ def bench_scale(root: Path, n: int, family: int, base_paths: dict, family_base: 
 # ------------------------------------------------------------------------------------------------ report
 def markdown(res: dict) -> str:
     q = res["quality"]
+    a = res.get("audit", {})
     out = [f"Quality: {q['models']} models ({', '.join(q['archs'])} on {', '.join(q['datasets'])}), "
            f"{q['edges']} edges reported: {q['correct']} correct, {q['related']} related, {q['false']} false; "
            f"precision {q['precision']} (strict, true parent only: {q['precision_strict']}); "
            f"independents flagged: {len(q['independents_flagged'])} of {q['independents']}", "",
-           "| kind | planted | found | recall | all parents | direction right | declared flag right |",
-           "|---|---:|---:|---:|---:|---:|---:|"]
+           "| kind | planted | `--infer`: edge to the true parent | recall | all parents | direction right | "
+           "declared flag right | in its family | audit (`derivatives_of` the parent) |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for kind, r in q["per_kind"].items():
+        ak = a.get("per_kind", {}).get(kind, {})
         out.append(f"| {kind} | {r['planted']} | {r['found']} | {r['recall']} | {r['all_parents_found']} | "
-                   f"{r['direction_ok']} | {r['declared_right']} |")
+                   f"{r['direction_ok']} | {r['declared_right']} | {r['found_in_family']} ({r['family_recall']}) | "
+                   f"{ak.get('found')} ({ak.get('recall')}) |")
+    if a:
+        out += ["", f"Audit queries: {a['queries']} sources, {a['descendant']} descendants + {a['related']} related + "
+                    f"{a['false']} false returned (precision {a['precision']}), {a['seconds']} s"]
     if q["misses"]:
         out += ["", "Misses: " + "; ".join(f"{m['repo']} ({m['kind']})" for m in q["misses"])]
     out += ["", "| models in the index | CLI `--infer` (median) | in-process `infer` | edges | precision | "
@@ -524,8 +686,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--family", type=int, default=500, help="near copies of one parent in the scale hub")
     ap.add_argument("--workers", type=int, default=2, help="processes computing the scale fingerprints")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--pool-bases", type=int, default=4, help="trained models per layout for the independents")
+    ap.add_argument("--pool-variants", type=int, default=8, help="shuffled copies of each of them")
+    ap.add_argument("--one-layout", action="store_true", help="every synthetic independent in the family's layout "
+                                                              "(one bucket: the worst case)")
     ap.add_argument("--profile", action="store_true", help="cProfile one in-process infer at each size")
     ap.add_argument("--keep", help="keep the hubs under this folder (and reuse the scale fingerprints)")
+    ap.add_argument("--reuse", action="store_true", help="with --keep: reuse the trained quality hub of an earlier "
+                                                         "run with the same archs, datasets and epochs")
     ap.add_argument("--quick", action="store_true", help="test_resnet only, sizes 300,1000, family 100")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "infer_lineage.json"))
     args = ap.parse_args(argv)
@@ -546,22 +714,46 @@ def main(argv: list[str] | None = None) -> dict:
         base_dir = Path(tmp.name)
     try:
         qroot = base_dir / "quality-hub"
-        if qroot.exists():
-            import shutil
+        saved = base_dir / "quality-truth.json"
+        if args.reuse and saved.is_file() and json.loads(saved.read_text()).get("args") == [archs, datasets, args.epochs]:
+            print(f"quality: reusing {qroot}", flush=True)
+            truth = json.loads(saved.read_text())["truth"]
+            q, hub = rescore(qroot, truth, archs, datasets, args.epochs), LocalHub(qroot)
+        else:
+            if qroot.exists():
+                import shutil
 
-            shutil.rmtree(qroot)
-        print("quality: planting derivatives ...", flush=True)
-        q, truth, hub = bench_quality(qroot, archs, datasets, args.epochs)
+                shutil.rmtree(qroot)
+            print("quality: planting derivatives ...", flush=True)
+            q, truth, hub = bench_quality(qroot, archs, datasets, args.epochs)
+            saved.write_text(json.dumps({"args": [archs, datasets, args.epochs], "truth": truth}))
         res["quality"] = q
         res["truth"] = truth
         print(f"  {q['edges']} edges, precision {q['precision']}, infer {q['infer_cli_s']} s", flush=True)
-        base_paths = {r: hub.blob_path(r, hub.list_files(r)[WEIGHTS_FILE]) for r in sorted(truth)
+        from fiun_hub import lineage
+        from fiun_hub.fingerprint import load_fingerprint
+
+        res["audit"] = audit_recall(hub, truth)
+        a = res["audit"]
+        print(f"  audit (derivatives_of each true parent): recall {a['recall']}, false {a['false']}", flush=True)
+        entries = lineage.read_index_file(hub)
+        base_paths = {r: hub.blob_path(r, entries[r]["weights"]) for r in sorted(truth)
                       if truth[r]["kind"] != "re-upload"}
+        base_layouts = {r: load_fingerprint(hub, entries[r]["weights"]).layout.key for r in base_paths}
         family_base = next(r for r in truth if truth[r]["kind"] == "independent")  # the first arch's seed 1
+        t0 = time.perf_counter()
+        pools, checks = make_pools(base_paths, base_layouts, args.pool_bases, args.pool_variants)
+        res["assembled_check"] = {"equal_to_compute_fingerprint": checks, "pool_s": round(time.perf_counter() - t0, 1),
+                                  "pool_bases": args.pool_bases, "pool_variants": args.pool_variants}
+        print(f"  pools of shuffled variants: {len(pools)} layouts, assembled == computed: {checks}", flush=True)
+        if args.one_layout:
+            layout_weights = [base_layouts[family_base]]
+        else:
+            layout_weights = [base_layouts[r] for r in sorted(base_layouts)]  # as many as that layout has models
         res["scale"] = []
         for n in sizes:
-            res["scale"].append(bench_scale(base_dir / f"scale-hub-{n}", n, args.family, base_paths, family_base,
-                                            args.workers, args.repeats, args.profile))
+            res["scale"].append(bench_scale(base_dir / f"scale-hub-{n}", n, args.family, base_paths, family_base, pools,
+                                            layout_weights, args.workers, args.repeats, args.profile))
             s = res["scale"][-1]
             print(f"  {n:,}: CLI {s['infer_cli_median_s']} s, in-process {s['infer_api_median_s']} s, "
                   f"{s['edges']:,} edges, precision {s['precision']}", flush=True)
