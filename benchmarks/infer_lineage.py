@@ -524,6 +524,10 @@ def build_scale_hub(root: Path, specs: list[dict], base_paths: dict, pools: dict
         if m.get("key") == key:
             print(f"  reusing {root} ({len(specs):,} models)", flush=True)
             return m["info"]
+    if root.exists():
+        import shutil
+
+        shutil.rmtree(root)  # a kept hub of another population
     hub = LocalHub.init(root)
     store = SimpleNamespace(root=root)
     t0 = time.perf_counter()

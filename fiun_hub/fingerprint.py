@@ -389,16 +389,17 @@ def _evidence(ga: _Group, ia: np.ndarray, ca: np.ndarray, gb: _Group, ib: np.nda
         return []
     va = ga.valid[ia][:, ca] & gb.valid[ib][:, cb]
     same = (ga.digests[ia][:, ca] == gb.digests[ib][:, cb]) & va
-    cos = np.einsum("ptk,ptk->pt", ga.unit[ia][:, ca, :], gb.unit[ib][:, cb, :])
-    out = []
-    for p in range(ia.size):
-        v = va[p]
-        sims = []
-        for grp in (~learned, learned):
-            m = v & grp
-            sims.append(float(cos[p][m].mean()) if m.any() else None)
-        out.append(Evidence(int(v.sum()), int(same[p].sum()), sims[0], sims[1]))
-    return out
+    cos = np.einsum("ptk,ptk->pt", ga.unit[ia][:, ca, :], gb.unit[ib][:, cb, :]).astype(np.float64)
+    # the means over each group's valid tensors for all pairs at once (a per-pair loop of masked means was most
+    # of the time of a large family: ~125k pairs for 500 near copies)
+    means = []
+    for grp in (~learned, learned):
+        m = va & grp[None, :]
+        n = m.sum(axis=1)
+        tot = np.where(m, cos, 0.0).sum(axis=1)
+        means.append([None if k == 0 else float(t / k) for t, k in zip(tot.tolist(), n.tolist())])
+    shared, ident = va.sum(axis=1).tolist(), same.sum(axis=1).tolist()
+    return [Evidence(int(shared[p]), int(ident[p]), means[0][p], means[1][p]) for p in range(ia.size)]
 
 
 def _matched(la: Layout, lb: Layout) -> tuple[np.ndarray, np.ndarray] | None:
@@ -634,9 +635,45 @@ def _fit_merge(items: dict, child, cands: dict):
     return child, list(zip(parents, [float(c) for c in coef])), (r_init, r_learned), {p: cands[p] for p in parents}
 
 
+PRUNE_DENSE_MAX = 4096  # models in one connected set of pairs pruned with a dense score matrix
+
+
 def _prune(pairs: dict) -> dict:
     """Drop pairs explained by a third model closer to both (siblings, a grandparent): keep (a, b) unless some
-    c has a stronger suspected relation to a and to b."""
+    c has a stronger suspected relation to a and to b. Each connected set of pairs of up to ``PRUNE_DENSE_MAX``
+    models is checked with a dense score matrix (a family of 500 near copies is ~125k pairs); larger ones pair
+    by pair (:func:`_prune_pairwise`), with the same result."""
+    import networkx as nx
+
+    if not pairs:
+        return {}
+    g = nx.Graph()
+    g.add_edges_from(pairs)
+    keep: set = set()
+    for comp in nx.connected_components(g):
+        if len(comp) > PRUNE_DENSE_MAX:
+            keep |= set(_prune_pairwise({k: v for k, v in pairs.items() if k[0] in comp}))
+            continue
+        nodes = sorted(comp, key=str)
+        pos = {n: i for i, n in enumerate(nodes)}
+        keys = [k for k in g.subgraph(comp).edges()]
+        keys = [(a, b) if (a, b) in pairs else (b, a) for a, b in keys]
+        ia = np.array([pos[a] for a, _ in keys], dtype=np.int64)
+        ib = np.array([pos[b] for _, b in keys], dtype=np.int64)
+        sc = np.array([pairs[k][1].score for k in keys], dtype=np.float64)
+        S = np.full((len(nodes), len(nodes)), -np.inf)
+        S[ia, ib] = sc
+        S[ib, ia] = sc
+        for start in range(0, len(keys), 2048):
+            sl = slice(start, start + 2048)
+            bar = sc[sl, None] + 1e-9
+            explained = ((S[ia[sl]] > bar) & (S[ib[sl]] > bar)).any(axis=1)
+            keep.update(k for k, e in zip(keys[sl], explained.tolist()) if not e)
+    return {k: v for k, v in pairs.items() if k in keep}
+
+
+def _prune_pairwise(pairs: dict) -> dict:
+    """:func:`_prune`, one pair at a time."""
     nbr: dict = {}
     for (a, b), (_, ev) in pairs.items():
         nbr.setdefault(a, {})[b] = ev.score

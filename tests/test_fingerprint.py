@@ -222,3 +222,72 @@ def test_constant_and_non_finite_tensors_fingerprint_and_compare_without_warning
     assert kind == "close" and not merges
     # the constant tensor is no evidence though it is byte-identical in both; the inf tensor is identical
     assert ev.shared == 3 and ev.identical == 1
+
+
+def _random_fingerprints(n: int, seed: int = 0) -> dict:
+    """``n`` fingerprints of one small layout (2-D init tensors and 1-D learned ones), a few near copies of one
+    root among unrelated ones; some tensors constant (norm 0: no evidence) and some byte-identical."""
+    import numpy as np
+
+    from fiun_hub.fingerprint import SKETCH_K, Fingerprint, Layout, _layout_key
+
+    rng = np.random.default_rng(seed)
+    tensors = [(f"w{i}", "F32", (8, 8)) for i in range(5)] + [(f"b{i}", "F32", (8,)) for i in range(4)]
+    layout = Layout(_layout_key(tensors), tensors)
+    root = rng.standard_normal((len(tensors), SKETCH_K)).astype(np.float32)
+    out = {}
+    for i in range(n):
+        if i % 3 == 0:
+            sk = rng.standard_normal(root.shape).astype(np.float32)
+        else:
+            sk = root + rng.uniform(0.01, 0.4) * rng.standard_normal(root.shape).astype(np.float32)
+        digests = rng.integers(0, 2**63, size=len(tensors), dtype=np.uint64)
+        if i % 4 == 1:
+            digests[:3] = 7  # shared with other such models
+        norms = np.ones(len(tensors), np.float32)
+        norms[rng.integers(len(tensors))] = 0.0
+        out[f"m{i:02d}"] = Fingerprint(f"{i:064x}", layout, digests, norms, sk)
+    return out
+
+
+def test_evidence_of_all_pairs_at_once_equals_each_pair_by_hand():
+    """``_evidence`` (vectorised over pairs) against the rule written out per pair: shared = tensors valid in
+    both, identical = of those byte-identical, each group's similarity = mean cosine of its valid tensors."""
+    import numpy as np
+
+    from fiun_hub import fingerprint as F
+
+    fps = _random_fingerprints(30)
+    g = F._groups_of(fps)[next(iter(fps.values())).layout.key]
+    n = len(g.keys)
+    ia, ib = np.triu_indices(n, 1)
+    cols = np.arange(len(g.layout.tensors))
+    learned = g.layout.learned
+    evs = F._evidence(g, ia, cols, g, ib, cols, learned)
+    assert len(evs) == ia.size > 400
+    for p in range(ia.size):
+        a, b = fps[g.keys[ia[p]]], fps[g.keys[ib[p]]]
+        ua = a.sketch / np.linalg.norm(a.sketch, axis=1, keepdims=True)
+        ub = b.sketch / np.linalg.norm(b.sketch, axis=1, keepdims=True)
+        valid = (a.norms > 0) & (b.norms > 0)
+        cos = (ua * ub).sum(axis=1)
+        ev = evs[p]
+        assert ev.shared == valid.sum() and ev.identical == ((a.digests == b.digests) & valid).sum()
+        for got, grp in ((ev.init_similarity, ~learned), (ev.learned_similarity, learned)):
+            m = valid & grp
+            assert abs(got - cos[m].mean()) < 1e-5
+
+
+def test_prune_by_score_matrix_equals_pair_by_pair(monkeypatch):
+    """``_prune`` (dense score matrix per connected set) keeps exactly the pairs the pair-by-pair rule keeps, on
+    the suspected pairs of a family of near copies (most pairs explained by a closer third model), and in the
+    fallback for a set too large for the matrix."""
+    from fiun_hub import fingerprint as F
+
+    pairs, _ = F.relate(_random_fingerprints(40, seed=3))
+    assert len(pairs) > 100
+    want = F._prune_pairwise(pairs)
+    assert 0 < len(want) < len(pairs) / 2  # the rule drops most pairs of a family: the test can tell
+    assert F._prune(pairs) == want
+    monkeypatch.setattr(F, "PRUNE_DENSE_MAX", 5)
+    assert F._prune(pairs) == want
