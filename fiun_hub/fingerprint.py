@@ -387,9 +387,10 @@ def _evidence(ga: _Group, ia: np.ndarray, ca: np.ndarray, gb: _Group, ib: np.nda
                 for e in _evidence(ga, ia[s:s + EVIDENCE_CHUNK], ca, gb, ib[s:s + EVIDENCE_CHUNK], cb, learned)]
     if ia.size == 0:
         return []
-    va = ga.valid[ia][:, ca] & gb.valid[ib][:, cb]
-    same = (ga.digests[ia][:, ca] == gb.digests[ib][:, cb]) & va
-    cos = np.einsum("ptk,ptk->pt", ga.unit[ia][:, ca, :], gb.unit[ib][:, cb, :]).astype(np.float64)
+    ra, rb = (ia[:, None], ca[None, :]), (ib[:, None], cb[None, :])  # one gather each, not rows then columns
+    va = ga.valid[ra] & gb.valid[rb]
+    same = (ga.digests[ra] == gb.digests[rb]) & va
+    cos = np.einsum("ptk,ptk->pt", ga.unit[ra], gb.unit[rb]).astype(np.float64)
     # the means over each group's valid tensors for all pairs at once (a per-pair loop of masked means was most
     # of the time of a large family: ~125k pairs for 500 near copies)
     means = []
@@ -430,23 +431,25 @@ def candidate_pairs(groups: dict[str, _Group], queries: set | None = None, block
             ca, cb = m
             learned = ga.layout.learned[ca]
             comp_a = [_compact(ga, ca, ~learned), _compact(ga, ca, learned)]
-            comp_b = [_compact(gb, cb, ~learned), _compact(gb, cb, learned)]
+            comp_b = comp_a if ka == kb else [_compact(gb, cb, ~learned), _compact(gb, cb, learned)]
             rows = np.arange(len(ga.keys))
             if queries is not None:
                 rows = np.array([i for i, k in enumerate(ga.keys) if k in queries], dtype=np.int64)
             for start in range(0, rows.size, block):
                 r = rows[start:start + block]
-                ok = np.ones((r.size, len(gb.keys)), dtype=bool)
+                # all pairs of one layout: rows r = start.. need only the columns from start on (upper triangle)
+                lo = int(r[0]) if ka == kb and queries is None else 0
+                ok = np.ones((r.size, len(gb.keys) - lo), dtype=bool)
                 for A, B in zip(comp_a, comp_b):
                     if A is not None:
-                        ok &= (A[r] @ B.T) >= CANDIDATE_MIN
+                        ok &= (A[r] @ B[lo:].T) >= CANDIDATE_MIN
                 if ka == kb:
                     if queries is None:
-                        ok &= r[:, None] < np.arange(len(gb.keys))[None, :]
+                        ok &= r[:, None] < np.arange(lo, len(gb.keys))[None, :]
                     else:
                         ok &= r[:, None] != np.arange(len(gb.keys))[None, :]
                 ia, ib = np.nonzero(ok)
-                ia = r[ia]
+                ia, ib = r[ia], ib + lo
                 yield ga, gb, ia, ib, _evidence(ga, ia, ca, gb, ib, cb, learned)
             if queries is not None and ka != kb:  # the query may sit in the second layout
                 rows_b = np.array([i for i, k in enumerate(gb.keys) if k in queries], dtype=np.int64)
@@ -649,19 +652,23 @@ def _prune(pairs: dict) -> dict:
         return {}
     g = nx.Graph()
     g.add_edges_from(pairs)
+    comp_of = {}
+    comps = list(nx.connected_components(g))
+    for i, comp in enumerate(comps):
+        comp_of.update(dict.fromkeys(comp, i))
+    keys_of: list[list] = [[] for _ in comps]
+    for k in pairs:
+        keys_of[comp_of[k[0]]].append(k)
     keep: set = set()
-    for comp in nx.connected_components(g):
+    for comp, keys in zip(comps, keys_of):
         if len(comp) > PRUNE_DENSE_MAX:
-            keep |= set(_prune_pairwise({k: v for k, v in pairs.items() if k[0] in comp}))
+            keep |= set(_prune_pairwise({k: pairs[k] for k in keys}))
             continue
-        nodes = sorted(comp, key=str)
-        pos = {n: i for i, n in enumerate(nodes)}
-        keys = [k for k in g.subgraph(comp).edges()]
-        keys = [(a, b) if (a, b) in pairs else (b, a) for a, b in keys]
+        pos = {n: i for i, n in enumerate(sorted(comp, key=str))}
         ia = np.array([pos[a] for a, _ in keys], dtype=np.int64)
         ib = np.array([pos[b] for _, b in keys], dtype=np.int64)
         sc = np.array([pairs[k][1].score for k in keys], dtype=np.float64)
-        S = np.full((len(nodes), len(nodes)), -np.inf)
+        S = np.full((len(pos), len(pos)), -np.inf)
         S[ia, ib] = sc
         S[ib, ia] = sc
         for start in range(0, len(keys), 2048):
