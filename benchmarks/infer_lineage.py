@@ -326,13 +326,21 @@ def audit_recall(hub, truth: dict) -> dict:
             "false_findings": false[:30]}
 
 
+_LAST_CPU: list[float] = []  # CPU seconds (user + sys) of the last CLI run: less noisy than wall time here
+
+
 def run_infer_cli(hub_root: Path) -> tuple[float, dict]:
+    import resource
+
     cli = Path(sys.executable).with_name("fiun-hub")
     cmd = [str(cli)] if cli.exists() else [sys.executable, "-m", "cli.main"]
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     p = subprocess.run(cmd + ["--hub", str(hub_root), "--json", "lineage", "--infer"], capture_output=True,
                        text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     dt = time.perf_counter() - t0
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    _LAST_CPU[:] = [r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime]
     if p.returncode != 0:
         raise SystemExit(f"lineage --infer failed ({p.returncode}): {p.stderr.strip()[-500:]}")
     return dt, json.loads(p.stdout)
@@ -608,17 +616,20 @@ def bench_scale(root: Path, n: int, family: int, base_paths: dict, family_base: 
     print(f"  scale hub: {n:,} models (family of {min(family, n - 1)}) ...", flush=True)
     info = build_scale_hub(root, specs, base_paths, pools, workers)
     hub = LocalHub(root)
-    cli_s, data = [], None
+    cli_s, cli_cpu, data = [], [], None
     for _ in range(repeats):
         dt, data = run_infer_cli(root)
         cli_s.append(dt)
-    api_s = []
+        cli_cpu.append(_LAST_CPU[0])
+    api_s, api_cpu = [], []
     edges = None
     for _ in range(repeats):
         F._LAYOUTS.clear()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         edges = F.infer(hub)
         api_s.append(time.perf_counter() - t0)
+        api_cpu.append(time.process_time() - c0)
+    load = os.getloadavg()[0]
     prof = None
     if profile:
         import cProfile
@@ -642,6 +653,9 @@ def bench_scale(root: Path, n: int, family: int, base_paths: dict, family_base: 
     return {"models": n, "composition": kinds, **info,
             "infer_cli_s": [round(t, 2) for t in cli_s], "infer_cli_median_s": round(statistics.median(cli_s), 2),
             "infer_api_s": [round(t, 2) for t in api_s], "infer_api_median_s": round(statistics.median(api_s), 2),
+            "infer_cli_cpu_s": [round(t, 2) for t in cli_cpu], "infer_cli_cpu_median_s": round(statistics.median(cli_cpu), 2),
+            "infer_api_cpu_s": [round(t, 2) for t in api_cpu], "infer_api_cpu_median_s": round(statistics.median(api_cpu), 2),
+            "loadavg_1m_after": round(load, 2),
             "edges": len(data["edges"]), "api_edges": len(edges),
             "precision": sc["precision"], "precision_strict": sc["precision_strict"], "false": sc["false"],
             "recall": {k: v["recall"] for k, v in sc["per_kind"].items() if v["planted"]},
@@ -669,15 +683,19 @@ def markdown(res: dict) -> str:
                     f"{a['false']} false returned (precision {a['precision']}), {a['seconds']} s"]
     if q["misses"]:
         out += ["", "Misses: " + "; ".join(f"{m['repo']} ({m['kind']})" for m in q["misses"])]
-    out += ["", "| models in the index | CLI `--infer` (median) | in-process `infer` | edges | precision | "
-                "recall (noise / re-upload) |", "|---:|---:|---:|---:|---:|---|"]
+    out += ["", "| models in the index | CLI `--infer` wall (CPU) | in-process `infer` wall (CPU) | edges | precision | "
+                "recall (noise / re-upload) | load |", "|---:|---:|---:|---:|---:|---|---:|"]
     for s in res["scale"]:
-        out.append(f"| {s['models']:,} | {s['infer_cli_median_s']} s | {s['infer_api_median_s']} s | {s['edges']:,} | "
-                   f"{s['precision']} | {s['recall'].get('noise')} / {s['recall'].get('re-upload')} |")
+        out.append(f"| {s['models']:,} | {s['infer_cli_median_s']} s ({s.get('infer_cli_cpu_median_s')} s) | "
+                   f"{s['infer_api_median_s']} s ({s.get('infer_api_cpu_median_s')} s) | {s['edges']:,} | "
+                   f"{s['precision']} | {s['recall'].get('noise')} / {s['recall'].get('re-upload')} | "
+                   f"{s.get('loadavg_1m_after')} |")
     if len(res["scale"]) >= 2:
         a, b = res["scale"][0], res["scale"][-1]
         out.append(f"\n{b['models']:,} vs {a['models']:,}: CLI x{b['infer_cli_median_s'] / a['infer_cli_median_s']:.2f}, "
-                   f"in-process x{b['infer_api_median_s'] / a['infer_api_median_s']:.2f}")
+                   f"in-process x{b['infer_api_median_s'] / a['infer_api_median_s']:.2f}"
+                   + (f", in-process CPU x{b['infer_api_cpu_median_s'] / a['infer_api_cpu_median_s']:.2f}"
+                      if a.get("infer_api_cpu_median_s") else ""))
     return "\n".join(out)
 
 
@@ -746,7 +764,15 @@ def main(argv: list[str] | None = None) -> dict:
         base_layouts = {r: load_fingerprint(hub, entries[r]["weights"]).layout.key for r in base_paths}
         family_base = next(r for r in truth if truth[r]["kind"] == "independent")  # the first arch's seed 1
         t0 = time.perf_counter()
-        pools, checks = make_pools(base_paths, base_layouts, args.pool_bases, args.pool_variants)
+        cached = base_dir / "pools.json"
+        pkey = [sorted(base_paths), args.pool_bases, args.pool_variants]
+        if args.reuse and cached.is_file() and json.loads(cached.read_text()).get("key") == pkey:
+            c = json.loads(cached.read_text())
+            pools, checks = c["pools"], c["checks"]
+        else:
+            pools, checks = make_pools(base_paths, base_layouts, args.pool_bases, args.pool_variants)
+            cached.write_text(json.dumps({"key": pkey, "checks": checks, "pools": {
+                k: {kk: vv for kk, vv in v.items() if kk != "stacked"} for k, v in pools.items()}}))
         res["assembled_check"] = {"equal_to_compute_fingerprint": checks, "pool_s": round(time.perf_counter() - t0, 1),
                                   "pool_bases": args.pool_bases, "pool_variants": args.pool_variants}
         print(f"  pools of shuffled variants: {len(pools)} layouts, assembled == computed: {checks}", flush=True)
