@@ -699,12 +699,48 @@ def markdown(res: dict) -> str:
     return "\n".join(out)
 
 
+def run_scale(res: dict, hub: LocalHub, truth: dict, base_dir: Path, args, sizes: list[int]) -> None:
+    """Part (b): the pools of shuffled variants, then one scale hub per size, timed."""
+    from fiun_hub import lineage
+    from fiun_hub.fingerprint import load_fingerprint
+
+    entries = lineage.read_index_file(hub)
+    base_paths = {r: hub.blob_path(r, entries[r]["weights"]) for r in sorted(truth)
+                  if truth[r]["kind"] != "re-upload"}
+    base_layouts = {r: load_fingerprint(hub, entries[r]["weights"]).layout.key for r in base_paths}
+    family_base = next(r for r in truth if truth[r]["kind"] == "independent")  # the first arch's seed 1
+    t0 = time.perf_counter()
+    cached = base_dir / "pools.json"
+    pkey = [sorted(base_paths), args.pool_bases, args.pool_variants]
+    if args.reuse and cached.is_file() and json.loads(cached.read_text()).get("key") == pkey:
+        c = json.loads(cached.read_text())
+        pools, checks = c["pools"], c["checks"]
+    else:
+        pools, checks = make_pools(base_paths, base_layouts, args.pool_bases, args.pool_variants)
+        cached.write_text(json.dumps({"key": pkey, "checks": checks, "pools": {
+            k: {kk: vv for kk, vv in v.items() if kk != "stacked"} for k, v in pools.items()}}))
+    res["assembled_check"] = {"equal_to_compute_fingerprint": checks, "pool_s": round(time.perf_counter() - t0, 1),
+                              "pool_bases": args.pool_bases, "pool_variants": args.pool_variants}
+    print(f"  pools of shuffled variants: {len(pools)} layouts, assembled == computed: {checks}", flush=True)
+    if args.one_layout:
+        layout_weights = [base_layouts[family_base]]
+    else:
+        layout_weights = [base_layouts[r] for r in sorted(base_layouts)]  # as many as that layout has models
+    res["scale"] = []
+    for n in sizes:
+        res["scale"].append(bench_scale(base_dir / f"scale-hub-{n}", n, args.family, base_paths, family_base, pools,
+                                        layout_weights, args.workers, args.repeats, args.profile))
+        s = res["scale"][-1]
+        print(f"  {n:,}: CLI {s['infer_cli_median_s']} s, in-process {s['infer_api_median_s']} s, "
+              f"{s['edges']:,} edges, precision {s['precision']}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--archs", default="test_resnet,test_vit,test_convnext")
     ap.add_argument("--datasets", default="digits")
     ap.add_argument("--epochs", type=int, default=4, help="epochs of the models trained from scratch")
-    ap.add_argument("--sizes", default="1000,10000", help="models in the index for the timing")
+    ap.add_argument("--sizes", default="1000,10000", help="models in the index for the timing ('': quality only)")
     ap.add_argument("--family", type=int, default=500, help="near copies of one parent in the scale hub")
     ap.add_argument("--workers", type=int, default=2, help="processes computing the scale fingerprints")
     ap.add_argument("--repeats", type=int, default=3)
@@ -752,41 +788,12 @@ def main(argv: list[str] | None = None) -> dict:
         res["quality"] = q
         res["truth"] = truth
         print(f"  {q['edges']} edges, precision {q['precision']}, infer {q['infer_cli_s']} s", flush=True)
-        from fiun_hub import lineage
-        from fiun_hub.fingerprint import load_fingerprint
-
         res["audit"] = audit_recall(hub, truth)
         a = res["audit"]
         print(f"  audit (derivatives_of each true parent): recall {a['recall']}, false {a['false']}", flush=True)
-        entries = lineage.read_index_file(hub)
-        base_paths = {r: hub.blob_path(r, entries[r]["weights"]) for r in sorted(truth)
-                      if truth[r]["kind"] != "re-upload"}
-        base_layouts = {r: load_fingerprint(hub, entries[r]["weights"]).layout.key for r in base_paths}
-        family_base = next(r for r in truth if truth[r]["kind"] == "independent")  # the first arch's seed 1
-        t0 = time.perf_counter()
-        cached = base_dir / "pools.json"
-        pkey = [sorted(base_paths), args.pool_bases, args.pool_variants]
-        if args.reuse and cached.is_file() and json.loads(cached.read_text()).get("key") == pkey:
-            c = json.loads(cached.read_text())
-            pools, checks = c["pools"], c["checks"]
-        else:
-            pools, checks = make_pools(base_paths, base_layouts, args.pool_bases, args.pool_variants)
-            cached.write_text(json.dumps({"key": pkey, "checks": checks, "pools": {
-                k: {kk: vv for kk, vv in v.items() if kk != "stacked"} for k, v in pools.items()}}))
-        res["assembled_check"] = {"equal_to_compute_fingerprint": checks, "pool_s": round(time.perf_counter() - t0, 1),
-                                  "pool_bases": args.pool_bases, "pool_variants": args.pool_variants}
-        print(f"  pools of shuffled variants: {len(pools)} layouts, assembled == computed: {checks}", flush=True)
-        if args.one_layout:
-            layout_weights = [base_layouts[family_base]]
-        else:
-            layout_weights = [base_layouts[r] for r in sorted(base_layouts)]  # as many as that layout has models
         res["scale"] = []
-        for n in sizes:
-            res["scale"].append(bench_scale(base_dir / f"scale-hub-{n}", n, args.family, base_paths, family_base, pools,
-                                            layout_weights, args.workers, args.repeats, args.profile))
-            s = res["scale"][-1]
-            print(f"  {n:,}: CLI {s['infer_cli_median_s']} s, in-process {s['infer_api_median_s']} s, "
-                  f"{s['edges']:,} edges, precision {s['precision']}", flush=True)
+        if sizes:
+            run_scale(res, hub, truth, base_dir, args, sizes)
     finally:
         if tmp is not None:
             tmp.cleanup()
