@@ -387,10 +387,14 @@ def _evidence(ga: _Group, ia: np.ndarray, ca: np.ndarray, gb: _Group, ib: np.nda
                 for e in _evidence(ga, ia[s:s + EVIDENCE_CHUNK], ca, gb, ib[s:s + EVIDENCE_CHUNK], cb, learned)]
     if ia.size == 0:
         return []
-    ra, rb = (ia[:, None], ca[None, :]), (ib[:, None], cb[None, :])  # one gather each, not rows then columns
-    va = ga.valid[ra] & gb.valid[rb]
-    same = (ga.digests[ra] == gb.digests[rb]) & va
-    cos = np.einsum("ptk,ptk->pt", ga.unit[ra], gb.unit[rb]).astype(np.float64)
+    def take(arr, rows, cols):  # one gather: rows only when the columns are all of them in order (same layout)
+        if cols.size == arr.shape[1] and (cols == np.arange(cols.size)).all():
+            return np.take(arr, rows, axis=0)
+        return arr[rows[:, None], cols[None, :]]
+
+    va = take(ga.valid, ia, ca) & take(gb.valid, ib, cb)
+    same = (take(ga.digests, ia, ca) == take(gb.digests, ib, cb)) & va
+    cos = np.einsum("ptk,ptk->pt", take(ga.unit, ia, ca), take(gb.unit, ib, cb)).astype(np.float64)
     # the means over each group's valid tensors for all pairs at once (a per-pair loop of masked means was most
     # of the time of a large family: ~125k pairs for 500 near copies)
     means = []
