@@ -28,16 +28,21 @@ with planted derivatives, and its time at 1,000 and 10,000 models in the index.
     fingerprint computed by ``compute_fingerprint`` from real safetensors bytes: perturbed copies of the weights
     trained in (a). The population: one fine-tune family of ``--family`` (default 500) near copies of one parent
     (noise 1-10% of each tensor's std: the worst case for one layout bucket, every pair of the family is close),
-    small families (1-5 noise copies or re-uploads of one of (a)'s models), and independents (each tensor of one
-    of (a)'s models with its values shuffled: the same value distribution, no correlation). ``lineage --infer``
-    is timed as a CLI subprocess (end to end, Python start included) and in-process
-    (``fingerprint.infer``), median of ``--repeats``; precision / recall at that scale are reported too.
+    small families (a shuffled copy of one of (a)'s models and 1-5 noise copies or re-uploads of it), and
+    independents. Family members are fingerprinted from their bytes; an independent is assembled tensor by tensor
+    from the real fingerprints of ``--pool-variants`` shuffled copies (each tensor's values permuted: the same value
+    distribution, no correlation) of ``--pool-bases`` trained models of its layout. A fingerprint is computed tensor
+    by tensor, so that equals ``compute_fingerprint`` of the assembled file (checked on one model per layout), and
+    10,000 models build in minutes. ``lineage --infer`` is timed as a CLI subprocess (end to end, Python start
+    included) and in-process (``fingerprint.infer``), wall and CPU time, median of ``--repeats``; precision /
+    recall at that scale are reported too. The stub repos' commits hold no weights (only the index names them),
+    so this hub is for timing only (``verify`` would object).
 
 Writes ``benchmarks/results/infer_lineage.json`` and prints Markdown tables.
 
-Run:  HF_HUB_OFFLINE=1 nice -n 10 python benchmarks/infer_lineage.py              (several minutes on 2 cores)
+Run:  HF_HUB_OFFLINE=1 nice -n 10 python benchmarks/infer_lineage.py   (13 min on 2 shared cores at load 6-12)
       ... --quick        (test_resnet only, sizes 300 and 1,000, family 100: a smoke test)
-      ... --datasets digits,fashion-mnist   (adds the Fashion-MNIST variant)
+      ... --datasets digits,fashion-mnist   (adds the Fashion-MNIST variant; --sizes '' : the quality part only)
       ... --keep DIR     (keep both hubs; a later run with the same DIR reuses the scale fingerprints)
 """
 from __future__ import annotations
