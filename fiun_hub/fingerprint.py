@@ -645,9 +645,16 @@ def _fit_merge(items: dict, child, cands: dict):
 PRUNE_DENSE_MAX = 4096  # models in one connected set of pairs pruned with a dense score matrix
 
 
+def _whole_copy(ev: Evidence) -> bool:
+    """Every shared tensor byte-identical (a re-upload, or the same weights under another head): never explained
+    by a third model. Its cosines are 1 up to float rounding, so without this a third model with a cosine of 1
+    plus rounding (a frozen-backbone child) could prune a re-upload."""
+    return ev.shared > 0 and ev.identical == ev.shared
+
+
 def _prune(pairs: dict) -> dict:
     """Drop pairs explained by a third model closer to both (siblings, a grandparent): keep (a, b) unless some
-    c has a stronger suspected relation to a and to b. Each connected set of pairs of up to ``PRUNE_DENSE_MAX``
+    c has a stronger suspected relation to a and to b; whole copies (:func:`_whole_copy`) are always kept. Each connected set of pairs of up to ``PRUNE_DENSE_MAX``
     models is checked with a dense score matrix (a family of 500 near copies is ~125k pairs); larger ones pair
     by pair (:func:`_prune_pairwise`), with the same result."""
     import networkx as nx
@@ -679,7 +686,7 @@ def _prune(pairs: dict) -> dict:
             sl = slice(start, start + 2048)
             bar = sc[sl, None] + 1e-9
             explained = ((S[ia[sl]] > bar) & (S[ib[sl]] > bar)).any(axis=1)
-            keep.update(k for k, e in zip(keys[sl], explained.tolist()) if not e)
+            keep.update(k for k, e in zip(keys[sl], explained.tolist()) if not e or _whole_copy(pairs[k][1]))
     return {k: v for k, v in pairs.items() if k in keep}
 
 
@@ -693,7 +700,7 @@ def _prune_pairwise(pairs: dict) -> dict:
     for (a, b), v in pairs.items():
         s = v[1].score
         common = set(nbr[a]) & set(nbr[b])
-        if any(nbr[a][c] > s + 1e-9 and nbr[b][c] > s + 1e-9 for c in common):
+        if not _whole_copy(v[1]) and any(nbr[a][c] > s + 1e-9 and nbr[b][c] > s + 1e-9 for c in common):
             continue
         out[(a, b)] = v
     return out

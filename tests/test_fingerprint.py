@@ -291,3 +291,22 @@ def test_prune_by_score_matrix_equals_pair_by_pair(monkeypatch):
     assert F._prune(pairs) == want
     monkeypatch.setattr(F, "PRUNE_DENSE_MAX", 5)
     assert F._prune(pairs) == want
+
+
+def test_prune_keeps_a_reupload_whose_cosine_rounds_below_a_frozen_backbone_childs(monkeypatch):
+    """Measured on Fashion-MNIST (benchmarks/infer_lineage.py): a re-upload's cosines are 1 up to float32
+    rounding, and a frozen-backbone child of the same model (all but its head identical) came out 1e-7 higher,
+    so the re-upload counted as "explained" by the child and was dropped. Whole copies are never pruned."""
+    from fiun_hub import fingerprint as F
+
+    one_less, one_more = 0.99999994, 1.0000001  # cosines of 1 as float32 sums round them
+    pairs = {("p", "reupload"): ("identical", F.Evidence(77, 77, one_less, one_less)),
+             ("frozen", "p"): ("identical", F.Evidence(75, 75, one_more, one_more)),
+             ("frozen", "reupload"): ("identical", F.Evidence(75, 75, one_more, one_more)),
+             # a sibling pair explained by p: still dropped
+             ("ft", "p"): ("close", F.Evidence(77, 0, 0.999, 0.98)),
+             ("ft2", "p"): ("close", F.Evidence(77, 0, 0.999, 0.97)),
+             ("ft", "ft2"): ("close", F.Evidence(77, 0, 0.998, 0.96))}
+    for prune in (F._prune, F._prune_pairwise):
+        kept = prune(pairs)
+        assert ("p", "reupload") in kept and ("ft", "ft2") not in kept and ("ft", "p") in kept
