@@ -55,6 +55,9 @@ class NodePlan:
     sidecar_used: str = "own"
     # labels of this head that earlier forgets (other requests in its card) removed: kept inert by the update
     forgotten_before: list[str] = field(default_factory=list)
+    # an undeclared derivative adopted by `audit --fix --adopt`: {"repo", "revision", "evidence"} of the parent its
+    # weights look derived from (recorded as "adopted_from" with "inferred": true; its card's parents stay as they are)
+    adopted_from: dict[str, Any] | None = None
 
 
 @dataclass
@@ -616,6 +619,9 @@ def run_forget(
             "sidecar": node.sidecar_used,
             "at": now,
         }
+        if node.adopted_from is not None:
+            record["adopted_from"] = dict(node.adopted_from)
+            record["inferred"] = True
         if result is None:
             record["weights"] = "unchanged"
         if samples is not None:
@@ -628,7 +634,9 @@ def run_forget(
         files[CARD_FILE] = card
         changes[repo] = RepoChange(
             repo, files,
-            f"Forget {what} (request {plan.request_id}, FIUn from {', '.join(node.sources)})"
+            f"Forget {what} (request {plan.request_id}, FIUn from {', '.join(node.sources)}"
+            + (f"; adopted: weights look derived from {node.adopted_from['repo']}@"
+               f"{str(node.adopted_from['revision'])[:12]}" if node.adopted_from is not None else "") + ")"
             + ("; no forgotten label here, weights unchanged" if result is None else ""),
             parent_commit=node.head,
         )
