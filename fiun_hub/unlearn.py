@@ -59,6 +59,13 @@ class NodePlan:
     # weights look derived from (recorded as "adopted_from" with "inferred": true; its card's parents stay as they are)
     adopted_from: dict[str, Any] | None = None
 
+    def inferred_parents(self) -> list[tuple[str, str]] | None:
+        """``[(repo, revision)]`` of the inferred parent (adopted nodes), in place of the card's parents when
+        looking for ancestors' sidecars; None (the card's) otherwise."""
+        if self.adopted_from is None:
+            return None
+        return [(str(self.adopted_from["repo"]), str(self.adopted_from["revision"]))]
+
 
 @dataclass
 class Plan:
@@ -163,32 +170,64 @@ def plan_forget(
         if a.get("card_error"):
             node.problems.append(a["card_error"])
         if not done:
-            try:
-                info = hub.commit_info(repo, node.head)  # read once: config, sidecars and weights come from it
-                config = parse_config(read_at(hub, repo, info, CONFIG_FILE), f"{repo}:{CONFIG_FILE}")
-                sc, choice = resolve_sidecars(hub, repo, info, labels or config.labels, config.classifier)
-                node.sidecar_used = choice.describe()
-                loaded[repo] = (config, sc, info)
-                heads = _head_params(sc.layers, config.classifier)
-                node.head_shape = list(sc.model_fim[heads[0]].shape) if heads else None
-                if sc.labels != labels:
-                    node.problems.append(f"{repo}: sidecar labels differ from the card's; recompute the sidecar")
-                if not heads:
-                    node.problems.append(f"{repo}: its sidecar does not cover the head {config.classifier}, so it "
-                                         f"cannot be aligned; run `fiun-hub fim {repo} --layers head --data SPEC`")
-                if repo in origins and classes is not None:
-                    have = [c for c in node.forget_here if sc.counts.get(c, 0) > 0]
-                    if not have:
-                        node.problems.append(f"{repo}: origin has no per-class FIM for {', '.join(classes)}; "
-                                             f"run `fiun-hub fim {repo} --data SPEC` on data holding them")
-                for o in node.sources:
-                    if o != repo and o in loaded:
-                        node.problems += _mismatch(repo, sc, heads, o, loaded[o][1])
-            except FiunError as exc:
-                node.problems.append(str(exc))
+            _check_node(hub, node, loaded, origins, classes)
         nodes.append(node)
     return Plan(request_id, origins, classes, data_spec, float(alpha), float(lam), nodes,
                 g.number_of_nodes() - len(depths), loaded)
+
+
+def _check_node(hub: LocalHub, node: NodePlan, loaded: dict, origins: Sequence[str],
+                classes: Sequence[str] | None) -> None:
+    """Read ``node``'s head (config, sidecars: its own, else its ancestors' at the revisions it is pinned to, or
+    at its inferred parent's for an adopted node) into ``loaded`` and add to ``node.problems`` what would stop
+    its forget."""
+    repo, labels = node.repo, node.labels
+    try:
+        info = hub.commit_info(repo, node.head)  # read once: config, sidecars and weights come from it
+        config = parse_config(read_at(hub, repo, info, CONFIG_FILE), f"{repo}:{CONFIG_FILE}")
+        sc, choice = resolve_sidecars(hub, repo, info, labels or config.labels, config.classifier,
+                                      node.inferred_parents())
+        node.sidecar_used = choice.describe()
+        loaded[repo] = (config, sc, info)
+        heads = _head_params(sc.layers, config.classifier)
+        node.head_shape = list(sc.model_fim[heads[0]].shape) if heads else None
+        if sc.labels != labels:
+            node.problems.append(f"{repo}: sidecar labels differ from the card's; recompute the sidecar")
+        if not heads:
+            node.problems.append(f"{repo}: its sidecar does not cover the head {config.classifier}, so it "
+                                 f"cannot be aligned; run `fiun-hub fim {repo} --layers head --data SPEC`")
+        if repo in origins and classes is not None:
+            have = [c for c in node.forget_here if sc.counts.get(c, 0) > 0]
+            if not have:
+                node.problems.append(f"{repo}: origin has no per-class FIM for {', '.join(classes)}; "
+                                     f"run `fiun-hub fim {repo} --data SPEC` on data holding them")
+        for o in node.sources:
+            if o != repo and o in loaded:
+                node.problems += _mismatch(repo, sc, heads, o, loaded[o][1])
+    except FiunError as exc:
+        node.problems.append(str(exc))
+
+
+def adopt_node(hub: LocalHub, plan: Plan, g: nx.DiGraph, repo: str, sources: Sequence[str],
+               adopted_from: dict[str, Any] | None, depth: int = 1) -> NodePlan:
+    """A node for ``repo``, which the cards do not link to ``plan``'s origins, added to ``plan`` (to do): an
+    undeclared derivative adopted by ``audit --fix --adopt`` (``adopted_from``: ``{repo, revision, evidence}`` of
+    the inferred parent, whose sidecars at that revision stand in when ``repo`` has none), or (``adopted_from``
+    None) a declared descendant of one. ``sources``: the origins whose unlearning FIM it merges (its inferred
+    parent's). ``g``: the lineage (:func:`fiun_hub.lineage.resolve`). Its card stays as it is, but for the forget
+    record; what would stop its forget is in the node's problems."""
+    a = g.nodes[repo]
+    labels = list(a.get("labels") or [])
+    node = NodePlan(repo, depth, a["head"], list(sources), labels,
+                    [c for c in (plan.classes or []) if c in labels], None, a.get("sidecar", "none"), False,
+                    adopted_from=dict(adopted_from) if adopted_from is not None else None)
+    node.forgotten_before = forgotten_before(a.get("unlearned") or [], labels, plan.request_id)
+    if a.get("card_error"):
+        node.problems.append(a["card_error"])
+    else:
+        _check_node(hub, node, plan._loaded, plan.origins, plan.classes)
+    plan.nodes.append(node)
+    return node
 
 
 def forgotten_before(records: Sequence[dict], labels: Sequence[str], request_id: str) -> list[str]:
@@ -504,7 +543,8 @@ def _loaded(hub, plan: Plan, node: NodePlan) -> tuple[Any, Any, Any]:
     if len(got) >= 2:
         return got[0], got[1], info
     config = parse_config(read_at(hub, node.repo, info, CONFIG_FILE), node.repo)
-    return config, resolve_sidecars(hub, node.repo, info, node.labels or config.labels, config.classifier)[0], info
+    return config, resolve_sidecars(hub, node.repo, info, node.labels or config.labels, config.classifier,
+                                    node.inferred_parents())[0], info
 
 
 def run_forget(
@@ -705,5 +745,5 @@ def forget(hub: LocalHub, origins: Sequence[str], classes=None, data_spec=None, 
     return plan, run_forget(hub, plan, **kwargs)
 
 
-__all__ = ["Plan", "NodePlan", "plan_forget", "run_forget", "forget", "unlearn_node", "NodeTask",
+__all__ = ["Plan", "NodePlan", "plan_forget", "adopt_node", "run_forget", "forget", "unlearn_node", "NodeTask",
            "ForgetResult", "default_request_id", "BadInput", "StagedBlob", "emit_weights", "utc_now"]

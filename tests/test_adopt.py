@@ -1,0 +1,161 @@
+"""`fiun-hub audit --fix --adopt`: undeclared derivatives forgotten as children of the revision they look derived from.
+
+On a copy of tests/test_forget.py's trained DAG (real test_resnet models trained on digits) a fine-tune of dag/root
+is pushed with no parent in its card and no sidecar of its own. A takedown of class "3" at dag/root misses it;
+`audit` names it (undeclared-derivative) and fails; `audit --fix` alone leaves it as it is; `audit --fix --adopt`
+forgets it (the sidecars of dag/root's pre-forget revision stand in for its own), with the inferred parent in its
+forget record and its card's parents unchanged; the next audit, with held-out data, is ok and the adopted model's
+held-out forget accuracy is low. `--adopt` without `--fix` is one line, exit 2, nothing changed; a card-less
+re-upload cannot be adopted and is reported as such.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from conftest import fingerprint
+from fiun_hub.compliance import LEDGER_REPO, ledger_record
+from fiun_hub.constants import CARD_FILE, CONFIG_FILE, FIM_FILE, WEIGHTS_FILE
+from fiun_hub.hub.local import LocalHub, RepoChange
+from fiun_hub.repo import read_meta
+from test_compliance import REQUEST, invoke, one_error_line
+from test_forget import ROOT_LABELS, R, copy_hub, digits, heads, push, trained_dag
+
+FT, COPY = "x/undeclared-finetune", "x/reupload"
+RID = "TKD-2026-001"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def story(tmp_path_factory):
+    """The whole story once; each step's output kept. Nothing may change its hub afterwards."""
+    from fiun_hub.models import load_model
+    from fiun_hub.training import train_classifier
+
+    src, _ = trained_dag(tmp_path_factory)
+    root = tmp_path_factory.mktemp("adopt")
+    hub = copy_hub(src, root / "hub")
+    train = digits("train")
+    perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(17))
+    low = perm[train.y[perm] < 8]
+    model, _, _ = load_model(hub, R)
+    train_classifier(model, train.subset(low[:120]).to_label_space(ROOT_LABELS), epochs=2, lr=1e-3,
+                     batch_size=32, seed=21)
+    s: dict = {"src": src, "root": root, "hub": hub, "pre": hub.head(R)}
+    s["ft_rev"] = push(hub, model.eval(), FT, ROOT_LABELS)  # no --parent, no sidecar
+    req = root / "request.yaml"
+    req.write_text(REQUEST)
+    H = ("--hub", hub.root)
+    s["takedown"] = invoke(*H, "takedown", req)
+    s["audit"] = invoke(*H, "--json", "audit")
+    before = fingerprint(hub.root)
+    s["adopt_alone"] = invoke(*H, "audit", "--adopt")
+    s["adopt_alone_unchanged"] = fingerprint(hub.root) == before
+    s["fix_plain"] = invoke(*H, "--json", "audit", "--fix")
+    s["heads_after_plain_fix"] = heads(hub)
+    shutil.copytree(hub.root, root / "before-adopt", symlinks=True)
+    s["fix_adopt"] = invoke(*H, "--json", "audit", "--fix", "--adopt", "--eval-data", "digits:test")
+    s["audit_after"] = invoke(*H, "--json", "audit", "--eval-data", "digits:test")
+    s["audit_after_text"] = invoke(*H, "audit")
+    return s
+
+
+def test_the_takedown_misses_the_undeclared_finetune_and_audit_fails(story):
+    code, _, err = story["takedown"]
+    assert code == 0, err
+    code, out, _ = story["audit"]
+    assert code == 1
+    report = json.loads(out)
+    assert not report["ok"]
+    found = [f for f in report["findings"] if f["kind"] == "undeclared-derivative"]
+    assert [f["repo"] for f in found] == [FT]
+    assert found[0]["derived_from"] == {"repo": R, "revision": story["pre"]}
+
+
+def test_adopt_without_fix_is_one_line_and_changes_nothing(story):
+    line = one_error_line(story["adopt_alone"])
+    assert "--adopt" in line and "--fix" in line
+    assert story["adopt_alone_unchanged"]
+
+
+def test_fix_without_adopt_leaves_the_undeclared_derivative_as_it_was(story):
+    code, out, _ = story["fix_plain"]
+    assert code == 1
+    data = json.loads(out)
+    assert not data["ok"] and [f["repo"] for f in data["findings"]] == [FT]
+    assert data["fixed"][0]["unfixable"] == [FT] and not data["fixed"][0]["revisions"]
+    assert story["heads_after_plain_fix"][FT] == story["ft_rev"]
+
+
+def test_fix_adopt_forgets_it_with_the_inferred_parent_in_the_record_not_in_the_card(story):
+    hub, pre, old = story["hub"], story["pre"], story["ft_rev"]
+    code, out, err = story["fix_adopt"]
+    assert code == 0, (out, err)
+    data = json.loads(out)
+    fixed = data["fixed"][0]
+    assert fixed["revisions"][FT]["from"] == old
+    new = fixed["revisions"][FT]["to"]
+    assert hub.head(FT) == new != old
+    adopted = {a["repo"]: a for a in fixed["adopted"]}
+    assert set(adopted) == {FT}
+    assert adopted[FT]["inferred_parent"] == f"{R}@{pre}"
+    assert adopted[FT]["repo"] == FT and adopted[FT]["evidence"]["learned_similarity"] > 0.85
+    # the card: parents unchanged (none), the record names the inferred parent
+    before, after = read_meta(hub, FT, old), read_meta(hub, FT, new)
+    assert after.parents == before.parents == []
+    rec = next(u for u in after.unlearned if u["request"] == RID)
+    assert rec["inferred"] is True
+    assert rec["adopted_from"]["repo"] == R and rec["adopted_from"]["revision"] == pre
+    assert rec["adopted_from"]["evidence"]["kind"] == "close"
+    assert rec["sidecar"] == f"approximate: from {R}@{pre}"  # it has none: dag/root's pre-forget ones stand in
+    assert FIM_FILE not in hub.list_files(FT, new)
+    assert hub.list_files(FT, new)[WEIGHTS_FILE] != hub.commit_info(FT, old).files[WEIGHTS_FILE]
+    # the ledger entry copies adopted_from, with the accuracies before and after
+    entry = ledger_record(hub, RID)["repos"][FT]
+    assert entry["action"] == "forgot" and entry["to"] == new
+    assert entry["adopted_from"]["repo"] == R and entry["adopted_from"]["revision"] == pre
+    assert entry["forget_acc_before"] > 50 and entry["forget_acc"] <= 5
+    # the other repos of the request are untouched by the adoption
+    assert set(fixed["revisions"]) == {FT}
+
+
+def test_the_next_audit_checks_the_adopted_repo_and_is_ok(story):
+    code, out, err = story["audit_after"]
+    assert code == 0, (out, err)
+    report = json.loads(out)
+    assert report["ok"] and not report["findings"]
+    rows = {r["repo"]: r for r in report["requests"][0]["repos"]}
+    assert rows[FT]["status"] == "done" and rows[FT]["adopted_from"]["revision"] == story["pre"]
+    assert rows[FT]["forget_acc"] <= 5 and rows[FT]["retain_acc"] > 50  # held-out digits:test, measured now
+    code, out, _ = story["audit_after_text"]
+    assert code == 0 and "audit ok" in out
+    assert f"adopted: its weights look derived from {R}@{story['pre'][:12]}" in out
+
+
+def test_a_repo_without_a_card_cannot_be_adopted_and_is_reported(story, tmp_path):
+    """A re-upload of dag/root's pre-forget weights with no card (the edge team's copy from before the takedown):
+    named as could-not-fix with why, no traceback; the fine-tune beside it is adopted; the audit stays failed."""
+    hub = copy_hub(story["root"] / "before-adopt", tmp_path / "hub")
+    src = LocalHub(story["src"])
+    files = {n: src.read_file(R, n) for n in (CONFIG_FILE, WEIGHTS_FILE)}
+    rev = hub.publish([RepoChange(COPY, files, "re-upload", parent_commit="")])[COPY]
+    assert CARD_FILE not in hub.list_files(COPY)
+    code, out, err = invoke("--hub", hub.root, "audit", "--fix", "--adopt")
+    assert code == 1 and "Traceback" not in out + err
+    assert f"could not fix {COPY}: {COPY} has no model card" in out
+    assert f"adopted {FT} as a child of {R}@{story['pre'][:12]}" in out
+    assert hub.head(COPY) == rev
+    assert hub.head(FT) != story["ft_rev"]
+    code, out, _ = invoke("--hub", hub.root, "--json", "audit")
+    assert code == 1 and [f["repo"] for f in json.loads(out)["findings"]] == [COPY]
+    assert LEDGER_REPO in hub.list_repos()
