@@ -1266,7 +1266,8 @@ def fix(hub: LocalHub, report: dict[str, Any], *, eval_data: str | None = None, 
         out.append({"request_id": rid, "fixed": sorted(r for r in todo + record_only if r not in blocked),
                     "blocked": blocked, "revisions": res["revisions"], "ledger_revision": res["ledger_revision"],
                     "purged": purged,
-                    "adopted": [{"repo": r, "inferred_parent": f"{a['repo']}@{a['revision']}", **a}
+                    "adopted": [{"repo": r, "inferred_parent": f"{a['repo']}@{a['revision']}", "parent": a["repo"],
+                                 "revision": a["revision"], "evidence": a.get("evidence") or {}}
                                 for r, a in sorted(new_adopt.items()) if r in res["revisions"]],
                     "unfixable": sorted(r for r in flagged if r not in todo and r not in record_only
                                         and r not in blocked)})

@@ -58,6 +58,7 @@ def story(tmp_path_factory):
     H = ("--hub", hub.root)
     s["takedown"] = invoke(*H, "takedown", req)
     s["audit"] = invoke(*H, "--json", "audit")
+    s["audit_text"] = invoke(*H, "audit")
     before = fingerprint(hub.root)
     s["adopt_alone"] = invoke(*H, "audit", "--adopt")
     s["adopt_alone_unchanged"] = fingerprint(hub.root) == before
@@ -70,7 +71,7 @@ def story(tmp_path_factory):
     return s
 
 
-def test_the_takedown_misses_the_undeclared_finetune_and_audit_fails(story):
+def test_audit_names_the_undeclared_finetune_and_fix_alone_leaves_it(story):
     code, _, err = story["takedown"]
     assert code == 0, err
     code, out, _ = story["audit"]
@@ -80,21 +81,22 @@ def test_the_takedown_misses_the_undeclared_finetune_and_audit_fails(story):
     found = [f for f in report["findings"] if f["kind"] == "undeclared-derivative"]
     assert [f["repo"] for f in found] == [FT]
     assert found[0]["derived_from"] == {"repo": R, "revision": story["pre"]}
-
-
-def test_adopt_without_fix_is_one_line_and_changes_nothing(story):
-    line = one_error_line(story["adopt_alone"])
-    assert "--adopt" in line and "--fix" in line
-    assert story["adopt_alone_unchanged"]
-
-
-def test_fix_without_adopt_leaves_the_undeclared_derivative_as_it_was(story):
+    code, out, _ = story["audit_text"]
+    assert code == 1 and f"UNDECLARED-DERIVATIVE: {FT}: its weights look derived from {R}@{story['pre'][:12]}" in out
+    assert "`--fix --adopt` to undeclared derivatives too" in out
+    # without --adopt, --fix leaves it as it was: the finding stays, the audit fails
     code, out, _ = story["fix_plain"]
     assert code == 1
     data = json.loads(out)
     assert not data["ok"] and [f["repo"] for f in data["findings"]] == [FT]
     assert data["fixed"][0]["unfixable"] == [FT] and not data["fixed"][0]["revisions"]
     assert story["heads_after_plain_fix"][FT] == story["ft_rev"]
+
+
+def test_adopt_without_fix_is_one_line_and_changes_nothing(story):
+    line = one_error_line(story["adopt_alone"])
+    assert "--adopt" in line and "--fix" in line
+    assert story["adopt_alone_unchanged"]
 
 
 def test_fix_adopt_forgets_it_with_the_inferred_parent_in_the_record_not_in_the_card(story):
@@ -157,5 +159,8 @@ def test_a_repo_without_a_card_cannot_be_adopted_and_is_reported(story, tmp_path
     assert hub.head(COPY) == rev
     assert hub.head(FT) != story["ft_rev"]
     code, out, _ = invoke("--hub", hub.root, "--json", "audit")
-    assert code == 1 and [f["repo"] for f in json.loads(out)["findings"]] == [COPY]
+    findings = json.loads(out)["findings"]
+    # (its weights blob is the very one the takedown purged: `unpurged` says so too)
+    assert code == 1 and {(f["repo"], f["kind"]) for f in findings} == {(COPY, "undeclared-derivative"),
+                                                                        (COPY, "unpurged")}
     assert LEDGER_REPO in hub.list_repos()
