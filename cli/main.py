@@ -221,7 +221,9 @@ def show(c: Ctx, spec: str) -> None:
         if info["card_error"]:
             lines.append(f"  card:     ERROR {info['card_error']}")
         for u in info["unlearned"]:
-            lines.append(f"  forgot:   {u.get('request')} classes={u.get('classes')} at {u.get('at')}")
+            a = u.get("adopted_from") if isinstance(u.get("adopted_from"), dict) else None
+            lines.append(f"  forgot:   {u.get('request')} classes={u.get('classes')} at {u.get('at')}"
+                         + (f" (adopted: inferred parent {a.get('repo')}@{str(a.get('revision'))[:12]})" if a else ""))
         lines.append("  files:")
         for p, f in sorted(info["files"].items()):
             lines.append(f"    {p:28s} {f['size'] if f['size'] is not None else '?':>10} {f['sha256'][:12]}")

@@ -68,6 +68,7 @@ def story(tmp_path_factory):
     s["fix_adopt"] = invoke(*H, "--json", "audit", "--fix", "--adopt", "--eval-data", "digits:test")
     s["audit_after"] = invoke(*H, "--json", "audit", "--eval-data", "digits:test")
     s["audit_after_text"] = invoke(*H, "audit")
+    s["show"] = invoke(*H, "show", FT)
     return s
 
 
@@ -142,6 +143,9 @@ def test_the_next_audit_checks_the_adopted_repo_and_is_ok(story):
     code, out, _ = story["audit_after_text"]
     assert code == 0 and "audit ok" in out
     assert f"adopted: its weights look derived from {R}@{story['pre'][:12]}" in out
+    code, out, _ = story["show"]
+    assert code == 0 and "parents:  - (root)" in out
+    assert f"forgot:   {RID} classes=['3']" in out and f"(adopted: inferred parent {R}@{story['pre'][:12]})" in out
 
 
 def test_a_repo_without_a_card_cannot_be_adopted_and_is_reported(story, tmp_path):
@@ -164,3 +168,40 @@ def test_a_repo_without_a_card_cannot_be_adopted_and_is_reported(story, tmp_path
     assert code == 1 and {(f["repo"], f["kind"]) for f in findings} == {(COPY, "undeclared-derivative"),
                                                                         (COPY, "unpurged")}
     assert LEDGER_REPO in hub.list_repos()
+
+
+def test_a_declared_child_of_the_adopted_model_goes_with_it_and_a_lost_record_is_fixed_again(story, tmp_path):
+    """A child pushed from the undeclared fine-tune, with --parent pinned to it, holds the data too: --adopt forgets
+    it with its parent. Later the adopted repo's record is dropped by a push: the audit, which counts the adopted
+    repo as affected, says lost-record and a plain --fix forgets it again (with the inferred parent's sidecars)."""
+    from fiun_hub.models import load_model
+    from fiun_hub.training import train_classifier
+
+    hub = copy_hub(story["root"] / "before-adopt", tmp_path / "hub")
+    old, pre = story["ft_rev"], story["pre"]
+    model, _, _ = load_model(hub, FT)
+    data = digits("train").subset(torch.arange(900, 1000)).to_label_space(ROOT_LABELS)
+    train_classifier(model, data, epochs=1, lr=1e-4, batch_size=32, seed=9)
+    kid = "x/finetune-child"
+    kid_rev = push(hub, model.eval(), kid, ROOT_LABELS, parents=[f"{FT}@{old}"], fim_data=data)
+    code, out, err = invoke("--hub", hub.root, "--json", "audit", "--fix", "--adopt")
+    assert code == 0, (out, err)
+    fixed = json.loads(out)["fixed"][0]
+    assert set(fixed["revisions"]) == {FT, kid}
+    assert FT in {a["repo"] for a in fixed["adopted"]}
+    kid_meta = read_meta(hub, kid)
+    assert [(p.repo, p.revision) for p in kid_meta.parents] == [(FT, old)]  # its card, unchanged but the record
+    assert any(u["request"] == RID for u in kid_meta.unlearned) and hub.head(kid) != kid_rev
+    # a later push drops the adopted repo's record (same weights, the card from before the forget)
+    head = hub.head(FT)
+    card = LocalHub(story["root"] / "before-adopt").read_file(FT, CARD_FILE, old)
+    hub.publish([RepoChange(FT, {CARD_FILE: card}, "edit the card", parent_commit=head)])
+    code, out, _ = invoke("--hub", hub.root, "--json", "audit")
+    rows = {r["repo"]: r for r in json.loads(out)["requests"][0]["repos"]}
+    assert code == 1 and rows[FT]["status"] == "lost-record" and rows[kid]["status"] == "done"
+    code, out, err = invoke("--hub", hub.root, "--json", "audit", "--fix")  # no --adopt: it was adopted already
+    assert code == 0, (out, err)
+    meta = read_meta(hub, FT)
+    rec = next(u for u in meta.unlearned if u["request"] == RID)
+    assert rec["adopted_from"]["revision"] == pre and rec["inferred"] is True and meta.parents == []
+    assert ledger_record(hub, RID)["repos"][FT]["adopted_from"]["repo"] == R
