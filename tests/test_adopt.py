@@ -199,6 +199,9 @@ def test_a_declared_child_of_the_adopted_model_goes_with_it_and_a_lost_record_is
     code, out, _ = invoke("--hub", hub.root, "--json", "audit")
     rows = {r["repo"]: r for r in json.loads(out)["requests"][0]["repos"]}
     assert code == 1 and rows[FT]["status"] == "lost-record" and rows[kid]["status"] == "done"
+    again = copy_hub(hub.root, tmp_path / "again")  # a takedown re-run redoes it too
+    code, out, err = invoke("--hub", again.root, "--json", "takedown", story["root"] / "request.yaml")
+    assert code == 0 and set(json.loads(out)["revisions"]) == {FT}, (out, err)
     code, out, err = invoke("--hub", hub.root, "--json", "audit", "--fix")  # no --adopt: it was adopted already
     assert code == 0, (out, err)
     meta = read_meta(hub, FT)
