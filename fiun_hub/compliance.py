@@ -1015,6 +1015,10 @@ def _lineage_data(g, states: list[RepoState]) -> dict[str, Any]:
               "missing": bool(g.nodes[n].get("missing"))} for n in sorted(keep)]
     edges = [{"source": u, "target": v, "revision": g.edges[u, v].get("revision") or "",
               "relation": g.edges[u, v].get("relation")} for u, v in sorted(g.edges) if u in keep and v in keep]
+    # the parent an `audit --fix --adopt` inferred from the weights (no card declares it)
+    edges += [{"source": a["repo"], "target": s.repo, "revision": a.get("revision") or "", "relation": "inferred"}
+              for s in states for a in [(s.ledger or {}).get("adopted_from")]
+              if isinstance(a, dict) and a.get("repo") in keep and not g.has_edge(a["repo"], s.repo)]
     return {"nodes": nodes, "edges": edges}
 
 

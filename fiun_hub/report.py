@@ -148,7 +148,8 @@ def _mermaid(lineage: dict, kind: str) -> str:
         label = f"{n['id']}<br/>@{_short(n.get('head'), 8)}<br/>{n['status']}".replace('"', "#quot;")
         out.append(f'  {ids[n["id"]]}["{label}"]:::{color_class(n["status"], kind)}')
     for e in lineage["edges"]:
-        out.append(f"  {ids[e['source']]} -->|@{_short(e.get('revision'), 8)}| {ids[e['target']]}")
+        arrow = "-.->" if e.get("relation") == "inferred" else "-->"  # inferred from the weights: dotted
+        out.append(f"  {ids[e['source']]} {arrow}|@{_short(e.get('revision'), 8)}| {ids[e['target']]}")
     for cls, color in STATUS_COLORS.items():
         out.append(f"  classDef {cls} fill:{color},stroke:#333")
     out.append("```")

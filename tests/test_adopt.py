@@ -67,7 +67,8 @@ def story(tmp_path_factory):
     shutil.copytree(hub.root, root / "before-adopt", symlinks=True)
     s["fix_adopt"] = invoke(*H, "--json", "audit", "--fix", "--adopt", "--eval-data", "digits:test")
     s["audit_after"] = invoke(*H, "--json", "audit", "--eval-data", "digits:test")
-    s["audit_after_text"] = invoke(*H, "audit")
+    s["audit_after_text"] = invoke(*H, "audit", "--report", root / "after.md")
+    invoke(*H, "audit", "--report", root / "after.html")
     s["show"] = invoke(*H, "show", FT)
     return s
 
@@ -140,6 +141,12 @@ def test_the_next_audit_checks_the_adopted_repo_and_is_ok(story):
     rows = {r["repo"]: r for r in report["requests"][0]["repos"]}
     assert rows[FT]["status"] == "done" and rows[FT]["adopted_from"]["revision"] == story["pre"]
     assert rows[FT]["forget_acc"] <= 5 and rows[FT]["retain_acc"] > 50  # held-out digits:test, measured now
+    # the report's lineage draws the inferred parent (dotted in the Mermaid picture); no card declares it
+    assert {"source": R, "target": FT, "revision": story["pre"], "relation": "inferred"} in \
+        report["requests"][0]["lineage"]["edges"]
+    md = (story["root"] / "after.md").read_text()
+    assert "-.->|@" + story["pre"][:8] + "|" in md
+    assert (story["root"] / "after.html").stat().st_size > 1000
     code, out, _ = story["audit_after_text"]
     assert code == 0 and "audit ok" in out
     assert f"adopted: its weights look derived from {R}@{story['pre'][:12]}" in out
