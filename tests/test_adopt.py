@@ -215,3 +215,36 @@ def test_a_declared_child_of_the_adopted_model_goes_with_it_and_a_lost_record_is
     rec = next(u for u in meta.unlearned if u["request"] == RID)
     assert rec["adopted_from"]["revision"] == pre and rec["inferred"] is True and meta.parents == []
     assert ledger_record(hub, RID)["repos"][FT]["adopted_from"]["repo"] == R
+
+
+def test_a_sample_wise_takedown_adopts_with_the_same_samples(story, tmp_path):
+    """Sample-wise: the adopted model forgets the very samples of the request (the record's samples fingerprint is
+    its inferred parent's), data-free for it as for a declared child."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_forget_sequences import sample_file
+
+    hub = copy_hub(story["src"], tmp_path / "hub")
+    ft = LocalHub(story["root"] / "before-adopt")
+    files = {p: ft.file_path(FT, p, story["ft_rev"]) for p in ft.list_files(FT, story["ft_rev"])}
+    hub.publish([RepoChange(FT, files, "a fine-tune, uploaded without its parent", parent_commit="")])
+    spec = sample_file(tmp_path, 0)
+    req = tmp_path / "samples.yaml"
+    req.write_text(f"id: TKD-S-1\nreason: erasure\nrequested_by: dpo@example.org\nreceived: 2026-11-20\n"
+                   f"origins: [{R}]\nforget: {{data: \"{spec}\"}}\n")
+    # (kept under a legal hold: a sample-wise unlearning FIM is computed on the origin's pre-forget weights,
+    # which a purge removes; a later fix of a sample-wise request needs them, adopted repo or not)
+    code, _, err = invoke("--hub", hub.root, "takedown", req, "--keep-history", "--reason", "litigation hold")
+    assert code == 0, err
+    pre = LocalHub(story["src"]).head(R)
+    code, out, err = invoke("--hub", hub.root, "--json", "audit", "--fix", "--adopt")
+    assert code == 0, (out, err)
+    assert [a["inferred_parent"] for a in json.loads(out)["fixed"][0]["adopted"]] == [f"{R}@{pre}"]
+    mine = next(u for u in read_meta(hub, FT).unlearned if u["request"] == "TKD-S-1")
+    origin = next(u for u in read_meta(hub, R).unlearned if u["request"] == "TKD-S-1")
+    assert mine["classes"] is None and mine["samples"] == origin["samples"] and mine["samples"]["count"] == 40
+    assert mine["adopted_from"]["revision"] == pre and mine["inferred"] is True
+    assert "data" not in mine  # the spec (a path) is not written into the record
+    assert hub.list_files(FT)[WEIGHTS_FILE] != ft.list_files(FT, story["ft_rev"])[WEIGHTS_FILE]
