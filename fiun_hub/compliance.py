@@ -1216,12 +1216,12 @@ def fix(hub: LocalHub, report: dict[str, Any], *, eval_data: str | None = None, 
             purged = _fix_purge(hub, rid, rec, records)
             records = ledger_records(hub)
             rec = records[rid]
-        states, _ = classify(hub, request, rec, records)  # fresh: an earlier fix in this loop may have moved heads
+        g = resolve(hub)
+        states, _ = classify(hub, request, rec, records, g)  # fresh: an earlier fix in this loop may have moved heads
         flagged = {f["repo"]: f for f in entry["findings"] if f["kind"] != "unpurged"}
         apply = [s.repo for s in states if s.status in APPLY
                  or (s.repo in flagged and flagged[s.repo]["kind"] == "forget-accuracy" and s.status == "inherited")]
         record_only: list[str] = []  # a claim is never recorded as done: APPLY forgets it
-        g = resolve(hub)
         depths = {s.repo: s.depth for s in states}
         adoptions = adopted_entries(rec, g)  # adopted by an earlier fix
         new_adopt: dict[str, dict] = {}
