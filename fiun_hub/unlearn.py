@@ -176,7 +176,7 @@ def plan_forget(
                 g.number_of_nodes() - len(depths), loaded)
 
 
-def _check_node(hub: LocalHub, node: NodePlan, loaded: dict, origins: Sequence[str],
+def _check_node(hub, node: NodePlan, loaded: dict, origins: Sequence[str],
                 classes: Sequence[str] | None) -> None:
     """Read ``node``'s head (config, sidecars: its own, else its ancestors' at the revisions it is pinned to, or
     at its inferred parent's for an adopted node) into ``loaded`` and add to ``node.problems`` what would stop
@@ -208,7 +208,7 @@ def _check_node(hub: LocalHub, node: NodePlan, loaded: dict, origins: Sequence[s
         node.problems.append(str(exc))
 
 
-def adopt_node(hub: LocalHub, plan: Plan, g: nx.DiGraph, repo: str, sources: Sequence[str],
+def adopt_node(hub, plan: Plan, g: nx.DiGraph, repo: str, sources: Sequence[str],
                adopted_from: dict[str, Any] | None, depth: int = 1) -> NodePlan:
     """A node for ``repo``, which the cards do not link to ``plan``'s origins, added to ``plan`` (to do): an
     undeclared derivative adopted by ``audit --fix --adopt`` (``adopted_from``: ``{repo, revision, evidence}`` of
