@@ -809,7 +809,7 @@ def _add_adopted(hub: LocalHub, plan, g, repos: Iterable[str], adoptions: dict[s
         if repo in in_plan:
             continue
         sources = sorted(sources_of(repo))
-        node = adopt_node(hub, plan, g, repo, sources, adoptions.get(repo), depths.get(repo, 1))
+        node = adopt_node(hub, plan, g, repo, sources, adoptions.get(repo), depths.get(repo, 1), adoptions)
         in_plan[repo] = node
         if not sources:
             node.problems.insert(0, f"{repo}: none of the origins {', '.join(plan.origins)} is among the inferred "
@@ -1197,6 +1197,8 @@ def fix(hub: LocalHub, report: dict[str, Any], *, eval_data: str | None = None, 
     (and its declared descendants as descendants): the same forget, its record in the repo's card naming the
     inferred parent (``adopted_from``, ``inferred: true``) while the card's parents stay as they are; the ledger
     entry carries ``adopted_from`` too, so that later audits check the repo as part of the affected set."""
+    import networkx as nx
+
     from .dampening import DEFAULT_ALPHA, DEFAULT_LAMBDA
     from .lineage import affected, resolve
     from .unlearn import plan_forget
@@ -1224,7 +1226,7 @@ def fix(hub: LocalHub, report: dict[str, Any], *, eval_data: str | None = None, 
         record_only: list[str] = []  # a claim is never recorded as done: APPLY forgets it
         depths = {s.repo: s.depth for s in states}
         adoptions = adopted_entries(rec, g)  # adopted by an earlier fix
-        new_adopt: dict[str, dict] = {}
+        found: dict[str, dict] = {}
         not_adopted: dict[str, str] = {}
         for f in entry["findings"] if adopt else ():
             if f["kind"] != "undeclared-derivative" or f["repo"] in depths:
@@ -1232,9 +1234,13 @@ def fix(hub: LocalHub, report: dict[str, Any], *, eval_data: str | None = None, 
             got, why = _adoptable(g, f, set(depths))
             if got is None:
                 not_adopted[f["repo"]] = why
-                continue
-            new_adopt[f["repo"]] = got
-            depths[f["repo"]] = depths.get(got["repo"], 0) + 1
+            else:
+                found[f["repo"]] = got
+        # one whose card declares its descent from another one adopted here is that one's descendant: only the
+        # topmost edge is inferred
+        new_adopt = {r: a for r, a in found.items() if not nx.ancestors(g, r) & (set(found) - {r})}
+        for r, a in new_adopt.items():
+            depths[r] = depths.get(a["repo"], 0) + 1
         extra = list(new_adopt)  # and what the cards derive from them
         for x in list(new_adopt):
             for r, d in sorted(affected(g, [x]).items(), key=lambda kv: (kv[1], kv[0])):

@@ -58,6 +58,9 @@ class NodePlan:
     # an undeclared derivative adopted by `audit --fix --adopt`: {"repo", "revision", "evidence"} of the parent its
     # weights look derived from (recorded as "adopted_from" with "inferred": true; its card's parents stay as they are)
     adopted_from: dict[str, Any] | None = None
+    # adopted repos above it (its declared ancestors) -> their inferred parent [(repo, revision)]: where the search
+    # for ancestors' sidecars goes from them, since their cards name no parent
+    inferred_ancestors: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
 
     def inferred_parents(self) -> list[tuple[str, str]] | None:
         """``[(repo, revision)]`` of the inferred parent (adopted nodes), in place of the card's parents when
@@ -186,7 +189,7 @@ def _check_node(hub, node: NodePlan, loaded: dict, origins: Sequence[str],
         info = hub.commit_info(repo, node.head)  # read once: config, sidecars and weights come from it
         config = parse_config(read_at(hub, repo, info, CONFIG_FILE), f"{repo}:{CONFIG_FILE}")
         sc, choice = resolve_sidecars(hub, repo, info, labels or config.labels, config.classifier,
-                                      node.inferred_parents())
+                                      node.inferred_parents(), node.inferred_ancestors)
         node.sidecar_used = choice.describe()
         loaded[repo] = (config, sc, info)
         heads = _head_params(sc.layers, config.classifier)
@@ -209,18 +212,23 @@ def _check_node(hub, node: NodePlan, loaded: dict, origins: Sequence[str],
 
 
 def adopt_node(hub, plan: Plan, g: nx.DiGraph, repo: str, sources: Sequence[str],
-               adopted_from: dict[str, Any] | None, depth: int = 1) -> NodePlan:
+               adopted_from: dict[str, Any] | None, depth: int = 1,
+               inferred: dict[str, Any] | None = None) -> NodePlan:
     """A node for ``repo``, which the cards do not link to ``plan``'s origins, added to ``plan`` (to do): an
     undeclared derivative adopted by ``audit --fix --adopt`` (``adopted_from``: ``{repo, revision, evidence}`` of
     the inferred parent, whose sidecars at that revision stand in when ``repo`` has none), or (``adopted_from``
     None) a declared descendant of one. ``sources``: the origins whose unlearning FIM it merges (its inferred
-    parent's). ``g``: the lineage (:func:`fiun_hub.lineage.resolve`). Its card stays as it is, but for the forget
-    record; what would stop its forget is in the node's problems."""
+    parent's). ``g``: the lineage (:func:`fiun_hub.lineage.resolve`). ``inferred``: every adopted repo's
+    ``adopted_from`` (a descendant's search for its ancestors' sidecars goes through them to their inferred
+    parents). Its card stays as it is, but for the forget record; what would stop its forget is in the node's
+    problems."""
     a = g.nodes[repo]
     labels = list(a.get("labels") or [])
     node = NodePlan(repo, depth, a["head"], list(sources), labels,
                     [c for c in (plan.classes or []) if c in labels], None, a.get("sidecar", "none"), False,
-                    adopted_from=dict(adopted_from) if adopted_from is not None else None)
+                    adopted_from=dict(adopted_from) if adopted_from is not None else None,
+                    inferred_ancestors={r: [(str(a["repo"]), str(a["revision"]))] for r, a in (inferred or {}).items()
+                                        if r != repo and r in nx.ancestors(g, repo)})
     node.forgotten_before = forgotten_before(a.get("unlearned") or [], labels, plan.request_id)
     if a.get("card_error"):
         node.problems.append(a["card_error"])
@@ -544,7 +552,7 @@ def _loaded(hub, plan: Plan, node: NodePlan) -> tuple[Any, Any, Any]:
         return got[0], got[1], info
     config = parse_config(read_at(hub, node.repo, info, CONFIG_FILE), node.repo)
     return config, resolve_sidecars(hub, node.repo, info, node.labels or config.labels, config.classifier,
-                                    node.inferred_parents())[0], info
+                                    node.inferred_parents(), node.inferred_ancestors)[0], info
 
 
 def run_forget(

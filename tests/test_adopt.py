@@ -190,15 +190,21 @@ def test_a_declared_child_of_the_adopted_model_goes_with_it_and_a_lost_record_is
     data = digits("train").subset(torch.arange(900, 1000)).to_label_space(ROOT_LABELS)
     train_classifier(model, data, epochs=1, lr=1e-4, batch_size=32, seed=9)
     kid = "x/finetune-child"
-    kid_rev = push(hub, model.eval(), kid, ROOT_LABELS, parents=[f"{FT}@{old}"], fim_data=data)
+    kid_rev = push(hub, model.eval(), kid, ROOT_LABELS, parents=[f"{FT}@{old}"])  # no sidecar either
     code, out, err = invoke("--hub", hub.root, "--json", "audit", "--fix", "--adopt")
     assert code == 0, (out, err)
-    fixed = json.loads(out)["fixed"][0]
+    data = json.loads(out)
+    fixed = data["fixed"][0]
     assert set(fixed["revisions"]) == {FT, kid}
-    assert FT in {a["repo"] for a in fixed["adopted"]}
+    # both look derived from dag/root's pre-forget revision; only the edge no card declares is inferred
+    assert {f["repo"] for f in data["findings_before_fix"] if f["kind"] == "undeclared-derivative"} == {FT, kid}
+    assert [a["repo"] for a in fixed["adopted"]] == [FT]
     kid_meta = read_meta(hub, kid)
     assert [(p.repo, p.revision) for p in kid_meta.parents] == [(FT, old)]  # its card, unchanged but the record
-    assert any(u["request"] == RID for u in kid_meta.unlearned) and hub.head(kid) != kid_rev
+    assert hub.head(kid) != kid_rev
+    kid_rec = next(u for u in kid_meta.unlearned if u["request"] == RID)
+    # no sidecar on its line of cards: the search goes from its adopted parent to that one's inferred parent
+    assert kid_rec["sidecar"] == f"approximate: from {R}@{pre}" and "adopted_from" not in kid_rec
     # a later push drops the adopted repo's record (same weights, the card from before the forget)
     head = hub.head(FT)
     card = LocalHub(story["root"] / "before-adopt").read_file(FT, CARD_FILE, old)
