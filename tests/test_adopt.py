@@ -254,3 +254,22 @@ def test_a_sample_wise_takedown_adopts_with_the_same_samples(story, tmp_path):
     assert mine["adopted_from"]["revision"] == pre and mine["inferred"] is True
     assert "data" not in mine  # the spec (a path) is not written into the record
     assert hub.list_files(FT)[WEIGHTS_FILE] != ft.list_files(FT, story["ft_rev"])[WEIGHTS_FILE]
+
+
+def test_an_undeclared_derivative_with_a_stale_sidecar_is_reported_not_forgotten(story, tmp_path):
+    """Its own sidecar is always the one used; one bound to other weights (dag/child-a's, copied over) stops its
+    forget: could not fix, with why, one line per repo, no traceback, its head as it was."""
+    from fiun_hub.constants import FIM_CLASSES_FILE
+    from test_forget import A
+
+    hub = copy_hub(story["root"] / "before-adopt", tmp_path / "hub")
+    src = LocalHub(story["src"])
+    files = {n: src.read_file(A, n) for n in (FIM_FILE, FIM_CLASSES_FILE)}
+    head = hub.publish([RepoChange(FT, files, "add a sidecar", parent_commit=story["ft_rev"])])[FT]
+    code, out, err = invoke("--hub", hub.root, "--json", "audit", "--fix", "--adopt")
+    assert code == 1 and "Traceback" not in out + err, (out, err)
+    data = json.loads(out)
+    why = data["fixed"][0]["blocked"][FT]
+    assert FT in why and "sidecar" in why and not data["fixed"][0]["adopted"]
+    assert hub.head(FT) == head
+    assert [f["repo"] for f in data["findings"] if f["kind"] == "undeclared-derivative"] == [FT]
