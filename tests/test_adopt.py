@@ -5,8 +5,12 @@ is pushed with no parent in its card and no sidecar of its own. A takedown of cl
 `audit` names it (undeclared-derivative) and fails; `audit --fix` alone leaves it as it is; `audit --fix --adopt`
 forgets it (the sidecars of dag/root's pre-forget revision stand in for its own), with the inferred parent in its
 forget record and its card's parents unchanged; the next audit, with held-out data, is ok and the adopted model's
-held-out forget accuracy is low. `--adopt` without `--fix` is one line, exit 2, nothing changed; a card-less
-re-upload cannot be adopted and is reported as such.
+held-out forget accuracy is low. `--adopt` without `--fix` is one line, exit 2, nothing changed.
+
+On copies: a card-less re-upload and a model with a stale sidecar cannot be adopted and are reported as such; a
+declared child of the fine-tune (no sidecar either) is forgotten with it, and a dropped record of the adopted repo
+is a lost-record that plain `--fix` (and a takedown re-run) redo; a sample-wise takedown adopts with the same
+samples fingerprint.
 """
 from __future__ import annotations
 
