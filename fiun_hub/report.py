@@ -73,6 +73,10 @@ def _note(r: dict) -> str:
     if used and used != "own":
         short = re.sub(r"@([0-9a-f]{12})[0-9a-f]{28}", r"@\1…", str(used))
         note = f"{note}; sidecar {short}" if note else f"sidecar {short}"
+    a = r.get("adopted_from")
+    if isinstance(a, dict):  # `audit --fix --adopt`: the parent is inferred from the weights, not in the card
+        adopted = f"adopted: inferred parent {a.get('repo')}@{str(a.get('revision'))[:12]}…"
+        note = f"{note}; {adopted}" if note else adopted
     return note
 
 

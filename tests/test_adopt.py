@@ -150,6 +150,8 @@ def test_the_next_audit_checks_the_adopted_repo_and_is_ok(story):
         report["requests"][0]["lineage"]["edges"]
     md = (story["root"] / "after.md").read_text()
     assert "-.->|@" + story["pre"][:8] + "|" in md
+    assert f"adopted: inferred parent {R}@{story['pre'][:12]}…" in md
+    assert f"adopted: inferred parent {R}@{story['pre'][:12]}…" in (story["root"] / "after.html").read_text()
     assert (story["root"] / "after.html").stat().st_size > 1000
     code, out, _ = story["audit_after_text"]
     assert code == 0 and "audit ok" in out
