@@ -69,6 +69,9 @@ def _plan_text(tp) -> str:
         lines.append(f"  {s.repo:32s} {s.depth:>5d}  {s.head[:12]:12s}  {ACTIONS.get(s.status, s.status)}")
         if s.status not in ("pending", "done") and s.message:
             lines.append(f"      {s.message}")
+        a = (s.ledger or {}).get("adopted_from")
+        if isinstance(a, dict):
+            lines.append(f"      ~ adopted: inferred parent {a.get('repo')}@{str(a.get('revision'))[:12]} (not in its card)")
         if s.repo in tp.targets and used.get(s.repo, "own") != "own":
             from fiun_hub_cli.main import _short_sidecar
 

@@ -74,6 +74,7 @@ def story(tmp_path_factory):
     s["audit_after_text"] = invoke(*H, "audit", "--report", root / "after.md")
     invoke(*H, "audit", "--report", root / "after.html")
     s["show"] = invoke(*H, "show", FT)
+    s["rerun_dry"] = invoke(*H, "takedown", req, "--dry-run")
     return s
 
 
@@ -156,6 +157,9 @@ def test_the_next_audit_checks_the_adopted_repo_and_is_ok(story):
     code, out, _ = story["audit_after_text"]
     assert code == 0 and "audit ok" in out
     assert f"adopted: its weights look derived from {R}@{story['pre'][:12]}" in out
+    code, out, _ = story["rerun_dry"]  # a re-run of the takedown counts it as affected, and done
+    assert code == 0 and "affected: 6 repo(s); 0 to forget" in out
+    assert f"~ adopted: inferred parent {R}@{story['pre'][:12]}" in out and "undeclared-derivative" not in out
     code, out, _ = story["show"]
     assert code == 0 and "parents:  - (root)" in out
     assert f"forgot:   {RID} classes=['3']" in out and f"(adopted: inferred parent {R}@{story['pre'][:12]})" in out
