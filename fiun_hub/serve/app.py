@@ -41,8 +41,8 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import parse_qs, unquote
 
-from .constants import CARD_FILE, DEFAULT_AUTHOR, DEFAULT_BRANCH, LEDGER_REPO, RELATIONS
-from .errors import (
+from ..constants import CARD_FILE, DEFAULT_AUTHOR, DEFAULT_BRANCH, LEDGER_REPO, RELATIONS
+from ..errors import (
     BadInput,
     CardError,
     ConflictError,
@@ -52,9 +52,9 @@ from .errors import (
     RepoNotFound,
     RevisionNotFound,
 )
-from .hub.ids import (COMMIT_RE, REF_NAME_RE, check_user_writable, repo_folder_name, validate_repo_id,
+from ..hub.ids import (COMMIT_RE, REF_NAME_RE, check_user_writable, repo_folder_name, validate_repo_id,
                       validate_repo_path, validate_tag_name)
-from .hub.local import Blob, LocalHub, RepoChange, purged_error, sha256_file
+from ..hub.local import Blob, LocalHub, RepoChange, purged_error, sha256_file
 
 log = logging.getLogger("fiun_hub.serve")
 
@@ -157,7 +157,7 @@ def _front_matter(data: bytes) -> dict | None:
     """A card's YAML front matter as plain JSON data (``cardData``), or None if it has none or is unreadable."""
     from huggingface_hub import ModelCard
 
-    from .card import MAX_CARD_BYTES, _plain
+    from ..card import MAX_CARD_BYTES, _plain
 
     if len(data) > MAX_CARD_BYTES:
         return None
@@ -755,7 +755,7 @@ class _Server:
         """``HfApi.permanently_delete_lfs_files``: purge LFS files from every revision that names them (token
         required): tombstones naming the request of the ``X-Fiun-Request`` header (else ``lfs-files-api``), blobs
         deleted. A file the head names is refused (409): commit its removal first."""
-        from .compliance import REQUEST_ID_RE
+        from ..compliance import REQUEST_ID_RE
 
         repo = self._write_target(request, org, name)
         data = await self._json(request)
@@ -768,7 +768,7 @@ class _Server:
             raise HTTPError(400, "X-Fiun-Request must be a request id (letters, digits, . _ -)")
 
         def work() -> dict:
-            from .unlearn import utc_now
+            from ..unlearn import utc_now
 
             with self.hub.lock():
                 objects = self._lfs_objects(repo)
@@ -920,7 +920,7 @@ class _Server:
         content = data.get("content")
         if not isinstance(content, str):
             raise HTTPError(400, "validate-yaml needs the card text in `content`")
-        from .card import parse_card_full
+        from ..card import parse_card_full
 
         try:
             await run_in_threadpool(parse_card_full, content, CARD_FILE)
@@ -1255,8 +1255,8 @@ class _Server:
     def _check_card(self, repo: str, content: bytes | Blob | Path, head=None) -> None:
         """A card must parse (docs/card-schema.md), must not make its repo its own ancestor, and may add only
         records of a forget of the head it replaces (card.claims_without_forget)."""
-        from .card import MAX_CARD_BYTES, claims_without_forget, parse_card, parse_card_full
-        from .lineage import resolve, validate_new_parents
+        from ..card import MAX_CARD_BYTES, claims_without_forget, parse_card, parse_card_full
+        from ..lineage import resolve, validate_new_parents
 
         if isinstance(content, Blob):
             content = content.data
