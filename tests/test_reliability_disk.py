@@ -38,7 +38,7 @@ def template(tmp_path_factory):
     """h/base -> h/child, real timm weights with sidecars; copied for every test."""
     from fiun_hub.data import load_data
     from fiun_hub.models import save_model_folder
-    from fiun_hub.scenarios import new_model, push_model, torch_threads
+    from fiun_hub.research.scenarios import new_model, push_model, torch_threads
 
     root = tmp_path_factory.mktemp("disk")
     hub = LocalHub.init(root / "hub")
