@@ -44,7 +44,7 @@ def one_thread():
 def story(tmp_path_factory):
     """The whole story once; each step's output kept. Nothing may change its hub afterwards."""
     from fiun_hub.models import load_model
-    from fiun_hub.training import train_classifier
+    from fiun_hub.research.training import train_classifier
 
     src, _ = trained_dag(tmp_path_factory)
     root = tmp_path_factory.mktemp("adopt")
@@ -192,7 +192,7 @@ def test_a_declared_child_of_the_adopted_model_goes_with_it_and_a_lost_record_is
     it with its parent. Later the adopted repo's record is dropped by a push: the audit, which counts the adopted
     repo as affected, says lost-record and a plain --fix forgets it again (with the inferred parent's sidecars)."""
     from fiun_hub.models import load_model
-    from fiun_hub.training import train_classifier
+    from fiun_hub.research.training import train_classifier
 
     hub = copy_hub(story["root"] / "before-adopt", tmp_path / "hub")
     old, pre = story["ft_rev"], story["pre"]
