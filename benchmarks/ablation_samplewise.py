@@ -1,4 +1,4 @@
-"""WORK IN PROGRESS (issue 16 part 3, not run yet: needs dampening.samplewise_reference_fim and dampen(floor=)). Ablation of the selection / dampening rule for sample-wise forgets (issue 16 part 3).
+"""Ablation of the selection / dampening rule for sample-wise forgets (issue 16 part 3).
 
 Setup: ``benchmarks/beyond_head.py``'s digits root R (``test_resnet``, 757 training samples, 10 epochs, sidecars with
 the default ``normalized`` estimator on the head). A request forgets 1% or 5% of R's shard (seeded draw). Each
@@ -42,102 +42,164 @@ for p in (ROOT, ROOT / "benchmarks"):
         sys.path.insert(0, str(p))
 
 import beyond_head as BH  # noqa: E402
-from fiun_hub.dampening import dampen, samplewise_reference_fim  # noqa: E402
+from fiun_hub.dampening import align_rows, dampen, samplewise_reference_fim  # noqa: E402
 from fiun_hub.evaluate import sample_forget_metrics  # noqa: E402
 from fiun_hub.fisher import DEFAULT_ESTIMATOR, compute_fisher, resolve_layers  # noqa: E402
 from fiun_hub.scenarios import realize_node, torch_threads  # noqa: E402
 
 ORIGIN = "bench/R"
+REFERENCE_ONLY = ("none",)  # shown for scale, never chosen: a forget that changes nothing
 
 
 def variants() -> dict[str, dict]:
-    v = {"old": {"ref": "model", "alpha": 1.0, "lam": 0.01}}
+    v = {"none": {"ref": "none"}, "old": {"ref": "model", "alpha": 1.0, "lam": 0.01}}
     for a in (10.0, 100.0):
         v[f"alpha={a:g}"] = {"ref": "model", "alpha": a, "lam": 0.01}
     for k in (5, 20):
         v[f"topk={k}"] = {"ref": "model", "alpha": 1.0, "lam": 0.01, "topk": k}
     v["floor=0.5"] = {"ref": "model", "alpha": 1.0, "lam": 0.01, "floor": 0.5}
-    for a in (1.0, 2.0, 5.0):
+    for a in (1.0, 2.0, 5.0, 10.0):
         for lam in (0.01, 1.0):
             v[f"cls alpha={a:g} lam={lam:g}"] = {"ref": "cls", "alpha": a, "lam": lam}
-    v["cls alpha=1 lam=0.01 floor=0.5"] = {"ref": "cls", "alpha": 1.0, "lam": 0.01, "floor": 0.5}
-    v["cls alpha=1 lam=1 floor=0.5"] = {"ref": "cls", "alpha": 1.0, "lam": 1.0, "floor": 0.5}
+    for a in (1.0, 5.0):
+        for lam in (0.01, 1.0):
+            v[f"cls alpha={a:g} lam={lam:g} floor=0.5"] = {"ref": "cls", "alpha": a, "lam": lam, "floor": 0.5}
+    v["cls topk=20"] = {"ref": "cls", "alpha": 1.0, "lam": 0.01, "topk": 20}
     return v
 
 
-def apply_variant(params, fim, m, forgotten_counts, labels, head, spec) -> dict:
+def topk_only(m: dict, f: dict, rows: list[int], head: list[str], k: int) -> dict:
+    """``m`` with everything but the ``k`` largest ``M / F`` among ``rows`` of the head set to 0."""
+    scores = []
+    for n in head:
+        r = m[n].double() / f[n].double().clamp_min(1e-30)
+        mask = torch.zeros_like(r, dtype=torch.bool)
+        mask[rows] = True
+        scores.append(torch.where(mask, r, torch.zeros_like(r)).flatten())
+    allr = torch.cat(scores)
+    thr = torch.topk(allr, min(k, allr.numel())).values[-1]
+    out, off = dict(m), 0
+    for n in head:
+        num = m[n].numel()
+        part = allr[off:off + num].reshape(m[n].shape)
+        out[n] = torch.where((part >= thr) & (part > 0), m[n], torch.zeros_like(m[n]))
+        off += num
+    return out
+
+
+def apply_variant(params, fim, m, forgotten_counts, labels, head, spec):
+    """One model's new head under ``spec``: its own sidecar ``fim``, the origin's forget FIM ``m`` aligned to its
+    rows, the forgotten samples' per-label counts (what the forget record holds). Data-free."""
+    if spec["ref"] == "none":
+        return {n: t.clone() for n, t in params.items()}, 0
     if spec["ref"] == "cls":
         f = samplewise_reference_fim(fim.model_fim, fim.class_fims, fim.counts, forgotten_counts)
     else:
         f = dict(fim.model_fim)
     m = dict(m)
-    if "topk" in spec:  # keep only the K largest M/F among the rows of the samples' labels
+    if "topk" in spec:
         rows = [i for i, lab in enumerate(labels) if forgotten_counts.get(lab, 0) > 0]
-        scores = []
-        for n in head:
-            r = m[n].double() / f[n].double().clamp_min(1e-30)
-            mask = torch.zeros_like(r, dtype=torch.bool)
-            mask[rows] = True
-            scores.append(torch.where(mask, r, torch.zeros_like(r)).flatten())
-        allr = torch.cat(scores)
-        k = min(spec["topk"], allr.numel())
-        thr = torch.topk(allr, k).values[-1]
-        off = 0
-        for n in head:
-            num = m[n].numel()
-            keep = (allr[off:off + num] >= thr).reshape(m[n].shape) & (allr[off:off + num] > 0).reshape(m[n].shape)
-            m[n] = torch.where(keep, m[n], torch.zeros_like(m[n]))
-            off += num
+        m = topk_only(m, f, rows, head, spec["topk"])
     new = dampen(params, f, m, alpha=spec["alpha"], lam=spec["lam"], floor=spec.get("floor", 0.0))
-    changed = sum(int((new[n] != params[n]).sum()) for n in params)
-    return new, changed
+    return new, sum(int((new[n] != params[n]).sum()) for n in params)
+
+
+def build(scn, exclude_from_origin=None):
+    """Every model of the DAG, parents first (the origin minus ``exclude_from_origin`` train indices)."""
+    if exclude_from_origin is not None:
+        scn = BH.minus_samples(scn, ORIGIN, exclude_from_origin)
+    models, states = {}, {}
+    for repo in scn.affected():
+        model, _ = realize_node(scn, repo, {p: states[p] for p in scn.node(repo).parents})
+        models[repo] = model.eval()
+        states[repo] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return models
+
+
+def metrics(model, labels, forgotten, test):
+    if len(forgotten.to_label_space(labels)) == 0:
+        return None
+    return {k: round(v, 2) for k, v in sample_forget_metrics(model, labels, forgotten, test).items()}
+
+
+def auc_se(auc_pct: float, n_member: int, n_non: int) -> float:
+    """Hanley-McNeil standard error (percent) of an AUC from ``n_member`` and ``n_non`` samples: how far two MIA
+    scores may differ by chance alone."""
+    a = auc_pct / 100.0
+    q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
+    v = (a * (1 - a) + (n_member - 1) * (q1 - a * a) + (n_non - 1) * (q2 - a * a)) / (n_member * n_non)
+    return round(100.0 * max(v, 0.0) ** 0.5, 1)
+
+
+def miss_of(met, before, retrain) -> float:
+    if met is None:
+        return 0.0
+    return (max(0.0, before["held_out_acc"] - met["held_out_acc"] - 2)
+            + max(0.0, abs(met["forgotten_acc"] - retrain["forgotten_acc"]) - 5)
+            + max(0.0, abs(met["mia_auc"] - retrain["mia_auc"]) - 5))
 
 
 def run_seed(seed: int, log) -> dict:
     prof = BH.PROFILES["digits"]
     scn = BH.plan_dag(prof, seed)
-    scn.nodes = {ORIGIN: scn.nodes[ORIGIN]}
-    model, _ = realize_node(scn, ORIGIN, {})
-    model.eval()
-    labels = list(scn.node(ORIGIN).labels)
-    layers = resolve_layers(model, "head")
-    train = scn.train_data(ORIGIN)
-    fim = compute_fisher(model, train.x, train.y, labels, layers, estimator=DEFAULT_ESTIMATOR)
+    t = time.perf_counter()
+    models = build(scn)
+    log(f"seed {seed}: built {list(models)} in {time.perf_counter() - t:.0f}s")
     test = scn.load_test()
-    params0 = {n: p.detach().clone() for n, p in model.named_parameters() if n in layers}
+    info = {}
+    for repo, model in models.items():
+        labels = list(scn.node(repo).labels)
+        layers = resolve_layers(model, "head")
+        train = scn.train_data(repo)
+        fim = compute_fisher(model, train.x, train.y, labels, layers, estimator=DEFAULT_ESTIMATOR)
+        params = {n: p.detach().clone() for n, p in model.named_parameters() if n in layers}
+        info[repo] = (labels, layers, fim, params)
+    o_labels, o_layers = info[ORIGIN][0], info[ORIGIN][1]
     shard = list(scn.node(ORIGIN).shard)
     out = {}
     for req, frac in BH.SAMPLE_REQUESTS.items():
         n = max(2, round(frac * len(shard)))
-        rng = np.random.default_rng(seed + int(frac * 1000))
+        rng = np.random.default_rng(seed + int(frac * 1000))  # the draw of benchmarks/beyond_head.py
         drop = sorted(int(i) for i in rng.choice(shard, size=n, replace=False))
         forgotten = scn.load_train().subset(drop)
-        fk = forgotten.to_label_space(labels)
-        counts = {lab: int((fk.y == i).sum()) for i, lab in enumerate(labels)}
-        m = compute_fisher(model, fk.x, fk.y, labels, layers, estimator=DEFAULT_ESTIMATOR).model_fim
-        before = sample_forget_metrics(model, labels, forgotten, test)
-        minus = BH.minus_samples(scn, ORIGIN, drop)
+        counts = {}
+        for yi in forgotten.y.tolist():
+            counts[forgotten.labels[yi]] = counts.get(forgotten.labels[yi], 0) + 1
+        fk = forgotten.to_label_space(o_labels)
+        m_origin = compute_fisher(models[ORIGIN], fk.x, fk.y, o_labels, o_layers,
+                                  estimator=DEFAULT_ESTIMATOR).model_fim
         t = time.perf_counter()
-        rmodel, _ = realize_node(minus, ORIGIN, {})
-        retrain = sample_forget_metrics(rmodel.eval(), labels, forgotten, test)
-        log(f"seed {seed} {req}: {n} samples; retrain {time.perf_counter() - t:.0f}s {retrain}")
-        res = {"samples": n, "original": before, "retrain": retrain, "variants": {}}
-        for name, spec in variants().items():
-            new, changed = apply_variant(params0, fim, m, counts, labels, layers, spec)
-            sd = model.state_dict()
-            sd.update(new)
-            vm = BH.load_model.__globals__["load_model"]  # noqa: F841 (keep import side effects quiet)
-            model.load_state_dict(sd)
-            met = sample_forget_metrics(model, labels, forgotten, test)
-            sd.update(params0)
-            model.load_state_dict(sd)
-            miss = (max(0.0, before["held_out_acc"] - met["held_out_acc"] - 2)
-                    + max(0.0, abs(met["forgotten_acc"] - retrain["forgotten_acc"]) - 5)
-                    + max(0.0, abs(met["mia_auc"] - retrain["mia_auc"]) - 5))
-            res["variants"][name] = {**{k: round(v, 2) for k, v in met.items()}, "changed": changed,
-                                     "miss": round(miss, 2)}
+        retrained = build(scn, drop)
+        log(f"seed {seed} {req}: {n} samples {counts}; retrain {time.perf_counter() - t:.0f}s")
+        res = {"samples": n, "counts": counts, "models": {}}
+        for repo, model in models.items():
+            labels, layers, fim, params0 = info[repo]
+            m = align_rows(m_origin, o_labels, labels, layers)
+            before = metrics(model, labels, forgotten, test)
+            retrain = metrics(retrained[repo], labels, forgotten, test)
+            if retrain is not None:
+                retrain["mia_se"] = auc_se(retrain["mia_auc"], len(forgotten.to_label_space(labels)),
+                                           len(test.to_label_space(labels)))
+            row = {"original": before, "retrain": retrain, "variants": {}}
+            for name, spec in variants().items():
+                new, changed = apply_variant(params0, fim, m, counts, labels, layers, spec)
+                sd = model.state_dict()
+                sd.update(new)
+                model.load_state_dict(sd)
+                met = metrics(model, labels, forgotten, test)
+                sd.update(params0)
+                model.load_state_dict(sd)
+                row["variants"][name] = {**(met or {}), "changed": changed,
+                                         "miss": round(miss_of(met, before, retrain), 2)}
+            res["models"][repo] = row
         out[req] = res
     return out
+
+
+def score(run: dict, name: str) -> tuple[float, int]:
+    """(sum of misses, parameters changed) of a variant over one seed's requests and models."""
+    cells = [m["variants"][name] for r in run.values() for m in r["models"].values()]
+    return round(sum(c["miss"] for c in cells), 2), sum(c["changed"] for c in cells)
 
 
 def main(argv=None) -> int:
@@ -154,31 +216,35 @@ def main(argv=None) -> int:
     with torch_threads(1):
         runs = {s: run_seed(s, log) for s in (args.choose_seed, args.report_seed)}
     names = list(variants())
-
-    def score(seed, name):
-        reqs = runs[seed]
-        return (sum(r["variants"][name]["miss"] for r in reqs.values()),
-                sum(r["variants"][name]["changed"] for r in reqs.values()))
-
-    chosen = min(names, key=lambda nm: score(args.choose_seed, nm))
-    result = {"command": "nice -n 10 python benchmarks/ablation_samplewise.py", "machine": "2 CPU cores, no GPU",
+    chosen = min((nm for nm in names if nm not in REFERENCE_ONLY), key=lambda nm: score(runs[args.choose_seed], nm))
+    result = {"command": "nice -n 10 python benchmarks/ablation_samplewise.py",
+              "machine": "2 shared CPU cores, no GPU, torch 1 thread",
               "choose_seed": args.choose_seed, "report_seed": args.report_seed, "chosen": chosen,
               "spec": variants()[chosen], "seconds": round(time.perf_counter() - t0, 1),
+              "scores": {str(s): {nm: score(runs[s], nm) for nm in names} for s in runs},
               "runs": {str(s): r for s, r in runs.items()}}
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     for s in runs:
         print(f"\nseed {s} ({'choose' if s == args.choose_seed else 'report'})")
         for req, r in runs[s].items():
-            o, rt = r["original"], r["retrain"]
-            print(f"  {req}: original held-out {o['held_out_acc']:.1f} forgotten {o['forgotten_acc']:.1f} "
-                  f"MIA {o['mia_auc']:.1f} | retrain held-out {rt['held_out_acc']:.1f} forgotten "
-                  f"{rt['forgotten_acc']:.1f} MIA {rt['mia_auc']:.1f}")
-        print("  | variant | " + " | ".join(f"{q} held-out / forgotten / MIA / changed" for q in runs[s]) + " | miss |")
+            print(f"  {req} ({r['samples']} samples)")
+            for repo, m in r["models"].items():
+                o, rt = m["original"], m["retrain"]
+                if o is None:
+                    continue
+                print(f"    {repo}: original {o['held_out_acc']:.1f} / {o['forgotten_acc']:.1f} / {o['mia_auc']:.1f}"
+                      f" | retrain {rt['held_out_acc']:.1f} / {rt['forgotten_acc']:.1f} / {rt['mia_auc']:.1f}"
+                      f" (MIA s.e. {rt['mia_se']:.1f})")
+        print("  | variant | " + " | ".join(f"{q} R, A, T held-out / forgotten / MIA" for q in runs[s])
+              + " | miss | changed |")
         for nm in names:
-            cells = [f"{r['variants'][nm]['held_out_acc']:.1f} / {r['variants'][nm]['forgotten_acc']:.1f} / "
-                     f"{r['variants'][nm]['mia_auc']:.1f} / {r['variants'][nm]['changed']}" for r in runs[s].values()]
-            print(f"  | {nm}{' (chosen)' if nm == chosen else ''} | " + " | ".join(cells)
-                  + f" | {score(s, nm)[0]:.1f} |")
+            cells = []
+            for r in runs[s].values():
+                cells.append("; ".join(
+                    f"{c['held_out_acc']:.1f} / {c['forgotten_acc']:.1f} / {c['mia_auc']:.1f}" if "mia_auc" in c
+                    else "-" for c in (m["variants"][nm] for m in r["models"].values())))
+            sc = score(runs[s], nm)
+            print(f"  | {nm}{' (chosen)' if nm == chosen else ''} | " + " | ".join(cells) + f" | {sc[0]:.1f} | {sc[1]} |")
     print(f"\nchosen on seed {args.choose_seed}: {chosen}; wrote {args.out}")
     return 0
 
