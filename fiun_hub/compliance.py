@@ -767,7 +767,6 @@ def plan_takedown(hub: LocalHub, request: TakedownRequest) -> TakedownPlan:
 
     A request id already in the ledger must have the same content (a re-run then applies it to what was derived
     since from pre-takedown revisions, and is a no-op when nothing was)."""
-    from .dampening import DEFAULT_ALPHA, DEFAULT_LAMBDA
     from .unlearn import plan_forget
 
     records = ledger_records(hub)
@@ -777,8 +776,7 @@ def plan_takedown(hub: LocalHub, request: TakedownRequest) -> TakedownPlan:
                            f"{record['request'].get('received')}); give a new request a new id")
     _origin_pins(hub, request)
     plan = plan_forget(hub, request.origin_repos, request.classes, request.data, request.id,
-                       DEFAULT_ALPHA if request.alpha is None else request.alpha,
-                       DEFAULT_LAMBDA if request.lam is None else request.lam)
+                       request.alpha, request.lam)  # None: the kind's default
     states, _ = classify(hub, request, record, records)
     # A repo whose card claims the request without the ledger's proof ("unrecorded") is forgotten, not recorded.
     targets = [s.repo for s in states if s.status in ("pending", "pre-forget-pin", "derived-from-flagged",
@@ -1101,7 +1099,6 @@ def fix(hub: LocalHub, report: dict[str, Any], *, eval_data: str | None = None, 
     """Apply each request with findings in ``report`` (an :func:`audit` result) to its flagged repos: new
     unlearned revisions, and a ``fix`` event in the ledger naming the findings it answers. Repos that cannot be
     fixed (a stale sidecar, say) are left flagged, with why. Returns one outcome per request touched."""
-    from .dampening import DEFAULT_ALPHA, DEFAULT_LAMBDA
     from .unlearn import plan_forget
 
     _check_eval_data(eval_data)
@@ -1129,8 +1126,7 @@ def fix(hub: LocalHub, report: dict[str, Any], *, eval_data: str | None = None, 
                         "unfixable": sorted(flagged), "purged": purged})
             continue
         plan = plan_forget(hub, request.origin_repos, request.classes, request.data, request.id,
-                           DEFAULT_ALPHA if request.alpha is None else request.alpha,
-                           DEFAULT_LAMBDA if request.lam is None else request.lam)
+                           request.alpha, request.lam)  # None: the kind's default
         try:
             restricted, blocked = _restrict(hub, request, plan, apply)
         except BadInput as exc:  # an origin that must be redone cannot be: nothing of this request can
