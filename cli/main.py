@@ -445,7 +445,8 @@ def _plan_text(plan) -> str:
                                    "re-running the same id is a no-op.")
 @click.option("--alpha", type=float, default=None,
               help="Selection: a parameter is dampened where its MFIM exceeds alpha x its own (retain) FIM "
-                   "(default 1; sample-wise: 2, against the mix of its class FIMs over the samples' labels).")
+                   "(default 1; sample-wise: its FIM over the samples' labels, at most 20 head entries, "
+                   "docs/method.md section 10).")
 @click.option("--lambda", "lam", type=float, default=None,
               help="Dampening: a selected parameter keeps min(lambda x F / M, 1) of its distance to its "
                    "reference (default 0.01).")
