@@ -33,6 +33,11 @@ divided by its squared norm over the unlearnable layers, see :func:`fiun_hub.fis
 model FIM. With the plain empirical Fisher, whose scale follows each model's training loss (three orders of
 magnitude across one DAG in the benchmark), no single ``alpha`` fits every descendant.
 
+A sample-wise forget (no label rows to restrict to) runs :func:`sample_forget_update` instead: the samples' FIM
+against :func:`samplewise_reference_fim` (the model's own class FIMs mixed over the samples' labels, counts from
+the forget record), with a budget of ``SAMPLE_TOPK`` head entries (:func:`top_ratio_only`), toward 0
+(docs/method.md section 10; the model-FIM comparison before it cost 14-41 held-out points).
+
 :func:`dampen` alone, with ``reference=None`` and ``alpha=1, lam=1``, is the paper's rule (SSD's
 ``modify_weight``): where ``M > alpha * F``, ``theta <- theta * min((lam * F / M) ** exponent, 1)``.
 """
