@@ -1,26 +1,31 @@
 """Ablation of the selection / dampening rule for sample-wise forgets (issue 16 part 3).
 
-Setup: ``benchmarks/beyond_head.py``'s digits root R (``test_resnet``, 757 training samples, 10 epochs, sidecars with
-the default ``normalized`` estimator on the head). A request forgets 1% or 5% of R's shard (seeded draw). Each
-variant dampens R's head from R's own sidecars and the forget samples' FIM; metrics (``fiun_hub.evaluate``):
-held-out accuracy, accuracy on the forgotten samples, loss-threshold MIA AUC, against R retrained without the samples.
+Setup: ``benchmarks/beyond_head.py``'s digits DAG (``test_resnet``): R from scratch (757 training samples, 10
+epochs), A its fine-tune child, T its transfer child (6 of the 10 labels); each model's sidecar FIMs with the default
+``normalized`` estimator on the head, from its own shard. A request forgets 1% or 5% of R's shard (the seeded draw of
+beyond_head.py). The origin's FIM of the samples (``M``) is aligned to each model's head; each variant dampens each
+model's head from ``M``, the model's OWN sidecars and the samples' per-label counts (what the forget record holds:
+data-free at A and T). Metrics (``fiun_hub.evaluate.sample_forget_metrics``): held-out accuracy, accuracy on the
+forgotten samples, loss-threshold MIA AUC, against the DAG retrained without the samples (with the retrained AUC's
+Hanley-McNeil standard error).
 
-Variants (``M``: the forget samples' FIM, a mean over them; ``F``: R's model FIM; ``F_cls``: the count-weighted mix
-of R's class FIMs over the labels the forgotten samples carry, i.e. what samples *of those classes* weigh on average):
+Variants (``F``: the model FIM; ``F_cls``: the mix of the model's class FIMs over the samples' labels, weighted by
+the samples' counts, i.e. what samples *of those classes* weigh on average):
 
-- ``old``: today's rule (select ``M > alpha F``, ``beta = min(lam F / M, 1)``, alpha 1, lam 0.01, toward 0);
-- ``alpha=A``: (a) stricter selection against ``F``;
-- ``topk=K``: (a) only the K elements with the largest ``M / F`` among the rows of the samples' labels;
-- ``cls``: (b)/(d) compare against ``F_cls`` (the samples' own classes: per-sample scale, same labels);
-- ``floor=Q``: (c) ``beta >= Q`` (a selected element keeps at least Q of itself).
-
-The default is chosen on seed 0 (choose split) and reported on seed 1 (report split):
+- ``none``: no change (a reference, never chosen);
+- ``old``: the rule before (select ``M > alpha F``, ``beta = min(lam F / M, 1)``, alpha 1, lam 0.01, toward 0);
+- ``alpha=A``: stricter selection against ``F``;
+- ``topk=K``: only the K elements with the largest ``M / F`` among the rows of the samples' labels;
+- ``cls ...``: compare against ``F_cls``; ``floor=Q``: ``beta >= Q`` (a selected element keeps at least Q of itself);
+- ``real cls ...``: ``fiun_hub.dampening.sample_forget_update`` itself (what ``forget --data`` runs; ``mass``: the
+  origin's FIM rescaled to the reference's mass first).
 
     nice -n 10 python benchmarks/ablation_samplewise.py            # writes benchmarks/results/ablation_samplewise.json
 
-Score of a variant on a request: the sum of its misses, ``max(0, drop_in_held_out - 2) + max(0,
-|forgotten_acc - retrain's| - 5) + max(0, |mia - retrain's| - 5)``, summed over requests; ties prefer the variant that
-changes fewer parameters.
+Score of a variant: the sum over requests and models of ``max(0, drop_in_held_out - 2) + max(0,
+|forgotten_acc - retrain's| - 5) + max(0, |mia - retrain's| - 5)``; ties prefer fewer changed parameters. The score's
+pick on seed 0 is ``chosen_by_score``; ``default`` is the rule ``forget --data`` runs, and ``default_why`` says why
+they differ (docs/method.md section 10).
 """
 from __future__ import annotations
 
