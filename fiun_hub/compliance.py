@@ -825,7 +825,6 @@ def plan_takedown(hub: LocalHub, request: TakedownRequest) -> TakedownPlan:
 
     A request id already in the ledger must have the same content (a re-run then applies it to what was derived
     since from pre-takedown revisions, and is a no-op when nothing was)."""
-    from .dampening import DEFAULT_ALPHA, DEFAULT_LAMBDA
     from .unlearn import plan_forget
 
     records = ledger_records(hub)
@@ -835,8 +834,7 @@ def plan_takedown(hub: LocalHub, request: TakedownRequest) -> TakedownPlan:
                            f"{record['request'].get('received')}); give a new request a new id")
     _origin_pins(hub, request)
     plan = plan_forget(hub, request.origin_repos, request.classes, request.data, request.id,
-                       DEFAULT_ALPHA if request.alpha is None else request.alpha,
-                       DEFAULT_LAMBDA if request.lam is None else request.lam)
+                       request.alpha, request.lam)  # None: the kind's default
     states, _ = classify(hub, request, record, records)
     # A repo whose card claims the request without the ledger's proof ("unrecorded") is forgotten, not recorded.
     targets = [s.repo for s in states if s.status in ("pending", "pre-forget-pin", "derived-from-flagged",
@@ -1199,7 +1197,6 @@ def fix(hub: LocalHub, report: dict[str, Any], *, eval_data: str | None = None, 
     entry carries ``adopted_from`` too, so that later audits check the repo as part of the affected set."""
     import networkx as nx
 
-    from .dampening import DEFAULT_ALPHA, DEFAULT_LAMBDA
     from .lineage import affected, resolve
     from .unlearn import plan_forget
 
@@ -1254,8 +1251,7 @@ def fix(hub: LocalHub, report: dict[str, Any], *, eval_data: str | None = None, 
                         "purged": purged})
             continue
         plan = plan_forget(hub, request.origin_repos, request.classes, request.data, request.id,
-                           DEFAULT_ALPHA if request.alpha is None else request.alpha,
-                           DEFAULT_LAMBDA if request.lam is None else request.lam)
+                           request.alpha, request.lam)  # None: the kind's default
         in_plan = {n.repo for n in plan.nodes}
         try:
             restricted, blocked = _restrict(hub, request, plan, [r for r in apply if r in in_plan])

@@ -34,7 +34,8 @@ from .repo import read_meta
 from .fallback import resolve_sidecars
 from .sidecars import path_at, read_at
 
-from .dampening import DEFAULT_ALPHA, DEFAULT_LAMBDA  # noqa: E402  (one place for the method's defaults)
+from .dampening import (DEFAULT_ALPHA, DEFAULT_LAMBDA, SAMPLE_ALPHA,  # noqa: E402  (one place for the defaults)
+                        SAMPLE_LAMBDA)
 
 
 @dataclass
@@ -129,10 +130,11 @@ def plan_forget(
     classes: Sequence[str] | str | None = None,
     data_spec: str | None = None,
     request_id: str | None = None,
-    alpha: float = DEFAULT_ALPHA,
-    lam: float = DEFAULT_LAMBDA,
+    alpha: float | None = None,
+    lam: float | None = None,
 ) -> Plan:
-    """Work out what a forget would do, without changing anything. Problems are listed per repo."""
+    """Work out what a forget would do, without changing anything. Problems are listed per repo. ``alpha`` /
+    ``lam`` None: the defaults of the kind of forget (class-wise ``DEFAULT_*``, sample-wise ``SAMPLE_*``)."""
     origins = list(dict.fromkeys(origins))
     if not origins:
         raise UnlearnError("no --origin given: name the model(s) whose training data held what must go")
@@ -141,6 +143,10 @@ def plan_forget(
     if (classes is None) == (data_spec is None):
         raise UnlearnError("give exactly one of --classes A,B (class-wise) or --data SPEC (sample-wise)")
     classes = _parse_classes(classes)
+    if alpha is None:
+        alpha = DEFAULT_ALPHA if data_spec is None else SAMPLE_ALPHA
+    if lam is None:
+        lam = DEFAULT_LAMBDA if data_spec is None else SAMPLE_LAMBDA
     if not (alpha > 0 and lam > 0) or not all(map(lambda v: v == v and v != float("inf"), (alpha, lam))):
         raise UnlearnError(f"--alpha and --lambda must be positive and finite (got {alpha}, {lam})")
     request_id = validate_request_id(request_id, "--request-id") if request_id is not None else \
@@ -353,6 +359,8 @@ class NodeTask:
     lam: float
     out_path: str | None = None
     inert: list[str] = field(default_factory=list)  # labels earlier forgets removed (kept inert)
+    # sample-wise: the forgotten samples' count per label name (the record's fingerprint); None: class-wise
+    sample_counts: dict[str, int] | None = None
 
 
 def read_into_bytearray(path: str | os.PathLike) -> bytearray:
@@ -394,7 +402,7 @@ def unlearn_node(task: NodeTask) -> tuple[str, bytes | str, dict[str, Any]]:
     Only the unlearnable tensors change and they keep dtype and shape, so the new file is the old one with those
     tensors' byte ranges rewritten: same header, every other byte identical, no full deserialisation.
     """
-    from .dampening import class_forget_update
+    from .dampening import class_forget_update, sample_forget_update
     from .safetensors_io import header_of_bytes, read_tensors
 
     data = read_into_bytearray(task.weights_path)
@@ -406,9 +414,14 @@ def unlearn_node(task: NodeTask) -> tuple[str, bytes | str, dict[str, Any]]:
         if header[n]["dtype"] not in ("F16", "BF16", "F32", "F64"):
             raise UnlearnError(f"{task.repo}: unlearnable tensor {n} is {header[n]['dtype']}, not floating point")
     params = read_tensors(data, header, task.mfim)
-    new = class_forget_update(params, task.labels, task.model_fim, task.class_fims, task.counts, task.mfim,
-                              task.forget, task.head_params, alpha=task.alpha, lam=task.lam,
-                              inert=task.inert or ())
+    if getattr(task, "sample_counts", None) is not None:
+        new = sample_forget_update(params, task.labels, task.model_fim, task.class_fims, task.counts, task.mfim,
+                                   task.sample_counts, task.head_params, alpha=task.alpha, lam=task.lam,
+                                   inert=task.inert or ())
+    else:
+        new = class_forget_update(params, task.labels, task.model_fim, task.class_fims, task.counts, task.mfim,
+                                  task.forget, task.head_params, alpha=task.alpha, lam=task.lam,
+                                  inert=task.inert or ())
     return emit_weights(task, data, splice_update(task.repo, data, header, params, new))
 
 
@@ -588,6 +601,7 @@ def run_forget(
     fims = {o: origin_unlearning_fim(hub, plan, o, device) for o in plan.origins}
     t_origin = time.perf_counter() - t0
 
+    samples = samples_fingerprint(plan.data_spec) if plan.data_spec is not None else None
     staging = _Staging(hub) if isinstance(hub, LocalHub) else None
     tasks, nodes, untouched = [], {}, []
     for node in plan.todo:
@@ -615,14 +629,12 @@ def run_forget(
                               {n: sc.model_fim[n] for n in mfim},
                               {c: {n: f[n] for n in mfim} for c, f in sc.class_fims.items()}, dict(sc.counts),
                               mfim, list(plan.classes or []), heads, plan.alpha, plan.lam,
-                              inert=list(node.forgotten_before)))
+                              inert=list(node.forgotten_before),
+                              sample_counts=dict(samples["labels"]) if samples is not None else None))
         nodes[node.repo] = (node, sc, info)
 
     now = utc_now()
     origin_revs = [f"{o}@{fims[o][2]}" for o in plan.origins]
-    samples = None
-    if plan.data_spec is not None:
-        samples = samples_fingerprint(plan.data_spec)
     what = (f"classes {', '.join(plan.classes)}" if plan.classes else
             f"{samples['count']} samples (sha256 {samples['sha256'][:12]})")
     changes: dict[str, RepoChange] = {}
@@ -745,7 +757,7 @@ def _affected_set_unchanged(plan: Plan) -> Callable[[LocalHub], None]:
 
 
 def forget(hub: LocalHub, origins: Sequence[str], classes=None, data_spec=None, request_id=None,
-           alpha: float = DEFAULT_ALPHA, lam: float = DEFAULT_LAMBDA, record_spec: bool = False,
+           alpha: float | None = None, lam: float | None = None, record_spec: bool = False,
            **kwargs) -> tuple[Plan, ForgetResult]:
     """Plan and run a forget in one call (what ``fiun-hub forget`` does)."""
     plan = plan_forget(hub, origins, classes, data_spec, request_id, alpha, lam)
