@@ -14,6 +14,7 @@ import click
 
 from fiun_hub.errors import BadInput, FiunError
 from fiun_hub.constants import NO_SPACE
+from fiun_hub.hub.base import ATOMIC_PUBLISH, PURGE, supports
 
 
 # Commands that need a LocalHub's folder, and why (a remote hub is reached over the Hub HTTP API).
@@ -59,7 +60,7 @@ def no_space_line(exc: OSError) -> str:
     line = f"no space left on device{where}"
     ctx = click.get_current_context(silent=True)
     hub = getattr(ctx.find_object(Ctx), "opened", None) if ctx is not None else None
-    pending = hub.unfinished_publish() if hasattr(hub, "unfinished_publish") else []
+    pending = hub.unfinished_publish() if supports(hub, ATOMIC_PUBLISH) else []
     if pending:
         return (f"{line}: the publish to {', '.join(pending[:3])}" + (f" and {len(pending) - 3} more" if
                 len(pending) > 3 else "") + " had started moving refs and is recorded in the hub's journal; it "
@@ -493,9 +494,7 @@ def forget(c: Ctx, origins, classes, data_spec, request_id, alpha, lam, record_s
                f"request {plan.request_id} is already applied to all {len(plan.nodes)} affected repo(s); nothing to do")
         return
     target = hub
-    from fiun_hub.hub.local import LocalHub
-
-    remote_purge = purge and not isinstance(hub, LocalHub)
+    remote_purge = purge and not supports(hub, PURGE)
     if purge and not remote_purge:
         from fiun_hub.purge import PurgingHub
         from fiun_hub.unlearn import utc_now
@@ -512,7 +511,7 @@ def forget(c: Ctx, origins, classes, data_spec, request_id, alpha, lam, record_s
         purged = {"remote": outcomes, "files": {}, "revisions": 0, "blobs": sum(o.get("deleted", 0)
                                                                                for o in outcomes.values()),
                   "bytes_removed": sum(o.get("bytes_removed", 0) for o in outcomes.values())}
-    atomic = getattr(hub, "atomic", True)
+    atomic = supports(hub, ATOMIC_PUBLISH)
     note = [] if atomic else [f"note: {hub.location} is a remote hub: each repo was committed on its own (no "
                               "cross-repo atomicity); an interrupted run is finished by re-running it"]
     if purged and "remote" in purged:

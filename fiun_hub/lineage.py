@@ -20,8 +20,9 @@ import networkx as nx
 from .card import parse_card
 from .constants import CARD_FILE, CONFIG_FILE, FIM_FILE, FIUN_DIR, LEDGER_REPO, WEIGHTS_FILE
 from .errors import BadInput, CardError, LineageError, RepoNotFound
-
-INDEX_FILE = "lineage.json"
+from .hub import local as _local
+from .hub.base import CONSISTENT_HEADS, LOCAL_FOLDER, supports
+from .hub.local import INDEX_FILE
 # /2: a sidecar's state also depends on the preprocessing it recorded (an index written before is rebuilt)
 INDEX_FORMAT = "fiun-lineage/2"
 
@@ -113,7 +114,7 @@ def _index_path(hub) -> Path:
 
 def read_index_file(hub) -> dict | None:
     """The index's repo entries, or None if there is no (readable) index."""
-    if getattr(hub, "root", None) is None:  # a remote hub keeps no index: read the cards
+    if not supports(hub, LOCAL_FOLDER):  # a remote hub keeps no index: read the cards
         return None
     try:
         data = json.loads(_index_path(hub).read_bytes())
@@ -149,10 +150,25 @@ def _entry_ok(e: object) -> bool:
 
 
 def write_index_file(hub, repos: dict) -> None:
-    from .hub.local import atomic_write
-
     body = json.dumps({"format": INDEX_FORMAT, "repos": repos}, separators=(",", ":"), sort_keys=True, default=str)
-    atomic_write(_index_path(hub), body.encode())
+    _local.atomic_write(_index_path(hub), body.encode())  # (looked up when called: the crash tests wrap it)
+
+
+class _LineageIndexer:
+    """The hook through which every LocalHub publish keeps ``.fiun/lineage.json`` current
+    (:func:`fiun_hub.hub.local.register_indexer`)."""
+
+    def entry(self, hub, repo: str, cid: str) -> dict:
+        return index_entry(hub, repo, cid)
+
+    def read(self, hub) -> dict | None:
+        return read_index_file(hub)
+
+    def write(self, hub, entries: dict[str, dict]) -> None:
+        write_index_file(hub, entries)
+
+
+_local.register_indexer(_LineageIndexer())
 
 
 def rebuild_index(hub) -> dict:
@@ -160,7 +176,7 @@ def rebuild_index(hub) -> dict:
     where the backend can (LocalHub.heads: never half of a publish)."""
     from .fingerprint import rebuild_fingerprints
 
-    if hasattr(hub, "heads"):
+    if supports(hub, CONSISTENT_HEADS):
         entries = {repo: index_entry(hub, repo, head) for repo, head in sorted(hub.heads().items())}
     else:
         entries = {repo: index_entry(hub, repo) for repo in hub.list_repos()}

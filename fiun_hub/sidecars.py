@@ -10,9 +10,9 @@ from typing import Any, Callable, Iterator
 from .card import fim_entry, render_card
 from .constants import CARD_FILE, CONFIG_FILE, FIM_CLASSES_FILE, FIM_FILE, WEIGHTS_FILE
 from .data import load_for_model
-from .errors import SidecarError
+from .errors import EntryNotFound, SidecarError
 from .fisher import DEFAULT_ESTIMATOR, ESTIMATORS
-from .hub.local import LocalHub, RepoChange
+from .hub.base import BLOB_STORE, Hub, RepoChange, supports
 from .models import load_model
 from .preprocessing import SIDECAR_KEY
 from .repo import read_meta
@@ -20,12 +20,10 @@ from .repo import read_meta
 
 def path_at(hub, repo: str, info, path: str):
     """Where the content of ``path`` in the commit ``info`` (a :class:`~fiun_hub.hub.local.CommitInfo` already
-    read) lies: on a LocalHub the blob it names, found without resolving the commit again (``hub.file_path``
+    read) lies: on a hub with a blob store (a LocalHub) the blob it names, found without resolving the commit again (``hub.file_path``
     reads the commit record once more); elsewhere ``hub.file_path``. A missing path or blob raises
     :class:`~fiun_hub.errors.EntryNotFound`, as ``file_path`` does."""
-    if isinstance(hub, LocalHub):
-        from .errors import EntryNotFound
-
+    if supports(hub, BLOB_STORE):
         sha = info.files.get(path)
         if sha is None:
             raise EntryNotFound(f"{path} not found in {repo}@{info.id[:12]}")
@@ -38,12 +36,12 @@ def path_at(hub, repo: str, info, path: str):
 
 def read_at(hub, repo: str, info, path: str) -> bytes:
     """The bytes of ``path`` in the commit ``info`` (see :func:`path_at`)."""
-    if isinstance(hub, LocalHub):
+    if supports(hub, BLOB_STORE):
         return path_at(hub, repo, info, path).read_bytes()
     return hub.read_file(repo, path, info.id)
 
 
-def load_sidecars(hub: LocalHub, repo: str, revision: str | None = None, *, need_classes: bool = True, info=None):
+def load_sidecars(hub: Hub, repo: str, revision: str | None = None, *, need_classes: bool = True, info=None):
     """The checked sidecars of ``repo`` at ``revision`` (or at the commit ``info``, already read); missing, stale
     or malformed ones raise SidecarError naming the fix."""
     from .fisher import read_sidecars
@@ -136,7 +134,7 @@ def fisher_of(hub, repo: str, revision: str, data_spec: str, *, layers: str = "h
 
 
 def compute_and_commit(
-    hub: LocalHub,
+    hub: Hub,
     repo: str,
     data_spec: str,
     *,

@@ -27,7 +27,7 @@ from .card import parse_card_full, render_card
 from .constants import CARD_FILE, CONFIG_FILE, FIM_CLASSES_FILE, FIM_FILE, WEIGHTS_FILE
 from .errors import BadInput, ConflictError, FiunError, LineageError, UnlearnError
 from .hub.ids import validate_repo_id, validate_request_id
-from .hub.local import Blob, LocalHub, RepoChange, check_card_write
+from .hub.base import BLOB_STORE, LOCK, Blob, Hub, RepoChange, check_card_write, supports
 from .lineage import affected, merge_sources, resolve
 from .models import parse_config
 from .repo import read_meta
@@ -111,7 +111,7 @@ def _head_params(layers: Sequence[str], classifier: str) -> list[str]:
 
 
 def plan_forget(
-    hub: LocalHub,
+    hub: Hub,
     origins: Sequence[str],
     classes: Sequence[str] | str | None = None,
     data_spec: str | None = None,
@@ -247,7 +247,7 @@ def _mismatch(repo: str, sc, heads: Sequence[str], origin: str, osc) -> list[str
 
 
 # ------------------------------------------------------------------------------------------------ unlearning
-def origin_unlearning_fim(hub: LocalHub, plan: Plan, origin: str, device: str | None = None) -> tuple[dict, list[str],
+def origin_unlearning_fim(hub: Hub, plan: Plan, origin: str, device: str | None = None) -> tuple[dict, list[str],
                                                                                                     str, str]:
     """U(o) for one origin, on its weights before this request: (fim, labels, revision used, estimator)."""
     from .dampening import unlearning_fim
@@ -421,7 +421,7 @@ class _Staging:
 
     MIN_STAGED = 64 << 10  # smaller files (cards, small sidecars) stay in memory: staging them saves nothing
 
-    def __init__(self, hub: LocalHub):
+    def __init__(self, hub):
         self.hub = hub
         self.token = uuid.uuid4().hex[:16]
         self.incoming: dict[str, Path] = {}
@@ -505,7 +505,7 @@ def _loaded(hub, plan: Plan, node: NodePlan) -> tuple[Any, Any, Any]:
 
 
 def run_forget(
-    hub: LocalHub,
+    hub: Hub,
     plan: Plan,
     *,
     workers: int = 1,
@@ -537,7 +537,7 @@ def run_forget(
     fims = {o: origin_unlearning_fim(hub, plan, o, device) for o in plan.origins}
     t_origin = time.perf_counter() - t0
 
-    staging = _Staging(hub) if isinstance(hub, LocalHub) else None
+    staging = _Staging(hub) if supports(hub, BLOB_STORE) else None
     tasks, nodes, untouched = [], {}, []
     for node in plan.todo:
         config, sc, info = _loaded(hub, plan, node)
@@ -652,7 +652,7 @@ def run_forget(
         t2 = time.perf_counter()
         publishing = True
         new = hub.publish([changes[n.repo] for n in plan.todo],
-                          **({"precondition": _affected_set_unchanged(plan)} if isinstance(hub, LocalHub) else {}))
+                          **({"precondition": _affected_set_unchanged(plan)} if supports(hub, LOCK) else {}))
         t_publish = time.perf_counter() - t2
     except BaseException as exc:
         # Nothing is published: remove what this forget staged. (A publish that failed after writing its commit
@@ -672,13 +672,13 @@ def run_forget(
     )
 
 
-def _affected_set_unchanged(plan: Plan) -> Callable[[LocalHub], None]:
+def _affected_set_unchanged(plan: Plan) -> Callable[[Hub], None]:
     """A publish precondition (checked under the writers' lock): no repo has come to derive from the origins
     since the plan was made. Otherwise a model pushed during the forget, pinned to an origin's pre-forget
     revision, would keep what the forget removed. (Not on a remote hub: there is no lock to check it under.)"""
     planned = {n.repo for n in plan.nodes}
 
-    def check(hub: LocalHub) -> None:
+    def check(hub: Hub) -> None:
         grown = sorted(set(affected(resolve(hub), plan.origins)) - planned)
         if grown:
             raise ConflictError(f"the lineage changed while the forget ran: {grown[0]} now derives from "
@@ -688,7 +688,7 @@ def _affected_set_unchanged(plan: Plan) -> Callable[[LocalHub], None]:
     return check
 
 
-def forget(hub: LocalHub, origins: Sequence[str], classes=None, data_spec=None, request_id=None,
+def forget(hub: Hub, origins: Sequence[str], classes=None, data_spec=None, request_id=None,
            alpha: float = DEFAULT_ALPHA, lam: float = DEFAULT_LAMBDA, record_spec: bool = False,
            **kwargs) -> tuple[Plan, ForgetResult]:
     """Plan and run a forget in one call (what ``fiun-hub forget`` does)."""

@@ -36,8 +36,8 @@ from ..errors import (
     RepoNotFound,
     RevisionNotFound,
 )
+from .base import PURGE_HISTORY, Blob, CommitInfo, RepoChange, check_changes
 from .ids import COMMIT_RE, validate_ref_name, validate_repo_id
-from .local import Blob, CommitInfo, RepoChange, check_changes
 
 _LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
 _NAMESPACE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}\Z")
@@ -120,8 +120,10 @@ def _map_errors(what: str) -> Iterator[None]:
 class HfHub:
     """A hub reached over the Hugging Face Hub HTTP API (see the module docstring for what differs)."""
 
-    atomic = False  # one commit per repo: see PublishIncomplete
-    root = None  # no local folder: no lineage index, no `verify`
+    # Only the endpoint's LFS purge: one commit per repo (no ATOMIC_PUBLISH: see PublishIncomplete), no lock, no
+    # local folder (no lineage index, no `verify`, ``root`` is None).
+    capabilities = frozenset({PURGE_HISTORY})
+    root = None
 
     def __init__(self, spec: str = "hf", *, token: str | None = None, cache_dir: str | os.PathLike | None = None):
         from huggingface_hub import HfApi
