@@ -7,11 +7,12 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Callable, Iterator
 
-from .card import fim_entry, render_card
+from .card import card_body, fim_entry, render_card
 from .constants import CARD_FILE, CONFIG_FILE, FIM_CLASSES_FILE, FIM_FILE, WEIGHTS_FILE
 from .data import load_for_model
-from .errors import EntryNotFound, SidecarError
-from .fisher import DEFAULT_ESTIMATOR, ESTIMATORS
+from .errors import BadInput, EntryNotFound, SidecarError
+from .executors import check_executor, run_call
+from .fisher import DEFAULT_ESTIMATOR, ESTIMATORS, compute_fisher, read_sidecars, resolve_layers, sidecar_bytes
 from .hub.base import BLOB_STORE, Hub, RepoChange, supports
 from .models import load_model
 from .preprocessing import SIDECAR_KEY
@@ -44,8 +45,6 @@ def read_at(hub, repo: str, info, path: str) -> bytes:
 def load_sidecars(hub: Hub, repo: str, revision: str | None = None, *, need_classes: bool = True, info=None):
     """The checked sidecars of ``repo`` at ``revision`` (or at the commit ``info``, already read); missing, stale
     or malformed ones raise SidecarError naming the fix."""
-    from .fisher import read_sidecars
-
     info = info if info is not None else hub.commit_info(repo, revision)
     cid = info.id
     where = f"{repo}@{cid[:12]}"
@@ -74,7 +73,6 @@ def check_preprocessing(hub, repo: str, info, meta: dict, where: str, fix: str) 
     ``lineage.sidecar_state`` applies too). A garbled recorded preprocessing is bad input, exit 2."""
     import json
 
-    from .errors import BadInput
     from .preprocessing import of_config, stale_preprocessing
 
     if CONFIG_FILE not in info.files:
@@ -114,7 +112,6 @@ def fisher_of(hub, repo: str, revision: str, data_spec: str, *, layers: str = "h
     """The Fisher computation of ``fiun-hub fim``, on its own so that it can run as one Ray task: load ``repo``
     at ``revision`` and ``data_spec``, compute the sidecars' FIMs with ``threads`` torch threads. Returns
     ``{"result": FisherResult, "dataset": fingerprint, "samples": n}``; publishes nothing."""
-    from .fisher import compute_fisher, resolve_layers
 
     model, config, _ = load_model(hub, repo, revision)
     data = load_for_model(data_spec, config)
@@ -159,12 +156,10 @@ def compute_and_commit(
     same files (no timestamp in them; the commit records the time)."""
     import torch
 
-    from .executors import _check, run_call
-    from .fisher import sidecar_bytes
 
     if estimator not in ESTIMATORS:
         raise SidecarError(f"unknown estimator {estimator!r}; use one of {', '.join(ESTIMATORS)}")
-    _check(executor, 1 if workers is None else workers)
+    check_executor(executor, 1 if workers is None else workers)
     threads = workers or torch.get_num_threads()
     cid = hub.resolve(repo)
     if executor == "ray":
@@ -190,8 +185,6 @@ def compute_and_commit(
     })
     meta = read_meta(hub, repo, cid)
     meta.fim = fim_entry(result.layers, result.estimator)
-    from .card import card_body
-
     card = render_card(meta, card_body(hub.read_file(repo, CARD_FILE, cid).decode()), repo)
     new = hub.publish([RepoChange(
         repo, {FIM_FILE: fim, FIM_CLASSES_FILE: fim_classes, CARD_FILE: card.encode()},

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import networkx as nx
-import torch
 
 from .card import parse_card_full, render_card
 from .constants import CARD_FILE, CONFIG_FILE, FIM_CLASSES_FILE, FIM_FILE, WEIGHTS_FILE
@@ -35,6 +34,12 @@ from .fallback import resolve_sidecars
 from .sidecars import path_at, read_at
 
 from .dampening import DEFAULT_ALPHA, DEFAULT_LAMBDA  # noqa: E402  (one place for the method's defaults)
+from .dampening import align_rows, merge_fims, unlearning_fim
+from .data import load_for_model
+from .executors import run_unlearn
+from .fisher import compute_fisher, strip_classes
+from .models import load_model
+from .node_update import NodeTask, emit_weights, read_into_bytearray, splice_update, unlearn_node  # (re-exported)
 
 
 @dataclass
@@ -250,7 +255,6 @@ def _mismatch(repo: str, sc, heads: Sequence[str], origin: str, osc) -> list[str
 def origin_unlearning_fim(hub: Hub, plan: Plan, origin: str, device: str | None = None) -> tuple[dict, list[str],
                                                                                                     str, str]:
     """U(o) for one origin, on its weights before this request: (fim, labels, revision used, estimator)."""
-    from .dampening import unlearning_fim
 
     g_node = next(n for n in plan.nodes if n.repo == origin)
     revision = g_node.head
@@ -268,9 +272,6 @@ def origin_unlearning_fim(hub: Hub, plan: Plan, origin: str, device: str | None 
     if plan.classes is not None:
         have = [c for c in plan.classes if sc.counts.get(c, 0) > 0]
         return unlearning_fim(sc.class_fims, sc.counts, have), sc.labels, revision, sc.estimator
-    from .data import load_for_model
-    from .fisher import compute_fisher
-    from .models import load_model
 
     model, config, _ = load_model(hub, origin, revision)
     data = load_for_model(plan.data_spec, config)
@@ -280,104 +281,6 @@ def origin_unlearning_fim(hub: Hub, plan: Plan, origin: str, device: str | None 
     res = compute_fisher(model, data.x, data.y, config.labels, sc.layers, estimator=sc.estimator,
                          batch_size=sc.batch_size or 64, device=device)
     return res.model_fim, sc.labels, revision, sc.estimator
-
-
-@dataclass
-class NodeTask:
-    """Everything one affected repo needs: its weights file, its own sidecars (head rows named by ``labels``)
-    and its MFIM. Never the forget data, never another repo's new weights.
-
-    ``out_path``: where to write the new weights file (a staging name in the hub's blob store, see
-    :class:`_Staging`); None returns the bytes instead."""
-
-    repo: str
-    weights_path: str
-    labels: list[str]
-    model_fim: dict[str, torch.Tensor]
-    class_fims: dict[str, dict[str, torch.Tensor]]
-    counts: dict[str, int]
-    mfim: dict[str, torch.Tensor]
-    forget: list[str]  # forgotten class names (empty for a sample-wise forget)
-    head_params: list[str]
-    alpha: float
-    lam: float
-    out_path: str | None = None
-    inert: list[str] = field(default_factory=list)  # labels earlier forgets removed (kept inert)
-
-
-def read_into_bytearray(path: str | os.PathLike) -> bytearray:
-    """A file's bytes, read straight into one mutable buffer (no intermediate ``bytes`` copy)."""
-    with open(path, "rb", buffering=0) as fh:
-        data = bytearray(os.fstat(fh.fileno()).st_size)
-        got = 0
-        with memoryview(data) as view:
-            while got < len(data):
-                n = fh.readinto(view[got:])
-                if not n:
-                    break
-                got += n
-        if got < len(data):  # the file shrank while being read: what is there (the header check judges it)
-            del data[got:]
-        extra = fh.read()  # ... or grew
-    return data + extra if extra else data
-
-
-def emit_weights(task: Any, data: bytes | bytearray, stats: dict[str, Any]) -> tuple[str, bytes | str, dict[str, Any]]:
-    """One repo's result: ``(repo, new weights, stats)`` with the file's sha256 in ``stats["weights_sha256"]``
-    (computed where the work runs, so a pool or Ray hashes in parallel). With ``task.out_path`` the file is
-    written there (the executor's result is then that path, a few bytes, and no process holds the weights of
-    more than the repo it works on); else the bytes are returned."""
-    stats = {**stats, "weights_sha256": hashlib.sha256(data).hexdigest()}
-    out = getattr(task, "out_path", None)
-    if out:
-        with open(out, "wb") as fh:
-            fh.write(data)
-        return task.repo, str(out), stats
-    return task.repo, bytes(data), stats
-
-
-def unlearn_node(task: NodeTask) -> tuple[str, bytes | str, dict[str, Any]]:
-    """Dampen one repo's unlearnable layers; returns (repo, new safetensors bytes, stats), or (repo, path, stats)
-    when the task names an ``out_path`` (:func:`emit_weights`). ``stats``: changed and total parameters of the
-    unlearnable layers, the new file's sha256.
-
-    Only the unlearnable tensors change and they keep dtype and shape, so the new file is the old one with those
-    tensors' byte ranges rewritten: same header, every other byte identical, no full deserialisation.
-    """
-    from .dampening import class_forget_update
-    from .safetensors_io import header_of_bytes, read_tensors
-
-    data = read_into_bytearray(task.weights_path)
-    header, _ = header_of_bytes(data, where=task.repo)
-    missing = [n for n in task.mfim if n not in header]
-    if missing:
-        raise UnlearnError(f"{task.repo}: weights lack the sidecar's layer(s) {missing}")
-    for n in task.mfim:
-        if header[n]["dtype"] not in ("F16", "BF16", "F32", "F64"):
-            raise UnlearnError(f"{task.repo}: unlearnable tensor {n} is {header[n]['dtype']}, not floating point")
-    params = read_tensors(data, header, task.mfim)
-    new = class_forget_update(params, task.labels, task.model_fim, task.class_fims, task.counts, task.mfim,
-                              task.forget, task.head_params, alpha=task.alpha, lam=task.lam,
-                              inert=task.inert or ())
-    return emit_weights(task, data, splice_update(task.repo, data, header, params, new))
-
-
-def splice_update(repo: str, data: bytearray, header: dict, old: dict, new: dict) -> dict[str, Any]:
-    """Write a repo's updated unlearnable tensors ``new`` into its weights file's bytes ``data`` in place
-    (:func:`~fiun_hub.safetensors_io.splice_tensor`; ``old``: the tensors as read), refusing non-finite values or
-    a changed dtype or shape. Returns the stats of the update: changed and total parameters."""
-    from .safetensors_io import splice_tensor
-
-    changed = total = 0
-    for n, t in new.items():
-        if not torch.isfinite(t).all():
-            raise UnlearnError(f"{repo}: dampening produced non-finite values in {n}")
-        if t.dtype != old[n].dtype or t.shape != old[n].shape:
-            raise UnlearnError(f"{repo}: dampening changed the dtype or shape of {n}")
-        changed += int((t != old[n]).sum())
-        total += t.numel()
-        splice_tensor(data, header, n, t)
-    return {"changed": changed, "params": total}
 
 
 class StagedBlob(Blob):
@@ -525,9 +428,6 @@ def run_forget(
     memory does not grow with the number of repos, and nothing is left behind when the forget fails."""
     import time
 
-    from .dampening import align_rows, merge_fims
-    from .executors import run_unlearn
-    from .fisher import strip_classes
 
     if plan.problems:
         raise UnlearnError(plan.problems[0])
@@ -698,4 +598,5 @@ def forget(hub: Hub, origins: Sequence[str], classes=None, data_spec=None, reque
 
 
 __all__ = ["Plan", "NodePlan", "plan_forget", "run_forget", "forget", "unlearn_node", "NodeTask",
-           "ForgetResult", "default_request_id", "BadInput", "StagedBlob", "emit_weights", "utc_now"]
+           "ForgetResult", "default_request_id", "BadInput", "StagedBlob", "emit_weights", "utc_now",
+           "read_into_bytearray", "splice_update"]
