@@ -26,7 +26,7 @@ class NodeTask:
     and its MFIM. Never the forget data, never another repo's new weights.
 
     ``out_path``: where to write the new weights file (a staging name in the hub's blob store, see
-    :class:`_Staging`); None returns the bytes instead."""
+    :class:`fiun_hub.hub.staging.Staging`); None returns the bytes instead."""
 
     repo: str
     weights_path: str

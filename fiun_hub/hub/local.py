@@ -65,6 +65,7 @@ from .base import (  # the shared records live in hub/base.py; importable from h
     check_changes,
     purged_error,
 )
+from .staging import Staging
 from .ids import (
     COMMIT_RE,
     repo_folder_name,
@@ -456,6 +457,12 @@ class LocalHub:
 
     def blob_path(self, repo: str, sha: str) -> Path:
         return self.repo_dir(repo) / "blobs" / sha
+
+    def staging(self) -> Staging:
+        """A place to write the new files of one publish into the blob stores as they are made (a forget: every
+        repo's new weights, written by the executors' tasks), adopted as ``blobs/{sha256}`` and handed to
+        :meth:`publish` as :class:`~fiun_hub.hub.staging.StagedBlob` (see :mod:`fiun_hub.hub.staging`)."""
+        return Staging(self)
 
     def file_path(self, repo: str, path: str, revision: str | None = None) -> Path:
         """Path of the blob holding ``path`` at ``revision`` (inside the hub; never follows a snapshot link)."""
