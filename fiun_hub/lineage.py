@@ -154,23 +154,6 @@ def write_index_file(hub, repos: dict) -> None:
     _local.atomic_write(_index_path(hub), body.encode())  # (looked up when called: the crash tests wrap it)
 
 
-class _LineageIndexer:
-    """The hook through which every LocalHub publish keeps ``.fiun/lineage.json`` current
-    (:func:`fiun_hub.hub.local.register_indexer`)."""
-
-    def entry(self, hub, repo: str, cid: str) -> dict:
-        return index_entry(hub, repo, cid)
-
-    def read(self, hub) -> dict | None:
-        return read_index_file(hub)
-
-    def write(self, hub, entries: dict[str, dict]) -> None:
-        write_index_file(hub, entries)
-
-
-_local.register_indexer(_LineageIndexer())
-
-
 def rebuild_index(hub) -> dict:
     """Entries for every repo, read from the cards (not from the index), at heads read as one consistent set
     where the backend can (LocalHub.heads: never half of a publish)."""

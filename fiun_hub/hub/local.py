@@ -904,8 +904,8 @@ INDEX_FILE = "lineage.json"  # .fiun/lineage.json: its format is the indexer's (
 
 class Indexer(Protocol):
     """Keeps ``.fiun/lineage.json`` current on every publish. The hub stores the index; what an entry holds (the
-    card's lineage facts, the sidecar's state) is the lineage layer's, which registers itself on import
-    (:func:`register_indexer`), so that storage never imports the layers above it."""
+    card's lineage facts, the sidecar's state) is the lineage layer's, whose indexer ``fiun_hub/__init__.py``
+    registers (:func:`register_indexer`), so that storage never imports the layers above it."""
 
     def entry(self, hub: "LocalHub", repo: str, cid: str) -> dict: ...
     def read(self, hub: "LocalHub") -> dict | None: ...
