@@ -32,27 +32,31 @@ def sidecar_state(hub, repo: str, files: dict[str, str], revision: str) -> str:
     """``none``, ``ok``, ``stale`` (computed on other weights, or with other preprocessing than the model's
     config now declares) or ``invalid`` (unreadable, or a garbled recorded preprocessing) for the FIM sidecar at
     a revision."""
-    from .safetensors_io import read_header
-
     if FIM_FILE not in files:
         return "none"
     try:
-        _, meta = read_header(hub.file_path(repo, FIM_FILE, revision))
+        _, meta = hub.safetensors_header(repo, FIM_FILE, revision)  # the header alone (over HTTP: range requests)
     except Exception:
         return "invalid"
-    weights = files.get(WEIGHTS_FILE)
-    if meta.get("weights_sha256"):
-        state = "ok" if meta["weights_sha256"] == weights else "stale"
-    elif meta.get("model_commit"):
-        try:
-            state = "ok" if hub.list_files(repo, meta["model_commit"]).get(WEIGHTS_FILE) == weights else "stale"
-        except Exception:
-            state = "stale"
-    else:
-        return "invalid"
+    state = weights_state(hub, repo, meta, files.get(WEIGHTS_FILE))
     if state == "ok":
         state = _preprocessing_state(hub, repo, files, revision, meta)
     return state
+
+
+def weights_state(hub, repo: str, meta: dict, weights: str | None) -> str:
+    """The one rule for whether a sidecar (header ``meta``) belongs to the weights whose sha256 is ``weights``:
+    ``ok``; ``stale`` (computed on other weights, or the model commit it records cannot be read); ``invalid`` (it
+    records neither ``weights_sha256`` nor ``model_commit``). The lineage reports it (:func:`sidecar_state`);
+    ``sidecars.load_sidecars`` refuses every sidecar it does not call ``ok``."""
+    if meta.get("weights_sha256"):
+        return "ok" if meta["weights_sha256"] == weights else "stale"
+    if meta.get("model_commit"):
+        try:
+            return "ok" if hub.list_files(repo, meta["model_commit"]).get(WEIGHTS_FILE) == weights else "stale"
+        except Exception:
+            return "stale"
+    return "invalid"
 
 
 def _preprocessing_state(hub, repo: str, files: dict[str, str], revision: str, meta: dict) -> str:

@@ -10,7 +10,6 @@ from .errors import BadInput, ConflictError
 from .hub.ids import check_user_writable, split_repo_rev, validate_repo_id, validate_tag_name
 from .hub.base import LOCK, PURGE, Hub, RepoChange, purged_error, supports
 from .lineage import resolve, sidecar_state, validate_new_parents
-from .safetensors_io import read_header
 
 SIDECARS = (FIM_FILE, FIM_CLASSES_FILE)
 
@@ -192,7 +191,7 @@ def sidecar_summary(hub: Hub, repo: str, files: dict[str, str], cid: str) -> dic
     state = sidecar_state(hub, repo, files, cid)
     out: dict[str, Any] = {"state": state}
     if state in ("ok", "stale"):
-        _, meta = read_header(hub.file_path(repo, FIM_FILE, cid))
+        _, meta = hub.safetensors_header(repo, FIM_FILE, cid)
         out.update({k: meta.get(k) for k in ("estimator", "batch_size", "model_commit", "data_spec", "dataset")})
         for k in ("layers", "counts"):
             try:

@@ -14,6 +14,7 @@ from .errors import BadInput, EntryNotFound, SidecarError
 from .executors import check_executor, run_call
 from .fisher import DEFAULT_ESTIMATOR, ESTIMATORS, compute_fisher, read_sidecars, resolve_layers, sidecar_bytes
 from .hub.base import BLOB_STORE, Hub, RepoChange, supports
+from .lineage import weights_state
 from .models import load_model
 from .preprocessing import SIDECAR_KEY
 from .repo import read_meta
@@ -55,13 +56,11 @@ def load_sidecars(hub: Hub, repo: str, revision: str | None = None, *, need_clas
     sc = read_sidecars(read_at(hub, repo, info, FIM_FILE),
                        read_at(hub, repo, info, FIM_CLASSES_FILE) if FIM_CLASSES_FILE in files else None,
                        where=where)
-    recorded = sc.metadata.get("weights_sha256")
-    if recorded is None and sc.model_commit:
-        try:
-            recorded = hub.list_files(repo, sc.model_commit).get(WEIGHTS_FILE)
-        except Exception:
-            recorded = None
-    if recorded != files.get(WEIGHTS_FILE):
+    state = weights_state(hub, repo, sc.metadata, files.get(WEIGHTS_FILE))  # the rule the lineage reports
+    if state == "invalid":
+        raise SidecarError(f"{where}: Fisher sidecar records neither the weights' sha256 nor the model commit it "
+                           f"was computed on; {fix}")
+    if state != "ok":
         raise SidecarError(f"{where}: Fisher sidecar is stale (computed on other weights); {fix}")
     check_preprocessing(hub, repo, info, sc.metadata, where, fix)
     return sc

@@ -257,6 +257,26 @@ class HfHub:
                 raise EntryNotFound(f"{repo}:{path} does not match its sha256 (corrupt download or cache)")
         return data
 
+    def safetensors_header(self, repo: str, path: str, revision: str | None = None) -> tuple[dict, dict[str, str]]:
+        """``(tensors, metadata)`` of the safetensors file ``path`` at ``revision`` from its header alone, through
+        ``HfApi.parse_safetensors_file_metadata`` (one or two range requests), not a download of the file: a
+        sidecar's header is what the lineage and ``show`` read, and the file is as large as the layers it covers.
+        Tensors come as the header lists them (``dtype``, ``shape``, ``data_offsets``)."""
+        from huggingface_hub import errors as hfe
+
+        info = self.commit_info(repo, revision)
+        if path not in info.files:
+            raise EntryNotFound(f"{path} not found in {repo}@{info.id[:12]}")
+        where = f"{repo}:{path}@{info.id[:12]}"
+        with _map_errors(where):
+            try:
+                meta = self.api.parse_safetensors_file_metadata(repo, path, revision=info.id)
+            except hfe.SafetensorsParsingError as exc:
+                raise BadInput(f"{where}: not a readable safetensors header ({exc})") from None
+        tensors = {name: {"dtype": t.dtype, "shape": list(t.shape), "data_offsets": list(t.data_offsets)}
+                   for name, t in meta.tensors.items()}
+        return tensors, dict(meta.metadata or {})
+
     @contextlib.contextmanager
     def lock(self, timeout: float = 0) -> Iterator[None]:
         """No hub-wide lock over HTTP: each commit states its parent instead."""

@@ -65,6 +65,7 @@ from .base import (  # the shared records live in hub/base.py; importable from h
     check_changes,
     purged_error,
 )
+from ..safetensors_io import read_header
 from .staging import Staging
 from .ids import (
     COMMIT_RE,
@@ -484,6 +485,11 @@ class LocalHub:
         if verify and hashlib.sha256(data).hexdigest() != blob.name:
             raise EntryNotFound(f"blob {blob.name[:12]} of {repo}:{path} is corrupt (sha256 mismatch)")
         return data
+
+    def safetensors_header(self, repo: str, path: str, revision: str | None = None) -> tuple[dict, dict[str, str]]:
+        """``(tensors, metadata)`` of the safetensors file ``path`` at ``revision``, from its header alone (validated
+        against the file's size; the tensors' bytes are not read)."""
+        return read_header(self.file_path(repo, path, revision))
 
     # ------------------------------------------------------------------ locking and journal
     @contextlib.contextmanager
