@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from conftest import FixedLogits
 from fiun_hub.data import LabeledData, load_data
 from fiun_hub.errors import BadInput
 from fiun_hub.evaluate import (beyond_head_repo, forget_retain_accuracy, linear_probe, mia_auc_from_losses,
@@ -22,17 +23,6 @@ from fiun_hub.training import train_classifier
 
 LABELS = [str(i) for i in range(10)]
 
-
-class FixedLogits(nn.Module):
-    """Logits are the input itself: x of shape (N, 1, 1, K) -> (N, K)."""
-
-    def __init__(self, k: int):
-        super().__init__()
-        self.dummy = nn.Parameter(torch.zeros(1))
-        self.k = k
-
-    def forward(self, x):
-        return x.flatten(1)[:, : self.k] + 0 * self.dummy
 
 
 # ------------------------------------------------------------------------------------------ constructed logits
