@@ -33,7 +33,7 @@ from typing import Iterable
 
 import numpy as np
 
-from .constants import FIUN_DIR, WEIGHTS_FILE
+from .constants import FIUN_DIR, LEDGER_REPO, WEIGHTS_FILE
 from .errors import BadInput
 from .hub.base import LOCAL_FOLDER, supports
 from .safetensors_io import parse_header
@@ -681,8 +681,6 @@ def _declared(g, a: str, b: str) -> bool:
 def head_fingerprints(hub, entries: dict) -> dict[str, Fingerprint]:
     """repo -> fingerprint of its head's weights, for index entries (repos without weights or fingerprint are
     left out). :class:`BadInput` on a damaged fingerprint."""
-    from .constants import LEDGER_REPO
-
     out: dict[str, Fingerprint] = {}
     cache: dict[str, Fingerprint | None] = {}
     for repo, e in sorted(entries.items()):

@@ -17,11 +17,12 @@ from typing import Iterable
 
 import networkx as nx
 
-from .card import parse_card
+from .card import check_record, parse_card
 from .constants import CARD_FILE, CONFIG_FILE, FIM_FILE, FIUN_DIR, LEDGER_REPO, WEIGHTS_FILE
 from .errors import BadInput, CardError, LineageError, RepoNotFound
 from .hub import local as _local
 from .hub.base import CONSISTENT_HEADS, LOCAL_FOLDER, supports
+from .preprocessing import of_config, stale_preprocessing
 from .hub.local import INDEX_FILE
 # /2: a sidecar's state also depends on the preprocessing it recorded (an index written before is rebuilt)
 INDEX_FORMAT = "fiun-lineage/2"
@@ -62,8 +63,6 @@ def weights_state(hub, repo: str, meta: dict, weights: str | None) -> str:
 def _preprocessing_state(hub, repo: str, files: dict[str, str], revision: str, meta: dict) -> str:
     """``ok``, ``stale`` or ``invalid`` by the one preprocessing rule (:func:`fiun_hub.preprocessing.
     stale_preprocessing`), which ``sidecars.load_sidecars`` applies too."""
-    from .preprocessing import of_config, stale_preprocessing
-
     if CONFIG_FILE not in files:
         return "invalid"
     try:
@@ -132,8 +131,6 @@ def read_index_file(hub) -> dict | None:
 
 
 def _record_ok(u: object) -> bool:
-    from .card import check_record
-
     try:
         check_record(u)
     except CardError:

@@ -1,15 +1,17 @@
 """Repo-level operations behind the CLI: push a model folder with its lineage, show a revision, log, tag."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .card import MAX_CARD_BYTES, CardMeta, ParentRef, fim_entry, parse_card, parse_card_full, render_card
-from .constants import CARD_FILE, FIM_CLASSES_FILE, FIM_FILE, RELATIONS, WEIGHTS_FILE
+from .constants import CARD_FILE, CONFIG_FILE, FIM_CLASSES_FILE, FIM_FILE, RELATIONS, WEIGHTS_FILE
 from .errors import BadInput, ConflictError
 from .hub.ids import check_user_writable, split_repo_rev, validate_repo_id, validate_tag_name
 from .hub.base import LOCK, PURGE, Hub, RepoChange, purged_error, supports
 from .lineage import resolve, sidecar_state, validate_new_parents
+from .preprocessing import of_config, recorded, stale_preprocessing
 
 SIDECARS = (FIM_FILE, FIM_CLASSES_FILE)
 
@@ -183,11 +185,6 @@ def sidecar_summary(hub: Hub, repo: str, files: dict[str, str], cid: str) -> dic
     """The sidecar's state at ``cid`` and what its header records, including the preprocessing it was computed with
     (``preprocessing``: the recorded data config, ``preprocessing_recorded``: False for a sidecar written before
     fiun-hub recorded it, read as the legacy mean = std = 0.5 at the model's input size) and, when stale, why."""
-    import json
-
-    from .constants import CONFIG_FILE
-    from .preprocessing import of_config, recorded, stale_preprocessing
-
     state = sidecar_state(hub, repo, files, cid)
     out: dict[str, Any] = {"state": state}
     if state in ("ok", "stale"):
@@ -215,11 +212,6 @@ def sidecar_summary(hub: Hub, repo: str, files: dict[str, str], cid: str) -> dic
 def model_preprocessing(hub: Hub, repo: str, cid: str) -> dict[str, Any] | None:
     """The data config the model at ``cid`` declares (``config.json``, resolved as timm resolves it), or None when
     its config is missing or malformed (``show`` still shows the rest)."""
-    import json
-
-    from .constants import CONFIG_FILE
-    from .preprocessing import of_config
-
     try:
         return of_config(json.loads(hub.read_file(repo, CONFIG_FILE, cid)), f"{repo}:{CONFIG_FILE}").to_dict()
     except (BadInput, ValueError):

@@ -5,18 +5,19 @@ The formats are fixed in docs/sidecars.md; the maths lives in :mod:`fiun_hub.fis
 from __future__ import annotations
 
 import contextlib
+import json
 from typing import Any, Callable, Iterator
 
 from .card import card_body, fim_entry, render_card
 from .constants import CARD_FILE, CONFIG_FILE, FIM_CLASSES_FILE, FIM_FILE, WEIGHTS_FILE
-from .data import load_for_model
+from .data import load_for_model, parse_spec
 from .errors import BadInput, EntryNotFound, SidecarError
 from .executors import check_executor, run_call
 from .fisher import DEFAULT_ESTIMATOR, ESTIMATORS, compute_fisher, read_sidecars, resolve_layers, sidecar_bytes
 from .hub.base import BLOB_STORE, Hub, RepoChange, supports
 from .lineage import weights_state
 from .models import load_model
-from .preprocessing import SIDECAR_KEY
+from .preprocessing import SIDECAR_KEY, of_config, stale_preprocessing
 from .repo import read_meta
 
 
@@ -70,10 +71,6 @@ def check_preprocessing(hub, repo: str, info, meta: dict, where: str, fix: str) 
     """SidecarError unless the sidecar (header ``meta``) was computed with the preprocessing the model's
     ``config.json`` at ``info`` declares (the rule of :func:`fiun_hub.preprocessing.stale_preprocessing`, which
     ``lineage.sidecar_state`` applies too). A garbled recorded preprocessing is bad input, exit 2."""
-    import json
-
-    from .preprocessing import of_config, stale_preprocessing
-
     if CONFIG_FILE not in info.files:
         raise SidecarError(f"{where} has no {CONFIG_FILE}")
     try:
@@ -162,8 +159,6 @@ def compute_and_commit(
     threads = workers or torch.get_num_threads()
     cid = hub.resolve(repo)
     if executor == "ray":
-        from .data import parse_spec
-
         parse_spec(data_spec)  # a bad spec is bad input here, before any Ray starts
         out = run_call(fisher_of, hub, repo, cid, data_spec, executor="ray", ray_address=ray_address,
                        num_cpus=threads, layers=layers, estimator=estimator, batch_size=batch_size,

@@ -1,4 +1,6 @@
-"""Storage backends behind one small interface: list repos, read a file at a revision, history, refs, publish."""
+"""Storage backends behind one small interface (:class:`~fiun_hub.hub.base.Hub`: list repos, read a file at a
+revision, history, refs, publish), each stating what else it can do in its ``capabilities``
+(:func:`~fiun_hub.hub.base.supports`)."""
 from __future__ import annotations
 
 import os

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Callable, ContextManager, Mapping, Protocol
 
 from ..constants import CARD_FILE, LEDGER_REPO
-from ..errors import BadInput, Purged
+from ..errors import BadInput, CardError, Purged
 from .ids import validate_repo_id, validate_repo_path
 
 ATOMIC_PUBLISH = "atomic-publish"
@@ -110,7 +110,6 @@ def check_card_write(repo: str, content: bytes | Blob | Path) -> None:
     # In the function: card.py imports hub.ids, and importing any hub module runs hub/__init__ (which loads
     # this module), so a module-level import of card here would be circular when card is imported first.
     from ..card import MAX_CARD_BYTES, RecordError, parse_card_full
-    from ..errors import CardError
 
     if isinstance(content, Blob):
         content = content.data

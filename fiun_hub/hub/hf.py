@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 from urllib.parse import urlsplit
 
-from ..constants import DEFAULT_AUTHOR, DEFAULT_BRANCH
+from ..card import parse_card
+from ..constants import CARD_FILE, DEFAULT_AUTHOR, DEFAULT_BRANCH
 from ..errors import (
     BadInput,
     ConflictError,
@@ -355,9 +356,6 @@ class HfHub:
         endpoint has no such API (then the history is left as it was)."""
         from huggingface_hub import HfApi
         from huggingface_hub import errors as hfe
-
-        from ..card import parse_card
-        from ..constants import CARD_FILE
 
         keep: set[str] = set(self.list_files(repo).values())  # the head's files are never purged
         for info in self.history(repo):
