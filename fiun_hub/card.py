@@ -359,7 +359,7 @@ def _c_dumpable(value: Any, depth: int = 0) -> bool:
     return value is None or t in (bool, int, float)
 
 
-_plain = front_matter_data  # the old private name, still imported by serve.py until it moves to the public one
+_plain = front_matter_data  # the old private name (serve now imports the public one; kept for other callers)
 
 
 def _copy_plain(value: Any) -> Any:
