@@ -888,9 +888,10 @@ class LocalHub:
         return {repo: _INDEXER.entry(self, repo, cid) for repo, cid in heads.items()}
 
     def _write_index(self, entries: dict[str, dict] | None) -> None:
-        if _INDEXER is None:
-            # Nobody keeps the index in this process: remove it rather than leave one that misses this publish
-            # (readers then rebuild from the cards, and the next indexed publish writes it whole again).
+        if _INDEXER is None or entries is None:
+            # Nobody keeps the index in this process (or nobody did when this publish computed its entries):
+            # remove it rather than leave one that misses this publish (readers then rebuild it from the cards,
+            # and the next indexed publish writes it whole again).
             with contextlib.suppress(FileNotFoundError):
                 (self.meta / INDEX_FILE).unlink()
             return
