@@ -97,8 +97,8 @@ def build(hub_dir: Path, n: int, seed: int, epochs: int, fim_samples: int, max_d
     from fiun_hub.fisher import compute_fisher, resolve_layers, sidecar_bytes
     from fiun_hub.hub.local import Blob, LocalHub, RepoChange
     from fiun_hub.models import config_dict, state_bytes
-    from fiun_hub.scenarios import new_model
-    from fiun_hub.training import train_classifier
+    from fiun_hub.research.scenarios import new_model
+    from fiun_hub.research.training import train_classifier
 
     torch.set_num_threads(1)
     t0 = time.perf_counter()

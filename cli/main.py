@@ -516,7 +516,7 @@ def demo(c: Ctx, directory: str, scenario: str, forget_class: str, seed: int, no
     accuracy before and after, the forget's time next to retraining's, and a lineage picture."""
     from rich.console import Console
 
-    from fiun_hub.demo import format_report, run_demo
+    from fiun_hub.research.demo import format_report, run_demo
 
     console = Console(stderr=True)
 

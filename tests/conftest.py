@@ -43,7 +43,7 @@ def base_and_child_hub(root: Path, arch: str, n_fim: int, input_size=(1, 16, 16)
     """``root/hub`` with h/base -> h/child: untrained ``arch`` weights (seeds 1, 2) over the ten digit labels, with
     sidecars from the first ``n_fim`` digits:train samples. Returns hub, base/child revisions, the models, the data."""
     from fiun_hub.data import load_data
-    from fiun_hub.scenarios import new_model, push_model, torch_threads
+    from fiun_hub.research.scenarios import new_model, push_model, torch_threads
 
     hub = LocalHub.init(root / "hub")
     data = load_data("digits:train", in_chans=1, input_size=input_size[1:]).to_label_space(DIGIT_LABELS)

@@ -158,7 +158,7 @@ def trained():
     import timm
 
     from fiun_hub.data import load_data
-    from fiun_hub.training import train_classifier
+    from fiun_hub.research.training import train_classifier
 
     torch.manual_seed(0)
     train = load_data("digits:train", in_chans=1, input_size=(16, 16))

@@ -1,4 +1,4 @@
-"""fiun_hub.evaluate and fiun_hub.training: hand-computed metrics, FedAvg, and real training on digits."""
+"""fiun_hub.evaluate and fiun_hub.research.training: hand-computed metrics, FedAvg, and real training on digits."""
 from __future__ import annotations
 
 import copy
@@ -10,7 +10,7 @@ from conftest import FixedLogits
 from fiun_hub.data import LabeledData, load_data
 from fiun_hub.errors import BadInput
 from fiun_hub.evaluate import accuracy, forget_retain_accuracy, mia_score, predict_logits
-from fiun_hub.training import average_state_dicts, train_classifier
+from fiun_hub.research.training import average_state_dicts, train_classifier
 
 
 

@@ -81,7 +81,7 @@ def shared_build(tmp_path_factory, name: str, builder) -> tuple[Path, dict]:
 
 
 def fresh_model(labels, seed: int):
-    from fiun_hub.scenarios import new_model
+    from fiun_hub.research.scenarios import new_model
 
     return new_model("test_resnet", len(labels), 1, seed)
 
@@ -93,7 +93,7 @@ def digits(split: str = "train"):
 
 
 def push(hub, model, repo, labels, parents=(), fim_data=None, estimator=None):
-    from fiun_hub.scenarios import push_model
+    from fiun_hub.research.scenarios import push_model
 
     kw = {"estimator": estimator} if estimator else {}
     return push_model(hub, model, repo, list(labels), input_size=IN, parents=list(parents), fim_data=fim_data,
@@ -113,8 +113,8 @@ def build_trained_dag(folder: Path) -> dict:
     """root (digits 0-7) -> child-a, child-b (fine-tuned) -> merged (FedAvg + fine-tune); root -> il (10 labels,
     head rows: 9, 8, then root's reversed); unrelated -> unrelated-child. Sidecars on each model's own shard."""
     from fiun_hub.evaluate import forget_retain_accuracy
-    from fiun_hub.scenarios import inherit, torch_threads
-    from fiun_hub.training import average_state_dicts, train_classifier
+    from fiun_hub.research.scenarios import inherit, torch_threads
+    from fiun_hub.research.training import average_state_dicts, train_classifier
 
     hub = LocalHub.init(folder / "hub")
     train, test = digits("train"), digits("test")
@@ -482,7 +482,7 @@ def build_small_hub(folder: Path) -> dict:
     from fiun_hub.models import save_model_folder
     from fiun_hub.repo import push_folder
     from fiun_hub.safetensors_io import header_of_bytes
-    from fiun_hub.scenarios import sidecar_files, torch_threads
+    from fiun_hub.research.scenarios import sidecar_files, torch_threads
 
     labels = ["0", "1", "2"]
     hub = LocalHub.init(folder / "hub")

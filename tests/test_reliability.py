@@ -137,7 +137,7 @@ def build_forest(root: Path) -> dict:
     Also two model folders (weights + sidecars) for pushes."""
     from fiun_hub.data import load_data
     from fiun_hub.models import save_model_folder
-    from fiun_hub.scenarios import new_model, push_model, sidecar_files, torch_threads
+    from fiun_hub.research.scenarios import new_model, push_model, sidecar_files, torch_threads
 
     hub = LocalHub.init(root / "hub")
     data = load_data("digits:train", in_chans=1, input_size=IN[1:]).to_label_space(F_LABELS)
@@ -744,7 +744,7 @@ def _guarded_cli(args: list, seconds: int = 20):
 def small(tmp_path_factory):
     """h/base -> h/child (real test_resnet weights and sidecars) and a good model folder with sidecars."""
     from fiun_hub.models import save_model_folder
-    from fiun_hub.scenarios import new_model, sidecar_files, torch_threads
+    from fiun_hub.research.scenarios import new_model, sidecar_files, torch_threads
 
     root = tmp_path_factory.mktemp("hostile")
     built = base_and_child_hub(root, "test_resnet", 60, IN)
@@ -810,7 +810,7 @@ class Ctx:
 
     def child_weights(self, mutate: Callable[[bytes], bytes]) -> None:
         """Replace h/child's weights by ``mutate(weights)`` with sidecars bound to the new bytes."""
-        from fiun_hub.scenarios import sidecar_files
+        from fiun_hub.research.scenarios import sidecar_files
 
         weights = mutate(self.h.read_file("h/child", WEIGHTS_FILE))
         fim, cls = sidecar_files(self.child_model, LABELS, self.data, hashlib.sha256(weights).hexdigest(),

@@ -35,7 +35,7 @@ ARCH = "test_efficientnet"  # the smallest timm model (417 KB of weights)
 def template(tmp_path_factory):
     """h/base -> h/child, real timm weights with sidecars; copied for every test."""
     from fiun_hub.models import save_model_folder
-    from fiun_hub.scenarios import new_model
+    from fiun_hub.research.scenarios import new_model
 
     root = tmp_path_factory.mktemp("disk")
     built = base_and_child_hub(root, ARCH, 40, IN)

@@ -18,8 +18,9 @@ from fiun_hub.data import LabeledData, load_data
 from fiun_hub.errors import BadInput
 from fiun_hub.evaluate import (beyond_head_repo, forget_retain_accuracy, linear_probe, mia_auc_from_losses,
                                penultimate_features, per_sample_losses, probe_recall_from_features,
-                               relearn_test, sample_forget_metrics, top2_leak, topk_leak_from_logits)
-from fiun_hub.training import train_classifier
+                               sample_forget_metrics, top2_leak, topk_leak_from_logits)
+from fiun_hub.research.relearn import relearn_test
+from fiun_hub.research.training import train_classifier
 
 LABELS = [str(i) for i in range(10)]
 
@@ -210,7 +211,7 @@ def test_sample_forget_metrics_on_an_overfit_model(digits):
 
 
 def test_beyond_head_repo_uses_the_models_own_preprocessing(trained, digits, hub):
-    from fiun_hub.scenarios import push_model
+    from fiun_hub.research.scenarios import push_model
 
     train, test = digits
     push_model(hub, trained, "acme/digits", LABELS, input_size=(1, 16, 16))
