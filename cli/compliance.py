@@ -1,39 +1,23 @@
 """``fiun-hub takedown`` and ``fiun-hub audit``: carry out a takedown request and prove it later (docs/takedowns.md).
 
 Standalone click commands over :mod:`fiun_hub.compliance`; ``cli/main.py`` registers them with
-``main.add_command(takedown)`` and ``main.add_command(audit)``. They use main's context object (``Ctx``: the hub,
-``--json``, ``emit``) and its error handling (one line on stderr; exit 0 success, 1 a failed audit, 2 bad input).
-``handled`` and ``fail`` are looked up when a command runs, so this module imports nothing from ``main`` at import
-time and ``main`` may import it from anywhere.
+``main.add_command(takedown)`` and ``main.add_command(audit)``. They use the CLI's context object (``Ctx``: the
+hub, ``--json``, ``emit``) and its error handling (one line on stderr; exit 0 success, 1 a failed audit, 2 bad
+input), both from ``cli/common.py``: this module imports nothing from ``main``.
 """
 from __future__ import annotations
 
-import functools
 import sys
-from typing import Any, Callable
+from typing import Any
 
 import click
+
+from .common import fail, handled, short_sidecar
 
 ACTIONS = {"pending": "forget", "pre-forget-pin": "forget", "derived-from-flagged": "forget",
            "unpinned-parent": "forget", "lost-record": "forget", "unrecorded": "forget (its card only claims it)",
            "done": "done", "inherited": "keep (derived after the takedown)",
            "weights-changed": "left as is (see `fiun-hub audit --fix`)"}
-
-
-def _handled(fn: Callable) -> Callable:
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from fiun_hub_cli.main import handled
-
-        return handled(fn)(*args, **kwargs)
-
-    return wrapper
-
-
-def _fail(msg: str, code: int = 2) -> None:
-    from fiun_hub_cli.main import fail
-
-    fail(msg, code)
 
 
 def _check_report_path(path: str | None) -> None:
@@ -73,9 +57,7 @@ def _plan_text(tp) -> str:
         if isinstance(a, dict):
             lines.append(f"      ~ adopted: inferred parent {a.get('repo')}@{str(a.get('revision'))[:12]} (not in its card)")
         if s.repo in tp.targets and used.get(s.repo, "own") != "own":
-            from fiun_hub_cli.main import _short_sidecar
-
-            lines.append(f"      ~ sidecar {_short_sidecar(used[s.repo])}")
+            lines.append(f"      ~ sidecar {short_sidecar(used[s.repo])}")
     for p in tp.problems:
         lines.append(f"  ! {p}")
     for f in tp.undeclared:
@@ -137,7 +119,7 @@ def _purge_lines(ev: dict) -> list[str]:
               help="Do not purge the pre-forget revisions: keep them as a recorded legal hold (needs --reason).")
 @click.option("--reason", "hold_reason", metavar="TEXT", help="Why the history is kept (--keep-history).")
 @click.pass_obj
-@_handled
+@handled
 def takedown(c, request_file: str, dry_run: bool, eval_data: str | None, report_path: str | None,
              workers: int, executor: str, ray_address: str | None, keep_history: bool,
              hold_reason: str | None) -> None:
@@ -182,7 +164,7 @@ def takedown(c, request_file: str, dry_run: bool, eval_data: str | None, report_
             write_report(plan_report(hub, tp), report_path)
         c.emit({**tp.to_dict(), "dry_run": True, "report": report_path}, lambda: _plan_text(tp))
         if tp.problems:
-            _fail(tp.problems[0] + (f" (and {len(tp.problems) - 1} more problem(s))" if len(tp.problems) > 1 else ""))
+            fail(tp.problems[0] + (f" (and {len(tp.problems) - 1} more problem(s))" if len(tp.problems) > 1 else ""))
         return
     result = run_takedown(hub, tp, eval_data=eval_data, workers=workers, executor=executor, ray_address=ray_address,
                           hold_reason=hold_reason if keep_history else None)
@@ -277,7 +259,7 @@ def _summary(data: dict) -> str:
               help="Where --fix runs the per-repo work: local, or Ray tasks of several repos each (pip install 'fiun-hub[ray]').")
 @click.option("--ray-address", metavar="ADDR", default=None, help="Join this Ray cluster (--fix with --executor ray).")
 @click.pass_obj
-@_handled
+@handled
 def audit(c, request_id: str | None, eval_data: str | None, max_forget_acc: float, report_path: str | None,
           do_fix: bool, adopt: bool, workers: int, executor: str, ray_address: str | None) -> None:
     """Prove every takedown in the ledger still holds; exit 1 on any finding.

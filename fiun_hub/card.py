@@ -190,7 +190,7 @@ def _remember(text: str, data: dict, body: str) -> None:
 MAX_NODES = 200_000  # values in one card's front matter (YAML aliases could otherwise expand exponentially)
 
 
-def _plain(value: Any, where: str, depth: int = 0, budget: list[int] | None = None) -> Any:
+def front_matter_data(value: Any, where: str, depth: int = 0, budget: list[int] | None = None) -> Any:
     """Front-matter values as JSON data: YAML dates and times become ISO strings; other types are refused."""
     budget = budget if budget is not None else [MAX_NODES]
     budget[0] -= 1
@@ -199,9 +199,9 @@ def _plain(value: Any, where: str, depth: int = 0, budget: list[int] | None = No
     if depth > 50:
         raise _fail(where, "card front matter is nested too deeply")
     if isinstance(value, dict):
-        return {str(k): _plain(v, where, depth + 1, budget) for k, v in value.items()}
+        return {str(k): front_matter_data(v, where, depth + 1, budget) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v, where, depth + 1, budget) for v in value]
+        return [front_matter_data(v, where, depth + 1, budget) for v in value]
     if isinstance(value, (_dt.date, _dt.datetime)):
         return value.isoformat().replace("+00:00", "Z")
     if value is None or isinstance(value, (str, int, float, bool)):
@@ -213,7 +213,7 @@ def meta_from_dict(data: dict[str, Any], where: str = "") -> CardMeta:
     """Validate front-matter data (as a dict) against the schema."""
     if not isinstance(data, dict):
         raise _fail(where, "card front matter must be a mapping")
-    data = _plain(data, where)
+    data = front_matter_data(data, where)
     base = _str_list(data.pop("base_model", None), "base_model", where)
     relation = data.pop("base_model_relation", None)
     if relation is not None and relation not in RELATIONS:
@@ -376,6 +376,9 @@ def _c_dumpable(value: Any, depth: int = 0) -> bool:
     if t is list:
         return all(_c_dumpable(v, depth + 1) for v in value)
     return value is None or t in (bool, int, float)
+
+
+_plain = front_matter_data  # the old private name (serve now imports the public one; kept for other callers)
 
 
 def _copy_plain(value: Any) -> Any:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BadInput
+from .hub.local import atomic_write
 
 #: fill colour of a lineage node, by status (findings share one red)
 STATUS_COLORS = {
@@ -339,8 +340,6 @@ def write_report(data: dict, path: str | Path) -> Path:
         raise BadInput(f"--report {path}: the file name must end in .md, .html or .json")
     text = render(data, fmt)
     try:
-        from .hub.local import atomic_write
-
         atomic_write(path, text.encode(), fsync=False)
     except OSError as exc:
         raise BadInput(f"cannot write report {path}: {exc.strerror or exc}") from None

@@ -13,21 +13,18 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-import mmap
-import os
-import uuid
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import networkx as nx
-import torch
 
 from .card import parse_card_full, render_card
 from .constants import CARD_FILE, CONFIG_FILE, FIM_CLASSES_FILE, FIM_FILE, WEIGHTS_FILE
 from .errors import BadInput, ConflictError, FiunError, LineageError, UnlearnError
 from .hub.ids import validate_repo_id, validate_request_id
-from .hub.local import Blob, LocalHub, RepoChange, check_card_write
+from .hub.base import BLOB_STORE, LOCK, Blob, Hub, RepoChange, check_card_write, supports
+from .hub.staging import StagedBlob, Staging
 from .lineage import affected, merge_sources, resolve
 from .models import parse_config
 from .repo import read_meta
@@ -36,6 +33,12 @@ from .sidecars import path_at, read_at
 
 from .dampening import (DEFAULT_ALPHA, DEFAULT_LAMBDA, SAMPLE_ALPHA,  # noqa: E402  (one place for the defaults)
                         SAMPLE_LAMBDA)
+from .dampening import align_rows, merge_fims, unlearning_fim
+from .data import load_for_model
+from . import executors  # (executors.run_unlearn looked up when called: the tests wrap it)
+from .fisher import compute_fisher, strip_classes
+from .models import load_model
+from .node_update import NodeTask, emit_weights, read_into_bytearray, splice_update, unlearn_node  # (re-exported)
 
 
 @dataclass
@@ -125,7 +128,7 @@ def _head_params(layers: Sequence[str], classifier: str) -> list[str]:
 
 
 def plan_forget(
-    hub: LocalHub,
+    hub: Hub,
     origins: Sequence[str],
     classes: Sequence[str] | str | None = None,
     data_spec: str | None = None,
@@ -303,10 +306,9 @@ def _mismatch(repo: str, sc, heads: Sequence[str], origin: str, osc) -> list[str
 
 
 # ------------------------------------------------------------------------------------------------ unlearning
-def origin_unlearning_fim(hub: LocalHub, plan: Plan, origin: str, device: str | None = None) -> tuple[dict, list[str],
+def origin_unlearning_fim(hub: Hub, plan: Plan, origin: str, device: str | None = None) -> tuple[dict, list[str],
                                                                                                     str, str]:
     """U(o) for one origin, on its weights before this request: (fim, labels, revision used, estimator)."""
-    from .dampening import unlearning_fim
 
     g_node = next(n for n in plan.nodes if n.repo == origin)
     revision = g_node.head
@@ -324,9 +326,6 @@ def origin_unlearning_fim(hub: LocalHub, plan: Plan, origin: str, device: str | 
     if plan.classes is not None:
         have = [c for c in plan.classes if sc.counts.get(c, 0) > 0]
         return unlearning_fim(sc.class_fims, sc.counts, have), sc.labels, revision, sc.estimator
-    from .data import load_for_model
-    from .fisher import compute_fisher
-    from .models import load_model
 
     model, config, _ = load_model(hub, origin, revision)
     data = load_for_model(plan.data_spec, config)
@@ -338,206 +337,7 @@ def origin_unlearning_fim(hub: LocalHub, plan: Plan, origin: str, device: str | 
     return res.model_fim, sc.labels, revision, sc.estimator
 
 
-@dataclass
-class NodeTask:
-    """Everything one affected repo needs: its weights file, its own sidecars (head rows named by ``labels``)
-    and its MFIM. Never the forget data, never another repo's new weights.
-
-    ``out_path``: where to write the new weights file (a staging name in the hub's blob store, see
-    :class:`_Staging`); None returns the bytes instead."""
-
-    repo: str
-    weights_path: str
-    labels: list[str]
-    model_fim: dict[str, torch.Tensor]
-    class_fims: dict[str, dict[str, torch.Tensor]]
-    counts: dict[str, int]
-    mfim: dict[str, torch.Tensor]
-    forget: list[str]  # forgotten class names (empty for a sample-wise forget)
-    head_params: list[str]
-    alpha: float
-    lam: float
-    out_path: str | None = None
-    inert: list[str] = field(default_factory=list)  # labels earlier forgets removed (kept inert)
-    # sample-wise: the forgotten samples' count per label name (the record's fingerprint); None: class-wise
-    sample_counts: dict[str, int] | None = None
-
-
-def read_into_bytearray(path: str | os.PathLike) -> bytearray:
-    """A file's bytes, read straight into one mutable buffer (no intermediate ``bytes`` copy)."""
-    with open(path, "rb", buffering=0) as fh:
-        data = bytearray(os.fstat(fh.fileno()).st_size)
-        got = 0
-        with memoryview(data) as view:
-            while got < len(data):
-                n = fh.readinto(view[got:])
-                if not n:
-                    break
-                got += n
-        if got < len(data):  # the file shrank while being read: what is there (the header check judges it)
-            del data[got:]
-        extra = fh.read()  # ... or grew
-    return data + extra if extra else data
-
-
-def emit_weights(task: Any, data: bytes | bytearray, stats: dict[str, Any]) -> tuple[str, bytes | str, dict[str, Any]]:
-    """One repo's result: ``(repo, new weights, stats)`` with the file's sha256 in ``stats["weights_sha256"]``
-    (computed where the work runs, so a pool or Ray hashes in parallel). With ``task.out_path`` the file is
-    written there (the executor's result is then that path, a few bytes, and no process holds the weights of
-    more than the repo it works on); else the bytes are returned."""
-    stats = {**stats, "weights_sha256": hashlib.sha256(data).hexdigest()}
-    out = getattr(task, "out_path", None)
-    if out:
-        with open(out, "wb") as fh:
-            fh.write(data)
-        return task.repo, str(out), stats
-    return task.repo, bytes(data), stats
-
-
-def unlearn_node(task: NodeTask) -> tuple[str, bytes | str, dict[str, Any]]:
-    """Dampen one repo's unlearnable layers; returns (repo, new safetensors bytes, stats), or (repo, path, stats)
-    when the task names an ``out_path`` (:func:`emit_weights`). ``stats``: changed and total parameters of the
-    unlearnable layers, the new file's sha256.
-
-    Only the unlearnable tensors change and they keep dtype and shape, so the new file is the old one with those
-    tensors' byte ranges rewritten: same header, every other byte identical, no full deserialisation.
-    """
-    from .dampening import class_forget_update, sample_forget_update
-    from .safetensors_io import header_of_bytes, read_tensors
-
-    data = read_into_bytearray(task.weights_path)
-    header, _ = header_of_bytes(data, where=task.repo)
-    missing = [n for n in task.mfim if n not in header]
-    if missing:
-        raise UnlearnError(f"{task.repo}: weights lack the sidecar's layer(s) {missing}")
-    for n in task.mfim:
-        if header[n]["dtype"] not in ("F16", "BF16", "F32", "F64"):
-            raise UnlearnError(f"{task.repo}: unlearnable tensor {n} is {header[n]['dtype']}, not floating point")
-    params = read_tensors(data, header, task.mfim)
-    if getattr(task, "sample_counts", None) is not None:
-        new = sample_forget_update(params, task.labels, task.model_fim, task.class_fims, task.counts, task.mfim,
-                                   task.sample_counts, task.head_params, alpha=task.alpha, lam=task.lam,
-                                   inert=task.inert or ())
-    else:
-        new = class_forget_update(params, task.labels, task.model_fim, task.class_fims, task.counts, task.mfim,
-                                  task.forget, task.head_params, alpha=task.alpha, lam=task.lam,
-                                  inert=task.inert or ())
-    return emit_weights(task, data, splice_update(task.repo, data, header, params, new))
-
-
-def splice_update(repo: str, data: bytearray, header: dict, old: dict, new: dict) -> dict[str, Any]:
-    """Write a repo's updated unlearnable tensors ``new`` into its weights file's bytes ``data`` in place
-    (:func:`~fiun_hub.safetensors_io.splice_tensor`; ``old``: the tensors as read), refusing non-finite values or
-    a changed dtype or shape. Returns the stats of the update: changed and total parameters."""
-    from .safetensors_io import splice_tensor
-
-    changed = total = 0
-    for n, t in new.items():
-        if not torch.isfinite(t).all():
-            raise UnlearnError(f"{repo}: dampening produced non-finite values in {n}")
-        if t.dtype != old[n].dtype or t.shape != old[n].shape:
-            raise UnlearnError(f"{repo}: dampening changed the dtype or shape of {n}")
-        changed += int((t != old[n]).sum())
-        total += t.numel()
-        splice_tensor(data, header, n, t)
-    return {"changed": changed, "params": total}
-
-
-class StagedBlob(Blob):
-    """A file already in a LocalHub's blob store (``blobs/{sha256}``), named to ``publish`` like a :class:`Blob`.
-
-    ``publish`` stores a Blob only when ``blobs/{sha256}`` is not there yet, so it finds this one in place and
-    writes nothing; ``data`` maps the file (read-only, paged in only if something reads it), so nothing holds
-    its bytes in memory. Until a ref names it, such a blob is invisible: publishing stays all or nothing."""
-
-    def __init__(self, path: str | os.PathLike, sha256: str, size: int):
-        object.__setattr__(self, "path", Path(path))
-        object.__setattr__(self, "sha256", sha256)
-        object.__setattr__(self, "size", int(size))
-
-    @property
-    def data(self):  # type: ignore[override]
-        if self.size == 0:
-            return b""
-        with open(self.path, "rb") as fh:  # FileNotFoundError if it vanished: the publish then fails whole
-            return mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-
-    def __repr__(self) -> str:
-        return f"StagedBlob({str(self.path)!r}, {self.sha256[:12]}, {self.size} bytes)"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Blob) and other.sha256 == self.sha256
-
-    def __hash__(self) -> int:
-        return hash(self.sha256)
-
-
-class _Staging:
-    """New files of one forget written straight into a LocalHub's blob stores as they are made, so that the
-    forget never holds every new weights file in memory (1,000 repos: 1.5 GB of ``test_resnet`` weights).
-
-    The executor's task writes ``blobs/.incoming-forget-{token}-{n}`` (:meth:`path_for`); when its result
-    arrives, :meth:`adopt` hard-links it to ``blobs/{sha256}`` and removes the staging name. A blob is invisible
-    until a ref names it, so the publish stays all or nothing. :meth:`discard` (the forget failed before anything
-    was published, or its publish found a head moved) removes the staging files and every blob this forget
-    created (never one that was there before: ``os.link`` fails on an existing name, which tells them apart)."""
-
-    MIN_STAGED = 64 << 10  # smaller files (cards, small sidecars) stay in memory: staging them saves nothing
-
-    def __init__(self, hub: LocalHub):
-        self.hub = hub
-        self.token = uuid.uuid4().hex[:16]
-        self.incoming: dict[str, Path] = {}
-        self.created: list[Path] = []
-        self._n = 0
-
-    def path_for(self, repo: str) -> str:
-        self._n += 1
-        p = self.hub.blob_path(repo, f".incoming-forget-{self.token}-{self._n}")
-        p.parent.mkdir(parents=True, exist_ok=True)
-        self.incoming[repo] = p
-        return str(p)
-
-    def adopt(self, repo: str, path: str | os.PathLike, sha: str) -> StagedBlob:
-        """The staged file at ``path`` (sha256 ``sha``) as ``blobs/{sha}``."""
-        src = Path(path)
-        final = self.hub.blob_path(repo, sha)
-        size = src.stat().st_size
-        try:
-            os.link(src, final)
-            self.created.append(final)
-        except FileExistsError:  # identical content is already stored (and maybe in use): leave it alone
-            pass
-        except OSError:  # a file system without hard links
-            if not final.exists():
-                os.replace(src, final)
-                self.created.append(final)
-        src.unlink(missing_ok=True)
-        return StagedBlob(final, sha, size)
-
-    def put(self, repo: str, data: bytes) -> Blob:
-        """``data`` as a blob of ``repo``: staged on disk when large, else kept in memory (a plain Blob)."""
-        blob = Blob.of(data)
-        if len(data) < self.MIN_STAGED:
-            return blob
-        tmp = self.hub.blob_path(repo, f".incoming-forget-{self.token}-{uuid.uuid4().hex[:8]}")
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-        return self.adopt(repo, tmp, blob.sha256)
-
-    def discard(self) -> None:
-        for p in self.created:
-            p.unlink(missing_ok=True)
-        self.created.clear()
-        self.cleanup()
-
-    def cleanup(self) -> None:
-        """Remove staging files left behind (a task that failed, or whose result never came)."""
-        for p in self.incoming.values():
-            p.unlink(missing_ok=True)
-        for d in {p.parent for p in self.incoming.values()}:
-            for q in d.glob(f".incoming-forget-{self.token}-*"):
-                q.unlink(missing_ok=True)
+_Staging = Staging  # (the name the tests and older callers use; LocalHub.staging() makes one)
 
 
 @dataclass
@@ -569,7 +369,7 @@ def _loaded(hub, plan: Plan, node: NodePlan) -> tuple[Any, Any, Any]:
 
 
 def run_forget(
-    hub: LocalHub,
+    hub: Hub,
     plan: Plan,
     *,
     workers: int = 1,
@@ -589,9 +389,6 @@ def run_forget(
     memory does not grow with the number of repos, and nothing is left behind when the forget fails."""
     import time
 
-    from .dampening import align_rows, merge_fims
-    from .executors import run_unlearn
-    from .fisher import strip_classes
 
     if plan.problems:
         raise UnlearnError(plan.problems[0])
@@ -602,7 +399,7 @@ def run_forget(
     t_origin = time.perf_counter() - t0
 
     samples = samples_fingerprint(plan.data_spec) if plan.data_spec is not None else None
-    staging = _Staging(hub) if isinstance(hub, LocalHub) else None
+    staging = hub.staging() if supports(hub, BLOB_STORE) else None
     tasks, nodes, untouched = [], {}, []
     for node in plan.todo:
         config, sc, info = _loaded(hub, plan, node)
@@ -710,8 +507,8 @@ def run_forget(
             for task in tasks:
                 task.out_path = staging.path_for(task.repo)
         t1 = time.perf_counter()
-        run_unlearn(tasks, workers=workers, executor=executor, device=device, batched=batched,
-                    progress=progress, ray_address=ray_address, on_result=finish)
+        executors.run_unlearn(tasks, workers=workers, executor=executor, device=device, batched=batched,
+                              progress=progress, ray_address=ray_address, on_result=finish)
         for repo in untouched:
             finish(repo, None)
             if progress:
@@ -720,7 +517,7 @@ def run_forget(
         t2 = time.perf_counter()
         publishing = True
         new = hub.publish([changes[n.repo] for n in plan.todo],
-                          **({"precondition": _affected_set_unchanged(plan)} if isinstance(hub, LocalHub) else {}))
+                          **({"precondition": _affected_set_unchanged(plan)} if supports(hub, LOCK) else {}))
         t_publish = time.perf_counter() - t2
     except BaseException as exc:
         # Nothing is published: remove what this forget staged. (A publish that failed after writing its commit
@@ -740,13 +537,13 @@ def run_forget(
     )
 
 
-def _affected_set_unchanged(plan: Plan) -> Callable[[LocalHub], None]:
+def _affected_set_unchanged(plan: Plan) -> Callable[[Hub], None]:
     """A publish precondition (checked under the writers' lock): no repo has come to derive from the origins
     since the plan was made. Otherwise a model pushed during the forget, pinned to an origin's pre-forget
     revision, would keep what the forget removed. (Not on a remote hub: there is no lock to check it under.)"""
     planned = {n.repo for n in plan.nodes}
 
-    def check(hub: LocalHub) -> None:
+    def check(hub: Hub) -> None:
         grown = sorted(set(affected(resolve(hub), plan.origins)) - planned)
         if grown:
             raise ConflictError(f"the lineage changed while the forget ran: {grown[0]} now derives from "
@@ -756,7 +553,7 @@ def _affected_set_unchanged(plan: Plan) -> Callable[[LocalHub], None]:
     return check
 
 
-def forget(hub: LocalHub, origins: Sequence[str], classes=None, data_spec=None, request_id=None,
+def forget(hub: Hub, origins: Sequence[str], classes=None, data_spec=None, request_id=None,
            alpha: float | None = None, lam: float | None = None, record_spec: bool = False,
            **kwargs) -> tuple[Plan, ForgetResult]:
     """Plan and run a forget in one call (what ``fiun-hub forget`` does)."""
@@ -766,4 +563,5 @@ def forget(hub: LocalHub, origins: Sequence[str], classes=None, data_spec=None, 
 
 
 __all__ = ["Plan", "NodePlan", "plan_forget", "adopt_node", "run_forget", "forget", "unlearn_node", "NodeTask",
-           "ForgetResult", "default_request_id", "BadInput", "StagedBlob", "emit_weights", "utc_now"]
+           "ForgetResult", "default_request_id", "BadInput", "StagedBlob", "emit_weights", "utc_now",
+           "read_into_bytearray", "splice_update"]

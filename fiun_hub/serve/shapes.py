@@ -32,13 +32,13 @@ def _front_matter(data: bytes) -> dict | None:
     """A card's YAML front matter as plain JSON data (``cardData``), or None if it has none or is unreadable."""
     from huggingface_hub import ModelCard
 
-    from ..card import MAX_CARD_BYTES, _plain
+    from ..card import MAX_CARD_BYTES, front_matter_data
 
     if len(data) > MAX_CARD_BYTES:
         return None
     try:
         card = ModelCard(data.decode("utf-8"), ignore_metadata_errors=True)
-        return _plain(card.data.to_dict(), CARD_FILE) or None
+        return front_matter_data(card.data.to_dict(), CARD_FILE) or None
     except Exception:  # malformed YAML, not UTF-8, alias bomb...: the listing shows no cardData
         return None
 
