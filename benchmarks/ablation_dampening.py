@@ -50,7 +50,7 @@ from fiun_hub import dampening as D  # noqa: E402
 from fiun_hub.data import LabeledData, load_data  # noqa: E402
 from fiun_hub.evaluate import forget_retain_accuracy  # noqa: E402
 from fiun_hub.fisher import compute_fisher, resolve_layers  # noqa: E402
-from fiun_hub.training import average_state_dicts, train_classifier  # noqa: E402
+from fiun_hub.research.training import average_state_dicts, train_classifier  # noqa: E402
 
 DIGITS = [str(i) for i in range(10)]
 T_LABELS = ["7", "3", "1", "5", "0", "8"]

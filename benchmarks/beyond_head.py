@@ -12,11 +12,12 @@ Requests at R: class-wise 1 class (index 3) and 4 classes (indices 1,3,5,7); sam
 shard (a seeded random draw, all classes), given to FIUn as an ``npz:`` file of the raw images.
 
 Methods: ``original`` (the built models), ``fiun`` (``plan_forget`` + ``run_forget`` at the defaults: head
-scope, alpha=1, lambda=0.01; end to end, timed), ``retrain`` (the affected subgraph redone with each model's
+scope, alpha=1, lambda=0.01; sample-wise: the class-mix rule with its 20-entry budget, docs/method.md section 10;
+end to end, timed), ``retrain`` (the affected subgraph redone with each model's
 recipe without the forgotten data; timed), ``finetune`` (25% of each recipe's epochs on retained data),
-``gradient_ascent`` (class-wise: :func:`fiun_hub.baselines.gradient_ascent` at its defaults; sample-wise: the
+``gradient_ascent`` (class-wise: :func:`fiun_hub.research.baselines.gradient_ascent` at its defaults; sample-wise: the
 same ascent on the forgotten samples, stopping once the model's accuracy on them is at most its held-out
-accuracy before the forget), and, class-wise, ``deep`` (:mod:`fiun_hub.deep_forget`, the prototype of a deeper
+accuracy before the forget), and, class-wise, ``deep`` (:mod:`fiun_hub.research.deep_forget`, the prototype of a deeper
 forget: FIUn's head update plus zeroing the penultimate channels that the forgotten classes dominate; not a
 default) when that module is present.
 
@@ -60,19 +61,19 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from fiun_hub import baselines as BL  # noqa: E402
 from fiun_hub.data import FASHION_MNIST_DIR, LabeledData, load_data, load_images  # noqa: E402
-from fiun_hub.evaluate import (forget_retain_accuracy, linear_probe, relearn_test,  # noqa: E402
-                               sample_forget_metrics, top2_leak)
+from fiun_hub.evaluate import forget_retain_accuracy, linear_probe, sample_forget_metrics, top2_leak  # noqa: E402
 from fiun_hub.hub.local import LocalHub  # noqa: E402
 from fiun_hub.models import load_model  # noqa: E402
-from fiun_hub.scenarios import (BATCH_SIZE, Recipe, Scenario, ScenarioNode, _Dealer, head_params,  # noqa: E402
-                                realize_node, realize_scenario, torch_threads)
-from fiun_hub.training import train_classifier  # noqa: E402
+from fiun_hub.research import baselines as BL  # noqa: E402
+from fiun_hub.research.relearn import relearn_test  # noqa: E402
+from fiun_hub.research.scenarios import (BATCH_SIZE, Recipe, Scenario, ScenarioNode, _Dealer,  # noqa: E402
+                                         head_params, realize_node, realize_scenario, torch_threads)
+from fiun_hub.research.training import train_classifier  # noqa: E402
 from fiun_hub.unlearn import plan_forget, run_forget  # noqa: E402
 
 try:  # the deeper-forget prototype (issue 16 part 2), measured as an extra column when present
-    from fiun_hub import deep_forget as DF  # noqa: E402
+    from fiun_hub.research import deep_forget as DF  # noqa: E402
 except ImportError:  # pragma: no cover
     DF = None
 

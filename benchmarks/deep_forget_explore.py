@@ -6,7 +6,7 @@ One ``test_resnet`` (16x16) trained from scratch on all of ``digits:train`` (10 
 rule tends to), then:
 
 - ``zero-k``: zero the k penultimate channels with the largest ratio of the forgotten classes' to the retained
-  classes' normalized head-FIM column sums (``fiun_hub.deep_forget``), k = 0..48 of 96;
+  classes' normalized head-FIM column sums (``fiun_hub.research.deep_forget``), k = 0..48 of 96;
 - ``relabel-s``: s Adam steps (lr 1e-3, batch 32, BatchNorm in eval) on ``layer4`` only, on the forgotten training
   samples, toward the head-reset model's own predictions (the retained class each sample now falls into).
 
@@ -37,11 +37,11 @@ if str(ROOT) not in sys.path:
 
 from fiun_hub.dampening import retain_fim, unlearning_fim  # noqa: E402
 from fiun_hub.data import load_data  # noqa: E402
-from fiun_hub.deep_forget import channel_ratio, zero_feature_channels  # noqa: E402
+from fiun_hub.research.deep_forget import channel_ratio, zero_feature_channels  # noqa: E402
 from fiun_hub.evaluate import forget_retain_accuracy, linear_probe  # noqa: E402
 from fiun_hub.fisher import compute_fisher, resolve_layers  # noqa: E402
-from fiun_hub.scenarios import new_model  # noqa: E402
-from fiun_hub.training import train_classifier  # noqa: E402
+from fiun_hub.research.scenarios import new_model  # noqa: E402
+from fiun_hub.research.training import train_classifier  # noqa: E402
 
 LABELS = [str(i) for i in range(10)]
 

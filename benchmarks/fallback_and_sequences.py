@@ -1,7 +1,7 @@
 """The no-sidecar fallback against each repo's own sidecar, and sequences of forgets (issue 13, parts 2 and 3).
 
-On each of the four scenarios of :mod:`fiun_hub.scenarios` (fl, ddpl, il, tl), built once at the quick profile of
-``benchmarks/fiun_vs_baselines.py`` (digits, ``test_resnet`` 16x16, 6 epochs from scratch, seed 0):
+On each of the four scenarios of :mod:`fiun_hub.research.scenarios` (fl, ddpl, il, tl), built once at the quick
+profile of ``benchmarks/fiun_vs_baselines.py`` (digits, ``test_resnet`` 16x16, 6 epochs from scratch, seed 0):
 
 1. **fallback**: the scenario's 1-class and 4-class requests (classes ``3`` and ``1,2,3,5``, as in
    fiun_vs_baselines) are run with FIUn's defaults twice, on fresh copies of the built hub:
@@ -47,7 +47,7 @@ from fiun_hub.evaluate import forget_retain_accuracy  # noqa: E402
 from fiun_hub.hub.local import LocalHub, RepoChange  # noqa: E402
 from fiun_hub.models import load_model  # noqa: E402
 from fiun_hub.repo import read_meta  # noqa: E402
-from fiun_hub.scenarios import SCENARIOS, plan_scenario, realize_scenario  # noqa: E402
+from fiun_hub.research.scenarios import SCENARIOS, plan_scenario, realize_scenario  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results" / "fallback_and_sequences.json"
 REQUESTS = {"1-class": ["3"], "4-class": ["1", "2", "3", "5"]}

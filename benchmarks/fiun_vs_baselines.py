@@ -1,6 +1,6 @@
 """FIUn against retraining, fine-tuning and gradient ascent on real inheritance DAGs (FL, DDPL, IL, TL).
 
-For each of the four scenarios of :mod:`fiun_hub.scenarios` this benchmark
+For each of the four scenarios of :mod:`fiun_hub.research.scenarios` this benchmark
 
 1. builds the scenario in a fresh hub (real timm models trained on disjoint shards, sidecars with the default
    ``normalized`` estimator, lineage in the cards);
@@ -10,7 +10,7 @@ For each of the four scenarios of :mod:`fiun_hub.scenarios` this benchmark
      defaults (alpha=1, lambda=0.01, normalized estimator, head only), timed end to end (plan, origin FIMs,
      dampening of every affected model, publishing every new revision; an untimed dry plan runs first so
      that imports and first reads are not counted);
-   - **retrain** (the gold standard), **finetune** and **gradient_ascent** from :mod:`fiun_hub.baselines`
+   - **retrain** (the gold standard), **finetune** and **gradient_ascent** from :mod:`fiun_hub.research.baselines`
      (at their defaults), timed as they report (``BaselineResult.seconds``: the whole propagation down the
      affected set, weights kept in memory, nothing published);
 3. evaluates every affected model before and after on HELD-OUT test data (a class-stratified subset of the
@@ -73,7 +73,6 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from fiun_hub import baselines as BL  # noqa: E402
 from fiun_hub.dampening import DEFAULT_ALPHA, DEFAULT_LAMBDA  # noqa: E402
 from fiun_hub.data import LabeledData, load_data  # noqa: E402
 from fiun_hub.errors import BadInput  # noqa: E402
@@ -81,8 +80,9 @@ from fiun_hub.evaluate import forget_retain_accuracy, mia_score  # noqa: E402
 from fiun_hub.fisher import DEFAULT_ESTIMATOR  # noqa: E402
 from fiun_hub.hub.local import LocalHub  # noqa: E402
 from fiun_hub.models import load_model  # noqa: E402
-from fiun_hub.scenarios import (BATCH_SIZE, CONTINUE_LR, DEFAULT_LR, Recipe, Scenario, ScenarioNode,  # noqa: E402
-                                head_params, plan_scenario, realize_scenario, torch_threads)
+from fiun_hub.research import baselines as BL  # noqa: E402
+from fiun_hub.research.scenarios import (BATCH_SIZE, CONTINUE_LR, DEFAULT_LR, Recipe, Scenario,  # noqa: E402
+                                         ScenarioNode, head_params, plan_scenario, realize_scenario, torch_threads)
 from fiun_hub.unlearn import plan_forget, run_forget  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"

@@ -35,7 +35,7 @@ from fiun_hub.hub.local import LocalHub  # noqa: E402
 from fiun_hub.models import save_model_folder  # noqa: E402
 from fiun_hub.repo import push_folder  # noqa: E402
 from fiun_hub.sidecars import compute_and_commit  # noqa: E402
-from fiun_hub.training import train_classifier  # noqa: E402
+from fiun_hub.research.training import train_classifier  # noqa: E402
 from fiun_hub.unlearn import plan_forget, run_forget  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"

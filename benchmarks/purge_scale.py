@@ -36,7 +36,6 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import sys
 import tempfile
 import time
@@ -230,18 +229,7 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="fiun-purge-") as tmp:
         tmp = Path(tmp)
         src = args.keep or tmp / "hub"
-        info_file = src.parent / (src.name + ".build.json")
-        if args.keep and (src / ".fiun").is_dir() and info_file.is_file():
-            build_info = json.loads(info_file.read_text())
-            build_info["reused"] = True
-            log(f"reusing the hub at {src}")
-        else:
-            if src.exists():
-                shutil.rmtree(src)
-            log(f"building {args.models} models at {src}")
-            build_info = scale.build(src, args.models, args.seed, args.epochs, args.fim_samples, args.max_depth,
-                                     args.publish_batch, log)
-            info_file.write_text(json.dumps(build_info))
+        build_info = scale.build_or_reuse(src, args, log)
         runs = {}
         for m in modes:
             runs[m] = _measure_in_subprocess(src, tmp / "work", m, log)

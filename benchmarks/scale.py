@@ -97,8 +97,8 @@ def build(hub_dir: Path, n: int, seed: int, epochs: int, fim_samples: int, max_d
     from fiun_hub.fisher import compute_fisher, resolve_layers, sidecar_bytes
     from fiun_hub.hub.local import Blob, LocalHub, RepoChange
     from fiun_hub.models import config_dict, state_bytes
-    from fiun_hub.scenarios import new_model
-    from fiun_hub.training import train_classifier
+    from fiun_hub.research.scenarios import new_model
+    from fiun_hub.research.training import train_classifier
 
     torch.set_num_threads(1)
     t0 = time.perf_counter()
@@ -176,6 +176,24 @@ def build(hub_dir: Path, n: int, seed: int, epochs: int, fim_samples: int, max_d
 
 
 # ============================================================================================== measure
+def build_or_reuse(src: Path, args, log) -> dict:
+    """The hub at ``src``: reused when ``--keep`` names one already built (its build info beside it), else built
+    from ``args`` (models, seed, epochs, fim_samples, max_depth, publish_batch). Returns the build info."""
+    info_file = src.parent / (src.name + ".build.json")
+    if args.keep and (src / ".fiun").is_dir() and info_file.is_file():
+        build_info = json.loads(info_file.read_text())
+        build_info["reused"] = True
+        log(f"reusing the hub at {src}")
+        return build_info
+    if src.exists():
+        shutil.rmtree(src)
+    log(f"building {args.models} models at {src}")
+    build_info = build(src, args.models, args.seed, args.epochs, args.fim_samples, args.max_depth,
+                       args.publish_batch, log)
+    info_file.write_text(json.dumps(build_info))
+    return build_info
+
+
 def tree_bytes(root: Path) -> tuple[int, int]:
     """(apparent bytes of every file and symlink under root, disk bytes as du counts them)."""
     apparent = disk = 0
@@ -438,18 +456,7 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="fiun-scale-") as tmp:
         tmp = Path(tmp)
         src = args.keep or tmp / "hub"
-        info_file = src.parent / (src.name + ".build.json")
-        if args.keep and (src / ".fiun").is_dir() and info_file.is_file():
-            build_info = json.loads(info_file.read_text())
-            build_info["reused"] = True
-            log(f"reusing the hub at {src}")
-        else:
-            if src.exists():
-                shutil.rmtree(src)
-            log(f"building {args.models} models at {src}")
-            build_info = build(src, args.models, args.seed, args.epochs, args.fim_samples, args.max_depth,
-                               args.publish_batch, log)
-            info_file.write_text(json.dumps(build_info))
+        build_info = build_or_reuse(src, args, log)
         hub_apparent, hub_disk = tree_bytes(src)
         runs = {}
         for e in executors:

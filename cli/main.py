@@ -4,92 +4,19 @@ Exit codes: 0 success, 1 a failed check (audit, verify, lineage --check), 2 bad 
 """
 from __future__ import annotations
 
-import functools
 import json
-import os
 import sys
-from typing import Any, Callable
 
 import click
 
-from fiun_hub.errors import BadInput, FiunError
-from fiun_hub.constants import NO_SPACE
+from fiun_hub.errors import BadInput
+from fiun_hub.hub.base import ATOMIC_PUBLISH, PURGE, supports
+
+from .common import Ctx, fail, handled, pass_ctx, short_sidecar
+from .compliance import audit, takedown
+from .serve import serve
 
 
-# Commands that need a LocalHub's folder, and why (a remote hub is reached over the Hub HTTP API).
-LOCAL_ONLY = {
-    "init": "a remote hub needs no creating (repos are created when pushed)",
-    "verify": "it re-hashes the hub's own files; a remote hub checks its storage itself",
-    "takedown": "its ledger is published atomically with the unlearned repos, which a remote hub cannot do "
-                "(use `fiun-hub forget`, which reports which repos landed)",
-    "audit": "it reads the takedown ledger of a local hub",
-}
-
-
-class Ctx:
-    def __init__(self, hub: str | None, as_json: bool):
-        self.hub_spec = hub
-        self.as_json = as_json
-        self.opened = None  # the hub this command opened (for the state a full disk left it in)
-
-    def hub(self, create: bool = False):
-        from fiun_hub.hub import is_remote, open_hub
-
-        command = click.get_current_context().info_name
-        if command in LOCAL_ONLY and is_remote(self.hub_spec):
-            raise BadInput(f"`fiun-hub {command}` needs a local hub folder (--hub PATH): {LOCAL_ONLY[command]}")
-        self.opened = open_hub(self.hub_spec, create=create)
-        return self.opened
-
-    def emit(self, data: Any, text: str | Callable[[], str] | None = None) -> None:
-        if self.as_json:
-            click.echo(json.dumps(data, indent=2, default=str))
-        else:
-            click.echo(text() if callable(text) else (text if text is not None else str(data)))
-
-
-def fail(msg: str, code: int = 2) -> None:
-    click.echo(f"fiun-hub: error: {msg}", err=True)
-    sys.exit(code)
-
-
-def no_space_line(exc: OSError) -> str:
-    """One line for a full file system (out of bytes, inodes or quota), saying what state the hub is in."""
-    where = f" (writing in {os.path.dirname(str(exc.filename)) or exc.filename})" if exc.filename else ""
-    line = f"no space left on device{where}"
-    ctx = click.get_current_context(silent=True)
-    hub = getattr(ctx.find_object(Ctx), "opened", None) if ctx is not None else None
-    pending = hub.unfinished_publish() if hasattr(hub, "unfinished_publish") else []
-    if pending:
-        return (f"{line}: the publish to {', '.join(pending[:3])}" + (f" and {len(pending) - 3} more" if
-                len(pending) > 3 else "") + " had started moving refs and is recorded in the hub's journal; it "
-                "completes on the next fiun-hub command that writes, once there is space (until then every "
-                "command reads the hub as it was before it)")
-    if hub is not None:
-        return f"{line}: nothing was published and the hub is as it was; free some space and run it again"
-    return f"{line}; free some space and run it again"
-
-
-def handled(fn: Callable) -> Callable:
-    """Map library errors to one line on stderr and the exit code they carry (a full disk: exit 2)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except FiunError as exc:
-            fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, exc.exit_code)
-        except OSError as exc:
-            if exc.errno not in NO_SPACE:
-                raise
-            fail(no_space_line(exc), 2)
-        except KeyboardInterrupt:
-            fail("interrupted", 130)
-
-    return wrapper
-
-
-pass_ctx = click.make_pass_decorator(Ctx)
 
 
 def _json_after_command(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
@@ -221,7 +148,9 @@ def show(c: Ctx, spec: str) -> None:
         if info["card_error"]:
             lines.append(f"  card:     ERROR {info['card_error']}")
         for u in info["unlearned"]:
-            lines.append(f"  forgot:   {u.get('request')} classes={u.get('classes')} at {u.get('at')}")
+            a = u.get("adopted_from") if isinstance(u.get("adopted_from"), dict) else None
+            lines.append(f"  forgot:   {u.get('request')} classes={u.get('classes')} at {u.get('at')}"
+                         + (f" (adopted: inferred parent {a.get('repo')}@{str(a.get('revision'))[:12]})" if a else ""))
         lines.append("  files:")
         for p, f in sorted(info["files"].items()):
             lines.append(f"    {p:28s} {f['size'] if f['size'] is not None else '?':>10} {f['sha256'][:12]}")
@@ -411,13 +340,6 @@ def _head_only(hub, spec: str, why: str) -> str:
     return repo
 
 
-def _short_sidecar(used: str) -> str:
-    """``approximate: from acme/a@3f2c...`` with 12-hex revisions, for text output."""
-    import re
-
-    return re.sub(r"@([0-9a-f]{12})[0-9a-f]{28}", r"@\1…", used)
-
-
 def _plan_text(plan) -> str:
     lines = [f"request {plan.request_id}: forget "
              + (f"classes {', '.join(plan.classes)}" if plan.classes else f"samples of {plan.data_spec}")
@@ -430,7 +352,7 @@ def _plan_text(plan) -> str:
         lines.append(f"  {n.repo:32s} {n.depth:>5d}  {n.head[:12]:12s} {state:8s} {shape:12s} "
                      f"{', '.join(n.sources)}")
         if n.sidecar_used != "own":
-            lines.append(f"      ~ sidecar {_short_sidecar(n.sidecar_used)}")
+            lines.append(f"      ~ sidecar {short_sidecar(n.sidecar_used)}")
         for p in n.problems:
             lines.append(f"      ! {p}")
     return "\n".join(lines)
@@ -445,7 +367,8 @@ def _plan_text(plan) -> str:
                                    "re-running the same id is a no-op.")
 @click.option("--alpha", type=float, default=None,
               help="Selection: a parameter is dampened where its MFIM exceeds alpha x its own (retain) FIM "
-                   "(default 1).")
+                   "(default 1; sample-wise: its FIM over the samples' labels, at most 20 head entries, "
+                   "docs/method.md section 10).")
 @click.option("--lambda", "lam", type=float, default=None,
               help="Dampening: a selected parameter keeps min(lambda x F / M, 1) of its distance to its "
                    "reference (default 0.01).")
@@ -476,11 +399,10 @@ def forget(c: Ctx, origins, classes, data_spec, request_id, alpha, lam, record_s
     model's own preprocessing (its config.json's timm data config). On a local hub all new revisions land together or none does; on a remote hub
     (--hub hf://...) each repo is committed on its own and re-running the same forget finishes an interrupted one.
     """
-    from fiun_hub.unlearn import DEFAULT_ALPHA, DEFAULT_LAMBDA, plan_forget, run_forget
+    from fiun_hub.unlearn import plan_forget, run_forget
 
     hub = c.hub()
-    plan = plan_forget(hub, list(origins), classes, data_spec, request_id,
-                       DEFAULT_ALPHA if alpha is None else alpha, DEFAULT_LAMBDA if lam is None else lam)
+    plan = plan_forget(hub, list(origins), classes, data_spec, request_id, alpha, lam)  # None: the kind's default
     plan.record_spec = record_spec
     if dry_run or plan.problems:
         c.emit(plan.to_dict(), lambda: _plan_text(plan))
@@ -493,9 +415,7 @@ def forget(c: Ctx, origins, classes, data_spec, request_id, alpha, lam, record_s
                f"request {plan.request_id} is already applied to all {len(plan.nodes)} affected repo(s); nothing to do")
         return
     target = hub
-    from fiun_hub.hub.local import LocalHub
-
-    remote_purge = purge and not isinstance(hub, LocalHub)
+    remote_purge = purge and not supports(hub, PURGE)
     if purge and not remote_purge:
         from fiun_hub.purge import PurgingHub
         from fiun_hub.unlearn import utc_now
@@ -512,7 +432,7 @@ def forget(c: Ctx, origins, classes, data_spec, request_id, alpha, lam, record_s
         purged = {"remote": outcomes, "files": {}, "revisions": 0, "blobs": sum(o.get("deleted", 0)
                                                                                for o in outcomes.values()),
                   "bytes_removed": sum(o.get("bytes_removed", 0) for o in outcomes.values())}
-    atomic = getattr(hub, "atomic", True)
+    atomic = supports(hub, ATOMIC_PUBLISH)
     note = [] if atomic else [f"note: {hub.location} is a remote hub: each repo was committed on its own (no "
                               "cross-repo atomicity); an interrupted run is finished by re-running it"]
     if purged and "remote" in purged:
@@ -598,7 +518,7 @@ def demo(c: Ctx, directory: str, scenario: str, forget_class: str, seed: int, no
     accuracy before and after, the forget's time next to retraining's, and a lineage picture."""
     from rich.console import Console
 
-    from fiun_hub.demo import format_report, run_demo
+    from fiun_hub.research.demo import format_report, run_demo
 
     console = Console(stderr=True)
 
@@ -611,16 +531,9 @@ def demo(c: Ctx, directory: str, scenario: str, forget_class: str, seed: int, no
     c.emit(out, lambda: format_report(out))
 
 
-def _register_compliance() -> None:
-    from .compliance import audit, takedown
-    from .serve import serve
-
-    main.add_command(takedown)
-    main.add_command(audit)
-    main.add_command(serve)
-
-
-_register_compliance()
+main.add_command(takedown)
+main.add_command(audit)
+main.add_command(serve)
 
 if __name__ == "__main__":
     main()

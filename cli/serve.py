@@ -1,16 +1,16 @@
 """``fiun-hub serve``: serve the hub over HTTP to the unmodified ``huggingface_hub`` client (docs/serve.md).
 
 A standalone click command over :mod:`fiun_hub.serve`; ``cli/main.py`` registers it with ``main.add_command(serve)``.
-Like ``cli/compliance.py`` it uses main's context object (``Ctx``: the hub from ``--hub``, ``--json``, ``emit``) and
-main's error handling (one line on stderr, exit 2 on bad input), looked up when the command runs, so this module
-imports nothing from ``main`` at import time.
+Like ``cli/compliance.py`` it uses the CLI's context object (``Ctx``: the hub from ``--hub``, ``--json``, ``emit``)
+and error handling (one line on stderr, exit 2 on bad input) from ``cli/common.py``, and imports nothing from
+``main``.
 """
 from __future__ import annotations
 
 
 import click
 
-from .compliance import _fail, _handled  # main's error handling, looked up when a command runs
+from .common import fail, handled  # the CLI's error handling
 
 DEFAULT_MAX_UPLOAD_MB = 4096  # fiun_hub.serve.DEFAULT_MAX_UPLOAD_MB (not imported here: starlette may be missing)
 HEADER_TIMEOUT_S, BODY_TIMEOUT_S = 10.0, 60.0  # fiun_hub.serve.HEADER_TIMEOUT_S, BODY_TIMEOUT_S (likewise)
@@ -36,7 +36,7 @@ HEADER_TIMEOUT_S, BODY_TIMEOUT_S = 10.0, 60.0  # fiun_hub.serve.HEADER_TIMEOUT_S
 @click.option("--allow-remote", is_flag=True,
               help="Allow a --host that other machines can reach (there is no TLS: put a proxy in front).")
 @click.pass_obj
-@_handled
+@handled
 def serve(c, host: str, port: int, token: str | None, private: bool, max_upload_mb: float, header_timeout: float,
           body_timeout: float, allow_remote: bool) -> None:
     """Serve the hub as a Hugging Face Hub-compatible HTTP endpoint.
@@ -49,7 +49,7 @@ def serve(c, host: str, port: int, token: str | None, private: bool, max_upload_
     import importlib.util
 
     if not all(importlib.util.find_spec(m) for m in ("starlette", "uvicorn")):
-        _fail("fiun-hub serve needs starlette and uvicorn: pip install 'fiun-hub[serve]'")
+        fail("fiun-hub serve needs starlette and uvicorn: pip install 'fiun-hub[serve]'")
     from fiun_hub.errors import BadInput
     from fiun_hub.serve import check_host, run
 

@@ -190,7 +190,7 @@ def _remember(text: str, data: dict, body: str) -> None:
 MAX_NODES = 200_000  # values in one card's front matter (YAML aliases could otherwise expand exponentially)
 
 
-def _plain(value: Any, where: str, depth: int = 0, budget: list[int] | None = None) -> Any:
+def front_matter_data(value: Any, where: str, depth: int = 0, budget: list[int] | None = None) -> Any:
     """Front-matter values as JSON data: YAML dates and times become ISO strings; other types are refused."""
     budget = budget if budget is not None else [MAX_NODES]
     budget[0] -= 1
@@ -199,9 +199,9 @@ def _plain(value: Any, where: str, depth: int = 0, budget: list[int] | None = No
     if depth > 50:
         raise _fail(where, "card front matter is nested too deeply")
     if isinstance(value, dict):
-        return {str(k): _plain(v, where, depth + 1, budget) for k, v in value.items()}
+        return {str(k): front_matter_data(v, where, depth + 1, budget) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v, where, depth + 1, budget) for v in value]
+        return [front_matter_data(v, where, depth + 1, budget) for v in value]
     if isinstance(value, (_dt.date, _dt.datetime)):
         return value.isoformat().replace("+00:00", "Z")
     if value is None or isinstance(value, (str, int, float, bool)):
@@ -213,7 +213,7 @@ def meta_from_dict(data: dict[str, Any], where: str = "") -> CardMeta:
     """Validate front-matter data (as a dict) against the schema."""
     if not isinstance(data, dict):
         raise _fail(where, "card front matter must be a mapping")
-    data = _plain(data, where)
+    data = front_matter_data(data, where)
     base = _str_list(data.pop("base_model", None), "base_model", where)
     relation = data.pop("base_model_relation", None)
     if relation is not None and relation not in RELATIONS:
@@ -275,7 +275,8 @@ _RECORD_STRINGS = ("at", "estimator", "reference", "data")
 def check_record(u: Any, where: str = "") -> None:
     """One ``fiun.unlearned`` record against the schema: a ``request`` id (the rule of takedown ids), and each
     other field fiun-hub reads, when present, of its type (``from_revision`` a 40-hex commit id, ``classes`` and
-    ``origins`` lists of strings, ``alpha`` / ``lambda`` numbers, ``at`` ... strings). Raises :class:`RecordError`."""
+    ``origins`` lists of strings, ``alpha`` / ``lambda`` numbers, ``at`` ... strings, ``inferred`` a boolean,
+    ``adopted_from`` a ``{repo, revision, evidence}`` mapping with ``inferred: true``). Raises :class:`RecordError`."""
     if not isinstance(u, dict):
         raise _record_fail(where, "card field fiun.unlearned must be a list of records")
     rid = u.get("request")
@@ -300,6 +301,24 @@ def check_record(u: Any, where: str = "") -> None:
         v = u.get(key)
         if v is not None and not isinstance(v, str):
             raise _record_fail(where, f"fiun.unlearned record {rid}: {key} must be a string")
+    inferred = u.get("inferred")
+    if inferred is not None and not isinstance(inferred, bool):
+        raise _record_fail(where, f"fiun.unlearned record {rid}: inferred must be true or false")
+    adopted = u.get("adopted_from")
+    if adopted is not None:
+        # `audit --fix --adopt`: the parent the weights look derived from, which the card does not declare
+        bad = f"fiun.unlearned record {rid}: adopted_from must be {{repo: org/name, revision: <40 hex>, evidence: {{...}}}}"
+        if not isinstance(adopted, dict) or not isinstance(adopted.get("revision"), str) \
+                or not COMMIT_RE.match(adopted["revision"]) or not isinstance(adopted.get("repo"), str) \
+                or not isinstance(adopted.get("evidence", {}), dict):
+            raise _record_fail(where, bad)
+        try:
+            validate_repo_id(adopted["repo"])
+        except FiunError:
+            raise _record_fail(where, bad) from None
+        if inferred is not True:
+            raise _record_fail(where, f"fiun.unlearned record {rid}: a record with adopted_from needs inferred: true "
+                                      "(the parent is inferred from the weights, not declared)")
 
 
 def claims_without_forget(records: list[dict], carried: list[dict], replaces: str | None) -> list[dict]:
@@ -357,6 +376,9 @@ def _c_dumpable(value: Any, depth: int = 0) -> bool:
     if t is list:
         return all(_c_dumpable(v, depth + 1) for v in value)
     return value is None or t in (bool, int, float)
+
+
+_plain = front_matter_data  # the old private name (serve now imports the public one; kept for other callers)
 
 
 def _copy_plain(value: Any) -> Any:

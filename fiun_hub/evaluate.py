@@ -14,7 +14,8 @@ Beyond the head (issue 16; each to be read next to a model retrained without the
 - :func:`top2_leak`: share of forgotten-class held-out samples whose own class is still ranked 1st or 2nd;
 - :func:`linear_probe`: recall of the forgotten classes by a logistic regression on the penultimate features
   (``forward_head(forward_features(x), pre_logits=True)``), fit on a train split, scored on held-out data;
-- :func:`relearn_test`: forget accuracy after a fixed small fine-tune of a copy on retained data only;
+- :func:`fiun_hub.research.relearn.relearn_test` (research: it trains): forget accuracy after a fixed small
+  fine-tune of a copy on retained data only;
 - :func:`sample_forget_metrics`: for sample-wise forgets, accuracy on the forgotten samples and the
   loss-threshold membership attack's AUC of the forgotten samples against held-out ones;
 - :func:`beyond_head_repo`: top-2 leak and probe recall of a hub repo, fed with its own preprocessing.
@@ -186,7 +187,8 @@ def evaluate_repo(hub, repo: str, data_spec: str, forget: Sequence[str] | None =
 # forgotten data (never next to 0): a retrained model's features still separate a class it never saw to some
 # degree, and its forgotten samples are just unseen samples of their class.
 # ------------------------------------------------------------------------------------------------------------
-def _model_rows(model_labels: Sequence[str]) -> list[str]:
+def model_rows(model_labels: Sequence[str]) -> list[str]:
+    """A model's head labels as strings, one per row; repeated labels are a :class:`BadInput`."""
     labels = [str(v) for v in model_labels]
     if len(set(labels)) != len(labels):
         raise BadInput(f"model labels are not unique: {labels}")
@@ -235,7 +237,7 @@ def top2_leak(model: nn.Module, model_labels: Sequence[str], test: LabeledData, 
     the model has a row for whose own class is ranked first or second over the full head (None: the model knows
     none of them). A model retrained without the classes keeps their rows only as negatives and ranks them near
     the bottom; a head-only suppression can leave them as the runner-up (see :func:`topk_leak_from_logits`)."""
-    labels = _model_rows(model_labels)
+    labels = model_rows(model_labels)
     keep, target = _known_targets(labels, test)
     rows = _forget_rows(labels, forget)
     if keep.numel() == 0 or rows.numel() == 0:
@@ -310,7 +312,7 @@ def linear_probe(model: nn.Module, model_labels: Sequence[str], probe_train: Lab
     ``forget_recall`` (the headline: recall of the forgotten classes, in percent; None if the model knows none of
     them), ``retain_acc``, ``accuracy``. Compare ``forget_recall`` with a retrained model's, whose features still
     carry generic information about a class it never saw."""
-    labels = _model_rows(model_labels)
+    labels = model_rows(model_labels)
     ktr, ytr = _known_targets(labels, probe_train)
     kte, yte = _known_targets(labels, test)
     if ktr.numel() == 0 or kte.numel() == 0:
@@ -321,54 +323,12 @@ def linear_probe(model: nn.Module, model_labels: Sequence[str], probe_train: Lab
                                       C=C, max_iter=max_iter)
 
 
-DEFAULT_RELEARN_EPOCHS = 1
-DEFAULT_RELEARN_LR = 1e-3
-DEFAULT_RELEARN_BATCH = 32
-
-
-def relearn_test(model: nn.Module, model_labels: Sequence[str], retain_train: LabeledData, test: LabeledData,
-                 forget: Sequence[str], *, epochs: int = DEFAULT_RELEARN_EPOCHS, lr: float = DEFAULT_RELEARN_LR,
-                 batch_size: int = DEFAULT_RELEARN_BATCH, seed: int = 0, device=None) -> dict:
-    """Relearn test: fine-tune a **copy** of the model on retained data only for a fixed small budget, then
-    measure forget and retain accuracy on held-out ``test`` (the model itself is not changed).
-
-    Budget: ``epochs`` passes over ``retain_train`` with Adam at ``lr`` (cosine decay), batch ``batch_size``,
-    every parameter trainable, shuffling seeded by ``seed`` (:func:`fiun_hub.training.train_classifier`), so the
-    same budget can be given to every method and to the retrained model. ``retain_train`` is in the dataset's
-    label space; samples of the forgotten classes and of classes the model does not know are dropped (the test
-    is defined on retained data only). A suppression that left the class in the backbone can come back once the
-    head moves; compare with a retrained model after the same budget.
-
-    Returns ``{"forget_acc", "retain_acc"}`` (percent, None as :func:`forget_retain_accuracy`) plus
-    ``"steps"`` and ``"samples"``."""
-    import copy
-
-    from .training import train_classifier
-
-    labels = _model_rows(model_labels)
-    if int(epochs) < 0:
-        raise BadInput(f"relearn epochs must be >= 0, got {epochs}")
-    want = {str(c) for c in forget}
-    keep_names = [n for n in labels if n not in want and n in retain_train.labels]
-    data = retain_train.select_labels(keep_names).to_label_space(labels) if keep_names else None
-    if data is None or len(data) < 2:
-        raise BadInput("relearn_test needs at least two retained training samples of classes the model knows")
-    twin = copy.deepcopy(model)
-    info = {"steps": 0}
-    if int(epochs) > 0:
-        info = train_classifier(twin, data, epochs=int(epochs), lr=float(lr), batch_size=int(batch_size),
-                                seed=int(seed), device=device)
-    twin.eval()
-    f, r = forget_retain_accuracy(twin, labels, test, list(forget), device=device)
-    return {"forget_acc": f, "retain_acc": r, "steps": int(info["steps"]), "samples": len(data)}
-
-
 @torch.no_grad()
 def per_sample_losses(model: nn.Module, model_labels: Sequence[str], data: LabeledData, batch_size: int = 256,
                       device=None) -> np.ndarray:
     """Cross-entropy of every sample of ``data`` (dataset label space) whose class the model knows, over the
     model's full head (float64 numpy, in the order of the kept samples)."""
-    labels = _model_rows(model_labels)
+    labels = model_rows(model_labels)
     keep, target = _known_targets(labels, data)
     if keep.numel() == 0:
         return np.zeros((0,), dtype=np.float64)
@@ -408,7 +368,7 @@ def sample_forget_metrics(model: nn.Module, model_labels: Sequence[str], forgott
       samples against held-out samples; a retrained model is near 50;
     - ``held_out_acc``: accuracy on ``held_out``.
     """
-    labels = _model_rows(model_labels)
+    labels = model_rows(model_labels)
     f_known = forgotten.to_label_space(labels)
     h_known = held_out.to_label_space(labels)
     if len(f_known) == 0 or len(h_known) == 0:

@@ -1,6 +1,6 @@
 """Run independent per-repo work: in-process, in a process pool, as Ray tasks, or batched on one device.
 
-Every task is a picklable object with a ``repo`` field (the per-repo :class:`~fiun_hub.unlearn.NodeTask` of a
+Every task is a picklable object with a ``repo`` field (the per-repo :class:`~fiun_hub.node_update.NodeTask` of a
 forget) and every function is module-level; results come back keyed by repo. A failed task stops the whole run
 and its exception is re-raised in the caller (who then publishes nothing).
 
@@ -23,7 +23,7 @@ Executors (``EXECUTORS``):
 
 The dampening step of a forget can also run **batched** (:func:`run_batched`): the unlearnable tensors of many
 repos with the same head shape are stacked and dampened with one set of tensor operations (one kernel launch
-per operation on a GPU instead of one per repo), giving the same bytes as :func:`fiun_hub.unlearn.unlearn_node`
+per operation on a GPU instead of one per repo), giving the same bytes as :func:`fiun_hub.node_update.unlearn_node`
 repo by repo on CPU. :func:`run_unlearn` picks the per-repo or the batched path (batched when the device is
 CUDA) for the executor asked for; :func:`run_call` runs one call (``fim``'s Fisher computation, say) locally
 or as a Ray task.
@@ -57,7 +57,8 @@ class ExecutorError(FiunError):
     """A per-repo task failed in a way that carries no fiun-hub error of its own (a worker died, ...)."""
 
 
-def _check(executor: str, workers: int) -> None:
+def check_executor(executor: str, workers: int) -> None:
+    """Refuse an executor this version does not have, or a worker count below 1 (one line each)."""
     if executor not in EXECUTORS:
         raise BadInput(f"unknown executor {executor!r}; this version has: {', '.join(EXECUTORS)}")
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
@@ -108,7 +109,7 @@ def run_tasks(fn: Callable[[Any], Any], tasks: Sequence[Any], *, workers: int = 
     returns is kept instead of the result: a caller can write each new weights file away (and keep its hash)
     as it comes, so that the results of a large forget are never all in memory together.
     """
-    _check(executor, workers)
+    check_executor(executor, workers)
     tasks = list(tasks)
     if executor == "ray":
         return _run_ray(fn, tasks, workers=workers, progress=progress, address=ray_address, chunk_size=chunk_size,
@@ -425,7 +426,7 @@ def run_call(fn: Callable[..., Any], *args: Any, executor: str = "local", ray_ad
     default 1 when the cluster has a GPU, else 0; ``num_cpus`` reserves CPUs, default 1, at most what the
     largest live node has, so that the task can always be placed). Ray's wrapper is removed from a failure, as
     in :func:`run_tasks`; the task is not retried (a failure is reported, not hidden)."""
-    _check(executor, 1)
+    check_executor(executor, 1)
     if executor == "local":
         return fn(*args, **kwargs)
     ray = init_ray(ray_address)
@@ -474,7 +475,7 @@ class _Loaded:
 
 def _load(task: Any) -> _Loaded:
     from .safetensors_io import header_of_bytes, read_tensors
-    from .unlearn import read_into_bytearray
+    from .node_update import read_into_bytearray
 
     data = read_into_bytearray(task.weights_path)
     header, _ = header_of_bytes(data, where=task.repo)
@@ -492,10 +493,12 @@ def _group_key(ld: _Loaded) -> Any:
     """What must be equal for repos to be dampened together: names, shapes and dtypes of the unlearnable
     tensors, which are head rows, the forgotten-row mask, the classes taken out of the retain FIM, alpha and
     lambda. None when anything is off the common path (missing layer, shape mismatch, non-finite weights, ...):
-    such a repo goes through :func:`~fiun_hub.unlearn.unlearn_node`, which raises the same error as ever."""
+    such a repo goes through :func:`~fiun_hub.node_update.unlearn_node`, which raises the same error as ever."""
     import torch
 
     t = ld.task
+    if getattr(t, "sample_counts", None) is not None:  # sample-wise: the per-repo path (sample_forget_update)
+        return None
     try:
         if not ld.params or set(ld.params) != set(t.mfim):
             return None
@@ -597,7 +600,7 @@ def dampen_group(group: Sequence[_Loaded], device: Any = None) -> list[dict[str,
 def _finish(ld: _Loaded, new: dict[str, Any]) -> tuple[str, bytes | str, dict[str, Any]]:
     """Write the new tensors into the file's bytes (as unlearn_node does): (repo, bytes or the path they were
     written to, stats), as :func:`fiun_hub.unlearn.emit_weights` gives them."""
-    from .unlearn import emit_weights, splice_update
+    from .node_update import emit_weights, splice_update
 
     return emit_weights(ld.task, ld.data, splice_update(ld.task.repo, ld.data, ld.header, ld.params, new))
 
@@ -605,13 +608,13 @@ def _finish(ld: _Loaded, new: dict[str, Any]) -> tuple[str, bytes | str, dict[st
 def run_batched(tasks: Sequence[Any], *, device: Any = None, max_batch: int = DEFAULT_MAX_BATCH,
                 progress: Callable[[str], None] | None = None,
                 on_result: Callable[[str, Any], Any] | None = None) -> dict[str, Any]:
-    """:func:`fiun_hub.unlearn.unlearn_node` for every task, batched: ``max_batch`` repos at a time are read,
+    """:func:`fiun_hub.node_update.unlearn_node` for every task, batched: ``max_batch`` repos at a time are read,
     grouped by head shape (and the rest of :func:`_group_key`), and each group is dampened on stacked tensors
     on ``device`` (default: CUDA if available, else CPU). On CPU the bytes are those of ``unlearn_node``; a
     repo off the common path (missing layer, non-finite weights, ...) goes through ``unlearn_node`` itself, so
     errors are the same too. Only ``max_batch`` weight files are in memory at once, plus the results (or what
     ``on_result`` keeps of them, as in :func:`run_tasks`)."""
-    from .unlearn import unlearn_node
+    from .node_update import unlearn_node
 
     if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
         raise BadInput("max_batch must be a positive integer")
@@ -661,14 +664,14 @@ def run_unlearn(tasks: Sequence[Any], *, workers: int = 1, executor: str = "loca
     ``batched`` (default: True when ``device`` resolves to CUDA) uses :func:`run_batched`: with ``local`` in
     this process; with ``ray``, the repos are split into one chunk per worker (grouped by head shape first)
     and each chunk is one Ray task running :func:`run_batched` (reserving a GPU share when CUDA is used).
-    Otherwise every repo is one :func:`fiun_hub.unlearn.unlearn_node` call through :func:`run_tasks` (on Ray,
+    Otherwise every repo is one :func:`fiun_hub.node_update.unlearn_node` call through :func:`run_tasks` (on Ray,
     several repos per task: about ``RAY_TASKS_PER_SLOT`` tasks per cluster CPU, at most ``RAY_MAX_CHUNK`` repos
     each, since scheduling a task costs more than dampening a small head).
     ``progress`` and ``on_result`` as in :func:`run_tasks`.
     """
-    from .unlearn import unlearn_node
+    from .node_update import unlearn_node
 
-    _check(executor, workers)
+    check_executor(executor, workers)
     dev = resolve_device(device)
     if batched is None:
         batched = dev.type == "cuda"
@@ -726,5 +729,8 @@ def run_unlearn(tasks: Sequence[Any], *, workers: int = 1, executor: str = "loca
     return out
 
 
-__all__ = ["EXECUTORS", "RAY_HINT", "ExecutorError", "run_tasks", "call_named", "name_error", "run_unlearn",
+_check = check_executor  # the old private name, still imported by compliance.py until it moves to the public one
+
+__all__ = ["EXECUTORS", "check_executor", "RAY_HINT", "ExecutorError", "run_tasks", "call_named", "name_error",
+           "run_unlearn",
            "run_batched", "run_call", "dampen_group", "init_ray", "import_ray", "share_fields", "resolve_device"]

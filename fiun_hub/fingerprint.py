@@ -33,8 +33,9 @@ from typing import Iterable
 
 import numpy as np
 
-from .constants import FIUN_DIR, WEIGHTS_FILE
+from .constants import FIUN_DIR, LEDGER_REPO, WEIGHTS_FILE
 from .errors import BadInput
+from .hub.base import LOCAL_FOLDER, supports
 from .safetensors_io import parse_header
 
 FINGERPRINT_DIR = "fingerprints"
@@ -204,7 +205,7 @@ def record_fingerprint(hub, repo: str, weights_sha256: str | None, *, verify: bo
     """Store the fingerprint of ``repo``'s weights blob ``weights_sha256`` unless it is stored already (with
     ``verify``: unless the stored one reads back whole). Never raises on the model's bytes: a blob that is missing
     (purged) or not safetensors is skipped. Returns whether a fingerprint is stored now."""
-    if not weights_sha256 or getattr(hub, "root", None) is None:
+    if not weights_sha256 or not supports(hub, LOCAL_FOLDER):
         return False
     path = fingerprint_path(hub, weights_sha256)
     if path.is_file():
@@ -294,7 +295,7 @@ def rebuild_fingerprints(hub, entries: dict) -> None:
     """For an index rebuild: every head's fingerprint re-read and recomputed from its blob where damaged or
     missing, and those of the pre-forget revisions the heads' forget records name (kept when their blobs are
     gone)."""
-    if getattr(hub, "root", None) is None:
+    if not supports(hub, LOCAL_FOLDER):
         return
     for repo, e in entries.items():
         record_fingerprint(hub, repo, e.get("weights"), verify=True)
@@ -735,8 +736,6 @@ def _declared(g, a: str, b: str) -> bool:
 def head_fingerprints(hub, entries: dict) -> dict[str, Fingerprint]:
     """repo -> fingerprint of its head's weights, for index entries (repos without weights or fingerprint are
     left out). :class:`BadInput` on a damaged fingerprint."""
-    from .constants import LEDGER_REPO
-
     out: dict[str, Fingerprint] = {}
     cache: dict[str, Fingerprint | None] = {}
     for repo, e in sorted(entries.items()):
@@ -840,7 +839,7 @@ def undeclared_findings(hub, request_id: str, pre_forget: dict[str, str], exclud
     head)`` tells a head that already carries the request (adopted by a fix): not a finding."""
     from .lineage import read_index_file, rebuild_index
 
-    if getattr(hub, "root", None) is None or not pre_forget:
+    if not supports(hub, LOCAL_FOLDER) or not pre_forget:
         return []
     entries = read_index_file(hub)
     if entries is None:

@@ -17,11 +17,13 @@ from typing import Iterable
 
 import networkx as nx
 
-from .card import parse_card
+from .card import check_record, parse_card
 from .constants import CARD_FILE, CONFIG_FILE, FIM_FILE, FIUN_DIR, LEDGER_REPO, WEIGHTS_FILE
 from .errors import BadInput, CardError, LineageError, RepoNotFound
-
-INDEX_FILE = "lineage.json"
+from .hub import local as _local
+from .hub.base import CONSISTENT_HEADS, LOCAL_FOLDER, supports
+from .preprocessing import of_config, stale_preprocessing
+from .hub.local import INDEX_FILE
 # /2: a sidecar's state also depends on the preprocessing it recorded (an index written before is rebuilt)
 INDEX_FORMAT = "fiun-lineage/2"
 
@@ -31,34 +33,36 @@ def sidecar_state(hub, repo: str, files: dict[str, str], revision: str) -> str:
     """``none``, ``ok``, ``stale`` (computed on other weights, or with other preprocessing than the model's
     config now declares) or ``invalid`` (unreadable, or a garbled recorded preprocessing) for the FIM sidecar at
     a revision."""
-    from .safetensors_io import read_header
-
     if FIM_FILE not in files:
         return "none"
     try:
-        _, meta = read_header(hub.file_path(repo, FIM_FILE, revision))
+        _, meta = hub.safetensors_header(repo, FIM_FILE, revision)  # the header alone (over HTTP: range requests)
     except Exception:
         return "invalid"
-    weights = files.get(WEIGHTS_FILE)
-    if meta.get("weights_sha256"):
-        state = "ok" if meta["weights_sha256"] == weights else "stale"
-    elif meta.get("model_commit"):
-        try:
-            state = "ok" if hub.list_files(repo, meta["model_commit"]).get(WEIGHTS_FILE) == weights else "stale"
-        except Exception:
-            state = "stale"
-    else:
-        return "invalid"
+    state = weights_state(hub, repo, meta, files.get(WEIGHTS_FILE))
     if state == "ok":
         state = _preprocessing_state(hub, repo, files, revision, meta)
     return state
 
 
+def weights_state(hub, repo: str, meta: dict, weights: str | None) -> str:
+    """The one rule for whether a sidecar (header ``meta``) belongs to the weights whose sha256 is ``weights``:
+    ``ok``; ``stale`` (computed on other weights, or the model commit it records cannot be read); ``invalid`` (it
+    records neither ``weights_sha256`` nor ``model_commit``). The lineage reports it (:func:`sidecar_state`);
+    ``sidecars.load_sidecars`` refuses every sidecar it does not call ``ok``."""
+    if meta.get("weights_sha256"):
+        return "ok" if meta["weights_sha256"] == weights else "stale"
+    if meta.get("model_commit"):
+        try:
+            return "ok" if hub.list_files(repo, meta["model_commit"]).get(WEIGHTS_FILE) == weights else "stale"
+        except Exception:
+            return "stale"
+    return "invalid"
+
+
 def _preprocessing_state(hub, repo: str, files: dict[str, str], revision: str, meta: dict) -> str:
     """``ok``, ``stale`` or ``invalid`` by the one preprocessing rule (:func:`fiun_hub.preprocessing.
     stale_preprocessing`), which ``sidecars.load_sidecars`` applies too."""
-    from .preprocessing import of_config, stale_preprocessing
-
     if CONFIG_FILE not in files:
         return "invalid"
     try:
@@ -113,7 +117,7 @@ def _index_path(hub) -> Path:
 
 def read_index_file(hub) -> dict | None:
     """The index's repo entries, or None if there is no (readable) index."""
-    if getattr(hub, "root", None) is None:  # a remote hub keeps no index: read the cards
+    if not supports(hub, LOCAL_FOLDER):  # a remote hub keeps no index: read the cards
         return None
     try:
         data = json.loads(_index_path(hub).read_bytes())
@@ -127,8 +131,6 @@ def read_index_file(hub) -> dict | None:
 
 
 def _record_ok(u: object) -> bool:
-    from .card import check_record
-
     try:
         check_record(u)
     except CardError:
@@ -149,10 +151,8 @@ def _entry_ok(e: object) -> bool:
 
 
 def write_index_file(hub, repos: dict) -> None:
-    from .hub.local import atomic_write
-
     body = json.dumps({"format": INDEX_FORMAT, "repos": repos}, separators=(",", ":"), sort_keys=True, default=str)
-    atomic_write(_index_path(hub), body.encode())
+    _local.atomic_write(_index_path(hub), body.encode())  # (looked up when called: the crash tests wrap it)
 
 
 def rebuild_index(hub) -> dict:
@@ -160,7 +160,7 @@ def rebuild_index(hub) -> dict:
     where the backend can (LocalHub.heads: never half of a publish)."""
     from .fingerprint import rebuild_fingerprints
 
-    if hasattr(hub, "heads"):
+    if supports(hub, CONSISTENT_HEADS):
         entries = {repo: index_entry(hub, repo, head) for repo, head in sorted(hub.heads().items())}
     else:
         entries = {repo: index_entry(hub, repo) for repo in hub.list_repos()}

@@ -14,13 +14,16 @@ request's unlearning FIM, which ``audit --fix`` needs for a derivative found lat
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from .constants import CARD_FILE, CONFIG_FILE, FIM_CLASSES_FILE, FIM_FILE, FIUN_DIR
 from .errors import BadInput
-from .hub.local import LocalHub, RepoChange, sha256_file
+from .hub.local import Blob, LocalHub, RepoChange, sha256_file
+from .repo import read_meta
 
 KEPT_FILES = frozenset({CARD_FILE, CONFIG_FILE, ".gitattributes"})
 FIM_SOURCE_FILES = (FIM_FILE, FIM_CLASSES_FILE)
@@ -32,8 +35,6 @@ def purgeable(path: str) -> bool:
 
 
 def _carries(hub: LocalHub, repo: str, cid: str, request_id: str) -> bool:
-    from .repo import read_meta
-
     try:
         return any(u.get("request") == request_id for u in read_meta(hub, repo, cid).unlearned)
     except BadInput:
@@ -128,10 +129,6 @@ def summary(hub: LocalHub, entries: list[dict], live: Iterable[tuple[str, str]] 
 
 def change_live(hub: LocalHub, changes: Iterable[RepoChange]) -> set[tuple[str, str]]:
     """``(repo, sha256)`` that the new revisions of ``changes`` will name (kept by the purge in their publish)."""
-    import hashlib
-
-    from .hub.local import Blob
-
     out = set()
     for ch in changes:
         if ch.parent_commit:
@@ -168,8 +165,6 @@ class PurgingHub(LocalHub):
 def purged_shas(hub: LocalHub, freed_only: bool = False) -> dict[tuple[str, str], dict]:
     """``{(repo, sha256): tombstone}`` of every purged file in the hub (one read per tombstone record); with
     ``freed_only``, only those whose blob the purge deleted (others are still named by a kept revision)."""
-    import json
-
     out = {}
     base = hub.meta / "purged"
     for path in sorted(base.glob("*/*.json")) if base.is_dir() else []:

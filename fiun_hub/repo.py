@@ -1,21 +1,22 @@
 """Repo-level operations behind the CLI: push a model folder with its lineage, show a revision, log, tag."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .card import MAX_CARD_BYTES, CardMeta, ParentRef, fim_entry, parse_card, parse_card_full, render_card
-from .constants import CARD_FILE, FIM_CLASSES_FILE, FIM_FILE, RELATIONS, WEIGHTS_FILE
+from .constants import CARD_FILE, CONFIG_FILE, FIM_CLASSES_FILE, FIM_FILE, RELATIONS, WEIGHTS_FILE
 from .errors import BadInput, ConflictError
 from .hub.ids import check_user_writable, split_repo_rev, validate_repo_id, validate_tag_name
-from .hub.local import LocalHub, RepoChange
+from .hub.base import LOCK, PURGE, Hub, RepoChange, purged_error, supports
 from .lineage import resolve, sidecar_state, validate_new_parents
-from .safetensors_io import read_header
+from .preprocessing import of_config, recorded, stale_preprocessing
 
 SIDECARS = (FIM_FILE, FIM_CLASSES_FILE)
 
 
-def pin_parents(hub: LocalHub, specs: Sequence[str]) -> list[ParentRef]:
+def pin_parents(hub: Hub, specs: Sequence[str]) -> list[ParentRef]:
     """``org/x`` -> x's current head; ``org/x@REV`` -> that revision's commit id (must exist)."""
     out: list[ParentRef] = []
     for spec in specs:
@@ -28,17 +29,15 @@ def pin_parents(hub: LocalHub, specs: Sequence[str]) -> list[ParentRef]:
     return out
 
 
-def _refuse_purged(hub: LocalHub, repo: str, cid: str) -> None:
+def _refuse_purged(hub: Hub, repo: str, cid: str) -> None:
     """A revision whose weights a takedown purged cannot be read, shown or derived from: one line naming the
     request (it still resolves as lineage for the pins that already name it)."""
-    from .hub.local import purged_error
-
-    stones = hub.tombstones(repo, cid) if hasattr(hub, "tombstones") else {}
+    stones = hub.tombstones(repo, cid) if supports(hub, PURGE) else {}
     if stones:
         path = WEIGHTS_FILE if WEIGHTS_FILE in stones else sorted(stones)[0]
         raise purged_error(repo, cid, path, stones[path])
 
-def forgets_superseding(hub: LocalHub, repo: str, revision: str) -> set[str]:
+def forgets_superseding(hub: Hub, repo: str, revision: str) -> set[str]:
     """The forget requests recorded at ``repo``'s head whose forget started at ``revision`` or after it: a child
     pinned to ``revision`` would keep what they removed. (Empty when the head's card cannot be read.)"""
     try:
@@ -57,8 +56,8 @@ def forgets_superseding(hub: LocalHub, repo: str, revision: str) -> set[str]:
     return out
 
 
-def _repin_under_lock(hub: LocalHub, specs: Sequence[str], pins: list[ParentRef], render: Callable[[], None],
-                      notes: list[str]) -> Callable[[LocalHub], None]:
+def _repin_under_lock(hub: Hub, specs: Sequence[str], pins: list[ParentRef], render: Callable[[], None],
+                      notes: list[str]) -> Callable[[Hub], None]:
     """A publish precondition (run under the writers' lock) that checks again the parent pins resolved before the
     lock. A parent named without a revision is pinned to its head *now* (``pins`` is updated, ``render()`` rewrites
     the card, a note says so); an explicit revision that a forget superseded meanwhile refuses the push: the child
@@ -66,7 +65,7 @@ def _repin_under_lock(hub: LocalHub, specs: Sequence[str], pins: list[ParentRef]
     ``fiun-hub lineage --check`` and ``audit``, as before.)"""
     seen = [forgets_superseding(hub, p.repo, p.revision) for p in pins]
 
-    def check(locked: LocalHub) -> None:
+    def check(locked: Hub) -> None:
         changed = False
         for i, (spec, p) in enumerate(zip(specs, pins)):
             landed = sorted(forgets_superseding(locked, p.repo, p.revision) - seen[i])
@@ -92,7 +91,7 @@ def _repin_under_lock(hub: LocalHub, specs: Sequence[str], pins: list[ParentRef]
 
 
 def push_folder(
-    hub: LocalHub,
+    hub: Hub,
     folder: str | Path,
     repo: str,
     parents: Sequence[str] = (),
@@ -163,7 +162,7 @@ def push_folder(
     # The pins were resolved without the lock: check them again under it (a forget of a parent may land meanwhile;
     # the change's card is re-rendered in place before anything is written). A remote hub has no lock to do it under.
     check = {"precondition": _repin_under_lock(hub, parents, pins, render, notes)} \
-        if pins and isinstance(hub, LocalHub) else {}
+        if pins and supports(hub, LOCK) else {}
     cid = hub.publish([RepoChange(repo, files, msg, parent_commit=head, delete=delete, author=author)],
                       **check)[repo]
     return {**show(hub, repo, cid), "notes": notes}
@@ -176,25 +175,20 @@ def tag(hub, repo: str, name: str, revision: str | None = None, force: bool = Fa
     return hub.tag(repo, name, revision, force=force)
 
 
-def read_meta(hub: LocalHub, repo: str, revision: str | None = None) -> CardMeta:
+def read_meta(hub: Hub, repo: str, revision: str | None = None) -> CardMeta:
     """The card's lineage facts at a revision (a missing or malformed card raises)."""
     cid = hub.resolve(repo, revision)
     return parse_card(hub.read_file(repo, CARD_FILE, cid), where=f"{repo}@{cid[:12]}")
 
 
-def sidecar_summary(hub: LocalHub, repo: str, files: dict[str, str], cid: str) -> dict[str, Any]:
+def sidecar_summary(hub: Hub, repo: str, files: dict[str, str], cid: str) -> dict[str, Any]:
     """The sidecar's state at ``cid`` and what its header records, including the preprocessing it was computed with
     (``preprocessing``: the recorded data config, ``preprocessing_recorded``: False for a sidecar written before
     fiun-hub recorded it, read as the legacy mean = std = 0.5 at the model's input size) and, when stale, why."""
-    import json
-
-    from .constants import CONFIG_FILE
-    from .preprocessing import of_config, recorded, stale_preprocessing
-
     state = sidecar_state(hub, repo, files, cid)
     out: dict[str, Any] = {"state": state}
     if state in ("ok", "stale"):
-        _, meta = read_header(hub.file_path(repo, FIM_FILE, cid))
+        _, meta = hub.safetensors_header(repo, FIM_FILE, cid)
         out.update({k: meta.get(k) for k in ("estimator", "batch_size", "model_commit", "data_spec", "dataset")})
         for k in ("layers", "counts"):
             try:
@@ -215,21 +209,16 @@ def sidecar_summary(hub: LocalHub, repo: str, files: dict[str, str], cid: str) -
     return out
 
 
-def model_preprocessing(hub: LocalHub, repo: str, cid: str) -> dict[str, Any] | None:
+def model_preprocessing(hub: Hub, repo: str, cid: str) -> dict[str, Any] | None:
     """The data config the model at ``cid`` declares (``config.json``, resolved as timm resolves it), or None when
     its config is missing or malformed (``show`` still shows the rest)."""
-    import json
-
-    from .constants import CONFIG_FILE
-    from .preprocessing import of_config
-
     try:
         return of_config(json.loads(hub.read_file(repo, CONFIG_FILE, cid)), f"{repo}:{CONFIG_FILE}").to_dict()
     except (BadInput, ValueError):
         return None
 
 
-def show(hub: LocalHub, repo: str, revision: str | None = None) -> dict[str, Any]:
+def show(hub: Hub, repo: str, revision: str | None = None) -> dict[str, Any]:
     """Everything about one revision: commit, files, lineage, labels, sidecar state, forget records, tags."""
     info = hub.commit_info(repo, revision)
     _refuse_purged(hub, repo, info.id)
@@ -261,7 +250,7 @@ def show(hub: LocalHub, repo: str, revision: str | None = None) -> dict[str, Any
     }
 
 
-def log(hub: LocalHub, repo: str, revision: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+def log(hub: Hub, repo: str, revision: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
     """Revision history, newest first, each with the forget requests its card records."""
     out = []
     for info in hub.history(repo, revision, limit=limit):

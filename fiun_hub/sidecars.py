@@ -5,27 +5,28 @@ The formats are fixed in docs/sidecars.md; the maths lives in :mod:`fiun_hub.fis
 from __future__ import annotations
 
 import contextlib
+import json
 from typing import Any, Callable, Iterator
 
-from .card import fim_entry, render_card
+from .card import card_body, fim_entry, render_card
 from .constants import CARD_FILE, CONFIG_FILE, FIM_CLASSES_FILE, FIM_FILE, WEIGHTS_FILE
-from .data import load_for_model
-from .errors import SidecarError
-from .fisher import DEFAULT_ESTIMATOR, ESTIMATORS
-from .hub.local import LocalHub, RepoChange
+from .data import load_for_model, parse_spec
+from .errors import BadInput, EntryNotFound, SidecarError
+from .executors import check_executor, run_call
+from .fisher import DEFAULT_ESTIMATOR, ESTIMATORS, compute_fisher, read_sidecars, resolve_layers, sidecar_bytes
+from .hub.base import BLOB_STORE, Hub, RepoChange, supports
+from .lineage import weights_state
 from .models import load_model
-from .preprocessing import SIDECAR_KEY
+from .preprocessing import SIDECAR_KEY, of_config, stale_preprocessing
 from .repo import read_meta
 
 
 def path_at(hub, repo: str, info, path: str):
     """Where the content of ``path`` in the commit ``info`` (a :class:`~fiun_hub.hub.local.CommitInfo` already
-    read) lies: on a LocalHub the blob it names, found without resolving the commit again (``hub.file_path``
+    read) lies: on a hub with a blob store (a LocalHub) the blob it names, found without resolving the commit again (``hub.file_path``
     reads the commit record once more); elsewhere ``hub.file_path``. A missing path or blob raises
     :class:`~fiun_hub.errors.EntryNotFound`, as ``file_path`` does."""
-    if isinstance(hub, LocalHub):
-        from .errors import EntryNotFound
-
+    if supports(hub, BLOB_STORE):
         sha = info.files.get(path)
         if sha is None:
             raise EntryNotFound(f"{path} not found in {repo}@{info.id[:12]}")
@@ -38,16 +39,14 @@ def path_at(hub, repo: str, info, path: str):
 
 def read_at(hub, repo: str, info, path: str) -> bytes:
     """The bytes of ``path`` in the commit ``info`` (see :func:`path_at`)."""
-    if isinstance(hub, LocalHub):
+    if supports(hub, BLOB_STORE):
         return path_at(hub, repo, info, path).read_bytes()
     return hub.read_file(repo, path, info.id)
 
 
-def load_sidecars(hub: LocalHub, repo: str, revision: str | None = None, *, need_classes: bool = True, info=None):
+def load_sidecars(hub: Hub, repo: str, revision: str | None = None, *, need_classes: bool = True, info=None):
     """The checked sidecars of ``repo`` at ``revision`` (or at the commit ``info``, already read); missing, stale
     or malformed ones raise SidecarError naming the fix."""
-    from .fisher import read_sidecars
-
     info = info if info is not None else hub.commit_info(repo, revision)
     cid = info.id
     where = f"{repo}@{cid[:12]}"
@@ -58,13 +57,11 @@ def load_sidecars(hub: LocalHub, repo: str, revision: str | None = None, *, need
     sc = read_sidecars(read_at(hub, repo, info, FIM_FILE),
                        read_at(hub, repo, info, FIM_CLASSES_FILE) if FIM_CLASSES_FILE in files else None,
                        where=where)
-    recorded = sc.metadata.get("weights_sha256")
-    if recorded is None and sc.model_commit:
-        try:
-            recorded = hub.list_files(repo, sc.model_commit).get(WEIGHTS_FILE)
-        except Exception:
-            recorded = None
-    if recorded != files.get(WEIGHTS_FILE):
+    state = weights_state(hub, repo, sc.metadata, files.get(WEIGHTS_FILE))  # the rule the lineage reports
+    if state == "invalid":
+        raise SidecarError(f"{where}: Fisher sidecar records neither the weights' sha256 nor the model commit it "
+                           f"was computed on; {fix}")
+    if state != "ok":
         raise SidecarError(f"{where}: Fisher sidecar is stale (computed on other weights); {fix}")
     check_preprocessing(hub, repo, info, sc.metadata, where, fix)
     return sc
@@ -74,11 +71,6 @@ def check_preprocessing(hub, repo: str, info, meta: dict, where: str, fix: str) 
     """SidecarError unless the sidecar (header ``meta``) was computed with the preprocessing the model's
     ``config.json`` at ``info`` declares (the rule of :func:`fiun_hub.preprocessing.stale_preprocessing`, which
     ``lineage.sidecar_state`` applies too). A garbled recorded preprocessing is bad input, exit 2."""
-    import json
-
-    from .errors import BadInput
-    from .preprocessing import of_config, stale_preprocessing
-
     if CONFIG_FILE not in info.files:
         raise SidecarError(f"{where} has no {CONFIG_FILE}")
     try:
@@ -116,7 +108,6 @@ def fisher_of(hub, repo: str, revision: str, data_spec: str, *, layers: str = "h
     """The Fisher computation of ``fiun-hub fim``, on its own so that it can run as one Ray task: load ``repo``
     at ``revision`` and ``data_spec``, compute the sidecars' FIMs with ``threads`` torch threads. Returns
     ``{"result": FisherResult, "dataset": fingerprint, "samples": n}``; publishes nothing."""
-    from .fisher import compute_fisher, resolve_layers
 
     model, config, _ = load_model(hub, repo, revision)
     data = load_for_model(data_spec, config)
@@ -136,7 +127,7 @@ def fisher_of(hub, repo: str, revision: str, data_spec: str, *, layers: str = "h
 
 
 def compute_and_commit(
-    hub: LocalHub,
+    hub: Hub,
     repo: str,
     data_spec: str,
     *,
@@ -161,17 +152,13 @@ def compute_and_commit(
     same files (no timestamp in them; the commit records the time)."""
     import torch
 
-    from .executors import _check, run_call
-    from .fisher import sidecar_bytes
 
     if estimator not in ESTIMATORS:
         raise SidecarError(f"unknown estimator {estimator!r}; use one of {', '.join(ESTIMATORS)}")
-    _check(executor, 1 if workers is None else workers)
+    check_executor(executor, 1 if workers is None else workers)
     threads = workers or torch.get_num_threads()
     cid = hub.resolve(repo)
     if executor == "ray":
-        from .data import parse_spec
-
         parse_spec(data_spec)  # a bad spec is bad input here, before any Ray starts
         out = run_call(fisher_of, hub, repo, cid, data_spec, executor="ray", ray_address=ray_address,
                        num_cpus=threads, layers=layers, estimator=estimator, batch_size=batch_size,
@@ -192,8 +179,6 @@ def compute_and_commit(
     })
     meta = read_meta(hub, repo, cid)
     meta.fim = fim_entry(result.layers, result.estimator)
-    from .card import card_body
-
     card = render_card(meta, card_body(hub.read_file(repo, CARD_FILE, cid).decode()), repo)
     new = hub.publish([RepoChange(
         repo, {FIM_FILE: fim, FIM_CLASSES_FILE: fim_classes, CARD_FILE: card.encode()},

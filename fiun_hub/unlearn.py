@@ -13,28 +13,32 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-import mmap
-import os
-import uuid
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import networkx as nx
-import torch
 
 from .card import parse_card_full, render_card
 from .constants import CARD_FILE, CONFIG_FILE, FIM_CLASSES_FILE, FIM_FILE, WEIGHTS_FILE
 from .errors import BadInput, ConflictError, FiunError, LineageError, UnlearnError
 from .hub.ids import validate_repo_id, validate_request_id
-from .hub.local import Blob, LocalHub, RepoChange, check_card_write
+from .hub.base import BLOB_STORE, LOCK, Blob, Hub, RepoChange, check_card_write, supports
+from .hub.staging import StagedBlob, Staging
 from .lineage import affected, merge_sources, resolve
 from .models import parse_config
 from .repo import read_meta
 from .fallback import resolve_sidecars
 from .sidecars import path_at, read_at
 
-from .dampening import DEFAULT_ALPHA, DEFAULT_LAMBDA  # noqa: E402  (one place for the method's defaults)
+from .dampening import (DEFAULT_ALPHA, DEFAULT_LAMBDA, SAMPLE_ALPHA,  # noqa: E402  (one place for the defaults)
+                        SAMPLE_LAMBDA)
+from .dampening import align_rows, merge_fims, unlearning_fim
+from .data import load_for_model
+from . import executors  # (executors.run_unlearn looked up when called: the tests wrap it)
+from .fisher import compute_fisher, strip_classes
+from .models import load_model
+from .node_update import NodeTask, emit_weights, read_into_bytearray, splice_update, unlearn_node  # (re-exported)
 
 
 @dataclass
@@ -55,6 +59,19 @@ class NodePlan:
     sidecar_used: str = "own"
     # labels of this head that earlier forgets (other requests in its card) removed: kept inert by the update
     forgotten_before: list[str] = field(default_factory=list)
+    # an undeclared derivative adopted by `audit --fix --adopt`: {"repo", "revision", "evidence"} of the parent its
+    # weights look derived from (recorded as "adopted_from" with "inferred": true; its card's parents stay as they are)
+    adopted_from: dict[str, Any] | None = None
+    # adopted repos above it (its declared ancestors) -> their inferred parent [(repo, revision)]: where the search
+    # for ancestors' sidecars goes from them, since their cards name no parent
+    inferred_ancestors: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+
+    def inferred_parents(self) -> list[tuple[str, str]] | None:
+        """``[(repo, revision)]`` of the inferred parent (adopted nodes), in place of the card's parents when
+        looking for ancestors' sidecars; None (the card's) otherwise."""
+        if self.adopted_from is None:
+            return None
+        return [(str(self.adopted_from["repo"]), str(self.adopted_from["revision"]))]
 
 
 @dataclass
@@ -111,15 +128,16 @@ def _head_params(layers: Sequence[str], classifier: str) -> list[str]:
 
 
 def plan_forget(
-    hub: LocalHub,
+    hub: Hub,
     origins: Sequence[str],
     classes: Sequence[str] | str | None = None,
     data_spec: str | None = None,
     request_id: str | None = None,
-    alpha: float = DEFAULT_ALPHA,
-    lam: float = DEFAULT_LAMBDA,
+    alpha: float | None = None,
+    lam: float | None = None,
 ) -> Plan:
-    """Work out what a forget would do, without changing anything. Problems are listed per repo."""
+    """Work out what a forget would do, without changing anything. Problems are listed per repo. ``alpha`` /
+    ``lam`` None: the defaults of the kind of forget (class-wise ``DEFAULT_*``, sample-wise ``SAMPLE_*``)."""
     origins = list(dict.fromkeys(origins))
     if not origins:
         raise UnlearnError("no --origin given: name the model(s) whose training data held what must go")
@@ -128,6 +146,10 @@ def plan_forget(
     if (classes is None) == (data_spec is None):
         raise UnlearnError("give exactly one of --classes A,B (class-wise) or --data SPEC (sample-wise)")
     classes = _parse_classes(classes)
+    if alpha is None:
+        alpha = DEFAULT_ALPHA if data_spec is None else SAMPLE_ALPHA
+    if lam is None:
+        lam = DEFAULT_LAMBDA if data_spec is None else SAMPLE_LAMBDA
     if not (alpha > 0 and lam > 0) or not all(map(lambda v: v == v and v != float("inf"), (alpha, lam))):
         raise UnlearnError(f"--alpha and --lambda must be positive and finite (got {alpha}, {lam})")
     request_id = validate_request_id(request_id, "--request-id") if request_id is not None else \
@@ -160,32 +182,69 @@ def plan_forget(
         if a.get("card_error"):
             node.problems.append(a["card_error"])
         if not done:
-            try:
-                info = hub.commit_info(repo, node.head)  # read once: config, sidecars and weights come from it
-                config = parse_config(read_at(hub, repo, info, CONFIG_FILE), f"{repo}:{CONFIG_FILE}")
-                sc, choice = resolve_sidecars(hub, repo, info, labels or config.labels, config.classifier)
-                node.sidecar_used = choice.describe()
-                loaded[repo] = (config, sc, info)
-                heads = _head_params(sc.layers, config.classifier)
-                node.head_shape = list(sc.model_fim[heads[0]].shape) if heads else None
-                if sc.labels != labels:
-                    node.problems.append(f"{repo}: sidecar labels differ from the card's; recompute the sidecar")
-                if not heads:
-                    node.problems.append(f"{repo}: its sidecar does not cover the head {config.classifier}, so it "
-                                         f"cannot be aligned; run `fiun-hub fim {repo} --layers head --data SPEC`")
-                if repo in origins and classes is not None:
-                    have = [c for c in node.forget_here if sc.counts.get(c, 0) > 0]
-                    if not have:
-                        node.problems.append(f"{repo}: origin has no per-class FIM for {', '.join(classes)}; "
-                                             f"run `fiun-hub fim {repo} --data SPEC` on data holding them")
-                for o in node.sources:
-                    if o != repo and o in loaded:
-                        node.problems += _mismatch(repo, sc, heads, o, loaded[o][1])
-            except FiunError as exc:
-                node.problems.append(str(exc))
+            _check_node(hub, node, loaded, origins, classes)
         nodes.append(node)
     return Plan(request_id, origins, classes, data_spec, float(alpha), float(lam), nodes,
                 g.number_of_nodes() - len(depths), loaded)
+
+
+def _check_node(hub, node: NodePlan, loaded: dict, origins: Sequence[str],
+                classes: Sequence[str] | None) -> None:
+    """Read ``node``'s head (config, sidecars: its own, else its ancestors' at the revisions it is pinned to, or
+    at its inferred parent's for an adopted node) into ``loaded`` and add to ``node.problems`` what would stop
+    its forget."""
+    repo, labels = node.repo, node.labels
+    try:
+        info = hub.commit_info(repo, node.head)  # read once: config, sidecars and weights come from it
+        config = parse_config(read_at(hub, repo, info, CONFIG_FILE), f"{repo}:{CONFIG_FILE}")
+        sc, choice = resolve_sidecars(hub, repo, info, labels or config.labels, config.classifier,
+                                      node.inferred_parents(), node.inferred_ancestors)
+        node.sidecar_used = choice.describe()
+        loaded[repo] = (config, sc, info)
+        heads = _head_params(sc.layers, config.classifier)
+        node.head_shape = list(sc.model_fim[heads[0]].shape) if heads else None
+        if sc.labels != labels:
+            node.problems.append(f"{repo}: sidecar labels differ from the card's; recompute the sidecar")
+        if not heads:
+            node.problems.append(f"{repo}: its sidecar does not cover the head {config.classifier}, so it "
+                                 f"cannot be aligned; run `fiun-hub fim {repo} --layers head --data SPEC`")
+        if repo in origins and classes is not None:
+            have = [c for c in node.forget_here if sc.counts.get(c, 0) > 0]
+            if not have:
+                node.problems.append(f"{repo}: origin has no per-class FIM for {', '.join(classes)}; "
+                                     f"run `fiun-hub fim {repo} --data SPEC` on data holding them")
+        for o in node.sources:
+            if o != repo and o in loaded:
+                node.problems += _mismatch(repo, sc, heads, o, loaded[o][1])
+    except FiunError as exc:
+        node.problems.append(str(exc))
+
+
+def adopt_node(hub, plan: Plan, g: nx.DiGraph, repo: str, sources: Sequence[str],
+               adopted_from: dict[str, Any] | None, depth: int = 1,
+               inferred: dict[str, Any] | None = None) -> NodePlan:
+    """A node for ``repo``, which the cards do not link to ``plan``'s origins, added to ``plan`` (to do): an
+    undeclared derivative adopted by ``audit --fix --adopt`` (``adopted_from``: ``{repo, revision, evidence}`` of
+    the inferred parent, whose sidecars at that revision stand in when ``repo`` has none), or (``adopted_from``
+    None) a declared descendant of one. ``sources``: the origins whose unlearning FIM it merges (its inferred
+    parent's). ``g``: the lineage (:func:`fiun_hub.lineage.resolve`). ``inferred``: every adopted repo's
+    ``adopted_from`` (a descendant's search for its ancestors' sidecars goes through them to their inferred
+    parents). Its card stays as it is, but for the forget record; what would stop its forget is in the node's
+    problems."""
+    a = g.nodes[repo]
+    labels = list(a.get("labels") or [])
+    node = NodePlan(repo, depth, a["head"], list(sources), labels,
+                    [c for c in (plan.classes or []) if c in labels], None, a.get("sidecar", "none"), False,
+                    adopted_from=dict(adopted_from) if adopted_from is not None else None,
+                    inferred_ancestors={r: [(str(a["repo"]), str(a["revision"]))] for r, a in (inferred or {}).items()
+                                        if r != repo and r in nx.ancestors(g, repo)})
+    node.forgotten_before = forgotten_before(a.get("unlearned") or [], labels, plan.request_id)
+    if a.get("card_error"):
+        node.problems.append(a["card_error"])
+    else:
+        _check_node(hub, node, plan._loaded, plan.origins, plan.classes)
+    plan.nodes.append(node)
+    return node
 
 
 def forgotten_before(records: Sequence[dict], labels: Sequence[str], request_id: str) -> list[str]:
@@ -247,10 +306,9 @@ def _mismatch(repo: str, sc, heads: Sequence[str], origin: str, osc) -> list[str
 
 
 # ------------------------------------------------------------------------------------------------ unlearning
-def origin_unlearning_fim(hub: LocalHub, plan: Plan, origin: str, device: str | None = None) -> tuple[dict, list[str],
+def origin_unlearning_fim(hub: Hub, plan: Plan, origin: str, device: str | None = None) -> tuple[dict, list[str],
                                                                                                     str, str]:
     """U(o) for one origin, on its weights before this request: (fim, labels, revision used, estimator)."""
-    from .dampening import unlearning_fim
 
     g_node = next(n for n in plan.nodes if n.repo == origin)
     revision = g_node.head
@@ -268,9 +326,6 @@ def origin_unlearning_fim(hub: LocalHub, plan: Plan, origin: str, device: str | 
     if plan.classes is not None:
         have = [c for c in plan.classes if sc.counts.get(c, 0) > 0]
         return unlearning_fim(sc.class_fims, sc.counts, have), sc.labels, revision, sc.estimator
-    from .data import load_for_model
-    from .fisher import compute_fisher
-    from .models import load_model
 
     model, config, _ = load_model(hub, origin, revision)
     data = load_for_model(plan.data_spec, config)
@@ -282,199 +337,7 @@ def origin_unlearning_fim(hub: LocalHub, plan: Plan, origin: str, device: str | 
     return res.model_fim, sc.labels, revision, sc.estimator
 
 
-@dataclass
-class NodeTask:
-    """Everything one affected repo needs: its weights file, its own sidecars (head rows named by ``labels``)
-    and its MFIM. Never the forget data, never another repo's new weights.
-
-    ``out_path``: where to write the new weights file (a staging name in the hub's blob store, see
-    :class:`_Staging`); None returns the bytes instead."""
-
-    repo: str
-    weights_path: str
-    labels: list[str]
-    model_fim: dict[str, torch.Tensor]
-    class_fims: dict[str, dict[str, torch.Tensor]]
-    counts: dict[str, int]
-    mfim: dict[str, torch.Tensor]
-    forget: list[str]  # forgotten class names (empty for a sample-wise forget)
-    head_params: list[str]
-    alpha: float
-    lam: float
-    out_path: str | None = None
-    inert: list[str] = field(default_factory=list)  # labels earlier forgets removed (kept inert)
-
-
-def read_into_bytearray(path: str | os.PathLike) -> bytearray:
-    """A file's bytes, read straight into one mutable buffer (no intermediate ``bytes`` copy)."""
-    with open(path, "rb", buffering=0) as fh:
-        data = bytearray(os.fstat(fh.fileno()).st_size)
-        got = 0
-        with memoryview(data) as view:
-            while got < len(data):
-                n = fh.readinto(view[got:])
-                if not n:
-                    break
-                got += n
-        if got < len(data):  # the file shrank while being read: what is there (the header check judges it)
-            del data[got:]
-        extra = fh.read()  # ... or grew
-    return data + extra if extra else data
-
-
-def emit_weights(task: Any, data: bytes | bytearray, stats: dict[str, Any]) -> tuple[str, bytes | str, dict[str, Any]]:
-    """One repo's result: ``(repo, new weights, stats)`` with the file's sha256 in ``stats["weights_sha256"]``
-    (computed where the work runs, so a pool or Ray hashes in parallel). With ``task.out_path`` the file is
-    written there (the executor's result is then that path, a few bytes, and no process holds the weights of
-    more than the repo it works on); else the bytes are returned."""
-    stats = {**stats, "weights_sha256": hashlib.sha256(data).hexdigest()}
-    out = getattr(task, "out_path", None)
-    if out:
-        with open(out, "wb") as fh:
-            fh.write(data)
-        return task.repo, str(out), stats
-    return task.repo, bytes(data), stats
-
-
-def unlearn_node(task: NodeTask) -> tuple[str, bytes | str, dict[str, Any]]:
-    """Dampen one repo's unlearnable layers; returns (repo, new safetensors bytes, stats), or (repo, path, stats)
-    when the task names an ``out_path`` (:func:`emit_weights`). ``stats``: changed and total parameters of the
-    unlearnable layers, the new file's sha256.
-
-    Only the unlearnable tensors change and they keep dtype and shape, so the new file is the old one with those
-    tensors' byte ranges rewritten: same header, every other byte identical, no full deserialisation.
-    """
-    from .dampening import class_forget_update
-    from .safetensors_io import header_of_bytes, read_tensors
-
-    data = read_into_bytearray(task.weights_path)
-    header, _ = header_of_bytes(data, where=task.repo)
-    missing = [n for n in task.mfim if n not in header]
-    if missing:
-        raise UnlearnError(f"{task.repo}: weights lack the sidecar's layer(s) {missing}")
-    for n in task.mfim:
-        if header[n]["dtype"] not in ("F16", "BF16", "F32", "F64"):
-            raise UnlearnError(f"{task.repo}: unlearnable tensor {n} is {header[n]['dtype']}, not floating point")
-    params = read_tensors(data, header, task.mfim)
-    new = class_forget_update(params, task.labels, task.model_fim, task.class_fims, task.counts, task.mfim,
-                              task.forget, task.head_params, alpha=task.alpha, lam=task.lam,
-                              inert=task.inert or ())
-    return emit_weights(task, data, splice_update(task.repo, data, header, params, new))
-
-
-def splice_update(repo: str, data: bytearray, header: dict, old: dict, new: dict) -> dict[str, Any]:
-    """Write a repo's updated unlearnable tensors ``new`` into its weights file's bytes ``data`` in place
-    (:func:`~fiun_hub.safetensors_io.splice_tensor`; ``old``: the tensors as read), refusing non-finite values or
-    a changed dtype or shape. Returns the stats of the update: changed and total parameters."""
-    from .safetensors_io import splice_tensor
-
-    changed = total = 0
-    for n, t in new.items():
-        if not torch.isfinite(t).all():
-            raise UnlearnError(f"{repo}: dampening produced non-finite values in {n}")
-        if t.dtype != old[n].dtype or t.shape != old[n].shape:
-            raise UnlearnError(f"{repo}: dampening changed the dtype or shape of {n}")
-        changed += int((t != old[n]).sum())
-        total += t.numel()
-        splice_tensor(data, header, n, t)
-    return {"changed": changed, "params": total}
-
-
-class StagedBlob(Blob):
-    """A file already in a LocalHub's blob store (``blobs/{sha256}``), named to ``publish`` like a :class:`Blob`.
-
-    ``publish`` stores a Blob only when ``blobs/{sha256}`` is not there yet, so it finds this one in place and
-    writes nothing; ``data`` maps the file (read-only, paged in only if something reads it), so nothing holds
-    its bytes in memory. Until a ref names it, such a blob is invisible: publishing stays all or nothing."""
-
-    def __init__(self, path: str | os.PathLike, sha256: str, size: int):
-        object.__setattr__(self, "path", Path(path))
-        object.__setattr__(self, "sha256", sha256)
-        object.__setattr__(self, "size", int(size))
-
-    @property
-    def data(self):  # type: ignore[override]
-        if self.size == 0:
-            return b""
-        with open(self.path, "rb") as fh:  # FileNotFoundError if it vanished: the publish then fails whole
-            return mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-
-    def __repr__(self) -> str:
-        return f"StagedBlob({str(self.path)!r}, {self.sha256[:12]}, {self.size} bytes)"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Blob) and other.sha256 == self.sha256
-
-    def __hash__(self) -> int:
-        return hash(self.sha256)
-
-
-class _Staging:
-    """New files of one forget written straight into a LocalHub's blob stores as they are made, so that the
-    forget never holds every new weights file in memory (1,000 repos: 1.5 GB of ``test_resnet`` weights).
-
-    The executor's task writes ``blobs/.incoming-forget-{token}-{n}`` (:meth:`path_for`); when its result
-    arrives, :meth:`adopt` hard-links it to ``blobs/{sha256}`` and removes the staging name. A blob is invisible
-    until a ref names it, so the publish stays all or nothing. :meth:`discard` (the forget failed before anything
-    was published, or its publish found a head moved) removes the staging files and every blob this forget
-    created (never one that was there before: ``os.link`` fails on an existing name, which tells them apart)."""
-
-    MIN_STAGED = 64 << 10  # smaller files (cards, small sidecars) stay in memory: staging them saves nothing
-
-    def __init__(self, hub: LocalHub):
-        self.hub = hub
-        self.token = uuid.uuid4().hex[:16]
-        self.incoming: dict[str, Path] = {}
-        self.created: list[Path] = []
-        self._n = 0
-
-    def path_for(self, repo: str) -> str:
-        self._n += 1
-        p = self.hub.blob_path(repo, f".incoming-forget-{self.token}-{self._n}")
-        p.parent.mkdir(parents=True, exist_ok=True)
-        self.incoming[repo] = p
-        return str(p)
-
-    def adopt(self, repo: str, path: str | os.PathLike, sha: str) -> StagedBlob:
-        """The staged file at ``path`` (sha256 ``sha``) as ``blobs/{sha}``."""
-        src = Path(path)
-        final = self.hub.blob_path(repo, sha)
-        size = src.stat().st_size
-        try:
-            os.link(src, final)
-            self.created.append(final)
-        except FileExistsError:  # identical content is already stored (and maybe in use): leave it alone
-            pass
-        except OSError:  # a file system without hard links
-            if not final.exists():
-                os.replace(src, final)
-                self.created.append(final)
-        src.unlink(missing_ok=True)
-        return StagedBlob(final, sha, size)
-
-    def put(self, repo: str, data: bytes) -> Blob:
-        """``data`` as a blob of ``repo``: staged on disk when large, else kept in memory (a plain Blob)."""
-        blob = Blob.of(data)
-        if len(data) < self.MIN_STAGED:
-            return blob
-        tmp = self.hub.blob_path(repo, f".incoming-forget-{self.token}-{uuid.uuid4().hex[:8]}")
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-        return self.adopt(repo, tmp, blob.sha256)
-
-    def discard(self) -> None:
-        for p in self.created:
-            p.unlink(missing_ok=True)
-        self.created.clear()
-        self.cleanup()
-
-    def cleanup(self) -> None:
-        """Remove staging files left behind (a task that failed, or whose result never came)."""
-        for p in self.incoming.values():
-            p.unlink(missing_ok=True)
-        for d in {p.parent for p in self.incoming.values()}:
-            for q in d.glob(f".incoming-forget-{self.token}-*"):
-                q.unlink(missing_ok=True)
+_Staging = Staging  # (the name the tests and older callers use; LocalHub.staging() makes one)
 
 
 @dataclass
@@ -501,11 +364,12 @@ def _loaded(hub, plan: Plan, node: NodePlan) -> tuple[Any, Any, Any]:
     if len(got) >= 2:
         return got[0], got[1], info
     config = parse_config(read_at(hub, node.repo, info, CONFIG_FILE), node.repo)
-    return config, resolve_sidecars(hub, node.repo, info, node.labels or config.labels, config.classifier)[0], info
+    return config, resolve_sidecars(hub, node.repo, info, node.labels or config.labels, config.classifier,
+                                    node.inferred_parents(), node.inferred_ancestors)[0], info
 
 
 def run_forget(
-    hub: LocalHub,
+    hub: Hub,
     plan: Plan,
     *,
     workers: int = 1,
@@ -525,9 +389,6 @@ def run_forget(
     memory does not grow with the number of repos, and nothing is left behind when the forget fails."""
     import time
 
-    from .dampening import align_rows, merge_fims
-    from .executors import run_unlearn
-    from .fisher import strip_classes
 
     if plan.problems:
         raise UnlearnError(plan.problems[0])
@@ -537,7 +398,8 @@ def run_forget(
     fims = {o: origin_unlearning_fim(hub, plan, o, device) for o in plan.origins}
     t_origin = time.perf_counter() - t0
 
-    staging = _Staging(hub) if isinstance(hub, LocalHub) else None
+    samples = samples_fingerprint(plan.data_spec) if plan.data_spec is not None else None
+    staging = hub.staging() if supports(hub, BLOB_STORE) else None
     tasks, nodes, untouched = [], {}, []
     for node in plan.todo:
         config, sc, info = _loaded(hub, plan, node)
@@ -564,14 +426,12 @@ def run_forget(
                               {n: sc.model_fim[n] for n in mfim},
                               {c: {n: f[n] for n in mfim} for c, f in sc.class_fims.items()}, dict(sc.counts),
                               mfim, list(plan.classes or []), heads, plan.alpha, plan.lam,
-                              inert=list(node.forgotten_before)))
+                              inert=list(node.forgotten_before),
+                              sample_counts=dict(samples["labels"]) if samples is not None else None))
         nodes[node.repo] = (node, sc, info)
 
     now = utc_now()
     origin_revs = [f"{o}@{fims[o][2]}" for o in plan.origins]
-    samples = None
-    if plan.data_spec is not None:
-        samples = samples_fingerprint(plan.data_spec)
     what = (f"classes {', '.join(plan.classes)}" if plan.classes else
             f"{samples['count']} samples (sha256 {samples['sha256'][:12]})")
     changes: dict[str, RepoChange] = {}
@@ -616,6 +476,9 @@ def run_forget(
             "sidecar": node.sidecar_used,
             "at": now,
         }
+        if node.adopted_from is not None:
+            record["adopted_from"] = dict(node.adopted_from)
+            record["inferred"] = True
         if result is None:
             record["weights"] = "unchanged"
         if samples is not None:
@@ -628,7 +491,9 @@ def run_forget(
         files[CARD_FILE] = card
         changes[repo] = RepoChange(
             repo, files,
-            f"Forget {what} (request {plan.request_id}, FIUn from {', '.join(node.sources)})"
+            f"Forget {what} (request {plan.request_id}, FIUn from {', '.join(node.sources)}"
+            + (f"; adopted: weights look derived from {node.adopted_from['repo']}@"
+               f"{str(node.adopted_from['revision'])[:12]}" if node.adopted_from is not None else "") + ")"
             + ("; no forgotten label here, weights unchanged" if result is None else ""),
             parent_commit=node.head,
         )
@@ -642,8 +507,8 @@ def run_forget(
             for task in tasks:
                 task.out_path = staging.path_for(task.repo)
         t1 = time.perf_counter()
-        run_unlearn(tasks, workers=workers, executor=executor, device=device, batched=batched,
-                    progress=progress, ray_address=ray_address, on_result=finish)
+        executors.run_unlearn(tasks, workers=workers, executor=executor, device=device, batched=batched,
+                              progress=progress, ray_address=ray_address, on_result=finish)
         for repo in untouched:
             finish(repo, None)
             if progress:
@@ -652,7 +517,7 @@ def run_forget(
         t2 = time.perf_counter()
         publishing = True
         new = hub.publish([changes[n.repo] for n in plan.todo],
-                          **({"precondition": _affected_set_unchanged(plan)} if isinstance(hub, LocalHub) else {}))
+                          **({"precondition": _affected_set_unchanged(plan)} if supports(hub, LOCK) else {}))
         t_publish = time.perf_counter() - t2
     except BaseException as exc:
         # Nothing is published: remove what this forget staged. (A publish that failed after writing its commit
@@ -672,13 +537,13 @@ def run_forget(
     )
 
 
-def _affected_set_unchanged(plan: Plan) -> Callable[[LocalHub], None]:
+def _affected_set_unchanged(plan: Plan) -> Callable[[Hub], None]:
     """A publish precondition (checked under the writers' lock): no repo has come to derive from the origins
     since the plan was made. Otherwise a model pushed during the forget, pinned to an origin's pre-forget
     revision, would keep what the forget removed. (Not on a remote hub: there is no lock to check it under.)"""
     planned = {n.repo for n in plan.nodes}
 
-    def check(hub: LocalHub) -> None:
+    def check(hub: Hub) -> None:
         grown = sorted(set(affected(resolve(hub), plan.origins)) - planned)
         if grown:
             raise ConflictError(f"the lineage changed while the forget ran: {grown[0]} now derives from "
@@ -688,8 +553,8 @@ def _affected_set_unchanged(plan: Plan) -> Callable[[LocalHub], None]:
     return check
 
 
-def forget(hub: LocalHub, origins: Sequence[str], classes=None, data_spec=None, request_id=None,
-           alpha: float = DEFAULT_ALPHA, lam: float = DEFAULT_LAMBDA, record_spec: bool = False,
+def forget(hub: Hub, origins: Sequence[str], classes=None, data_spec=None, request_id=None,
+           alpha: float | None = None, lam: float | None = None, record_spec: bool = False,
            **kwargs) -> tuple[Plan, ForgetResult]:
     """Plan and run a forget in one call (what ``fiun-hub forget`` does)."""
     plan = plan_forget(hub, origins, classes, data_spec, request_id, alpha, lam)
@@ -697,5 +562,6 @@ def forget(hub: LocalHub, origins: Sequence[str], classes=None, data_spec=None, 
     return plan, run_forget(hub, plan, **kwargs)
 
 
-__all__ = ["Plan", "NodePlan", "plan_forget", "run_forget", "forget", "unlearn_node", "NodeTask",
-           "ForgetResult", "default_request_id", "BadInput", "StagedBlob", "emit_weights", "utc_now"]
+__all__ = ["Plan", "NodePlan", "plan_forget", "adopt_node", "run_forget", "forget", "unlearn_node", "NodeTask",
+           "ForgetResult", "default_request_id", "BadInput", "StagedBlob", "emit_weights", "utc_now",
+           "read_into_bytearray", "splice_update"]

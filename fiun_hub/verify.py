@@ -14,7 +14,7 @@ import time
 from .constants import FIUN_DIR
 from .hub.ids import COMMIT_RE, repo_from_folder
 from .hub.local import DamagedJournal, LocalHub, guarded_paths, link_problem, sha256_file
-from .lineage import index_entry, read_index_file
+from .lineage import index_entry, read_index_file, rebuild_index, write_index_file
 
 
 def verify(hub: LocalHub, attempts: int = 3) -> list[str]:
@@ -129,7 +129,6 @@ def _verify_once(hub: LocalHub) -> list[str]:
 
 def repair_index(hub: LocalHub) -> int:
     """Rewrite the lineage index from the cards; returns the number of repos indexed."""
-    from .lineage import rebuild_index, write_index_file
 
     with hub.lock():
         fresh = rebuild_index(hub)

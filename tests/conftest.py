@@ -24,6 +24,37 @@ torch.set_num_threads(1)
 from fiun_hub.hub.local import LocalHub  # noqa: E402
 
 DEFAULT_LABELS = ("cat", "dog", "bird")
+DIGIT_LABELS = [str(i) for i in range(10)]
+
+
+class FixedLogits(torch.nn.Module):
+    """Logits are the input itself: x of shape (N, 1, 1, K) -> (N, K). Makes every prediction hand-set."""
+
+    def __init__(self, k: int):
+        super().__init__()
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+        self.k = k
+
+    def forward(self, x):
+        return x.flatten(1)[:, : self.k] + 0 * self.dummy
+
+
+def base_and_child_hub(root: Path, arch: str, n_fim: int, input_size=(1, 16, 16)) -> dict:
+    """``root/hub`` with h/base -> h/child: untrained ``arch`` weights (seeds 1, 2) over the ten digit labels, with
+    sidecars from the first ``n_fim`` digits:train samples. Returns hub, base/child revisions, the models, the data."""
+    from fiun_hub.data import load_data
+    from fiun_hub.research.scenarios import new_model, push_model, torch_threads
+
+    hub = LocalHub.init(root / "hub")
+    data = load_data("digits:train", in_chans=1, input_size=input_size[1:]).to_label_space(DIGIT_LABELS)
+    data = data.subset(torch.arange(n_fim))
+    with torch_threads(1):
+        base_model, child_model = new_model(arch, 10, 1, 1), new_model(arch, 10, 1, 2)
+        base = push_model(hub, base_model, "h/base", DIGIT_LABELS, input_size=input_size, fim_data=data,
+                          data_spec="d")["revision"]
+        child = push_model(hub, child_model, "h/child", DIGIT_LABELS, input_size=input_size,
+                           parents=[f"h/base@{base}"], fim_data=data, data_spec="d")["revision"]
+    return {"hub": hub, "base": base, "child": child, "child_model": child_model, "data": data}
 
 
 @pytest.fixture

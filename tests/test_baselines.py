@@ -1,5 +1,5 @@
-"""fiun_hub.baselines on real tiny scenarios: retrain (gold standard), fine-tune and gradient ascent, propagated
-down the DAG in memory; and FIUn's forget publishing a revision for every affected repo."""
+"""fiun_hub.research.baselines on real tiny scenarios: retrain (gold standard), fine-tune and gradient ascent,
+propagated down the DAG in memory; and FIUn's forget publishing a revision for every affected repo."""
 from __future__ import annotations
 
 import shutil
@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 
-from fiun_hub.baselines import (
+from fiun_hub.research.baselines import (
     BaselineResult,
     evaluate_state,
     finetune,
@@ -19,7 +19,7 @@ from fiun_hub.baselines import (
 from fiun_hub.errors import BadInput, UnlearnError
 from fiun_hub.hub.local import LocalHub
 from fiun_hub.lineage import resolve
-from fiun_hub.scenarios import build_scenario, head_params
+from fiun_hub.research.scenarios import build_scenario, head_params
 from fiun_hub.unlearn import forget
 
 TINY = dict(shard_size=48, epochs=8, batch_size=16, lr=1e-2)

@@ -91,7 +91,7 @@ def late_model(hub: LocalHub, repo: str, parent: str, rev: str, without: str | N
     takedown purged them, when given), briefly fine-tuned (on no sample of class ``without``), with fresh
     sidecars."""
     from fiun_hub.models import load_model
-    from fiun_hub.training import train_classifier
+    from fiun_hub.research.training import train_classifier
 
     model, config, _ = load_model(source or hub, parent, rev)
     data = digits("train").subset(torch.arange(900, 1000)).to_label_space(config.labels)

@@ -1,11 +1,11 @@
-"""fiun_hub.deep_forget (issue 16 prototype, not a default): channel selection by hand, exact zeroing of
+"""fiun_hub.research.deep_forget (issue 16 prototype, not a default): channel selection by hand, exact zeroing of
 penultimate channels on real timm ResNets (a downsample last block and identity-shortcut blocks)."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from fiun_hub.deep_forget import channel_ratio, feature_channel_params, select_channels, zero_feature_channels
+from fiun_hub.research.deep_forget import channel_ratio, feature_channel_params, select_channels, zero_feature_channels
 from fiun_hub.errors import UnlearnError
 from fiun_hub.evaluate import penultimate_features
 

@@ -1,28 +1,17 @@
-"""fiun_hub.evaluate and fiun_hub.training: hand-computed metrics, FedAvg, and real training on digits."""
+"""fiun_hub.evaluate and fiun_hub.research.training: hand-computed metrics, FedAvg, and real training on digits."""
 from __future__ import annotations
 
 import copy
 
 import pytest
 import torch
-import torch.nn as nn
 
+from conftest import FixedLogits
 from fiun_hub.data import LabeledData, load_data
 from fiun_hub.errors import BadInput
 from fiun_hub.evaluate import accuracy, forget_retain_accuracy, mia_score, predict_logits
-from fiun_hub.training import average_state_dicts, train_classifier
+from fiun_hub.research.training import average_state_dicts, train_classifier
 
-
-class FixedLogits(nn.Module):
-    """Logits are the input itself: x of shape (N, 1, 1, K) -> (N, K). Makes every prediction hand-set."""
-
-    def __init__(self, k: int):
-        super().__init__()
-        self.dummy = nn.Parameter(torch.zeros(1))
-        self.k = k
-
-    def forward(self, x):
-        return x.flatten(1)[:, : self.k] + 0 * self.dummy
 
 
 def _data(pred_rows, y, labels, k):

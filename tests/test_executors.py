@@ -267,7 +267,7 @@ def _dag_hub(folder):
     from fiun_hub.models import save_model_folder
     from fiun_hub.repo import push_folder
     from fiun_hub.safetensors_io import header_of_bytes
-    from fiun_hub.scenarios import new_model, sidecar_files
+    from fiun_hub.research.scenarios import new_model, sidecar_files
 
     hub = LocalHub.init(folder / "hub")
     train = load_data("digits:train", in_chans=1, input_size=(16, 16))

@@ -146,7 +146,7 @@ def test_audit_fix_repairs_a_late_derivative_pushed_without_a_sidecar(dag, tmp_p
     from fiun_hub.repo import read_meta
     from fiun_hub.safetensors_io import read_header
     from fiun_hub.sidecars import load_sidecars
-    from fiun_hub.training import train_classifier
+    from fiun_hub.research.training import train_classifier
 
     from test_compliance import REQUEST
 
@@ -202,8 +202,8 @@ def with_transfer(dag, tmp_path_factory):
     """The trained hub plus T: R's backbone with a new head for R's labels except 3 (another order), fine-tuned
     on a shard without 3, with its own sidecars."""
     from fiun_hub.models import load_model
-    from fiun_hub.scenarios import inherit, new_model, torch_threads
-    from fiun_hub.training import train_classifier
+    from fiun_hub.research.scenarios import inherit, new_model, torch_threads
+    from fiun_hub.research.training import train_classifier
 
     hub = copy_hub(dag[0], tmp_path_factory.mktemp("transfer") / "hub")
     root, _, _ = load_model(hub, R)

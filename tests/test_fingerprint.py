@@ -36,7 +36,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     from fiun_hub.models import load_model
-    from fiun_hub.training import train_classifier
+    from fiun_hub.research.training import train_classifier
 
     src, _ = trained_dag(tmp_path_factory)
     root = tmp_path_factory.mktemp("infer")

@@ -81,7 +81,7 @@ def shared_build(tmp_path_factory, name: str, builder) -> tuple[Path, dict]:
 
 
 def fresh_model(labels, seed: int):
-    from fiun_hub.scenarios import new_model
+    from fiun_hub.research.scenarios import new_model
 
     return new_model("test_resnet", len(labels), 1, seed)
 
@@ -93,7 +93,7 @@ def digits(split: str = "train"):
 
 
 def push(hub, model, repo, labels, parents=(), fim_data=None, estimator=None):
-    from fiun_hub.scenarios import push_model
+    from fiun_hub.research.scenarios import push_model
 
     kw = {"estimator": estimator} if estimator else {}
     return push_model(hub, model, repo, list(labels), input_size=IN, parents=list(parents), fim_data=fim_data,
@@ -113,8 +113,8 @@ def build_trained_dag(folder: Path) -> dict:
     """root (digits 0-7) -> child-a, child-b (fine-tuned) -> merged (FedAvg + fine-tune); root -> il (10 labels,
     head rows: 9, 8, then root's reversed); unrelated -> unrelated-child. Sidecars on each model's own shard."""
     from fiun_hub.evaluate import forget_retain_accuracy
-    from fiun_hub.scenarios import inherit, torch_threads
-    from fiun_hub.training import average_state_dicts, train_classifier
+    from fiun_hub.research.scenarios import inherit, torch_threads
+    from fiun_hub.research.training import average_state_dicts, train_classifier
 
     hub = LocalHub.init(folder / "hub")
     train, test = digits("train"), digits("test")
@@ -482,7 +482,7 @@ def build_small_hub(folder: Path) -> dict:
     from fiun_hub.models import save_model_folder
     from fiun_hub.repo import push_folder
     from fiun_hub.safetensors_io import header_of_bytes
-    from fiun_hub.scenarios import sidecar_files, torch_threads
+    from fiun_hub.research.scenarios import sidecar_files, torch_threads
 
     labels = ["0", "1", "2"]
     hub = LocalHub.init(folder / "hub")
@@ -711,7 +711,7 @@ def test_forget_cards_are_what_huggingface_hub_writes(forgotten):
 def test_card_fast_path_matches_modelcard_on_random_front_matter():
     """front_matter_yaml (libyaml, direct) == ModelCardData(**d).to_yaml() and the fast parse == ModelCard's, on
     random front matter: unicode, control characters, long and empty keys, tags given as a string, HF fields."""
-    from hypothesis import HealthCheck, given, settings
+    from hypothesis import HealthCheck, example, given, settings
     from hypothesis import strategies as st
     from huggingface_hub import ModelCard, ModelCardData
 
@@ -724,8 +724,10 @@ def test_card_fast_path_matches_modelcard_on_random_front_matter():
                           max_leaves=10)
     keys = text | st.sampled_from(["tags", "license", "base_model", "model_name", "library_name", "fiun", "datasets"])
 
-    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+    # derandomize: the same 300 cases on every run, so a CI run never fails on a case no run before it met
+    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
     @given(st.dictionaries(keys, values, max_size=6))
+    @example({"eval_results": []})  # ModelCardData writes `model-index: [{results: []}]`, which ModelCard refuses
     def check(d):
         try:
             want = ModelCardData(**d).to_yaml()
@@ -733,7 +735,13 @@ def test_card_fast_path_matches_modelcard_on_random_front_matter():
             return
         assert front_matter_yaml(d) == want
         card_text = f"---\n{want}\n---\nbody\n"
-        card = ModelCard(card_text)
+        try:
+            card = ModelCard(card_text)
+        except Exception as exc:  # noqa: BLE001  the fast parse must refuse it the same way
+            with pytest.raises(type(exc)) as got:
+                _front_matter(card_text)
+            assert str(got.value) == str(exc)
+            return
         assert repr(_front_matter(card_text)) == repr((card.data.to_dict(), card.text))
 
     check()

@@ -114,6 +114,23 @@ def test_forget_over_http_matches_the_local_forget(dag, serve, cli, tmp_path, lo
     assert {r: served.head(r) for r in AFFECTED} == {r: res["revisions"][r]["to"] for r in AFFECTED}
 
 
+def test_remote_sidecar_headers_are_read_without_downloading_the_sidecars(dag, serve, tmp_path):
+    """Over HTTP the lineage reads each sidecar's header with HfApi.parse_safetensors_file_metadata (range
+    requests): the states are the local ones, the header is the one on disk, and no fim.safetensors lands in the
+    download cache."""
+    from fiun_hub import lineage
+    from fiun_hub.constants import FIM_FILE
+    from fiun_hub.hub import open_hub
+
+    local = copy_hub(dag[0], tmp_path / "hub")
+    remote = open_hub(serve(local.root))
+    states = {n: d["sidecar"] for n, d in lineage.resolve(remote).nodes(data=True)}
+    assert states == {n: d["sidecar"] for n, d in lineage.resolve(local, rebuild=True).nodes(data=True)}
+    assert "ok" in states.values()
+    assert remote.safetensors_header(R, FIM_FILE) == local.safetensors_header(R, FIM_FILE)
+    assert not list(Path(remote.cache_dir).rglob(FIM_FILE)) and list(Path(remote.cache_dir).rglob(CARD_FILE))
+
+
 def test_an_interrupted_forget_is_finished_by_running_it_again(dag, serve, tmp_path, local_forgotten):
     """The connection drops after two repos are committed: the error names what landed, the hub holds exactly
     those two new revisions, and the same forget run again finishes the rest with the same bytes."""

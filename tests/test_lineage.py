@@ -442,3 +442,26 @@ def test_png_export_leaves_the_global_matplotlib_state_alone(family, tmp_path, m
     assert matplotlib.rcParams["backend"] == "pdf"
     pyplot = __import__("sys").modules.get("matplotlib.pyplot")
     assert (list(pyplot.get_fignums()) if pyplot else []) == before
+
+
+def test_a_publish_without_an_index_hook_removes_the_index_rather_than_leave_it_stale(tmp_path):
+    """The hub keeps the lineage index through the hook fiun_hub registers (hub.local.register_indexer). A publish
+    in a process with no hook removes .fiun/lineage.json (readers rebuild it from the cards) instead of leaving an
+    index that misses it, and the next publish with the hook writes it whole again."""
+    import fiun_hub.hub.local as HL
+    from fiun_hub import lineage
+
+    hub = LocalHub.init(tmp_path / "hub")
+    hub.publish([RepoChange("o/a", {"x.bin": b"1"}, "a", parent_commit="")])
+    index = tmp_path / "hub" / ".fiun" / "lineage.json"
+    assert set(lineage.read_index_file(hub)) == {"o/a"}
+    saved = HL._INDEXER
+    HL.register_indexer(None)
+    try:
+        hub.publish([RepoChange("o/b", {"x.bin": b"2"}, "b", parent_commit="")])
+        assert not index.exists()
+    finally:
+        HL.register_indexer(saved)
+    assert set(lineage.resolve(hub)) == {"o/a", "o/b"}
+    hub.publish([RepoChange("o/c", {"x.bin": b"3"}, "c", parent_commit="")])
+    assert set(lineage.read_index_file(hub)) == {"o/a", "o/b", "o/c"}

@@ -38,7 +38,7 @@ def _trained_repo(hub, tmp_path, name, *, data_config, train_size, chans, color=
     from fiun_hub.models import save_model_folder
     from fiun_hub.preprocessing import training_config
     from fiun_hub.repo import push_folder
-    from fiun_hub.training import train_classifier
+    from fiun_hub.research.training import train_classifier
 
     xtr, ytr, xte, yte = _digits_uint8()
     if color:  # non-square RGB images (8x10, a tint per channel): the shorter-side resize and crop matter
@@ -361,7 +361,7 @@ def test_forget_on_models_declaring_mnist_statistics_is_judged_by_their_own_prep
     from fiun_hub.data import load_images, prepare
     from fiun_hub.models import load_model, save_model_folder
     from fiun_hub.preprocessing import training_config
-    from fiun_hub.training import train_classifier
+    from fiun_hub.research.training import train_classifier
 
     forget = [1, 3, 5, 7]
     root, npz = _trained_repo(hub, tmp_path, "mroot", data_config=MNIST, train_size=20, chans=1)

@@ -50,7 +50,7 @@ import torch
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from conftest import fingerprint
+from conftest import base_and_child_hub, fingerprint
 from fiun_hub.constants import CARD_FILE, CONFIG_FILE, FIM_CLASSES_FILE, FIM_FILE, WEIGHTS_FILE
 from fiun_hub.errors import FiunError
 from fiun_hub.hub.local import LocalHub, RepoChange
@@ -137,7 +137,7 @@ def build_forest(root: Path) -> dict:
     Also two model folders (weights + sidecars) for pushes."""
     from fiun_hub.data import load_data
     from fiun_hub.models import save_model_folder
-    from fiun_hub.scenarios import new_model, push_model, sidecar_files, torch_threads
+    from fiun_hub.research.scenarios import new_model, push_model, sidecar_files, torch_threads
 
     hub = LocalHub.init(root / "hub")
     data = load_data("digits:train", in_chans=1, input_size=IN[1:]).to_label_space(F_LABELS)
@@ -743,19 +743,13 @@ def _guarded_cli(args: list, seconds: int = 20):
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
     """h/base -> h/child (real test_resnet weights and sidecars) and a good model folder with sidecars."""
-    from fiun_hub.data import load_data
     from fiun_hub.models import save_model_folder
-    from fiun_hub.scenarios import new_model, push_model, sidecar_files, torch_threads
+    from fiun_hub.research.scenarios import new_model, sidecar_files, torch_threads
 
     root = tmp_path_factory.mktemp("hostile")
-    hub = LocalHub.init(root / "hub")
-    data = load_data("digits:train", in_chans=1, input_size=IN[1:]).to_label_space(LABELS).subset(torch.arange(60))
+    built = base_and_child_hub(root, "test_resnet", 60, IN)
+    hub, base, child, child_model, data = (built[k] for k in ("hub", "base", "child", "child_model", "data"))
     with torch_threads(1):
-        base_model = new_model("test_resnet", 10, 1, 1)
-        child_model = new_model("test_resnet", 10, 1, 2)
-        base = push_model(hub, base_model, "h/base", LABELS, input_size=IN, fim_data=data, data_spec="d")["revision"]
-        child = push_model(hub, child_model, "h/child", LABELS, input_size=IN, parents=[f"h/base@{base}"],
-                           fim_data=data, data_spec="d")["revision"]
         good = save_model_folder(new_model("test_resnet", 10, 1, 3), root / "good", LABELS, input_size=IN)
         sha = hashlib.sha256((good / WEIGHTS_FILE).read_bytes()).hexdigest()
         fim, cls = sidecar_files(new_model("test_resnet", 10, 1, 3), LABELS, data, sha, data_spec="d")
@@ -816,7 +810,7 @@ class Ctx:
 
     def child_weights(self, mutate: Callable[[bytes], bytes]) -> None:
         """Replace h/child's weights by ``mutate(weights)`` with sidecars bound to the new bytes."""
-        from fiun_hub.scenarios import sidecar_files
+        from fiun_hub.research.scenarios import sidecar_files
 
         weights = mutate(self.h.read_file("h/child", WEIGHTS_FILE))
         fim, cls = sidecar_files(self.child_model, LABELS, self.data, hashlib.sha256(weights).hexdigest(),

@@ -22,10 +22,8 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
-from conftest import fingerprint
-from fiun_hub.constants import CARD_FILE
+from conftest import base_and_child_hub, fingerprint
 from fiun_hub.hub.local import LocalHub
 
 IN = (1, 16, 16)
@@ -36,19 +34,13 @@ ARCH = "test_efficientnet"  # the smallest timm model (417 KB of weights)
 @pytest.fixture(scope="module")
 def template(tmp_path_factory):
     """h/base -> h/child, real timm weights with sidecars; copied for every test."""
-    from fiun_hub.data import load_data
     from fiun_hub.models import save_model_folder
-    from fiun_hub.scenarios import new_model, push_model, torch_threads
+    from fiun_hub.research.scenarios import new_model
 
     root = tmp_path_factory.mktemp("disk")
-    hub = LocalHub.init(root / "hub")
-    data = load_data("digits:train", in_chans=1, input_size=IN[1:]).to_label_space(LABELS).subset(torch.arange(40))
-    with torch_threads(1):
-        base = push_model(hub, new_model(ARCH, 10, 1, 1), "h/base", LABELS, input_size=IN, fim_data=data,
-                          data_spec="d")["revision"]
-        push_model(hub, new_model(ARCH, 10, 1, 2), "h/child", LABELS, input_size=IN, parents=[f"h/base@{base}"],
-                   fim_data=data, data_spec="d")
-        folder = save_model_folder(new_model(ARCH, 10, 1, 3), root / "folder", LABELS, input_size=IN)
+    built = base_and_child_hub(root, ARCH, 40, IN)
+    hub, base = built["hub"], built["base"]
+    folder = save_model_folder(new_model(ARCH, 10, 1, 3), root / "folder", LABELS, input_size=IN)
     return {"hub": hub.root, "base": base, "folder": folder}
 
 

@@ -1,4 +1,4 @@
-"""fiun_hub.scenarios: the four frameworks built for real (tiny timm models on digits) into a real LocalHub."""
+"""fiun_hub.research.scenarios: the four frameworks built for real (tiny timm models on digits) into a real LocalHub."""
 from __future__ import annotations
 
 import collections
@@ -14,7 +14,7 @@ from fiun_hub.evaluate import accuracy
 from fiun_hub.hub.local import LocalHub
 from fiun_hub.lineage import resolve
 from fiun_hub.models import load_model
-from fiun_hub.scenarios import Scenario, build_scenario, head_params, plan_scenario
+from fiun_hub.research.scenarios import Scenario, build_scenario, head_params, plan_scenario
 from fiun_hub.sidecars import load_sidecars
 from fiun_hub.unlearn import forget
 

@@ -13,26 +13,17 @@ import pytest
 import torch
 import torch.nn as nn
 
+from conftest import FixedLogits
 from fiun_hub.data import LabeledData, load_data
 from fiun_hub.errors import BadInput
 from fiun_hub.evaluate import (beyond_head_repo, forget_retain_accuracy, linear_probe, mia_auc_from_losses,
                                penultimate_features, per_sample_losses, probe_recall_from_features,
-                               relearn_test, sample_forget_metrics, top2_leak, topk_leak_from_logits)
-from fiun_hub.training import train_classifier
+                               sample_forget_metrics, top2_leak, topk_leak_from_logits)
+from fiun_hub.research.relearn import relearn_test
+from fiun_hub.research.training import train_classifier
 
 LABELS = [str(i) for i in range(10)]
 
-
-class FixedLogits(nn.Module):
-    """Logits are the input itself: x of shape (N, 1, 1, K) -> (N, K)."""
-
-    def __init__(self, k: int):
-        super().__init__()
-        self.dummy = nn.Parameter(torch.zeros(1))
-        self.k = k
-
-    def forward(self, x):
-        return x.flatten(1)[:, : self.k] + 0 * self.dummy
 
 
 # ------------------------------------------------------------------------------------------ constructed logits
@@ -220,7 +211,7 @@ def test_sample_forget_metrics_on_an_overfit_model(digits):
 
 
 def test_beyond_head_repo_uses_the_models_own_preprocessing(trained, digits, hub):
-    from fiun_hub.scenarios import push_model
+    from fiun_hub.research.scenarios import push_model
 
     train, test = digits
     push_model(hub, trained, "acme/digits", LABELS, input_size=(1, 16, 16))

@@ -1,4 +1,6 @@
-"""Storage backends behind one small interface: list repos, read a file at a revision, history, refs, publish."""
+"""Storage backends behind one small interface (:class:`~fiun_hub.hub.base.Hub`: list repos, read a file at a
+revision, history, refs, publish), each stating what else it can do in its ``capabilities``
+(:func:`~fiun_hub.hub.base.supports`)."""
 from __future__ import annotations
 
 import os
@@ -7,7 +9,8 @@ from pathlib import Path
 from ..constants import DEFAULT_HUB, HUB_ENV
 from ..errors import BadInput
 from .ids import split_repo_rev, validate_repo_id
-from .local import CommitInfo, LocalHub, RepoChange
+from .base import LOCAL_FOLDER, Blob, CommitInfo, Hub, RepoChange, supports
+from .local import LocalHub
 
 
 def hub_location(spec: str | os.PathLike | None = None) -> str:
@@ -33,12 +36,12 @@ def open_hub(spec: str | os.PathLike | None = None, *, create: bool = False):
     return LocalHub.init(Path(loc)) if create else LocalHub(Path(loc))
 
 
-def require_local(hub, what: str) -> LocalHub:
-    """``hub`` if it is a LocalHub; else one clear error saying ``what`` needs a local hub folder."""
-    if not isinstance(hub, LocalHub):
+def require_local(hub: Hub, what: str) -> LocalHub:
+    """``hub`` if it has a folder here (a LocalHub); else one clear error saying ``what`` needs a local hub folder."""
+    if not supports(hub, LOCAL_FOLDER):
         raise BadInput(f"{what} needs a local hub folder (--hub PATH); {hub!r} is reached over HTTP")
     return hub
 
 
-__all__ = ["LocalHub", "RepoChange", "CommitInfo", "open_hub", "hub_location", "validate_repo_id",
+__all__ = ["Hub", "LocalHub", "RepoChange", "CommitInfo", "Blob", "supports", "open_hub", "hub_location", "validate_repo_id",
            "split_repo_rev", "is_remote", "require_local"]

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 from urllib.parse import urlsplit
 
-from ..constants import DEFAULT_AUTHOR, DEFAULT_BRANCH
+from ..card import parse_card
+from ..constants import CARD_FILE, DEFAULT_AUTHOR, DEFAULT_BRANCH
 from ..errors import (
     BadInput,
     ConflictError,
@@ -36,8 +37,8 @@ from ..errors import (
     RepoNotFound,
     RevisionNotFound,
 )
+from .base import PURGE_HISTORY, Blob, CommitInfo, RepoChange, check_changes
 from .ids import COMMIT_RE, validate_ref_name, validate_repo_id
-from .local import Blob, CommitInfo, RepoChange, check_changes
 
 _LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
 _NAMESPACE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}\Z")
@@ -120,8 +121,10 @@ def _map_errors(what: str) -> Iterator[None]:
 class HfHub:
     """A hub reached over the Hugging Face Hub HTTP API (see the module docstring for what differs)."""
 
-    atomic = False  # one commit per repo: see PublishIncomplete
-    root = None  # no local folder: no lineage index, no `verify`
+    # Only the endpoint's LFS purge: one commit per repo (no ATOMIC_PUBLISH: see PublishIncomplete), no lock, no
+    # local folder (no lineage index, no `verify`, ``root`` is None).
+    capabilities = frozenset({PURGE_HISTORY})
+    root = None
 
     def __init__(self, spec: str = "hf", *, token: str | None = None, cache_dir: str | os.PathLike | None = None):
         from huggingface_hub import HfApi
@@ -255,6 +258,26 @@ class HfHub:
                 raise EntryNotFound(f"{repo}:{path} does not match its sha256 (corrupt download or cache)")
         return data
 
+    def safetensors_header(self, repo: str, path: str, revision: str | None = None) -> tuple[dict, dict[str, str]]:
+        """``(tensors, metadata)`` of the safetensors file ``path`` at ``revision`` from its header alone, through
+        ``HfApi.parse_safetensors_file_metadata`` (one or two range requests), not a download of the file: a
+        sidecar's header is what the lineage and ``show`` read, and the file is as large as the layers it covers.
+        Tensors come as the header lists them (``dtype``, ``shape``, ``data_offsets``)."""
+        from huggingface_hub import errors as hfe
+
+        info = self.commit_info(repo, revision)
+        if path not in info.files:
+            raise EntryNotFound(f"{path} not found in {repo}@{info.id[:12]}")
+        where = f"{repo}:{path}@{info.id[:12]}"
+        with _map_errors(where):
+            try:
+                meta = self.api.parse_safetensors_file_metadata(repo, path, revision=info.id)
+            except hfe.SafetensorsParsingError as exc:
+                raise BadInput(f"{where}: not a readable safetensors header ({exc})") from None
+        tensors = {name: {"dtype": t.dtype, "shape": list(t.shape), "data_offsets": list(t.data_offsets)}
+                   for name, t in meta.tensors.items()}
+        return tensors, dict(meta.metadata or {})
+
     @contextlib.contextmanager
     def lock(self, timeout: float = 0) -> Iterator[None]:
         """No hub-wide lock over HTTP: each commit states its parent instead."""
@@ -333,9 +356,6 @@ class HfHub:
         endpoint has no such API (then the history is left as it was)."""
         from huggingface_hub import HfApi
         from huggingface_hub import errors as hfe
-
-        from ..card import parse_card
-        from ..constants import CARD_FILE
 
         keep: set[str] = set(self.list_files(repo).values())  # the head's files are never purged
         for info in self.history(repo):

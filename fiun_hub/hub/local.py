@@ -39,20 +39,34 @@ import shutil
 import threading
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Mapping
+from typing import Callable, Iterable, Iterator, Mapping, Protocol
 
-from ..constants import CARD_FILE, DEFAULT_AUTHOR, DEFAULT_BRANCH, FIUN_DIR, LEDGER_REPO, NO_SPACE
+from ..constants import DEFAULT_AUTHOR, DEFAULT_BRANCH, FIUN_DIR, NO_SPACE
 from ..errors import (
     BadInput,
     ConflictError,
     EntryNotFound,
     HubNotFound,
-    Purged,
     RepoNotFound,
     RevisionNotFound,
 )
+from .base import (  # the shared records live in hub/base.py; importable from here as before
+    ATOMIC_PUBLISH,
+    BLOB_STORE,
+    CONSISTENT_HEADS,
+    LOCAL_FOLDER,
+    LOCK,
+    PURGE,
+    Blob,
+    CommitInfo,
+    RepoChange,
+    check_card_write,
+    check_changes,
+    purged_error,
+)
+from ..safetensors_io import read_header
+from .staging import Staging
 from .ids import (
     COMMIT_RE,
     repo_folder_name,
@@ -67,52 +81,6 @@ HUB_FORMAT = "fiun-hub/1"
 TOMBSTONE_FORMAT = "fiun-hub-tombstones/1"
 LOCK_TIMEOUT_S = float(os.environ.get("FIUN_HUB_LOCK_TIMEOUT", "120"))
 _CHUNK = 1 << 20
-
-
-@dataclass(frozen=True)
-class CommitInfo:
-    """One immutable commit of one repo."""
-
-    id: str
-    repo: str
-    parents: list[str]
-    author: str
-    time: str
-    message: str
-    files: dict[str, str]  # path -> sha256 of content
-    sizes: dict[str, int] = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class Blob:
-    """File content whose sha256 the writer already computed (saves hashing it twice)."""
-
-    data: bytes
-    sha256: str
-
-    @classmethod
-    def of(cls, data: bytes) -> "Blob":
-        return cls(data, hashlib.sha256(data).hexdigest())
-
-
-@dataclass
-class RepoChange:
-    """New revision of one repo inside a :meth:`LocalHub.publish`.
-
-    ``files`` add or replace paths (content as bytes, or a Path to copy from); ``delete`` removes paths.
-    ``parent_commit`` is the head the writer expects: a commit id, ``""`` for "the repo must not exist yet",
-    or None for "whatever the head is when the lock is taken".
-    """
-
-    repo: str
-    files: Mapping[str, bytes | Blob | Path] = field(default_factory=dict)
-    message: str = ""
-    parent_commit: str | None = None
-    delete: tuple[str, ...] = ()
-    author: str | None = None
 
 
 def _now() -> str:
@@ -202,50 +170,7 @@ def commit_id(record: Mapping) -> str:
     return hashlib.sha1(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def purged_error(repo: str, cid: str, path: str, stone: Mapping) -> Purged:
-    """The one line every reader gives for a purged file."""
-    day = str(stone.get("at") or "")[:10] or "an unknown date"
-    return Purged(f"{repo}@{cid[:12]} {path} was purged by request {stone.get('request')} on {day}",
-                  stone.get("request"), stone.get("at"))
-
-
 _NOT_MOVED = object()
-
-
-def check_changes(changes: list[RepoChange]) -> None:
-    """What every backend's publish refuses before touching anything: bad repo ids or paths, a repo twice."""
-    seen = set()
-    for ch in changes:
-        validate_repo_id(ch.repo)
-        if ch.repo in seen:
-            raise BadInput(f"repo {ch.repo} appears twice in one publish")
-        seen.add(ch.repo)
-        for p in list(ch.files) + list(ch.delete):
-            validate_repo_path(p)
-        if CARD_FILE in ch.files and ch.repo != LEDGER_REPO:
-            check_card_write(ch.repo, ch.files[CARD_FILE])
-
-
-def check_card_write(repo: str, content: bytes | Blob | Path) -> None:
-    """A card no write may publish (every backend, every command, serve): one larger than fiun-hub reads back
-    (it would make the repo, and every forget over it, unreadable), or one whose ``fiun.unlearned`` records break
-    the schema. (A card that fails to parse for other reasons is another tool's: the lineage reports it.)"""
-    from ..card import MAX_CARD_BYTES, RecordError, parse_card_full
-    from ..errors import CardError
-
-    if isinstance(content, Blob):
-        content = content.data
-    size = content.stat().st_size if isinstance(content, Path) else len(content)
-    if size > MAX_CARD_BYTES:
-        raise CardError(f"{repo}: the new {CARD_FILE} would be {size} bytes, more than the {MAX_CARD_BYTES} "
-                        "fiun-hub reads back; nothing was published")
-    data = content.read_bytes() if isinstance(content, Path) else bytes(content)
-    try:
-        parse_card_full(data, where=f"{repo}:{CARD_FILE}")
-    except RecordError:
-        raise
-    except CardError:
-        pass
 
 
 class DamagedJournal(BadInput):
@@ -276,6 +201,9 @@ def _record_problem(record: object) -> str | None:
 
 class LocalHub:
     """A hub directory. Reads need no lock; writes go through :meth:`publish` (or :meth:`tag`) under the lock."""
+
+    # Everything hub/base.py names but PURGE_HISTORY (a purge here is a tombstoned publish: :meth:`purge`).
+    capabilities = frozenset({ATOMIC_PUBLISH, LOCK, CONSISTENT_HEADS, LOCAL_FOLDER, BLOB_STORE, PURGE})
 
     def __init__(self, root: str | os.PathLike, *, recover: bool = True):
         self.root = Path(root).expanduser().absolute()
@@ -531,6 +459,12 @@ class LocalHub:
     def blob_path(self, repo: str, sha: str) -> Path:
         return self.repo_dir(repo) / "blobs" / sha
 
+    def staging(self) -> Staging:
+        """A place to write the new files of one publish into the blob stores as they are made (a forget: every
+        repo's new weights, written by the executors' tasks), adopted as ``blobs/{sha256}`` and handed to
+        :meth:`publish` as :class:`~fiun_hub.hub.staging.StagedBlob` (see :mod:`fiun_hub.hub.staging`)."""
+        return Staging(self)
+
     def file_path(self, repo: str, path: str, revision: str | None = None) -> Path:
         """Path of the blob holding ``path`` at ``revision`` (inside the hub; never follows a snapshot link)."""
         info = self.commit_info(repo, revision)
@@ -551,6 +485,11 @@ class LocalHub:
         if verify and hashlib.sha256(data).hexdigest() != blob.name:
             raise EntryNotFound(f"blob {blob.name[:12]} of {repo}:{path} is corrupt (sha256 mismatch)")
         return data
+
+    def safetensors_header(self, repo: str, path: str, revision: str | None = None) -> tuple[dict, dict[str, str]]:
+        """``(tensors, metadata)`` of the safetensors file ``path`` at ``revision``, from its header alone (validated
+        against the file's size; the tensors' bytes are not read)."""
+        return read_header(self.file_path(repo, path, revision))
 
     # ------------------------------------------------------------------ locking and journal
     @contextlib.contextmanager
@@ -940,20 +879,57 @@ class LocalHub:
             self._bump_generation()
         return cid
 
-    # ------------------------------------------------------------------ lineage index
-    def _index_entries(self, heads: dict[str, str]) -> dict[str, dict]:
-        from ..lineage import index_entry
+    # ------------------------------------------------------------------ lineage index (through the hook)
+    def _index_entries(self, heads: dict[str, str]) -> dict[str, dict] | None:
+        """The index entries of ``heads`` (computed before any ref moves, so nothing can fail between them);
+        None when no indexer is registered."""
+        if _INDEXER is None:
+            return None
+        return {repo: _INDEXER.entry(self, repo, cid) for repo, cid in heads.items()}
 
-        return {repo: index_entry(self, repo, cid) for repo, cid in heads.items()}
-
-    def _write_index(self, entries: dict[str, dict]) -> None:
-        from ..lineage import read_index_file, write_index_file
-
-        index = read_index_file(self)
+    def _write_index(self, entries: dict[str, dict] | None) -> None:
+        if _INDEXER is None or entries is None:
+            # Nobody keeps the index in this process (or nobody did when this publish computed its entries):
+            # remove it rather than leave one that misses this publish (readers then rebuild it from the cards,
+            # and the next indexed publish writes it whole again).
+            with contextlib.suppress(FileNotFoundError):
+                (self.meta / INDEX_FILE).unlink()
+            return
+        index = _INDEXER.read(self)
         if index is None:  # no index yet (or it was removed): rebuild it whole from the cards
             index = self._index_entries({r: self.head(r) for r in self.list_repos()})
         index.update(entries)
-        write_index_file(self, index)
+        _INDEXER.write(self, index)
 
     def _update_index(self, repos: list[str]) -> None:
         self._write_index(self._index_entries({r: self.head(r) for r in repos}))
+
+
+# ---------------------------------------------------------------------------- the index hook
+INDEX_FILE = "lineage.json"  # .fiun/lineage.json: its format is the indexer's (fiun_hub.lineage)
+
+
+class Indexer(Protocol):
+    """Keeps ``.fiun/lineage.json`` current on every publish. The hub stores the index; what an entry holds (the
+    card's lineage facts, the sidecar's state) is the lineage layer's, whose indexer ``fiun_hub/__init__.py``
+    registers (:func:`register_indexer`), so that storage never imports the layers above it."""
+
+    def entry(self, hub: "LocalHub", repo: str, cid: str) -> dict: ...
+    def read(self, hub: "LocalHub") -> dict | None: ...
+    def write(self, hub: "LocalHub", entries: dict[str, dict]) -> None: ...
+
+
+_INDEXER: Indexer | None = None
+
+
+def register_indexer(indexer: Indexer | None) -> None:
+    """Make ``indexer`` keep the lineage index of every LocalHub publish in this process (None: none does)."""
+    global _INDEXER
+    _INDEXER = indexer
+
+
+__all__ = ["LocalHub", "DamagedJournal", "Indexer", "register_indexer", "INDEX_FILE", "atomic_write",
+           "sync_filesystem", "sha256_file", "guarded_paths", "link_problem", "commit_id", "HUB_FORMAT",
+           "TOMBSTONE_FORMAT", "LOCK_TIMEOUT_S",
+           # records of hub/base.py, importable from here as before
+           "Blob", "CommitInfo", "RepoChange", "check_changes", "check_card_write", "purged_error"]

@@ -5,7 +5,7 @@ the other, and returns the new weights of every affected repo **in memory** (not
 wall time. Unaffected repos are never touched (not even loaded, unless a redone child needs their weights).
 
 - :func:`retrain` (the gold standard): every affected model is redone with the recipe that built it
-  (:func:`fiun_hub.scenarios.realize_node`: same init rule, epochs, learning rate, batch size and seeds) from
+  (:func:`fiun_hub.research.scenarios.realize_node`: same init rule, epochs, learning rate, batch size and seeds) from
   its parents' weights (the redone ones for affected parents, the built revision for clean ones) on its shard
   minus the samples of the forget classes. An origin that is a root is retrained from scratch (same seeded
   initialisation). A head may keep a row for a forgotten class; that row is trained only as a negative.
@@ -34,8 +34,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .data import LabeledData
-from .errors import BadInput, UnlearnError
+from ..data import LabeledData
+from ..errors import BadInput, UnlearnError
 from .scenarios import Scenario, evaluate_model, head_params, inherit, realize_node, torch_threads
 
 ProgressFn = Callable[[str], None]
@@ -105,7 +105,7 @@ def _origins(scenario: Scenario, origins: Iterable[str] | None) -> list[str]:
 
 def load_built(hub, scenario: Scenario, repo: str) -> nn.Module:
     """``repo``'s model at the revision the scenario built (its weights before any forget)."""
-    from .models import load_model
+    from ..models import load_model
 
     model, _, _ = load_model(hub, repo, scenario.node(repo).revision or None)
     return model
@@ -131,8 +131,8 @@ def evaluate_state(hub, repo: str, state: Mapping[str, torch.Tensor], test_data:
                    forget_classes: Sequence[str], revision: str | None = None) -> dict[str, Any]:
     """Build ``repo``'s model from its config (at ``revision``, default head), load ``state`` and return its
     held-out ``{"forget_acc", "retain_acc"}`` in percent (None where the model knows no such class)."""
-    from .constants import CONFIG_FILE
-    from .models import build_model, parse_config
+    from ..constants import CONFIG_FILE
+    from ..models import build_model, parse_config
 
     cid = hub.resolve(repo, revision)
     config = parse_config(hub.read_file(repo, CONFIG_FILE, cid), f"{repo}@{cid[:12]}:{CONFIG_FILE}")

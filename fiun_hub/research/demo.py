@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import BadInput
+from ..errors import BadInput
 
 DEMO_MARKER = "fiun-demo.json"
 
@@ -39,10 +39,10 @@ def run_demo(
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run the demo into ``directory`` (hub at ``directory/hub``, picture at ``directory/lineage.png``)."""
-    from . import lineage
-    from .hub.local import LocalHub
+    from .. import lineage
+    from ..hub.local import LocalHub
     from .scenarios import build_scenario, torch_threads
-    from .unlearn import plan_forget, run_forget
+    from ..unlearn import plan_forget, run_forget
 
     say = progress or (lambda msg: None)
     root = _fresh_dir(Path(directory))

@@ -17,8 +17,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .data import LabeledData
-from .errors import BadInput
+from ..data import LabeledData
+from ..errors import BadInput
 
 ProgressFn = Callable[[int, float], None]
 

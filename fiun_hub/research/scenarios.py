@@ -6,7 +6,7 @@ head-row order) and its Fisher sidecars, computed on its **own** training shard 
 and committed in the **same** commit as the weights (``weights_sha256`` binds them, so the sidecar state is
 ``ok``).
 
-A :class:`Scenario` records everything needed to redo any model (the baselines in :mod:`fiun_hub.baselines`
+A :class:`Scenario` records everything needed to redo any model (the baselines in :mod:`fiun_hub.research.baselines`
 retrain the affected subgraph with exactly the recipe that built it): repos in topological order, their
 parents and relation, label set, the shard (indices into the dataset's train split), the recipe (init rule,
 epochs, learning rate, batch size, seeds, trainable part) and the origins (the models whose data holds the
@@ -32,7 +32,7 @@ Topologies (defaults; ``depth`` = longest parent->child path, ``width`` = fan-ou
   the order; a child may lack the forget class).
 
 Shards are disjoint, drawn from a seeded class-interleaved order of the train split (so every shard is
-roughly class-balanced). Training is :func:`fiun_hub.training.train_classifier` (Adam, cosine decay); fresh
+roughly class-balanced). Training is :func:`fiun_hub.research.training.train_classifier` (Adam, cosine decay); fresh
 weights come from the global RNG under ``torch.random.fork_rng`` seeded per node, so a build is deterministic
 given ``seed`` (the caller's RNG state is left untouched). A build runs with one torch thread by default
 (``num_threads``; restored afterwards): these models are tiny and extra threads only contend for the cores.
@@ -53,11 +53,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .constants import FIM_CLASSES_FILE, FIM_FILE, WEIGHTS_FILE
-from .data import LabeledData, load_data, parse_spec
-from .errors import BadInput
-from .fisher import DEFAULT_ESTIMATOR
-from .preprocessing import SIDECAR_KEY
+from ..constants import FIM_CLASSES_FILE, FIM_FILE, WEIGHTS_FILE
+from ..data import LabeledData, load_data, parse_spec
+from ..errors import BadInput
+from ..fisher import DEFAULT_ESTIMATOR
+from ..preprocessing import SIDECAR_KEY
 
 SCENARIOS = ("fl", "ddpl", "il", "tl")
 INITS = ("scratch", "parents-average", "parent", "parent-frozen-backbone")
@@ -83,7 +83,7 @@ class Recipe:
     parents, equal weights), ``parent`` (the parent's weights; head rows copied by label name, rows for new
     labels fresh from ``init_seed``), ``parent-frozen-backbone`` (the parent's backbone, a fresh head from
     ``init_seed``, only the head trained: ``trainable == "head"``). Then ``epochs`` of
-    :func:`~fiun_hub.training.train_classifier` at ``lr`` with ``batch_size`` and shuffling seed ``seed``.
+    :func:`~fiun_hub.research.training.train_classifier` at ``lr`` with ``batch_size`` and shuffling seed ``seed``.
     """
 
     init: str
@@ -194,7 +194,7 @@ class Scenario:
     def preprocessing(self):
         """What every model of the scenario is trained on and saved with: fiun-hub's training preprocessing
         (mean = std = 0.5, bilinear, no crop) at the scenario's input size."""
-        from .preprocessing import training_config
+        from ..preprocessing import training_config
 
         return training_config(self.input_size)
 
@@ -283,7 +283,7 @@ def torch_threads(n: int | None):
 
 def head_params(model: nn.Module) -> list[str]:
     """Parameter names of the model's classifier (``pretrained_cfg['classifier']``), e.g. fc.weight, fc.bias."""
-    from .fisher import resolve_layers
+    from ..fisher import resolve_layers
 
     return resolve_layers(model, "head")
 
@@ -335,7 +335,7 @@ def realize_node(
 ) -> tuple[nn.Module, dict[str, Any]]:
     """(Re)make one model from its parents' weights with its recipe, training on its shard minus the samples
     of ``exclude`` classes. Returns the trained model and training info. Used both to build a scenario and to
-    retrain it (:func:`fiun_hub.baselines.retrain`)."""
+    retrain it (:func:`fiun_hub.research.baselines.retrain`)."""
     from .training import average_state_dicts, train_classifier
 
     node = scenario.node(repo)
@@ -452,7 +452,7 @@ def plan_scenario(
     at most (default 1260). ``forget_classes``: the suggested request (default ``["3"]`` if it is a label of
     every origin, else the origin's first label).
     """
-    from .hub.ids import validate_repo_id
+    from ..hub.ids import validate_repo_id
 
     if name not in SCENARIOS:
         raise BadInput(f"unknown scenario {name!r}; use one of {', '.join(SCENARIOS)}")
@@ -642,7 +642,7 @@ def sidecar_files(model: nn.Module, labels: Sequence[str], data: LabeledData, we
 
     ``model_commit`` is not set: the commit that will hold both is not known before it is made, and
     ``weights_sha256`` is what readers check (:func:`fiun_hub.lineage.sidecar_state`)."""
-    from .fisher import compute_fisher, resolve_layers, sidecar_bytes
+    from ..fisher import compute_fisher, resolve_layers, sidecar_bytes
 
     names = resolve_layers(model, layers)
     res = compute_fisher(model, data.x, data.y, list(labels), names, estimator=estimator, device=device)
@@ -665,9 +665,9 @@ def push_model(hub, model: nn.Module, repo: str, labels: Sequence[str], *, input
     ``data_config``, by default fiun-hub's training preprocessing), add sidecars computed on ``fim_data`` (when
     given; fed with that same preprocessing) and push weights + sidecars as ONE revision of ``repo``
     (``parents`` as ``org/x@rev``). Returns push_folder's summary."""
-    from .models import save_model_folder
-    from .preprocessing import training_config
-    from .repo import push_folder
+    from ..models import save_model_folder
+    from ..preprocessing import training_config
+    from ..repo import push_folder
 
     trained = training_config(input_size, data_config)
     if fim_data is not None:
@@ -688,7 +688,7 @@ def push_model(hub, model: nn.Module, repo: str, labels: Sequence[str], *, input
 
 
 def _as_hub(hub):
-    from .hub.local import LocalHub
+    from ..hub.local import LocalHub
 
     if isinstance(hub, (str, Path)):
         return LocalHub.init(hub)
@@ -706,7 +706,7 @@ def realize_scenario(scenario: Scenario, hub, *, estimator: str = DEFAULT_ESTIMA
 
 
 def _realize(scenario: Scenario, hub, estimator: str, device, progress: ProgressFn | None) -> Scenario:
-    from .evaluate import accuracy
+    from ..evaluate import accuracy
 
     t0 = time.perf_counter()
     test = scenario.load_test()
@@ -792,7 +792,7 @@ def build_tl(hub, **kwargs) -> Scenario:
 def evaluate_model(model: nn.Module, labels: Sequence[str], test: LabeledData,
                    forget_classes: Sequence[str]) -> dict[str, Any]:
     """``{"forget_acc", "retain_acc"}`` in percent on held-out ``test`` (dataset label space)."""
-    from .evaluate import forget_retain_accuracy
+    from ..evaluate import forget_retain_accuracy
 
     f, r = forget_retain_accuracy(model, list(labels), test, list(forget_classes))
     return {"forget_acc": f, "retain_acc": r}
@@ -802,7 +802,7 @@ def evaluate_scenario(scenario: Scenario, hub, forget_classes: Sequence[str],
                       test_data: LabeledData | None = None, *, revision: str = "head",
                       repos: Iterable[str] | None = None) -> dict[str, dict[str, Any]]:
     """Held-out forget / retain accuracy of each repo (all, or ``repos``) at its head or built revision."""
-    from .models import load_model
+    from ..models import load_model
 
     if revision not in ("head", "built"):
         raise BadInput(f"revision must be 'head' or 'built', got {revision!r}")

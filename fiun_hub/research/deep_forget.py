@@ -30,7 +30,7 @@ from typing import Mapping, Sequence
 import torch
 import torch.nn as nn
 
-from .errors import UnlearnError
+from ..errors import UnlearnError
 
 DEFAULT_ALPHA = 2.0
 DEFAULT_MAX_FRACTION = 0.25
@@ -121,10 +121,10 @@ def deep_class_forget(hub, origin: str, revisions: Mapping[str, str], classes: S
     the forget): select channels from the origin's unlearning FIM and the repo's own retain FIM (sidecars only, no
     data) and zero them in ``head_states[repo]`` (e.g. the weights after FIUn's head update). A repo with none of
     ``classes`` is returned unchanged. Returns ``(states, info)``; info lists the channels per repo."""
-    from .dampening import retain_fim, unlearning_fim
-    from .models import load_model
-    from .fisher import resolve_layers
-    from .sidecars import load_sidecars
+    from ..dampening import retain_fim, unlearning_fim
+    from ..models import load_model
+    from ..fisher import resolve_layers
+    from ..sidecars import load_sidecars
 
     osc = load_sidecars(hub, origin, revisions[origin])
     model_o, _, _ = load_model(hub, origin, revisions[origin])
