@@ -101,7 +101,7 @@ class Planter:
         return f"{self.org}/{short}"
 
     def push(self, short, model, kind, parents=(), declared=False, labels=None, **detail):
-        from fiun_hub.scenarios import push_model
+        from fiun_hub.research.scenarios import push_model
 
         repo = self.name(short)
         pins = [f"{p}@{self.revs[p]}" for p in parents] if declared else []
@@ -114,7 +114,7 @@ class Planter:
         return repo
 
     def fresh(self, seed, num_classes=None):
-        from fiun_hub.scenarios import new_model
+        from fiun_hub.research.scenarios import new_model
 
         return new_model(self.arch, num_classes or len(self.labels), 1, seed)
 
@@ -124,7 +124,7 @@ class Planter:
         return m
 
     def train(self, model, shard, epochs, lr, seed, trainable=None):
-        from fiun_hub.training import train_classifier
+        from fiun_hub.research.training import train_classifier
 
         data = self.shards[shard] if isinstance(shard, int) else shard
         return train_classifier(model, data, epochs=epochs, lr=lr, batch_size=32, seed=seed, trainable=trainable)
@@ -133,8 +133,8 @@ class Planter:
         import torch
 
         from fiun_hub.data import LabeledData
-        from fiun_hub.scenarios import head_params, inherit
-        from fiun_hub.training import average_state_dicts
+        from fiun_hub.research.scenarios import head_params, inherit
+        from fiun_hub.research.training import average_state_dicts
 
         E = self.epochs
         both = LabeledData(torch.cat([self.shards[0].x, self.shards[1].x]),
@@ -354,7 +354,7 @@ def run_infer_cli(hub_root: Path) -> tuple[float, dict]:
 def bench_quality(root: Path, archs: list[str], datasets: list[str], epochs: int) -> tuple[dict, dict, LocalHub]:
     import torch
 
-    from fiun_hub.scenarios import torch_threads
+    from fiun_hub.research.scenarios import torch_threads
 
     hub = LocalHub.init(root)
     truth: dict = {}
