@@ -12,7 +12,8 @@ Requests at R: class-wise 1 class (index 3) and 4 classes (indices 1,3,5,7); sam
 shard (a seeded random draw, all classes), given to FIUn as an ``npz:`` file of the raw images.
 
 Methods: ``original`` (the built models), ``fiun`` (``plan_forget`` + ``run_forget`` at the defaults: head
-scope, alpha=1, lambda=0.01; end to end, timed), ``retrain`` (the affected subgraph redone with each model's
+scope, alpha=1, lambda=0.01; sample-wise: the class-mix rule with its 20-entry budget, docs/method.md section 10;
+end to end, timed), ``retrain`` (the affected subgraph redone with each model's
 recipe without the forgotten data; timed), ``finetune`` (25% of each recipe's epochs on retained data),
 ``gradient_ascent`` (class-wise: :func:`fiun_hub.research.baselines.gradient_ascent` at its defaults; sample-wise: the
 same ascent on the forgotten samples, stopping once the model's accuracy on them is at most its held-out

@@ -53,6 +53,9 @@ def _plan_text(tp) -> str:
         lines.append(f"  {s.repo:32s} {s.depth:>5d}  {s.head[:12]:12s}  {ACTIONS.get(s.status, s.status)}")
         if s.status not in ("pending", "done") and s.message:
             lines.append(f"      {s.message}")
+        a = (s.ledger or {}).get("adopted_from")
+        if isinstance(a, dict):
+            lines.append(f"      ~ adopted: inferred parent {a.get('repo')}@{str(a.get('revision'))[:12]} (not in its card)")
         if s.repo in tp.targets and used.get(s.repo, "own") != "own":
             lines.append(f"      ~ sidecar {short_sidecar(used[s.repo])}")
     for p in tp.problems:
@@ -172,6 +175,21 @@ def takedown(c, request_file: str, dry_run: bool, eval_data: str | None, report_
     c.emit(data, lambda: _outcome_text(tp, result) + (f"\nwrote {report_path}" if report_path else ""))
 
 
+def _short_rev(spec: str) -> str:
+    repo, _, rev = spec.partition("@")
+    return f"{repo}@{rev[:12]}" if rev else repo
+
+
+def _evidence_text(e: dict) -> str:
+    """An undeclared derivative's evidence in a few words (as `lineage --infer` prints it)."""
+    bits = [f"{e.get('kind', 'close')}", f"{e.get('identical_tensors', 0)}/{e.get('shared_tensors', 0)} tensors "
+                                         "identical"]
+    for k, name in (("init_similarity", "init"), ("learned_similarity", "learned")):
+        if isinstance(e.get(k), (int, float)):
+            bits.append(f"{name} cos {e[k]:.3f}")
+    return ", ".join(bits)
+
+
 def _audit_text(data: dict) -> str:
     lines = []
     if not data["requests"]:
@@ -189,10 +207,14 @@ def _audit_text(data: dict) -> str:
             lines.append(f"  {r['repo']:32s} {status:20s} {r['head'][:12]:12s}  {(r['weights_sha256'] or '-')[:12]:12s}"
                          f"  {_pct(r.get('forget_acc', r.get('forget_acc_recorded'))):>7s}"
                          f" {_pct(r.get('retain_acc', r.get('retain_acc_recorded'))):>7s}")
+            if r.get("adopted_from"):
+                a = r["adopted_from"]
+                lines.append(f"      ~ adopted: its weights look derived from {a['repo']}@{str(a['revision'])[:12]} "
+                             "(inferred; its card does not declare it)")
             if r["finding"] or r.get("eval_error"):
                 lines.append(f"      ! {r['message'] or r.get('eval_error')}")
         for f in entry["findings"]:
-            if f["kind"] in ("origin-missing", "unpurged"):
+            if f["kind"] in ("origin-missing", "unpurged", "undeclared-derivative"):
                 lines.append(f"      ! {f['kind'].upper()}: {f['message']}")
         p = entry.get("purge") or {}
         if p.get("bytes_removed") or p.get("files_purged"):
@@ -214,7 +236,9 @@ def _summary(data: dict) -> str:
     if data["ok"]:
         return f"audit ok: {k} request(s), {repos} repo(s) checked{note}"
     return (f"audit failed: {n} finding(s) in {sum(not e['ok'] for e in data['requests'])} of {k} request(s); "
-            "`fiun-hub audit --fix` applies the request to the flagged repos" + note)
+            "`fiun-hub audit --fix` applies the request to the flagged repos"
+            + (" (`--fix --adopt` to undeclared derivatives too)"
+               if any(f["kind"] == "undeclared-derivative" for f in data["findings"]) else "") + note)
 
 
 @click.command()
@@ -227,6 +251,9 @@ def _summary(data: dict) -> str:
               help="Also write a report: FILE.html (one self-contained page with the lineage picture), .md or .json.")
 @click.option("--fix", "do_fix", is_flag=True,
               help="Apply the request to the flagged repos (new revisions, ledger updated), then audit again.")
+@click.option("--adopt", is_flag=True,
+              help="With --fix: treat each undeclared-derivative as a child of the revision its weights look derived "
+                   "from: the same forget, the inferred parent recorded in its forget record (not in its card).")
 @click.option("--workers", type=int, default=1, show_default=True, help="Processes for the per-repo work (--fix).")
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="Where --fix runs the per-repo work: local, or Ray tasks of several repos each (pip install 'fiun-hub[ray]').")
@@ -234,7 +261,7 @@ def _summary(data: dict) -> str:
 @click.pass_obj
 @handled
 def audit(c, request_id: str | None, eval_data: str | None, max_forget_acc: float, report_path: str | None,
-          do_fix: bool, workers: int, executor: str, ray_address: str | None) -> None:
+          do_fix: bool, adopt: bool, workers: int, executor: str, ray_address: str | None) -> None:
     """Prove every takedown in the ledger still holds; exit 1 on any finding.
 
     For each request (or --request ID) the affected set is recomputed from the lineage now, and each repo's
@@ -243,17 +270,23 @@ def audit(c, request_id: str | None, eval_data: str | None, max_forget_acc: floa
     never recorded (weights-changed), repos whose card claims the request without the ledger's proof of a forget
     there (unrecorded: a card's record is a claim; --fix forgets them), and with
     --eval-data a forget accuracy above --max-forget-acc. Repos derived after the takedown from cleaned
-    revisions are fine (inherited).
+    revisions are fine (inherited). Models outside the affected set whose weights look derived from an affected
+    repo's pre-forget revision are findings too (undeclared-derivative); --fix --adopt forgets them as children
+    of that revision, recording the inferred parent in their forget record (their card's parents stay as they are).
     """
     from fiun_hub import compliance as C
+    from fiun_hub.errors import BadInput
     from fiun_hub.report import write_report
 
+    if adopt and not do_fix:
+        raise BadInput("--adopt goes with --fix: `fiun-hub audit --fix --adopt` forgets the undeclared derivatives")
     _check_report_path(report_path)
     hub = c.hub()
     data = C.audit(hub, request_id, eval_data=eval_data, max_forget_acc=max_forget_acc)
     text = [_audit_text(data), _summary(data)]
     if do_fix and not data["ok"]:
-        fixed = C.fix(hub, data, eval_data=eval_data, workers=workers, executor=executor, ray_address=ray_address)
+        fixed = C.fix(hub, data, eval_data=eval_data, workers=workers, executor=executor, ray_address=ray_address,
+                      adopt=adopt)
         for f in fixed:
             revs = ", ".join(f"{r} -> {v['to'][:12]}" for r, v in f["revisions"].items())
             line = f"--fix {f['request_id']}: " + (f"new revision(s) {revs}" if revs else "no new revision")
@@ -263,6 +296,9 @@ def audit(c, request_id: str | None, eval_data: str | None, max_forget_acc: floa
             if f.get("ledger_revision"):
                 line += f"; ledger fiun-hub/ledger@{f['ledger_revision'][:12]}"
             text.append(line)
+            text += [f"  adopted {a['repo']} as a child of {_short_rev(a['inferred_parent'])} (inferred from its "
+                     f"weights: {_evidence_text(a.get('evidence') or {})}; its card is unchanged)"
+                     for a in f.get("adopted") or []]
             text += [f"  could not fix {r}: {why}" for r, why in f["blocked"].items()]
             if f.get("purged"):
                 p = f["purged"]

@@ -148,7 +148,9 @@ def show(c: Ctx, spec: str) -> None:
         if info["card_error"]:
             lines.append(f"  card:     ERROR {info['card_error']}")
         for u in info["unlearned"]:
-            lines.append(f"  forgot:   {u.get('request')} classes={u.get('classes')} at {u.get('at')}")
+            a = u.get("adopted_from") if isinstance(u.get("adopted_from"), dict) else None
+            lines.append(f"  forgot:   {u.get('request')} classes={u.get('classes')} at {u.get('at')}"
+                         + (f" (adopted: inferred parent {a.get('repo')}@{str(a.get('revision'))[:12]})" if a else ""))
         lines.append("  files:")
         for p, f in sorted(info["files"].items()):
             lines.append(f"    {p:28s} {f['size'] if f['size'] is not None else '?':>10} {f['sha256'][:12]}")
@@ -365,7 +367,8 @@ def _plan_text(plan) -> str:
                                    "re-running the same id is a no-op.")
 @click.option("--alpha", type=float, default=None,
               help="Selection: a parameter is dampened where its MFIM exceeds alpha x its own (retain) FIM "
-                   "(default 1).")
+                   "(default 1; sample-wise: its FIM over the samples' labels, at most 20 head entries, "
+                   "docs/method.md section 10).")
 @click.option("--lambda", "lam", type=float, default=None,
               help="Dampening: a selected parameter keeps min(lambda x F / M, 1) of its distance to its "
                    "reference (default 0.01).")
@@ -396,11 +399,10 @@ def forget(c: Ctx, origins, classes, data_spec, request_id, alpha, lam, record_s
     model's own preprocessing (its config.json's timm data config). On a local hub all new revisions land together or none does; on a remote hub
     (--hub hf://...) each repo is committed on its own and re-running the same forget finishes an interrupted one.
     """
-    from fiun_hub.unlearn import DEFAULT_ALPHA, DEFAULT_LAMBDA, plan_forget, run_forget
+    from fiun_hub.unlearn import plan_forget, run_forget
 
     hub = c.hub()
-    plan = plan_forget(hub, list(origins), classes, data_spec, request_id,
-                       DEFAULT_ALPHA if alpha is None else alpha, DEFAULT_LAMBDA if lam is None else lam)
+    plan = plan_forget(hub, list(origins), classes, data_spec, request_id, alpha, lam)  # None: the kind's default
     plan.record_spec = record_spec
     if dry_run or plan.problems:
         c.emit(plan.to_dict(), lambda: _plan_text(plan))

@@ -275,7 +275,8 @@ _RECORD_STRINGS = ("at", "estimator", "reference", "data")
 def check_record(u: Any, where: str = "") -> None:
     """One ``fiun.unlearned`` record against the schema: a ``request`` id (the rule of takedown ids), and each
     other field fiun-hub reads, when present, of its type (``from_revision`` a 40-hex commit id, ``classes`` and
-    ``origins`` lists of strings, ``alpha`` / ``lambda`` numbers, ``at`` ... strings). Raises :class:`RecordError`."""
+    ``origins`` lists of strings, ``alpha`` / ``lambda`` numbers, ``at`` ... strings, ``inferred`` a boolean,
+    ``adopted_from`` a ``{repo, revision, evidence}`` mapping with ``inferred: true``). Raises :class:`RecordError`."""
     if not isinstance(u, dict):
         raise _record_fail(where, "card field fiun.unlearned must be a list of records")
     rid = u.get("request")
@@ -300,6 +301,24 @@ def check_record(u: Any, where: str = "") -> None:
         v = u.get(key)
         if v is not None and not isinstance(v, str):
             raise _record_fail(where, f"fiun.unlearned record {rid}: {key} must be a string")
+    inferred = u.get("inferred")
+    if inferred is not None and not isinstance(inferred, bool):
+        raise _record_fail(where, f"fiun.unlearned record {rid}: inferred must be true or false")
+    adopted = u.get("adopted_from")
+    if adopted is not None:
+        # `audit --fix --adopt`: the parent the weights look derived from, which the card does not declare
+        bad = f"fiun.unlearned record {rid}: adopted_from must be {{repo: org/name, revision: <40 hex>, evidence: {{...}}}}"
+        if not isinstance(adopted, dict) or not isinstance(adopted.get("revision"), str) \
+                or not COMMIT_RE.match(adopted["revision"]) or not isinstance(adopted.get("repo"), str) \
+                or not isinstance(adopted.get("evidence", {}), dict):
+            raise _record_fail(where, bad)
+        try:
+            validate_repo_id(adopted["repo"])
+        except FiunError:
+            raise _record_fail(where, bad) from None
+        if inferred is not True:
+            raise _record_fail(where, f"fiun.unlearned record {rid}: a record with adopted_from needs inferred: true "
+                                      "(the parent is inferred from the weights, not declared)")
 
 
 def claims_without_forget(records: list[dict], carried: list[dict], replaces: str | None) -> list[dict]:

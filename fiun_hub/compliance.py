@@ -458,7 +458,8 @@ class RepoState:
                 "from": led.get("from"), "to": led.get("to"), "recorded_weights_sha256": led.get("weights_sha256"),
                 "at": led.get("at"), "sidecar": led.get("sidecar"), "forget_acc_before": led.get("forget_acc_before"),
                 "retain_acc_before": led.get("retain_acc_before"), "forget_acc_recorded": led.get("forget_acc"),
-                "retain_acc_recorded": led.get("retain_acc"), **{k: v for k, v in self.eval.items()}}
+                "retain_acc_recorded": led.get("retain_acc"), "adopted_from": led.get("adopted_from"),
+                **{k: v for k, v in self.eval.items()}}
 
 
 def _find_to(lin: _Lineage, repo: str, head: str, entry: dict, request_id: str) -> str | None:
@@ -471,6 +472,18 @@ def _find_to(lin: _Lineage, repo: str, head: str, entry: dict, request_id: str) 
         if older.id == entry.get("from") and lin.carries(repo, newer.id, request_id):
             return newer.id
     return None
+
+
+def adopted_entries(record: dict | None, g=None) -> dict[str, dict]:
+    """repo -> ``adopted_from`` (``{repo, revision, evidence}``) of the request's ledger entries that adopted an
+    undeclared derivative (``audit --fix --adopt``), for repos in the lineage ``g`` (all when None)."""
+    out = {}
+    for r, e in ((record or {}).get("repos") or {}).items():
+        a = e.get("adopted_from") if ledger_proof(e) else None
+        if isinstance(a, dict) and isinstance(a.get("repo"), str) and isinstance(a.get("revision"), str) and (
+                g is None or (r in g and not g.nodes[r].get("missing"))):
+            out[r] = a
+    return out
 
 
 def classify(hub: LocalHub, request: TakedownRequest, record: dict | None, all_records: dict[str, dict],
@@ -491,6 +504,14 @@ def classify(hub: LocalHub, request: TakedownRequest, record: dict | None, all_r
     # Cards' records are claims: only the ledger's entries of fiun-hub's own forgets (the weights hash it wrote)
     # prove that a repo carried out the request (ledger_proof).
     ledger_repos = {r: e for r, e in ((record or {}).get("repos") or {}).items() if ledger_proof(e)}
+    # Undeclared derivatives adopted by `audit --fix --adopt` belong to the affected set (with what derives from
+    # them) though no card links them to the origins: checked like any affected repo from then on.
+    adopted = adopted_entries(record, g)
+    for repo in sorted(adopted, key=lambda r: depths.get(adopted[r]["repo"], 0)):
+        if repo not in depths:
+            base = depths.get(adopted[repo]["repo"], 0) + 1
+            for r, d in affected(g, [repo]).items():
+                depths[r] = min(depths.get(r, base + d), base + d)
     heads = {r: g.nodes[r]["head"] for r in depths}
     applied = {r for r in depths if r in ledger_repos or lin.carries(r, heads[r], rid)}
     known_weights: dict[str, set[str]] = {}
@@ -541,7 +562,7 @@ def classify(hub: LocalHub, request: TakedownRequest, record: dict | None, all_r
             out = None
         elif repo in applied and not predates(repo, rev):
             out = ([(repo, rev)], "lost")
-        elif repo in origins:
+        elif repo in origins or repo in adopted:  # (an adopted repo's revisions from before its forget)
             out = ([(repo, rev)], "origin")
         else:
             out = None
@@ -762,12 +783,48 @@ def _restrict(hub: LocalHub, request: TakedownRequest, plan, apply: Iterable[str
     return dataclasses.replace(plan, nodes=nodes), blocked
 
 
+def _add_adopted(hub: LocalHub, plan, g, repos: Iterable[str], adoptions: dict[str, dict],
+                 depths: dict[str, int]) -> dict[str, str]:
+    """Add to ``plan`` (to do) a node for each repo of ``repos`` that the cards do not link to the origins: an
+    undeclared derivative adopted with ``adoptions[repo]`` (``{repo, revision, evidence}`` of its inferred
+    parent, recorded as ``adopted_from`` in its forget record), or a declared descendant of one. Its sources are
+    the origins its inferred parent merges. Returns the repos that cannot be forgotten, with why (their nodes
+    stay in the plan, marked done)."""
+    from .unlearn import adopt_node
+
+    in_plan = {n.repo: n for n in plan.nodes}
+
+    def sources_of(repo: str, seen: frozenset = frozenset()) -> set[str]:
+        if repo in in_plan and in_plan[repo].adopted_from is None:
+            return set(in_plan[repo].sources)
+        if repo in seen or repo not in g:
+            return set()
+        seen = seen | {repo}
+        if repo in adoptions:
+            return sources_of(adoptions[repo]["repo"], seen)
+        return set().union(*(sources_of(p, seen) for p in g.predecessors(repo)))
+
+    blocked = {}
+    for repo in repos:
+        if repo in in_plan:
+            continue
+        sources = sorted(sources_of(repo))
+        node = adopt_node(hub, plan, g, repo, sources, adoptions.get(repo), depths.get(repo, 1), adoptions)
+        in_plan[repo] = node
+        if not sources:
+            node.problems.insert(0, f"{repo}: none of the origins {', '.join(plan.origins)} is among the inferred "
+                                    "or declared ancestors it derives from")
+        if node.problems:
+            blocked[repo] = node.problems[0]
+            node.done, node.problems = True, []
+    return blocked
+
+
 def plan_takedown(hub: LocalHub, request: TakedownRequest) -> TakedownPlan:
     """Validate ``request`` against the hub and the ledger and work out what a takedown does. Changes nothing.
 
     A request id already in the ledger must have the same content (a re-run then applies it to what was derived
     since from pre-takedown revisions, and is a no-op when nothing was)."""
-    from .dampening import DEFAULT_ALPHA, DEFAULT_LAMBDA
     from .unlearn import plan_forget
 
     records = ledger_records(hub)
@@ -777,18 +834,24 @@ def plan_takedown(hub: LocalHub, request: TakedownRequest) -> TakedownPlan:
                            f"{record['request'].get('received')}); give a new request a new id")
     _origin_pins(hub, request)
     plan = plan_forget(hub, request.origin_repos, request.classes, request.data, request.id,
-                       DEFAULT_ALPHA if request.alpha is None else request.alpha,
-                       DEFAULT_LAMBDA if request.lam is None else request.lam)
+                       request.alpha, request.lam)  # None: the kind's default
     states, _ = classify(hub, request, record, records)
     # A repo whose card claims the request without the ledger's proof ("unrecorded") is forgotten, not recorded.
     targets = [s.repo for s in states if s.status in ("pending", "pre-forget-pin", "derived-from-flagged",
                                                       "unpinned-parent", "lost-record", "unrecorded")]
     record_only: list[str] = []
     by_repo = {n.repo: n for n in plan.nodes}
-    problems = [p for r in targets for p in by_repo[r].problems]
+    problems = [p for r in targets if r in by_repo for p in by_repo[r].problems]
     restricted = plan
     if not problems:
-        restricted, blocked = _restrict(hub, request, plan, targets)
+        restricted, blocked = _restrict(hub, request, plan, [r for r in targets if r in by_repo])
+        # an adopted undeclared derivative (or a declared descendant of one) to redo: not in the cards' lineage
+        from .lineage import resolve
+
+        extra = [r for r in targets if r not in by_repo]
+        if extra:
+            blocked.update(_add_adopted(hub, restricted, resolve(hub), extra, adopted_entries(record),
+                                        {s.repo: s.depth for s in states}))
         problems = list(blocked.values())
     return TakedownPlan(request, restricted, states, targets, record_only, record, problems,
                         undeclared=_undeclared(hub, request.id, states, _Lineage(hub)))
@@ -839,11 +902,13 @@ def _apply(hub: LocalHub, tp: TakedownPlan, kind: str, *, eval_data: str | None,
     texts = {} if tp.record is not None else {request.id: request.text or _yaml_of(request)}
 
     used = {n.repo: n.sidecar_used for n in plan.nodes}
+    adopted = {n.repo: n.adopted_from for n in plan.nodes if n.adopted_from is not None}
 
     def build(changes: list[RepoChange]) -> RepoChange:
         for ch in changes:
             event["repos"][ch.repo] = {"action": "forgot", "from": ch.parent_commit, "to": None,
                                        "sidecar": used.get(ch.repo, "own"),
+                                       **({"adopted_from": adopted[ch.repo]} if ch.repo in adopted else {}),
                                        "weights_sha256": _weights_of(ch), **{f"{k}_before": v for k, v in
                                                                               before.get(ch.repo, {}).items()}}
         return _ledger_change(hub, {request.id: _with_event(record, event)}, texts,
@@ -948,6 +1013,10 @@ def _lineage_data(g, states: list[RepoState]) -> dict[str, Any]:
               "missing": bool(g.nodes[n].get("missing"))} for n in sorted(keep)]
     edges = [{"source": u, "target": v, "revision": g.edges[u, v].get("revision") or "",
               "relation": g.edges[u, v].get("relation")} for u, v in sorted(g.edges) if u in keep and v in keep]
+    # the parent an `audit --fix --adopt` inferred from the weights (no card declares it)
+    edges += [{"source": a["repo"], "target": s.repo, "revision": a.get("revision") or "", "relation": "inferred"}
+              for s in states for a in [(s.ledger or {}).get("adopted_from")]
+              if isinstance(a, dict) and a.get("repo") in keep and not g.has_edge(a["repo"], s.repo)]
     return {"nodes": nodes, "edges": edges}
 
 
@@ -1095,13 +1164,40 @@ def _fix_purge(hub: LocalHub, rid: str, rec: dict, records: dict[str, dict]) -> 
     return out
 
 
+def _adoptable(g, finding: dict, affected_now: set[str]) -> tuple[dict | None, str | None]:
+    """``(adopted_from, None)`` for an ``undeclared-derivative`` finding that ``audit --fix --adopt`` can treat
+    as a child of its inferred parent, else ``(None, why not)``."""
+    repo, src = finding["repo"], finding.get("derived_from") or {}
+    a = g.nodes[repo] if repo in g else None
+    if not (isinstance(src.get("repo"), str) and isinstance(src.get("revision"), str)):
+        return None, f"{repo}: the finding names no inferred parent revision"
+    if a is None or a.get("missing"):
+        return None, f"{repo} is no longer in the hub"
+    if a.get("no_card"):
+        return None, (f"{repo} has no model card ({CARD_FILE}): the forget record (and the inferred parent in it) "
+                      f"would have nowhere to go; push one, e.g. with `--parent {src['repo']}@{src['revision']}`, "
+                      "and run `fiun-hub audit --fix` again")
+    if a.get("card_error"):
+        return None, a["card_error"]
+    if src["repo"] not in affected_now:
+        return None, f"{repo}: its inferred parent {src['repo']} is no longer affected by the request"
+    return {"repo": src["repo"], "revision": src["revision"], "evidence": dict(finding.get("evidence") or {})}, None
+
+
 def fix(hub: LocalHub, report: dict[str, Any], *, eval_data: str | None = None, workers: int = 1,
         progress: Callable[[str], None] | None = None, executor: str = "local",
-        ray_address: str | None = None) -> list[dict[str, Any]]:
+        ray_address: str | None = None, adopt: bool = False) -> list[dict[str, Any]]:
     """Apply each request with findings in ``report`` (an :func:`audit` result) to its flagged repos: new
     unlearned revisions, and a ``fix`` event in the ledger naming the findings it answers. Repos that cannot be
-    fixed (a stale sidecar, say) are left flagged, with why. Returns one outcome per request touched."""
-    from .dampening import DEFAULT_ALPHA, DEFAULT_LAMBDA
+    fixed (a stale sidecar, say) are left flagged, with why. Returns one outcome per request touched.
+
+    ``adopt``: also treat each ``undeclared-derivative`` as a child of the revision its weights look derived from
+    (and its declared descendants as descendants): the same forget, its record in the repo's card naming the
+    inferred parent (``adopted_from``, ``inferred: true``) while the card's parents stay as they are; the ledger
+    entry carries ``adopted_from`` too, so that later audits check the repo as part of the affected set."""
+    import networkx as nx
+
+    from .lineage import affected, resolve
     from .unlearn import plan_forget
 
     _check_eval_data(eval_data)
@@ -1119,36 +1215,71 @@ def fix(hub: LocalHub, report: dict[str, Any], *, eval_data: str | None = None, 
             purged = _fix_purge(hub, rid, rec, records)
             records = ledger_records(hub)
             rec = records[rid]
-        states, _ = classify(hub, request, rec, records)  # fresh: an earlier fix in this loop may have moved heads
+        g = resolve(hub)
+        states, _ = classify(hub, request, rec, records, g)  # fresh: an earlier fix in this loop may have moved heads
         flagged = {f["repo"]: f for f in entry["findings"] if f["kind"] != "unpurged"}
         apply = [s.repo for s in states if s.status in APPLY
                  or (s.repo in flagged and flagged[s.repo]["kind"] == "forget-accuracy" and s.status == "inherited")]
         record_only: list[str] = []  # a claim is never recorded as done: APPLY forgets it
-        if not apply and not record_only:
-            out.append({"request_id": rid, "fixed": [], "blocked": {}, "revisions": {},
-                        "unfixable": sorted(flagged), "purged": purged})
+        depths = {s.repo: s.depth for s in states}
+        adoptions = adopted_entries(rec, g)  # adopted by an earlier fix
+        found: dict[str, dict] = {}
+        not_adopted: dict[str, str] = {}
+        for f in entry["findings"] if adopt else ():
+            if f["kind"] != "undeclared-derivative" or f["repo"] in depths:
+                continue
+            got, why = _adoptable(g, f, set(depths))
+            if got is None:
+                not_adopted[f["repo"]] = why
+            else:
+                found[f["repo"]] = got
+        # one whose card declares its descent from another one adopted here is that one's descendant: only the
+        # topmost edge is inferred
+        new_adopt = {r: a for r, a in found.items() if not nx.ancestors(g, r) & (set(found) - {r})}
+        for r, a in new_adopt.items():
+            depths[r] = depths.get(a["repo"], 0) + 1
+        extra = list(new_adopt)  # and what the cards derive from them
+        for x in list(new_adopt):
+            for r, d in sorted(affected(g, [x]).items(), key=lambda kv: (kv[1], kv[0])):
+                if r not in depths:
+                    depths[r] = depths[x] + d
+                    extra.append(r)
+        adoptions.update(new_adopt)
+        if not apply and not record_only and not extra:
+            out.append({"request_id": rid, "fixed": [], "blocked": dict(not_adopted), "revisions": {},
+                        "adopted": [], "unfixable": sorted(r for r in flagged if r not in not_adopted),
+                        "purged": purged})
             continue
         plan = plan_forget(hub, request.origin_repos, request.classes, request.data, request.id,
-                           DEFAULT_ALPHA if request.alpha is None else request.alpha,
-                           DEFAULT_LAMBDA if request.lam is None else request.lam)
+                           request.alpha, request.lam)  # None: the kind's default
+        in_plan = {n.repo for n in plan.nodes}
         try:
-            restricted, blocked = _restrict(hub, request, plan, apply)
+            restricted, blocked = _restrict(hub, request, plan, [r for r in apply if r in in_plan])
         except BadInput as exc:  # an origin that must be redone cannot be: nothing of this request can
-            out.append({"request_id": rid, "fixed": [], "blocked": {r: str(exc) for r in apply},
-                        "revisions": {}, "unfixable": sorted(flagged)})
+            out.append({"request_id": rid, "fixed": [], "blocked": {**not_adopted, **{r: str(exc) for r in
+                                                                                   apply + extra}},
+                        "revisions": {}, "adopted": [], "unfixable": sorted(r for r in flagged if r not in
+                                                                            not_adopted)})
             continue
-        tp = TakedownPlan(request, restricted, states, [r for r in apply if r not in blocked], record_only, rec,
-                          blocked=blocked)
+        todo = apply + [r for r in extra if r not in apply]
+        blocked.update(_add_adopted(hub, restricted, g, [r for r in todo if r not in in_plan], adoptions, depths))
+        done = [r for r in todo if r not in blocked]
+        blocked.update(not_adopted)
+        tp = TakedownPlan(request, restricted, states, done, record_only, rec, blocked=blocked)
         res = _apply(hub, tp, "fix", eval_data=eval_data, workers=workers, progress=progress, executor=executor,
                      ray_address=ray_address,
-                     findings=[flagged[r] for r in sorted(flagged) if r in apply or r in record_only])
-        out.append({"request_id": rid, "fixed": sorted(r for r in apply + record_only if r not in blocked),
+                     findings=[flagged[r] for r in sorted(flagged) if r in todo or r in record_only])
+        out.append({"request_id": rid, "fixed": sorted(r for r in todo + record_only if r not in blocked),
                     "blocked": blocked, "revisions": res["revisions"], "ledger_revision": res["ledger_revision"],
                     "purged": purged,
-                    "unfixable": sorted(r for r in flagged if r not in apply and r not in record_only)})
+                    "adopted": [{"repo": r, "inferred_parent": f"{a['repo']}@{a['revision']}", "parent": a["repo"],
+                                 "revision": a["revision"], "evidence": a.get("evidence") or {}}
+                                for r, a in sorted(new_adopt.items()) if r in res["revisions"]],
+                    "unfixable": sorted(r for r in flagged if r not in todo and r not in record_only
+                                        and r not in blocked)})
     return out
 
 
 __all__ = ["LEDGER_REPO", "LEDGER_FORMAT", "TakedownRequest", "RequestError", "parse_request", "load_request",
            "ledger_records", "ledger_record", "ledger_exists", "RepoState", "classify", "TakedownPlan",
-           "plan_takedown", "run_takedown", "audit", "fix", "DEFAULT_MAX_FORGET_ACC"]
+           "plan_takedown", "run_takedown", "audit", "fix", "adopted_entries", "DEFAULT_MAX_FORGET_ACC"]

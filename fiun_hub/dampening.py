@@ -33,6 +33,11 @@ divided by its squared norm over the unlearnable layers, see :func:`fiun_hub.fis
 model FIM. With the plain empirical Fisher, whose scale follows each model's training loss (three orders of
 magnitude across one DAG in the benchmark), no single ``alpha`` fits every descendant.
 
+A sample-wise forget (no label rows to restrict to) runs :func:`sample_forget_update` instead: the samples' FIM
+against :func:`samplewise_reference_fim` (the model's own class FIMs mixed over the samples' labels, counts from
+the forget record), with a budget of ``SAMPLE_TOPK`` head entries (:func:`top_ratio_only`), toward 0
+(docs/method.md section 10; the model-FIM comparison before it cost 14-41 held-out points).
+
 :func:`dampen` alone, with ``reference=None`` and ``alpha=1, lam=1``, is the paper's rule (SSD's
 ``modify_weight``): where ``M > alpha * F``, ``theta <- theta * min((lam * F / M) ** exponent, 1)``.
 """
@@ -52,6 +57,12 @@ Fim = dict[str, torch.Tensor]
 DEFAULT_ALPHA = 1.0
 DEFAULT_LAMBDA = 0.01
 DEFAULT_EXPONENT = 1.0
+#: sample-wise defaults (``benchmarks/ablation_samplewise.py``, docs/method.md section 10): compared against the
+#: class-mix FIM (:func:`samplewise_reference_fim`); only the SAMPLE_TOPK head entries of the samples' label rows
+#: where the samples weigh most over their classes' average can be selected
+SAMPLE_ALPHA = 1.0
+SAMPLE_LAMBDA = 0.01
+SAMPLE_TOPK = 20
 
 
 # --------------------------------------------------------------------------------------------------- the update, stacked
@@ -104,11 +115,12 @@ def row_mean_stacked(p: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
 
 
 def dampen_stacked(p: torch.Tensor, f: torch.Tensor, m: torch.Tensor, *, alpha: float, lam: float,
-                   exponent: float = DEFAULT_EXPONENT, reference: torch.Tensor | None = None) -> torch.Tensor:
+                   exponent: float = DEFAULT_EXPONENT, reference: torch.Tensor | None = None,
+                   floor: float = 0.0) -> torch.Tensor:
     """Selection and dampening, elementwise (:func:`dampen` says the rule and its guards); any shape, so a stack
     too. ``p``: parameters (finite); ``f``: the FIM compared against; ``m``: the MFIM; ``reference``: where a
-    selected element shrinks to (default 0). Returns a new tensor in ``p``'s dtype: selected elements moved,
-    the others bit-identical."""
+    selected element shrinks to (default 0); ``floor``: the least ``beta`` (0: none, the class-wise rule).
+    Returns a new tensor in ``p``'s dtype: selected elements moved, the others bit-identical."""
     m, f = m.to(torch.float64), f.to(torch.float64)
     theta = p.to(torch.float64)
     valid = ~(torch.isnan(m) | torch.isnan(f) | (m < 0) | (f < 0) | torch.isinf(f))
@@ -117,6 +129,8 @@ def dampen_stacked(p: torch.Tensor, f: torch.Tensor, m: torch.Tensor, *, alpha: 
                         (lam * f) / torch.where(m > 0, m, torch.ones_like(m)))
     beta = ratio.pow(exponent).clamp(0.0, 1.0)
     beta = torch.where(torch.isfinite(beta), beta, torch.zeros_like(beta))
+    if floor > 0:  # skipped at 0, so that the class-wise update runs exactly the operations it always ran
+        beta = beta.clamp_min(float(floor))
     if reference is not None:
         r = reference.to(torch.float64)
         moved = r + beta * (theta - r)
@@ -176,6 +190,35 @@ def unlearning_fim(
             acc += int(counts[c]) * _finite_nonneg(t)
         out[n] = (acc / total).float()
     return out
+
+
+def samplewise_reference_fim(
+    model_fim: Mapping[str, torch.Tensor],
+    class_fims: Mapping[str, Mapping[str, torch.Tensor]],
+    counts: Mapping[str, int],
+    forgotten_counts: Mapping[str, int],
+) -> Fim:
+    """What a sample-wise forget compares its unlearning FIM against in one model: the mix of the model's own class
+    FIMs over the labels the forgotten samples carry, weighted by how many forgotten samples carry each,
+    ``sum_c k_c F_c / sum_c k_c`` (``k_c = forgotten_counts[c]``, only labels the model has a class FIM and a
+    training sample of). That is what samples *of those classes* weigh on average in this model, so only entries
+    where the forgotten samples weigh more than their classes' typical samples can be selected; against the model
+    FIM (all classes) every entry of those classes' rows would be. Data-free: ``forgotten_counts`` is the per-label
+    count the forget record's sample fingerprint holds. None of the labels here: ``model_fim`` as is (float32).
+
+    >>> f = {"a": {"w": torch.tensor([1.0])}, "b": {"w": torch.tensor([4.0])}}
+    >>> samplewise_reference_fim({"w": torch.tensor([9.0])}, f, {"a": 5, "b": 5}, {"a": 1, "b": 3})["w"].tolist()
+    [3.25]
+    """
+    have = {str(c): int(k) for c, k in forgotten_counts.items()
+            if int(k) > 0 and str(c) in class_fims and int(counts.get(str(c), 0)) > 0}
+    if not have:
+        return {n: _finite_nonneg(t).float() for n, t in model_fim.items()}
+    mix = unlearning_fim(class_fims, have, list(have))
+    missing = [n for n in model_fim if n not in mix]
+    if missing:
+        raise UnlearnError(f"the class FIMs lack {missing}, which the model FIM covers")
+    return {n: mix[n] for n in model_fim}
 
 
 def retain_fim(
@@ -348,6 +391,7 @@ def dampen(
     lam: float = DEFAULT_LAMBDA,
     exponent: float = DEFAULT_EXPONENT,
     reference: Mapping[str, torch.Tensor] | None = None,
+    floor: float = 0.0,
 ) -> Fim:
     """Selection and dampening (DESIGN.md section 5.5; SSD's ``modify_weight``).
 
@@ -355,7 +399,8 @@ def dampen(
     every element: selected where ``M > alpha * F`` (``F = model_fim[n]``, ``M = mfim[n]``); a selected
     element moves toward its reference ``r`` (``reference[n]``, default 0):
     ``theta <- r + beta * (theta - r)`` with ``beta = min((lam * F / M) ** exponent, 1)``. With ``r = 0``
-    parameters never grow in magnitude; in general they never move away from their reference.
+    parameters never grow in magnitude; in general they never move away from their reference. ``floor`` in
+    [0, 1]: ``beta`` is at least ``floor`` (a selected element keeps at least that share of its distance).
 
     Guards: NaN in either FIM, negative values and ``F = +Inf`` leave the element unselected (unchanged);
     ``F = 0 < M`` or ``M = +Inf`` give ``beta = 0`` (the element is set to its reference). Elements not
@@ -367,6 +412,8 @@ def dampen(
             raise UnlearnError(f"{name} must be a finite number >= 0, got {val!r}")
     if exponent == 0:
         raise UnlearnError("exponent must be > 0")
+    if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0.0 <= float(floor) <= 1.0:
+        raise UnlearnError(f"floor must be a number in [0, 1], got {floor!r}")
     out: Fim = {}
     for n, p in params.items():
         if n not in mfim:
@@ -389,7 +436,7 @@ def dampen(
             if not bool(torch.isfinite(r).all()):
                 raise UnlearnError(f"reference of {n} holds non-finite values")
         new = dampen_stacked(p.detach().to("cpu"), f_raw, m_raw, alpha=alpha, lam=lam, exponent=exponent,
-                             reference=r)
+                             reference=r, floor=floor)
         out[n] = new.to(p.device)
     return out
 
@@ -447,6 +494,96 @@ def class_forget_update(
     return out
 
 
+def top_ratio_only(mfim: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor], labels: Sequence[str],
+                   rows_of: Sequence[str], head_params: Sequence[str], k: int) -> Fim:
+    """``mfim`` with every entry set to 0 but the ``k`` largest ``M / F`` (``F``: ``reference``) among the head rows
+    of the labels ``rows_of`` (ties at the k-th value all kept); other parameters are zeroed too, so only those
+    entries can be selected. float32."""
+    want = {str(c) for c in rows_of}
+    rows = [i for i, lab in enumerate(labels) if str(lab) in want]
+    head = [n for n in head_params if n in mfim]
+    ratios = {}
+    for n in head:
+        m, f = nonneg64(mfim[n].detach().to("cpu")), nonneg64(reference[n].detach().to("cpu"))
+        r = torch.where(f > 0, m / torch.where(f > 0, f, torch.ones_like(f)),
+                        torch.where(m > 0, torch.full_like(m, math.inf), torch.zeros_like(m)))
+        mask = torch.zeros_like(r, dtype=torch.bool)
+        if rows:
+            mask[rows] = True
+        ratios[n] = torch.where(mask & torch.isfinite(m), r, torch.zeros_like(r))
+    flat = torch.cat([r.flatten() for r in ratios.values()]) if ratios else torch.zeros(0, dtype=torch.float64)
+    thr = torch.topk(flat, min(k, flat.numel())).values[-1] if k > 0 and flat.numel() else math.inf
+    out: Fim = {}
+    for n, t in mfim.items():
+        if n in ratios:
+            keep = (ratios[n] >= thr) & (ratios[n] > 0)
+            out[n] = torch.where(keep, nonneg64(t.detach().to("cpu")), torch.zeros_like(ratios[n])).float()
+        else:
+            out[n] = torch.zeros_like(t, dtype=torch.float32)
+    return out
+
+
+def match_mass(mfim: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor]) -> Fim:
+    """``mfim`` scaled so that its total equals the total of ``reference`` over the entries where ``mfim`` is
+    positive (float32). With the ``normalized`` estimator both an origin's FIM of some samples and a model's class
+    FIMs sum to 1 over the layers; but aligned to a descendant whose head has rows the origin lacks, the origin's FIM
+    puts all of its mass on the shared rows while the descendant's own FIMs also spend some on the others, so
+    without this every shared entry would look more important to the samples than it is. On the origin itself the
+    scale is about 1. An all-zero ``mfim`` is returned as it is."""
+    num = den = 0.0
+    for n, t in mfim.items():
+        m = nonneg64(t.detach().to("cpu"))
+        num += float(torch.where(m > 0, nonneg64(reference[n].detach().to("cpu")), torch.zeros_like(m)).sum())
+        den += float(m[torch.isfinite(m)].sum())
+    if not (den > 0 and math.isfinite(num) and num > 0):
+        return {n: t for n, t in mfim.items()}
+    scale = num / den
+    return {n: (nonneg64(t.detach().to("cpu")) * scale).float() for n, t in mfim.items()}
+
+
+def sample_forget_update(
+    params: Mapping[str, torch.Tensor],
+    labels: Sequence[str],
+    model_fim: Mapping[str, torch.Tensor],
+    class_fims: Mapping[str, Mapping[str, torch.Tensor]],
+    counts: Mapping[str, int],
+    mfim: Mapping[str, torch.Tensor],
+    forgotten_counts: Mapping[str, int],
+    head_params: Sequence[str],
+    *,
+    alpha: float = SAMPLE_ALPHA,
+    lam: float = SAMPLE_LAMBDA,
+    inert: Sequence[str] = (),
+    topk: int | None = SAMPLE_TOPK,
+    mass: bool = False,
+) -> Fim:
+    """The sample-wise FIUn step for one affected model: :func:`dampen` of ``params`` by ``mfim`` (the origin's
+    FIM of the forgotten samples, rows aligned to ``labels``) against :func:`samplewise_reference_fim` of the model's
+    OWN sidecars (``model_fim`` / ``class_fims`` / ``counts``) over ``forgotten_counts`` (the forgotten samples'
+    count per label name, as the forget record's fingerprint holds them), toward 0, with the sample-wise defaults:
+    only the ``topk`` entries of the samples' label rows with the largest ``M / F`` can be selected
+    (:func:`top_ratio_only`; None: no such budget). Comparing against the model FIM with no budget (the rule
+    before) selects nearly every entry of the samples' label rows and costs 14-40 points of held-out accuracy; the
+    class-mix FIM with no budget still selects hundreds of entries and cost up to 9.6 points on a weakly trained
+    IL child (docs/method.md section 10). ``mass``: scale ``mfim`` with :func:`match_mass` first (measured, not
+    adopted). Rows of ``inert`` labels (removed by
+    earlier class-wise forgets) are set to the retained mean afterwards, as :func:`class_forget_update` does."""
+    labels = [str(v) for v in labels]
+    check_shapes(mfim, params, "unlearning FIM")
+    check_shapes({n: t for n, t in model_fim.items() if n in mfim}, params, "model FIM")
+    head = [n for n in head_params if n in params]
+    f = samplewise_reference_fim({n: t for n, t in model_fim.items() if n in mfim}, class_fims, counts,
+                                 forgotten_counts)
+    m = match_mass(mfim, f) if mass else dict(mfim)
+    if topk is not None:
+        m = top_ratio_only(m, f, labels, [c for c, k in forgotten_counts.items() if int(k) > 0], head, int(topk))
+    out = dampen(params, f, m, alpha=alpha, lam=lam)
+    inert_here = [c for c in dict.fromkeys(str(c) for c in inert) if c in labels]
+    if inert_here and head and len(inert_here) < len(labels):
+        out = anchor_inert_rows(out, labels, inert_here, [], head)
+    return out
+
+
 def anchor_inert_rows(
     params: Mapping[str, torch.Tensor], labels: Sequence[str], inert: Sequence[str], forget: Sequence[str],
     head_params: Sequence[str],
@@ -475,6 +612,7 @@ def anchor_inert_rows(
 __all__ = [
     "DEFAULT_ALPHA", "DEFAULT_LAMBDA", "DEFAULT_EXPONENT", "nonneg64", "retain_fim_stacked", "forget_rows_stacked",
     "row_mean_stacked", "dampen_stacked", "anchor_rows_stacked", "unlearning_fim", "retain_fim", "align_rows",
-    "check_shapes", "merge_fims", "forget_rows_only", "retained_mean_reference", "dampen",
-    "class_forget_update", "anchor_inert_rows", "normalized_head_fisher",
+    "check_shapes", "merge_fims", "samplewise_reference_fim", "forget_rows_only", "retained_mean_reference", "dampen",
+    "class_forget_update", "anchor_inert_rows", "sample_forget_update", "SAMPLE_ALPHA", "SAMPLE_LAMBDA",
+    "SAMPLE_TOPK", "top_ratio_only", "match_mass", "normalized_head_fisher",
 ]

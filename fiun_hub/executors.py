@@ -497,6 +497,8 @@ def _group_key(ld: _Loaded) -> Any:
     import torch
 
     t = ld.task
+    if getattr(t, "sample_counts", None) is not None:  # sample-wise: the per-repo path (sample_forget_update)
+        return None
     try:
         if not ld.params or set(ld.params) != set(t.mfim):
             return None

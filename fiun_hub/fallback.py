@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from .constants import CARD_FILE, FIM_CLASSES_FILE, FIM_FILE
 from .errors import FiunError, SidecarError
@@ -137,15 +137,27 @@ def kept_after_purge(hub, repo: str, info) -> str | None:
     return None
 
 
-def sidecar_sources(hub, repo: str, info) -> tuple[str, ...]:
+def sidecar_sources(hub, repo: str, info, parents: Sequence[tuple[str, str]] | None = None,
+                    inferred: Mapping[str, Sequence[tuple[str, str]]] | None = None) -> tuple[str, ...]:
     """The ancestor revisions whose sidecars stand in for ``repo``'s at the commit ``info`` (which has none of its
     own): for each pinned parent, that revision if its sidecars are usable, else recursively its own parents'.
-    Empty when no ancestor has one. Only card front matter and sidecar headers are read."""
+    Empty when no ancestor has one. Only card front matter and sidecar headers are read.
+
+    ``parents`` (``[(repo, revision)]``) stand in for the pinned parents of ``repo``'s card: the parent an
+    ``audit --fix --adopt`` inferred from the weights of an undeclared derivative (docs/takedowns.md), which its
+    card does not name. ``inferred`` (repo -> ``[(repo, revision)]``) does the same for ancestors met on the way
+    up (an adopted model above a declared descendant of it). Elsewhere the search follows the cards."""
     out: list[str] = []
     seen: set[tuple[str, str]] = set()
 
     def climb(r: str, rev: str) -> None:
-        for p, prev in _parents_at(hub, r, rev):
+        if parents is not None and r == repo and rev == info.id:
+            pinned = list(parents)
+        elif inferred and r in inferred:
+            pinned = list(inferred[r])
+        else:
+            pinned = _parents_at(hub, r, rev)
+        for p, prev in pinned:
             if (p, prev) in seen:
                 continue
             seen.add((p, prev))
@@ -222,15 +234,18 @@ def combine(sidecars: Sequence[Any], labels: Sequence[str], classifier: str, whe
                     meta)
 
 
-def resolve_sidecars(hub, repo: str, info, labels: Sequence[str], classifier: str):
+def resolve_sidecars(hub, repo: str, info, labels: Sequence[str], classifier: str,
+                     parents: Sequence[tuple[str, str]] | None = None,
+                     inferred: Mapping[str, Sequence[tuple[str, str]]] | None = None):
     """``(sidecars, choice)`` for ``repo`` at the commit ``info``: its own checked sidecars when it has a sidecar
     (stale or malformed ones raise, as :func:`fiun_hub.sidecars.load_sidecars` does), else its nearest ancestors'
-    combined (module docstring); :class:`SidecarError` naming the ``fim`` command when there are none."""
+    combined (module docstring); :class:`SidecarError` naming the ``fim`` command when there are none.
+    ``parents``, ``inferred``: inferred parents in place of the cards' (:func:`sidecar_sources`)."""
     from .sidecars import load_sidecars
 
     if FIM_FILE in info.files:
         return load_sidecars(hub, repo, info=info), SidecarChoice()
-    sources = sidecar_sources(hub, repo, info)
+    sources = sidecar_sources(hub, repo, info, parents, inferred)
     if not sources:
         raise SidecarError(no_sidecar_message(repo, info.id))
     loaded = []

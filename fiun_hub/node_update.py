@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from .dampening import class_forget_update
+from .dampening import class_forget_update, sample_forget_update
 from .errors import UnlearnError
 from .safetensors_io import header_of_bytes, read_tensors, splice_tensor
 
@@ -41,6 +41,8 @@ class NodeTask:
     lam: float
     out_path: str | None = None
     inert: list[str] = field(default_factory=list)  # labels earlier forgets removed (kept inert)
+    # sample-wise: the forgotten samples' count per label name (the record's fingerprint); None: class-wise
+    sample_counts: dict[str, int] | None = None
 
 
 def read_into_bytearray(path: str | os.PathLike) -> bytearray:
@@ -91,9 +93,14 @@ def unlearn_node(task: NodeTask) -> tuple[str, bytes | str, dict[str, Any]]:
         if header[n]["dtype"] not in ("F16", "BF16", "F32", "F64"):
             raise UnlearnError(f"{task.repo}: unlearnable tensor {n} is {header[n]['dtype']}, not floating point")
     params = read_tensors(data, header, task.mfim)
-    new = class_forget_update(params, task.labels, task.model_fim, task.class_fims, task.counts, task.mfim,
-                              task.forget, task.head_params, alpha=task.alpha, lam=task.lam,
-                              inert=task.inert or ())
+    if getattr(task, "sample_counts", None) is not None:
+        new = sample_forget_update(params, task.labels, task.model_fim, task.class_fims, task.counts, task.mfim,
+                                   task.sample_counts, task.head_params, alpha=task.alpha, lam=task.lam,
+                                   inert=task.inert or ())
+    else:
+        new = class_forget_update(params, task.labels, task.model_fim, task.class_fims, task.counts, task.mfim,
+                                  task.forget, task.head_params, alpha=task.alpha, lam=task.lam,
+                                  inert=task.inert or ())
     return emit_weights(task, data, splice_update(task.repo, data, header, params, new))
 
 

@@ -74,6 +74,10 @@ def _note(r: dict) -> str:
     if used and used != "own":
         short = re.sub(r"@([0-9a-f]{12})[0-9a-f]{28}", r"@\1…", str(used))
         note = f"{note}; sidecar {short}" if note else f"sidecar {short}"
+    a = r.get("adopted_from")
+    if isinstance(a, dict):  # `audit --fix --adopt`: the parent is inferred from the weights, not in the card
+        adopted = f"adopted: inferred parent {a.get('repo')}@{str(a.get('revision'))[:12]}…"
+        note = f"{note}; {adopted}" if note else adopted
     return note
 
 
@@ -149,7 +153,8 @@ def _mermaid(lineage: dict, kind: str) -> str:
         label = f"{n['id']}<br/>@{_short(n.get('head'), 8)}<br/>{n['status']}".replace('"', "#quot;")
         out.append(f'  {ids[n["id"]]}["{label}"]:::{color_class(n["status"], kind)}')
     for e in lineage["edges"]:
-        out.append(f"  {ids[e['source']]} -->|@{_short(e.get('revision'), 8)}| {ids[e['target']]}")
+        arrow = "-.->" if e.get("relation") == "inferred" else "-->"  # inferred from the weights: dotted
+        out.append(f"  {ids[e['source']]} {arrow}|@{_short(e.get('revision'), 8)}| {ids[e['target']]}")
     for cls, color in STATUS_COLORS.items():
         out.append(f"  classDef {cls} fill:{color},stroke:#333")
     out.append("```")

@@ -31,7 +31,8 @@ from .repo import read_meta
 from .fallback import resolve_sidecars
 from .sidecars import path_at, read_at
 
-from .dampening import DEFAULT_ALPHA, DEFAULT_LAMBDA  # noqa: E402  (one place for the method's defaults)
+from .dampening import (DEFAULT_ALPHA, DEFAULT_LAMBDA, SAMPLE_ALPHA,  # noqa: E402  (one place for the defaults)
+                        SAMPLE_LAMBDA)
 from .dampening import align_rows, merge_fims, unlearning_fim
 from .data import load_for_model
 from . import executors  # (executors.run_unlearn looked up when called: the tests wrap it)
@@ -58,6 +59,19 @@ class NodePlan:
     sidecar_used: str = "own"
     # labels of this head that earlier forgets (other requests in its card) removed: kept inert by the update
     forgotten_before: list[str] = field(default_factory=list)
+    # an undeclared derivative adopted by `audit --fix --adopt`: {"repo", "revision", "evidence"} of the parent its
+    # weights look derived from (recorded as "adopted_from" with "inferred": true; its card's parents stay as they are)
+    adopted_from: dict[str, Any] | None = None
+    # adopted repos above it (its declared ancestors) -> their inferred parent [(repo, revision)]: where the search
+    # for ancestors' sidecars goes from them, since their cards name no parent
+    inferred_ancestors: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+
+    def inferred_parents(self) -> list[tuple[str, str]] | None:
+        """``[(repo, revision)]`` of the inferred parent (adopted nodes), in place of the card's parents when
+        looking for ancestors' sidecars; None (the card's) otherwise."""
+        if self.adopted_from is None:
+            return None
+        return [(str(self.adopted_from["repo"]), str(self.adopted_from["revision"]))]
 
 
 @dataclass
@@ -119,10 +133,11 @@ def plan_forget(
     classes: Sequence[str] | str | None = None,
     data_spec: str | None = None,
     request_id: str | None = None,
-    alpha: float = DEFAULT_ALPHA,
-    lam: float = DEFAULT_LAMBDA,
+    alpha: float | None = None,
+    lam: float | None = None,
 ) -> Plan:
-    """Work out what a forget would do, without changing anything. Problems are listed per repo."""
+    """Work out what a forget would do, without changing anything. Problems are listed per repo. ``alpha`` /
+    ``lam`` None: the defaults of the kind of forget (class-wise ``DEFAULT_*``, sample-wise ``SAMPLE_*``)."""
     origins = list(dict.fromkeys(origins))
     if not origins:
         raise UnlearnError("no --origin given: name the model(s) whose training data held what must go")
@@ -131,6 +146,10 @@ def plan_forget(
     if (classes is None) == (data_spec is None):
         raise UnlearnError("give exactly one of --classes A,B (class-wise) or --data SPEC (sample-wise)")
     classes = _parse_classes(classes)
+    if alpha is None:
+        alpha = DEFAULT_ALPHA if data_spec is None else SAMPLE_ALPHA
+    if lam is None:
+        lam = DEFAULT_LAMBDA if data_spec is None else SAMPLE_LAMBDA
     if not (alpha > 0 and lam > 0) or not all(map(lambda v: v == v and v != float("inf"), (alpha, lam))):
         raise UnlearnError(f"--alpha and --lambda must be positive and finite (got {alpha}, {lam})")
     request_id = validate_request_id(request_id, "--request-id") if request_id is not None else \
@@ -163,32 +182,69 @@ def plan_forget(
         if a.get("card_error"):
             node.problems.append(a["card_error"])
         if not done:
-            try:
-                info = hub.commit_info(repo, node.head)  # read once: config, sidecars and weights come from it
-                config = parse_config(read_at(hub, repo, info, CONFIG_FILE), f"{repo}:{CONFIG_FILE}")
-                sc, choice = resolve_sidecars(hub, repo, info, labels or config.labels, config.classifier)
-                node.sidecar_used = choice.describe()
-                loaded[repo] = (config, sc, info)
-                heads = _head_params(sc.layers, config.classifier)
-                node.head_shape = list(sc.model_fim[heads[0]].shape) if heads else None
-                if sc.labels != labels:
-                    node.problems.append(f"{repo}: sidecar labels differ from the card's; recompute the sidecar")
-                if not heads:
-                    node.problems.append(f"{repo}: its sidecar does not cover the head {config.classifier}, so it "
-                                         f"cannot be aligned; run `fiun-hub fim {repo} --layers head --data SPEC`")
-                if repo in origins and classes is not None:
-                    have = [c for c in node.forget_here if sc.counts.get(c, 0) > 0]
-                    if not have:
-                        node.problems.append(f"{repo}: origin has no per-class FIM for {', '.join(classes)}; "
-                                             f"run `fiun-hub fim {repo} --data SPEC` on data holding them")
-                for o in node.sources:
-                    if o != repo and o in loaded:
-                        node.problems += _mismatch(repo, sc, heads, o, loaded[o][1])
-            except FiunError as exc:
-                node.problems.append(str(exc))
+            _check_node(hub, node, loaded, origins, classes)
         nodes.append(node)
     return Plan(request_id, origins, classes, data_spec, float(alpha), float(lam), nodes,
                 g.number_of_nodes() - len(depths), loaded)
+
+
+def _check_node(hub, node: NodePlan, loaded: dict, origins: Sequence[str],
+                classes: Sequence[str] | None) -> None:
+    """Read ``node``'s head (config, sidecars: its own, else its ancestors' at the revisions it is pinned to, or
+    at its inferred parent's for an adopted node) into ``loaded`` and add to ``node.problems`` what would stop
+    its forget."""
+    repo, labels = node.repo, node.labels
+    try:
+        info = hub.commit_info(repo, node.head)  # read once: config, sidecars and weights come from it
+        config = parse_config(read_at(hub, repo, info, CONFIG_FILE), f"{repo}:{CONFIG_FILE}")
+        sc, choice = resolve_sidecars(hub, repo, info, labels or config.labels, config.classifier,
+                                      node.inferred_parents(), node.inferred_ancestors)
+        node.sidecar_used = choice.describe()
+        loaded[repo] = (config, sc, info)
+        heads = _head_params(sc.layers, config.classifier)
+        node.head_shape = list(sc.model_fim[heads[0]].shape) if heads else None
+        if sc.labels != labels:
+            node.problems.append(f"{repo}: sidecar labels differ from the card's; recompute the sidecar")
+        if not heads:
+            node.problems.append(f"{repo}: its sidecar does not cover the head {config.classifier}, so it "
+                                 f"cannot be aligned; run `fiun-hub fim {repo} --layers head --data SPEC`")
+        if repo in origins and classes is not None:
+            have = [c for c in node.forget_here if sc.counts.get(c, 0) > 0]
+            if not have:
+                node.problems.append(f"{repo}: origin has no per-class FIM for {', '.join(classes)}; "
+                                     f"run `fiun-hub fim {repo} --data SPEC` on data holding them")
+        for o in node.sources:
+            if o != repo and o in loaded:
+                node.problems += _mismatch(repo, sc, heads, o, loaded[o][1])
+    except FiunError as exc:
+        node.problems.append(str(exc))
+
+
+def adopt_node(hub, plan: Plan, g: nx.DiGraph, repo: str, sources: Sequence[str],
+               adopted_from: dict[str, Any] | None, depth: int = 1,
+               inferred: dict[str, Any] | None = None) -> NodePlan:
+    """A node for ``repo``, which the cards do not link to ``plan``'s origins, added to ``plan`` (to do): an
+    undeclared derivative adopted by ``audit --fix --adopt`` (``adopted_from``: ``{repo, revision, evidence}`` of
+    the inferred parent, whose sidecars at that revision stand in when ``repo`` has none), or (``adopted_from``
+    None) a declared descendant of one. ``sources``: the origins whose unlearning FIM it merges (its inferred
+    parent's). ``g``: the lineage (:func:`fiun_hub.lineage.resolve`). ``inferred``: every adopted repo's
+    ``adopted_from`` (a descendant's search for its ancestors' sidecars goes through them to their inferred
+    parents). Its card stays as it is, but for the forget record; what would stop its forget is in the node's
+    problems."""
+    a = g.nodes[repo]
+    labels = list(a.get("labels") or [])
+    node = NodePlan(repo, depth, a["head"], list(sources), labels,
+                    [c for c in (plan.classes or []) if c in labels], None, a.get("sidecar", "none"), False,
+                    adopted_from=dict(adopted_from) if adopted_from is not None else None,
+                    inferred_ancestors={r: [(str(a["repo"]), str(a["revision"]))] for r, a in (inferred or {}).items()
+                                        if r != repo and r in nx.ancestors(g, repo)})
+    node.forgotten_before = forgotten_before(a.get("unlearned") or [], labels, plan.request_id)
+    if a.get("card_error"):
+        node.problems.append(a["card_error"])
+    else:
+        _check_node(hub, node, plan._loaded, plan.origins, plan.classes)
+    plan.nodes.append(node)
+    return node
 
 
 def forgotten_before(records: Sequence[dict], labels: Sequence[str], request_id: str) -> list[str]:
@@ -308,7 +364,8 @@ def _loaded(hub, plan: Plan, node: NodePlan) -> tuple[Any, Any, Any]:
     if len(got) >= 2:
         return got[0], got[1], info
     config = parse_config(read_at(hub, node.repo, info, CONFIG_FILE), node.repo)
-    return config, resolve_sidecars(hub, node.repo, info, node.labels or config.labels, config.classifier)[0], info
+    return config, resolve_sidecars(hub, node.repo, info, node.labels or config.labels, config.classifier,
+                                    node.inferred_parents(), node.inferred_ancestors)[0], info
 
 
 def run_forget(
@@ -341,6 +398,7 @@ def run_forget(
     fims = {o: origin_unlearning_fim(hub, plan, o, device) for o in plan.origins}
     t_origin = time.perf_counter() - t0
 
+    samples = samples_fingerprint(plan.data_spec) if plan.data_spec is not None else None
     staging = hub.staging() if supports(hub, BLOB_STORE) else None
     tasks, nodes, untouched = [], {}, []
     for node in plan.todo:
@@ -368,14 +426,12 @@ def run_forget(
                               {n: sc.model_fim[n] for n in mfim},
                               {c: {n: f[n] for n in mfim} for c, f in sc.class_fims.items()}, dict(sc.counts),
                               mfim, list(plan.classes or []), heads, plan.alpha, plan.lam,
-                              inert=list(node.forgotten_before)))
+                              inert=list(node.forgotten_before),
+                              sample_counts=dict(samples["labels"]) if samples is not None else None))
         nodes[node.repo] = (node, sc, info)
 
     now = utc_now()
     origin_revs = [f"{o}@{fims[o][2]}" for o in plan.origins]
-    samples = None
-    if plan.data_spec is not None:
-        samples = samples_fingerprint(plan.data_spec)
     what = (f"classes {', '.join(plan.classes)}" if plan.classes else
             f"{samples['count']} samples (sha256 {samples['sha256'][:12]})")
     changes: dict[str, RepoChange] = {}
@@ -420,6 +476,9 @@ def run_forget(
             "sidecar": node.sidecar_used,
             "at": now,
         }
+        if node.adopted_from is not None:
+            record["adopted_from"] = dict(node.adopted_from)
+            record["inferred"] = True
         if result is None:
             record["weights"] = "unchanged"
         if samples is not None:
@@ -432,7 +491,9 @@ def run_forget(
         files[CARD_FILE] = card
         changes[repo] = RepoChange(
             repo, files,
-            f"Forget {what} (request {plan.request_id}, FIUn from {', '.join(node.sources)})"
+            f"Forget {what} (request {plan.request_id}, FIUn from {', '.join(node.sources)}"
+            + (f"; adopted: weights look derived from {node.adopted_from['repo']}@"
+               f"{str(node.adopted_from['revision'])[:12]}" if node.adopted_from is not None else "") + ")"
             + ("; no forgotten label here, weights unchanged" if result is None else ""),
             parent_commit=node.head,
         )
@@ -493,7 +554,7 @@ def _affected_set_unchanged(plan: Plan) -> Callable[[Hub], None]:
 
 
 def forget(hub: Hub, origins: Sequence[str], classes=None, data_spec=None, request_id=None,
-           alpha: float = DEFAULT_ALPHA, lam: float = DEFAULT_LAMBDA, record_spec: bool = False,
+           alpha: float | None = None, lam: float | None = None, record_spec: bool = False,
            **kwargs) -> tuple[Plan, ForgetResult]:
     """Plan and run a forget in one call (what ``fiun-hub forget`` does)."""
     plan = plan_forget(hub, origins, classes, data_spec, request_id, alpha, lam)
@@ -501,6 +562,6 @@ def forget(hub: Hub, origins: Sequence[str], classes=None, data_spec=None, reque
     return plan, run_forget(hub, plan, **kwargs)
 
 
-__all__ = ["Plan", "NodePlan", "plan_forget", "run_forget", "forget", "unlearn_node", "NodeTask",
+__all__ = ["Plan", "NodePlan", "plan_forget", "adopt_node", "run_forget", "forget", "unlearn_node", "NodeTask",
            "ForgetResult", "default_request_id", "BadInput", "StagedBlob", "emit_weights", "utc_now",
            "read_into_bytearray", "splice_update"]

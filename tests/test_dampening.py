@@ -130,6 +130,56 @@ def test_head_helpers():
         D.retained_mean_reference(params, ["a", "b", "c"], ["a", "b", "c"], HEAD)
 
 
+def test_dampen_floor_keeps_a_share_and_zero_floor_is_the_old_rule():
+    p = {"w": torch.tensor([2.0, -4.0, 1.0])}
+    f, m = {"w": torch.tensor([1.0, 0.0, 5.0])}, {"w": torch.tensor([100.0, 3.0, 1.0])}
+    plain = D.dampen(p, f, m)
+    assert torch.equal(D.dampen(p, f, m, floor=0.0)["w"], plain["w"])
+    half = D.dampen(p, f, m, floor=0.5)["w"]
+    assert half.tolist() == [1.0, -2.0, 1.0]  # beta 0.0001 and 0 raised to 0.5; the unselected entry untouched
+    for bad in (-0.1, 1.5, float("nan"), True):
+        with pytest.raises(UnlearnError):
+            D.dampen(p, f, m, floor=bad)
+
+
+def test_samplewise_reference_is_the_class_mix_of_the_forgotten_labels():
+    cf = {"a": {"w": torch.tensor([1.0, 0.0])}, "b": {"w": torch.tensor([0.0, 4.0])}}
+    fm = {"w": torch.tensor([9.0, 9.0])}
+    ref = D.samplewise_reference_fim(fm, cf, {"a": 10, "b": 10}, {"a": 3, "b": 1, "z": 5})
+    assert torch.allclose(ref["w"], torch.tensor([0.75, 1.0]))  # z: no class FIM here, left out
+    # none of the samples' labels here (or only labels without a training sample): the model FIM itself
+    assert torch.equal(D.samplewise_reference_fim(fm, cf, {"a": 0, "b": 10}, {"a": 2})["w"], fm["w"])
+
+
+def test_top_ratio_only_keeps_k_entries_of_the_samples_rows():
+    m = {"fc.weight": torch.tensor([[4.0, 1.0], [9.0, 8.0], [1.0, 7.0]]), "fc.bias": torch.tensor([5.0, 1.0, 1.0])}
+    f = {"fc.weight": torch.ones(3, 2), "fc.bias": torch.ones(3)}
+    out = D.top_ratio_only(m, f, ["x", "y", "z"], ["x", "z"], HEAD, 2)
+    # row "y" is never a candidate, however large; of rows x, z the two largest ratios are 7 (z) and 5 (bias of x)
+    assert out["fc.weight"].tolist() == [[0.0, 0.0], [0.0, 0.0], [0.0, 7.0]]
+    assert out["fc.bias"].tolist() == [5.0, 0.0, 0.0]
+
+
+def test_sample_forget_update_changes_at_most_topk_entries_and_keeps_inert_rows_inert():
+    g = torch.Generator().manual_seed(0)
+    labels = [str(i) for i in range(4)]
+    params = {"fc.weight": torch.randn(4, 6, generator=g), "fc.bias": torch.randn(4, generator=g)}
+    cf = {c: {n: torch.rand(t.shape, generator=g) for n, t in params.items()} for c in labels}
+    counts = {c: 10 for c in labels}
+    fm = {n: sum(cf[c][n] for c in labels) / 4 for n in params}
+    mfim = {n: 3 * torch.rand(t.shape, generator=g) for n, t in params.items()}
+    new = D.sample_forget_update(params, labels, fm, cf, counts, mfim, {"1": 2, "2": 1}, HEAD, topk=5)
+    changed = sum(int((new[n] != params[n]).sum()) for n in params)
+    assert 0 < changed <= 5
+    for n in params:  # rows of labels no forgotten sample carries are bit-identical
+        assert torch.equal(new[n][[0, 3]], params[n][[0, 3]])
+    unbudgeted = D.sample_forget_update(params, labels, fm, cf, counts, mfim, {"1": 2, "2": 1}, HEAD, topk=None)
+    assert sum(int((unbudgeted[n] != params[n]).sum()) for n in params) > changed
+    inert = D.sample_forget_update(params, labels, fm, cf, counts, mfim, {"1": 2}, HEAD, inert=["3"])
+    for n in params:
+        assert torch.allclose(inert[n][3].double(), inert[n][[0, 1, 2]].double().mean(0), atol=1e-6)
+
+
 def test_normalized_head_fisher_matches_autograd():
     torch.manual_seed(0)
     lin = torch.nn.Linear(5, 3)

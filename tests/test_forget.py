@@ -711,7 +711,7 @@ def test_forget_cards_are_what_huggingface_hub_writes(forgotten):
 def test_card_fast_path_matches_modelcard_on_random_front_matter():
     """front_matter_yaml (libyaml, direct) == ModelCardData(**d).to_yaml() and the fast parse == ModelCard's, on
     random front matter: unicode, control characters, long and empty keys, tags given as a string, HF fields."""
-    from hypothesis import HealthCheck, given, settings
+    from hypothesis import HealthCheck, example, given, settings
     from hypothesis import strategies as st
     from huggingface_hub import ModelCard, ModelCardData
 
@@ -724,8 +724,10 @@ def test_card_fast_path_matches_modelcard_on_random_front_matter():
                           max_leaves=10)
     keys = text | st.sampled_from(["tags", "license", "base_model", "model_name", "library_name", "fiun", "datasets"])
 
-    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+    # derandomize: the same 300 cases on every run, so a CI run never fails on a case no run before it met
+    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
     @given(st.dictionaries(keys, values, max_size=6))
+    @example({"eval_results": []})  # ModelCardData writes `model-index: [{results: []}]`, which ModelCard refuses
     def check(d):
         try:
             want = ModelCardData(**d).to_yaml()
@@ -733,7 +735,13 @@ def test_card_fast_path_matches_modelcard_on_random_front_matter():
             return
         assert front_matter_yaml(d) == want
         card_text = f"---\n{want}\n---\nbody\n"
-        card = ModelCard(card_text)
+        try:
+            card = ModelCard(card_text)
+        except Exception as exc:  # noqa: BLE001  the fast parse must refuse it the same way
+            with pytest.raises(type(exc)) as got:
+                _front_matter(card_text)
+            assert str(got.value) == str(exc)
+            return
         assert repr(_front_matter(card_text)) == repr((card.data.to_dict(), card.text))
 
     check()
