@@ -509,13 +509,16 @@ def class_forget_update(
     forget_rows: bool = True,
     mean_reference: bool = True,
     inert: Sequence[str] = (),
+    reference_rule: str | None = None,
 ) -> Fim:
     """The class-wise FIUn step for one affected model, with the chosen defaults (module docstring).
 
     ``params``: the model's unlearnable parameters; ``labels``: its head rows; ``model_fim`` /
     ``class_fims`` / ``counts``: ITS OWN sidecars; ``mfim``: the merged unlearning FIM already aligned to
     ``labels`` (:func:`align_rows`, :func:`merge_fims`); ``forget``: the forgotten label names (empty for a
-    sample-wise forget). The three switches turn each change back into the paper's behaviour for ablations.
+    sample-wise forget). The three switches turn each change back into the paper's behaviour for ablations;
+    ``reference_rule`` picks the reference of the dampened and inert rows (:func:`ranked_last_reference`; default
+    :data:`DEFAULT_REFERENCE_RULE`, which the batched path always uses).
 
     A class-wise forget of which the model has none of the labels changes nothing at all (retained rows never
     change). ``inert``: labels that earlier forgets removed from this model; their head rows are left out of the
@@ -538,16 +541,16 @@ def class_forget_update(
         if forget_rows:
             m = forget_rows_only(m, labels, known, head)
         if mean_reference and len(known) + len(inert_here) < len(labels):
-            ref = ranked_last_reference(params, labels, known + inert_here, head, model_fim)
+            ref = ranked_last_reference(params, labels, known + inert_here, head, model_fim, rule=reference_rule)
     out = dampen(params, f, m, alpha=alpha, lam=lam, exponent=exponent, reference=ref)
     if inert_here and head and len(known) + len(inert_here) < len(labels):
-        out = anchor_inert_rows(out, labels, inert_here, known, head, model_fim)
+        out = anchor_inert_rows(out, labels, inert_here, known, head, model_fim, rule=reference_rule)
     return out
 
 
 def anchor_inert_rows(
     params: Mapping[str, torch.Tensor], labels: Sequence[str], inert: Sequence[str], forget: Sequence[str],
-    head_params: Sequence[str], model_fim: Mapping[str, torch.Tensor] | None = None,
+    head_params: Sequence[str], model_fim: Mapping[str, torch.Tensor] | None = None, *, rule: str | None = None,
 ) -> Fim:
     """``params`` with the head rows of the ``inert`` labels (forgotten by earlier requests) set to the
     :func:`ranked_last_reference` row of the retained rows (neither ``inert`` nor ``forget``) of ``params``
@@ -565,7 +568,7 @@ def anchor_inert_rows(
     head = [n for n in head_params if n in params]
     for n in head:
         _check_rows(n, params[n], len(labels))
-    ref = ranked_last_reference(params, labels, sorted(drop), head, model_fim)
+    ref = ranked_last_reference(params, labels, sorted(drop), head, model_fim, rule=rule)
     for n in head:
         p = params[n]
         out[n] = anchor_rows_stacked(p.detach()[None], rows, keep, ref[n][:1][None].to(p.device, torch.float64))[0]
