@@ -23,6 +23,7 @@ from typing import Any, Callable, Sequence
 import networkx as nx
 import torch
 
+from . import dampening as _dampening
 from .card import parse_card_full, render_card
 from .constants import CARD_FILE, CONFIG_FILE, FIM_CLASSES_FILE, FIM_FILE, WEIGHTS_FILE
 from .errors import BadInput, ConflictError, FiunError, LineageError, UnlearnError
@@ -612,7 +613,7 @@ def run_forget(
             "alpha": plan.alpha,
             "lambda": plan.lam,
             "estimator": sc.estimator,
-            "reference": "retained-mean" if plan.classes else "zero",
+            "reference": _dampening.DEFAULT_REFERENCE_RULE if plan.classes else "zero",
             "sidecar": node.sidecar_used,
             "at": now,
         }
