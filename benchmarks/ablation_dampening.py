@@ -273,6 +273,7 @@ class Variant:
     retain: bool = True
     rows: bool = True
     mean_ref: bool = True
+    ref_rule: str | None = None  # the reference rule of the dampened rows (None: D.DEFAULT_REFERENCE_RULE)
     alpha: float = D.DEFAULT_ALPHA
     lam: float = D.DEFAULT_LAMBDA
     exponent: float = 1.0
@@ -280,7 +281,7 @@ class Variant:
     subsample: int | None = None
 
     def settings(self) -> dict:
-        return {k: getattr(self, k) for k in ("estimator", "layers", "retain", "rows", "mean_ref", "alpha", "lam",
+        return {k: getattr(self, k) for k in ("estimator", "layers", "retain", "rows", "mean_ref", "ref_rule", "alpha", "lam",
                                               "exponent", "transport", "subsample")}
 
 
@@ -323,7 +324,8 @@ def unlearn_all(nodes: dict[str, Node], v: Variant, forget: list[str], origins: 
         params = {n: p.detach() for n, p in node.model.named_parameters() if n in mfim}
         new[k] = D.class_forget_update(params, node.labels, f.model_fim, f.class_fims, f.counts, mfim, forget, HEAD,
                                        alpha=v.alpha, lam=v.lam, exponent=v.exponent, use_retain_fim=v.retain,
-                                       forget_rows=v.rows, mean_reference=v.mean_ref)
+                                       forget_rows=v.rows, mean_reference=v.mean_ref,
+                                       reference_rule=v.ref_rule)
     return new
 
 
@@ -370,16 +372,18 @@ VARIANTS = [
     Variant("+retain", "paper + compare against the retain FIM (own forget classes taken out)", "per-sample",
             **{**PAPER, "retain": True}),
     Variant("+retain+meanref", "... + dampen head rows toward the retained-row mean", "per-sample",
-            **{**PAPER, "retain": True, "mean_ref": True}),
+            **{**PAPER, "retain": True, "mean_ref": True, "ref_rule": "retained-mean"}),
     Variant("+retain+meanref+rows", "... + only forgotten head rows selectable", "per-sample",
-            **{**PAPER, "retain": True, "mean_ref": True, "rows": True}),
+            **{**PAPER, "retain": True, "mean_ref": True, "rows": True, "ref_rule": "retained-mean"}),
     Variant("+retain+meanref+rows+lam", f"... + lambda={D.DEFAULT_LAMBDA} (= the chosen rule on the plain "
             "per-sample Fisher)", "per-sample"),
-    Variant("chosen", "normalized per-sample Fisher + retain FIM + forgotten rows + retained-mean reference, "
+    Variant("chosen", "normalized per-sample Fisher + retain FIM + forgotten rows + ranked-last reference, "
                       f"alpha={D.DEFAULT_ALPHA}, lambda={D.DEFAULT_LAMBDA} (the defaults)"),
     # leave-one-out from the chosen rule
     Variant("chosen-retain", "chosen, model FIM instead of retain FIM", retain=False),
-    Variant("chosen-meanref", "chosen, dampen toward 0 instead of the retained mean", mean_ref=False),
+    Variant("chosen-meanref", "chosen, dampen toward 0 instead of the ranked-last reference", mean_ref=False),
+    Variant("chosen/retained-mean-ref", "chosen, dampen toward the retained-row mean (the rule before issue 16)",
+            ref_rule="retained-mean"),
     Variant("chosen-rows", "chosen, every head row selectable", rows=False),
     Variant("chosen/l1", "chosen with lambda=1", lam=1.0),
     Variant("chosen/l0.1", "chosen with lambda=0.1", lam=0.1),
@@ -544,7 +548,8 @@ def main(argv=None) -> int:
                     "cpus": os.cpu_count(), "threads": torch.get_num_threads()},
         "defaults": {"alpha": D.DEFAULT_ALPHA, "lam": D.DEFAULT_LAMBDA, "exponent": D.DEFAULT_EXPONENT,
                      "estimator": "normalized", "layers": "head", "retain_fim": True, "forget_rows": True,
-                     "mean_reference": True},
+                     "mean_reference": True, "reference_rule": D.DEFAULT_REFERENCE_RULE,
+                     "rank_margin": D.DEFAULT_RANK_MARGIN},
         "targets": {"1-class": "forget <= 1% and retain drop <= 2 points on every affected model",
                     "4-class": "forget <= 2% and retain drop <= 5 points on every affected model"},
         "forget_sets": FORGET_SETS,

@@ -63,6 +63,11 @@ DEFAULT_EXPONENT = 1.0
 SAMPLE_ALPHA = 1.0
 SAMPLE_LAMBDA = 0.01
 SAMPLE_TOPK = 20
+#: where dampened forgotten head rows (and the inert rows of earlier forgets) are sent: :func:`ranked_last_reference`
+DEFAULT_REFERENCE_RULE = "ranked-last"
+#: the ranked-last reference's bias margin, in units of ``||w_k - w_ref|| * (the features' RMS norm)``
+DEFAULT_RANK_MARGIN = 2.0
+REFERENCE_RULES = ("ranked-last", "elementwise-min", "retained-mean")
 
 
 # --------------------------------------------------------------------------------------------------- the update, stacked
@@ -139,13 +144,58 @@ def dampen_stacked(p: torch.Tensor, f: torch.Tensor, m: torch.Tensor, *, alpha: 
     return torch.where(sel, moved.to(p.dtype), p)
 
 
-def anchor_rows_stacked(new: torch.Tensor, rows: Sequence[int], keep: torch.Tensor) -> torch.Tensor:
-    """A copy of a stack of heads (B, rows, ...) whose ``rows`` are set to the mean of the rows ``keep``
-    (:func:`anchor_inert_rows`)."""
-    mean = row_mean_stacked(new, keep)
+def anchor_rows_stacked(new: torch.Tensor, rows: Sequence[int], keep: torch.Tensor,
+                        reference: torch.Tensor | None = None) -> torch.Tensor:
+    """A copy of a stack of heads (B, rows, ...) whose ``rows`` are set to ``reference`` (B, 1, ...), by default
+    the mean of the rows ``keep`` (:func:`anchor_inert_rows`)."""
+    ref = row_mean_stacked(new, keep) if reference is None else reference
     out = new.clone()
-    out[:, list(rows)] = mean.expand((new.shape[0], len(rows)) + tuple(new.shape[2:])).to(new.dtype)
+    out[:, list(rows)] = ref.expand((new.shape[0], len(rows)) + tuple(new.shape[2:])).to(new.dtype)
     return out
+
+
+def head_weight_bias(shapes: Mapping[str, Sequence[int]], rows: int) -> tuple[str, str] | None:
+    """The names of a head's weight (rows, D, ...) and bias (rows,) among the head parameters ``shapes`` (name ->
+    shape of ONE model, not a stack), or None unless there is exactly one of each (then no ranked-last reference:
+    the retained mean is used)."""
+    ws = [n for n, s in shapes.items() if len(s) >= 2 and s[0] == rows]
+    bs = [n for n, s in shapes.items() if len(s) == 1 and s[0] == rows]
+    return (ws[0], bs[0]) if len(ws) == 1 and len(bs) == 1 and len(shapes) == 2 else None
+
+
+def feature_norm_stacked(fw: torch.Tensor, fb: torch.Tensor) -> torch.Tensor:
+    """Per model of a stack, the root of ``sum F_w / sum F_b`` (float64, (B,)): from a head FIM of any per-sample
+    squared-gradient estimator, a weighted root mean square of the norm of the penultimate features. Per sample,
+    the squared gradient of weight ``(k, j)`` is ``e_k^2 h_j^2 s`` and of bias ``k`` is ``e_k^2 s`` (``e`` the
+    softmax error, ``s`` the estimator's per-sample scale: 1, or ``1 / ||g||^2`` for ``normalized``), so the ratio
+    is ``E[w ||h||^2] / E[w]`` with ``w = s ||e||^2 >= 0``. 0 where it cannot be estimated (no bias FIM)."""
+    b = fw.shape[0]
+    sw = nonneg64(fw).reshape(b, -1).sum(1)
+    sb = nonneg64(fb).reshape(b, -1).sum(1)
+    r = torch.where(sb > 0, sw / torch.where(sb > 0, sb, torch.ones_like(sb)), torch.zeros_like(sb)).sqrt()
+    return torch.where(torch.isfinite(r), r, torch.zeros_like(r))
+
+
+def ranked_last_stacked(w: torch.Tensor, b: torch.Tensor, keep: torch.Tensor, feature_norm: torch.Tensor | None,
+                        *, rule: str, margin: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference rows (weight (B, 1, ...), bias (B, 1), float64) of :func:`ranked_last_reference` for a stack
+    of heads ``w`` (B, rows, ...) / ``b`` (B, rows), the retained rows ``keep`` and the models' feature norms
+    (:func:`feature_norm_stacked`; None: 0)."""
+    bsz = w.shape[0]
+    wk = w.to(torch.float64).index_select(1, keep)
+    bk = b.to(torch.float64).index_select(1, keep)
+    if rule == "retained-mean":
+        return wk.mean(1, keepdim=True), bk.mean(1, keepdim=True)
+    if rule == "elementwise-min":  # w_ref . h <= w_k . h for every h >= 0
+        return wk.min(1, keepdim=True).values, bk.min(1, keepdim=True).values
+    if rule != "ranked-last":
+        raise UnlearnError(f"unknown reference rule {rule!r}")
+    wref = wk.mean(1, keepdim=True)
+    spread = (wk - wref).reshape(bsz, wk.shape[1], -1).pow(2).sum(-1).sqrt()  # (B, K): ||w_k - w_ref||
+    fn = torch.zeros(bsz, dtype=torch.float64, device=w.device) if feature_norm is None \
+        else feature_norm.to(torch.float64).reshape(bsz)
+    bref = (bk - float(margin) * fn[:, None] * spread).min(1, keepdim=True).values
+    return wref, bref
 
 
 # --------------------------------------------------------------------------------------------------- FIMs
@@ -379,6 +429,54 @@ def retained_mean_reference(
     return out
 
 
+def ranked_last_reference(
+    params: Mapping[str, torch.Tensor], labels: Sequence[str], drop: Sequence[str], head_params: Sequence[str],
+    model_fim: Mapping[str, torch.Tensor] | None = None, *, rule: str | None = None, margin: float | None = None,
+) -> Fim:
+    """For each head parameter, a tensor whose every row is the reference row that dampened forgotten rows shrink
+    toward: a row whose logit ranks below every retained row's (the labels not in ``drop``) on the inputs the model
+    sees, so a forgotten class is ranked last, not between the retained ones. Needs at least one retained label.
+
+    ``rule`` (default :data:`DEFAULT_REFERENCE_RULE`):
+
+    - ``"ranked-last"``: weight row ``w_ref`` = the retained rows' mean, bias
+      ``b_ref = min_k (b_k - margin * R * ||w_k - w_ref||)``, with ``R`` the features' weighted RMS norm from the
+      model's own head FIM (:func:`feature_norm_stacked`). By Cauchy-Schwarz ``w_ref.h + b_ref <= w_k.h + b_k`` for
+      every retained ``k`` and every feature vector with ``||h|| <= margin * R``, whatever the signs of ``h``
+      (LayerNorm'd features of ConvNeXt / ViT heads included); no FIM of the pair: ``R = 0`` (bias = the lowest
+      retained bias);
+    - ``"elementwise-min"``: ``w_ref`` = the elementwise minimum of the retained rows, ``b_ref`` = the lowest
+      retained bias: exactly ranked last (or tied) for every ``h >= 0`` (post-ReLU pooled features of ResNets),
+      not otherwise;
+    - ``"retained-mean"``: :func:`retained_mean_reference` (the rule before issue 16: the forgotten logit is the
+      average retained logit, between the retained ones).
+
+    Heads that are not one weight (rows, D, ...) and one bias (rows,) get the retained mean."""
+    rule = DEFAULT_REFERENCE_RULE if rule is None else rule
+    margin = DEFAULT_RANK_MARGIN if margin is None else margin
+    if rule not in REFERENCE_RULES:
+        raise UnlearnError(f"unknown reference rule {rule!r} (one of {', '.join(REFERENCE_RULES)})")
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not math.isfinite(margin) or margin < 0:
+        raise UnlearnError(f"margin must be a finite number >= 0, got {margin!r}")
+    mean = retained_mean_reference(params, labels, drop, head_params)  # checks rows and that a label is kept
+    pair = head_weight_bias({n: tuple(params[n].shape) for n in head_params}, len(labels))
+    if rule == "retained-mean" or pair is None:
+        return mean
+    drop_set = {str(c) for c in drop}
+    keep = torch.tensor([i for i, lab in enumerate(labels) if str(lab) not in drop_set], dtype=torch.long)
+    wn, bn = pair
+    w, b = params[wn].detach().to("cpu"), params[bn].detach().to("cpu")
+    fn = None
+    if model_fim is not None and wn in model_fim and bn in model_fim \
+            and tuple(model_fim[wn].shape) == tuple(w.shape) and tuple(model_fim[bn].shape) == tuple(b.shape):
+        fn = feature_norm_stacked(model_fim[wn].detach().to("cpu")[None], model_fim[bn].detach().to("cpu")[None])
+    wref, bref = ranked_last_stacked(w[None], b[None], keep, fn, rule=rule, margin=margin)
+    out = dict(mean)
+    out[wn] = wref[0].expand_as(w).to(w.dtype).clone()
+    out[bn] = bref[0].expand_as(b).to(b.dtype).clone()
+    return out
+
+
 # --------------------------------------------------------------------------------------------------- dampening
 
 
@@ -458,13 +556,16 @@ def class_forget_update(
     forget_rows: bool = True,
     mean_reference: bool = True,
     inert: Sequence[str] = (),
+    reference_rule: str | None = None,
 ) -> Fim:
     """The class-wise FIUn step for one affected model, with the chosen defaults (module docstring).
 
     ``params``: the model's unlearnable parameters; ``labels``: its head rows; ``model_fim`` /
     ``class_fims`` / ``counts``: ITS OWN sidecars; ``mfim``: the merged unlearning FIM already aligned to
     ``labels`` (:func:`align_rows`, :func:`merge_fims`); ``forget``: the forgotten label names (empty for a
-    sample-wise forget). The three switches turn each change back into the paper's behaviour for ablations.
+    sample-wise forget). The three switches turn each change back into the paper's behaviour for ablations;
+    ``reference_rule`` picks the reference of the dampened and inert rows (:func:`ranked_last_reference`; default
+    :data:`DEFAULT_REFERENCE_RULE`, which the batched path always uses).
 
     A class-wise forget of which the model has none of the labels changes nothing at all (retained rows never
     change). ``inert``: labels that earlier forgets removed from this model; their head rows are left out of the
@@ -487,10 +588,10 @@ def class_forget_update(
         if forget_rows:
             m = forget_rows_only(m, labels, known, head)
         if mean_reference and len(known) + len(inert_here) < len(labels):
-            ref = retained_mean_reference(params, labels, known + inert_here, head)
+            ref = ranked_last_reference(params, labels, known + inert_here, head, model_fim, rule=reference_rule)
     out = dampen(params, f, m, alpha=alpha, lam=lam, exponent=exponent, reference=ref)
     if inert_here and head and len(known) + len(inert_here) < len(labels):
-        out = anchor_inert_rows(out, labels, inert_here, known, head)
+        out = anchor_inert_rows(out, labels, inert_here, known, head, model_fim, rule=reference_rule)
     return out
 
 
@@ -567,7 +668,7 @@ def sample_forget_update(
     class-mix FIM with no budget still selects hundreds of entries and cost up to 9.6 points on a weakly trained
     IL child (docs/method.md section 10). ``mass``: scale ``mfim`` with :func:`match_mass` first (measured, not
     adopted). Rows of ``inert`` labels (removed by
-    earlier class-wise forgets) are set to the retained mean afterwards, as :func:`class_forget_update` does."""
+    earlier class-wise forgets) are set to the ranked-last reference afterwards, as :func:`class_forget_update` does."""
     labels = [str(v) for v in labels]
     check_shapes(mfim, params, "unlearning FIM")
     check_shapes({n: t for n, t in model_fim.items() if n in mfim}, params, "model FIM")
@@ -580,18 +681,19 @@ def sample_forget_update(
     out = dampen(params, f, m, alpha=alpha, lam=lam)
     inert_here = [c for c in dict.fromkeys(str(c) for c in inert) if c in labels]
     if inert_here and head and len(inert_here) < len(labels):
-        out = anchor_inert_rows(out, labels, inert_here, [], head)
+        out = anchor_inert_rows(out, labels, inert_here, [], head, model_fim)
     return out
 
 
 def anchor_inert_rows(
     params: Mapping[str, torch.Tensor], labels: Sequence[str], inert: Sequence[str], forget: Sequence[str],
-    head_params: Sequence[str],
+    head_params: Sequence[str], model_fim: Mapping[str, torch.Tensor] | None = None, *, rule: str | None = None,
 ) -> Fim:
-    """``params`` with the head rows of the ``inert`` labels (forgotten by earlier requests) set to the mean of
-    the retained rows (neither ``inert`` nor ``forget``): such a row scores the average retained logit, which is
-    never above the best one, whatever the update did to the retained rows. Other rows and parameters are
-    returned as they are (same tensors, not copies)."""
+    """``params`` with the head rows of the ``inert`` labels (forgotten by earlier requests) set to the
+    :func:`ranked_last_reference` row of the retained rows (neither ``inert`` nor ``forget``) of ``params``
+    (``model_fim``: the model's own head FIM, for the features' norm): such a row ranks below the retained rows,
+    whatever the update did to them. Other rows and parameters are returned as they are (same tensors, not
+    copies)."""
     rows = [i for i, lab in enumerate(labels) if str(lab) in {str(c) for c in inert}]
     if not rows:
         return dict(params)
@@ -600,12 +702,13 @@ def anchor_inert_rows(
     if keep.numel() == 0:
         raise UnlearnError(f"every label of the model ({list(labels)}) is forgotten; nothing to keep")
     out = dict(params)
-    for n in head_params:
-        if n not in params:
-            continue
+    head = [n for n in head_params if n in params]
+    for n in head:
+        _check_rows(n, params[n], len(labels))
+    ref = ranked_last_reference(params, labels, sorted(drop), head, model_fim, rule=rule)
+    for n in head:
         p = params[n]
-        _check_rows(n, p, len(labels))
-        out[n] = anchor_rows_stacked(p.detach()[None], rows, keep)[0]
+        out[n] = anchor_rows_stacked(p.detach()[None], rows, keep, ref[n][:1][None].to(p.device, torch.float64))[0]
     return out
 
 
@@ -614,5 +717,7 @@ __all__ = [
     "row_mean_stacked", "dampen_stacked", "anchor_rows_stacked", "unlearning_fim", "retain_fim", "align_rows",
     "check_shapes", "merge_fims", "samplewise_reference_fim", "forget_rows_only", "retained_mean_reference", "dampen",
     "class_forget_update", "anchor_inert_rows", "sample_forget_update", "SAMPLE_ALPHA", "SAMPLE_LAMBDA",
-    "SAMPLE_TOPK", "top_ratio_only", "match_mass", "normalized_head_fisher",
+    "SAMPLE_TOPK", "top_ratio_only", "match_mass", "normalized_head_fisher", "DEFAULT_REFERENCE_RULE",
+    "DEFAULT_RANK_MARGIN", "REFERENCE_RULES", "head_weight_bias", "feature_norm_stacked", "ranked_last_stacked",
+    "ranked_last_reference",
 ]

@@ -560,8 +560,9 @@ def dampen_group(group: Sequence[_Loaded], device: Any = None) -> list[dict[str,
     per-repo update runs on a stack of one. Returns each repo's new tensors, on CPU, in the group's order."""
     import torch
 
-    from .dampening import (anchor_rows_stacked, dampen_stacked, forget_rows_stacked, nonneg64,
-                            retain_fim_stacked, row_mean_stacked)
+    from .dampening import (DEFAULT_RANK_MARGIN, DEFAULT_REFERENCE_RULE, anchor_rows_stacked, dampen_stacked,
+                            feature_norm_stacked, forget_rows_stacked, head_weight_bias, nonneg64,
+                            ranked_last_stacked, retain_fim_stacked, row_mean_stacked)
 
     dev = resolve_device(device)
     first = group[0]
@@ -573,6 +574,31 @@ def dampen_group(group: Sequence[_Loaded], device: Any = None) -> list[dict[str,
     counts = {c: torch.tensor([float(int(t.counts[c])) for t in tasks], dtype=torch.float64, device=dev)
               for c in drop}
     out: list[dict[str, Any]] = [{} for _ in group]
+    rows = len(mask if mask is not None else anchor) if (mask is not None or anchor is not None) else 0
+    pair = head_weight_bias({n: shape for n, shape, _dt, _mdt, _fdt, is_head in sig if is_head}, rows) \
+        if rows and DEFAULT_REFERENCE_RULE != "retained-mean" else None
+    fnorm = None
+    if pair is not None:
+        fnorm = feature_norm_stacked(_stack((t.model_fim[pair[0]] for t in tasks), dev),
+                                     _stack((t.model_fim[pair[1]] for t in tasks), dev))
+
+    heads = [n for n, _s, _d, _m, _f, is_head in sig if is_head]
+
+    def head_refs(keep, stack_of) -> dict[str, Any]:
+        """Each head parameter's reference row (B, 1, ...), float64, from the stacks ``stack_of(name)`` and the
+        retained rows ``keep``: ranked last (:func:`fiun_hub.dampening.ranked_last_reference`)."""
+        if pair is None:
+            return {n: row_mean_stacked(stack_of(n), keep) for n in heads}
+        wn, bn = pair
+        wref, bref = ranked_last_stacked(stack_of(wn), stack_of(bn), keep, fnorm, rule=DEFAULT_REFERENCE_RULE,
+                                         margin=DEFAULT_RANK_MARGIN)
+        return {wn: wref, bn: bref}
+
+    refs = {}
+    if mask is not None and use_ref:  # the retained rows (rows forgotten earlier are not retained)
+        refs = head_refs(torch.tensor([i for i, fl in enumerate(mask) if not fl and not (anchor and anchor[i])],
+                                      dtype=torch.long, device=dev),
+                         lambda n: _stack((ld.params[n] for ld in group), dev))
     for n, shape, _dt, _mdt, _fdt, is_head in sig:
         p = _stack((ld.params[n] for ld in group), dev)
         f = retain_fim_stacked(nonneg64(_stack((t.model_fim[n] for t in tasks), dev)), totals,
@@ -582,19 +608,22 @@ def dampen_group(group: Sequence[_Loaded], device: Any = None) -> list[dict[str,
         ref = None
         if is_head and mask is not None:
             m = forget_rows_stacked(m, mask)
-            if use_ref:  # the retained rows' mean (rows forgotten earlier are not retained)
-                keep = torch.tensor([i for i, fl in enumerate(mask) if not fl and not (anchor and anchor[i])],
-                                    dtype=torch.long, device=dev)
-                ref = row_mean_stacked(p, keep).expand_as(p).to(p.dtype)
+            if use_ref:
+                ref = refs[n].expand_as(p).to(p.dtype)
         new = dampen_stacked(p, f, m, alpha=alpha, lam=lam, reference=ref)
-        if is_head and anchor is not None:
-            keep = torch.tensor([i for i, a in enumerate(anchor) if not a and not (mask and mask[i])],
-                                dtype=torch.long, device=dev)
-            new = anchor_rows_stacked(new, [i for i, a in enumerate(anchor) if a], keep)
-        new = new.cpu()
         for i in range(b):
             out[i][n] = new[i]
-    return out
+    if anchor is not None:  # rows forgotten earlier: the ranked-last row of the UPDATED head's retained rows
+        keep = torch.tensor([i for i, a in enumerate(anchor) if not a and not (mask and mask[i])],
+                            dtype=torch.long, device=dev)
+        arefs = head_refs(keep, lambda n: torch.stack([o[n] for o in out]))
+        for n in heads:
+            new = _stack((o[n] for o in out), dev)
+            new = anchor_rows_stacked(new, [i for i, a in enumerate(anchor) if a], keep,
+                                      arefs[n].to(new.dtype).to(torch.float64))
+            for i in range(b):
+                out[i][n] = new[i]
+    return [{n: t.cpu() for n, t in o.items()} for o in out]
 
 
 def _finish(ld: _Loaded, new: dict[str, Any]) -> tuple[str, bytes | str, dict[str, Any]]:

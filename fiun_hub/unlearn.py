@@ -31,8 +31,8 @@ from .repo import read_meta
 from .fallback import resolve_sidecars
 from .sidecars import path_at, read_at
 
-from .dampening import (DEFAULT_ALPHA, DEFAULT_LAMBDA, SAMPLE_ALPHA,  # noqa: E402  (one place for the defaults)
-                        SAMPLE_LAMBDA)
+from .dampening import (DEFAULT_ALPHA, DEFAULT_LAMBDA, DEFAULT_REFERENCE_RULE, SAMPLE_ALPHA,  # noqa: E402
+                        SAMPLE_LAMBDA)  # (one place for the defaults)
 from .dampening import align_rows, merge_fims, unlearning_fim
 from .data import load_for_model
 from . import executors  # (executors.run_unlearn looked up when called: the tests wrap it)
@@ -472,7 +472,7 @@ def run_forget(
             "alpha": plan.alpha,
             "lambda": plan.lam,
             "estimator": sc.estimator,
-            "reference": "retained-mean" if plan.classes else "zero",
+            "reference": DEFAULT_REFERENCE_RULE if plan.classes else "zero",
             "sidecar": node.sidecar_used,
             "at": now,
         }
