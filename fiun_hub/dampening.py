@@ -569,7 +569,7 @@ def class_forget_update(
 
     A class-wise forget of which the model has none of the labels changes nothing at all (retained rows never
     change). ``inert``: labels that earlier forgets removed from this model; their head rows are left out of the
-    retained-row mean and set to the retained mean of the updated head (:func:`anchor_inert_rows`), so that no later
+    retained rows and set to the ranked-last reference of the updated head (:func:`anchor_inert_rows`), so that no later
     forget, class-wise or sample-wise, can make such a class win again.
     """
     labels = [str(v) for v in labels]
