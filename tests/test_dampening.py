@@ -176,8 +176,13 @@ def test_sample_forget_update_changes_at_most_topk_entries_and_keeps_inert_rows_
     unbudgeted = D.sample_forget_update(params, labels, fm, cf, counts, mfim, {"1": 2, "2": 1}, HEAD, topk=None)
     assert sum(int((unbudgeted[n] != params[n]).sum()) for n in params) > changed
     inert = D.sample_forget_update(params, labels, fm, cf, counts, mfim, {"1": 2}, HEAD, inert=["3"])
-    for n in params:
-        assert torch.allclose(inert[n][3].double(), inert[n][[0, 1, 2]].double().mean(0), atol=1e-6)
+    # the inert row goes to the ranked-last reference of the updated head: the retained rows' mean weight, and a
+    # bias below every retained row's, so that the class never wins again
+    w, b = inert["fc.weight"].double(), inert["fc.bias"].double()
+    assert torch.allclose(w[3], w[[0, 1, 2]].mean(0), atol=1e-6)
+    assert b[3] < b[[0, 1, 2]].min()
+    ref = D.ranked_last_reference(inert, labels, ["3"], HEAD, fm)
+    assert torch.allclose(b[3], ref["fc.bias"][0].double(), atol=1e-6)
 
 
 def test_normalized_head_fisher_matches_autograd():
