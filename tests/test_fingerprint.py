@@ -344,3 +344,28 @@ def test_two_undeclared_finetunes_of_one_parent_each_get_an_edge_to_the_parent(b
         e = edges[(R, ft)]
         assert e["kind"] == "close" and e["direction"] == "time" and not e["declared"]
     assert not [e for e in data["edges"] if e["parent"] in INDEPENDENT or e["child"] in INDEPENDENT]
+
+
+def test_oldest_relation_rule_keeps_one_edge_per_model_to_its_oldest_earlier_relation():
+    """``_prune`` with times: each model keeps the pair to its oldest relation that appeared strictly before it
+    (ties on time: the most similar); pairs of equal or unknown times take no part; without times, the similarity
+    rule alone."""
+    from fiun_hub import fingerprint as F
+
+    ev = lambda s: ("close", F.Evidence(77, 0, 0.999, s))  # noqa: E731
+    pairs = {("p", "ft1"): ev(0.975), ("p", "ft2"): ev(0.970), ("ft1", "ft2"): ev(0.980),  # ft1, ft2 closer
+             ("q", "ft2"): ev(0.960), ("q2", "ft2"): ev(0.965),  # q and q2: as old as each other, later than p
+             ("same", "ft1"): ev(0.990),  # appeared at the same time as ft1: no direction, no part
+             ("x", "ft1"): ev(0.99)}      # no time
+    since = {"p": "2026-01-01T00:00:00Z", "q": "2026-01-02T00:00:00Z", "q2": "2026-01-02T00:00:00Z",
+             "ft1": "2026-01-03T00:00:00Z", "same": "2026-01-03T00:00:00Z", "ft2": "2026-01-04T00:00:00Z",
+             "x": ""}
+    alone = F._prune(pairs)
+    assert ("p", "ft2") not in alone  # the similarity rule ties ft2 to its sibling ft1
+    assert F._oldest_parents(pairs, since) == {("p", "ft1"), ("p", "ft2")}
+    kept = F._prune(pairs, since)
+    assert set(kept) == set(alone) | {("p", "ft1"), ("p", "ft2")}
+    # without p: q and q2 tie on time as ft2's oldest relation, the closer one (q2) is kept; ft1 has no earlier
+    # relation ("same" appeared with it, "x" has no time), so no edge for it
+    rest = {k: v for k, v in pairs.items() if "p" not in k}
+    assert F._oldest_parents(rest, since) == {("q2", "ft2")}
