@@ -653,15 +653,50 @@ def _whole_copy(ev: Evidence) -> bool:
     return ev.shared > 0 and ev.identical == ev.shared
 
 
-def _prune(pairs: dict) -> dict:
+def _prune(pairs: dict, since: dict | None = None) -> dict:
     """Drop pairs explained by a third model closer to both (siblings, a grandparent): keep (a, b) unless some
-    c has a stronger suspected relation to a and to b; whole copies (:func:`_whole_copy`) are always kept. Each connected set of pairs of up to ``PRUNE_DENSE_MAX``
-    models is checked with a dense score matrix (a family of 500 near copies is ~125k pairs); larger ones pair
-    by pair (:func:`_prune_pairwise`), with the same result."""
-    import networkx as nx
+    c has a stronger suspected relation to a and to b; whole copies (:func:`_whole_copy`) are always kept. Each
+    connected set of pairs of up to ``PRUNE_DENSE_MAX`` models is checked with a dense score matrix (a family of
+    500 near copies is ~125k pairs); larger ones pair by pair (:func:`_prune_pairwise`), with the same result.
 
+    With ``since`` (key -> when its weights first appeared, comparable strings), each model also keeps its edge
+    to the oldest model older than it among its suspected relations (:func:`_oldest_parents`): fine-tunes of one
+    parent are often closer to each other than to the parent, so the similarity rule alone ties each fine-tune
+    to a sibling, while the parent existed before all of them."""
     if not pairs:
         return {}
+    keep = _prune_explained(pairs)
+    if since:
+        keep |= _oldest_parents(pairs, since)
+    return {k: v for k, v in pairs.items() if k in keep}
+
+
+def _oldest_parents(pairs: dict, since: dict) -> set:
+    """For every model b, the pair (a, b) whose a appeared strictly before b and before every other suspected
+    relation of b (ties: the most similar); at most one pair per model. Models without a time take no part."""
+    keys = [k for k in pairs if since.get(k[0]) and since.get(k[1]) and since[k[0]] != since[k[1]]]
+    if not keys:
+        return set()
+    times = sorted({since[x] for k in keys for x in k})
+    rank = {t: i for i, t in enumerate(times)}
+    ra = np.array([rank[since[a]] for a, _ in keys], dtype=np.int64)
+    rb = np.array([rank[since[b]] for _, b in keys], dtype=np.int64)
+    sc = np.array([pairs[k][1].score for k in keys], dtype=np.float64)
+    nodes = {n: i for i, n in enumerate(sorted({x for k in keys for x in k}, key=str))}
+    ia = np.array([nodes[a] for a, _ in keys], dtype=np.int64)
+    ib = np.array([nodes[b] for _, b in keys], dtype=np.int64)
+    young = np.where(ra > rb, ia, ib)           # the later end of each pair
+    old_rank = np.minimum(ra, rb)
+    order = np.lexsort((-sc, old_rank, young))  # per young model: the oldest relation first, then the closest
+    first = np.ones(order.size, dtype=bool)
+    first[1:] = young[order][1:] != young[order][:-1]
+    return {keys[i] for i in order[first].tolist()}
+
+
+def _prune_explained(pairs: dict) -> set:
+    """The pairs :func:`_prune` keeps by similarity alone."""
+    import networkx as nx
+
     g = nx.Graph()
     g.add_edges_from(pairs)
     comp_of = {}
@@ -688,7 +723,7 @@ def _prune(pairs: dict) -> dict:
             bar = sc[sl, None] + 1e-9
             explained = ((S[ia[sl]] > bar) & (S[ib[sl]] > bar)).any(axis=1)
             keep.update(k for k, e in zip(keys[sl], explained.tolist()) if not e or _whole_copy(pairs[k][1]))
-    return {k: v for k, v in pairs.items() if k in keep}
+    return keep
 
 
 def _prune_pairwise(pairs: dict) -> dict:
@@ -768,14 +803,16 @@ def infer(hub, g=None, entries: dict | None = None) -> list[SuspectedEdge]:
     g = g if g is not None else resolve(hub)
     fps = head_fingerprints(hub, entries)
     pairs, merges = relate(fps)
-    pairs = _prune(pairs)
-    edges: list[SuspectedEdge] = []
     since: dict[str, str] = {}
 
     def when(r):
         if r not in since:
             since[r] = _since(hub, r, entries[r]["head"])
         return since[r]
+
+    # every model with a suspected relation needs its time: the pruning keeps each one's edge to its oldest relation
+    pairs = _prune(pairs, {r: when(r) for r in {x for k in pairs for x in k}})
+    edges: list[SuspectedEdge] = []
 
     for (a, b), (kind, ev) in sorted(pairs.items()):
         if kind == "identical" and fps[a].weights == fps[b].weights:

@@ -310,3 +310,62 @@ def test_prune_keeps_a_reupload_whose_cosine_rounds_below_a_frozen_backbone_chil
     for prune in (F._prune, F._prune_pairwise):
         kept = prune(pairs)
         assert ("p", "reupload") in kept and ("ft", "ft2") not in kept and ("ft", "p") in kept
+
+
+def test_two_undeclared_finetunes_of_one_parent_each_get_an_edge_to_the_parent(built, tmp_path):
+    """Measured in benchmarks/infer_lineage.py: fine-tunes of one parent at a small learning rate move the same way
+    and end up closer to each other than to their parent, so "drop a pair when a third model is closer to both"
+    tied each fine-tune to a sibling and left it without an edge to the model it came from. The parent is older
+    than its fine-tunes, so each keeps its edge to its oldest suspected relation."""
+    from fiun_hub import fingerprint as F
+    from fiun_hub.lineage import read_index_file
+    from fiun_hub.models import load_model
+    from fiun_hub.research.training import train_classifier
+
+    hub, _ = built
+    hub = copy_hub(hub.root, tmp_path / "hub")
+    train = digits("train")
+    perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(29))
+    low = perm[train.y[perm] < 8]
+    fts = ("x/ft-1-epoch", "x/ft-4-epochs")
+    for repo, epochs, (a, b), seed in ((fts[0], 1, (0, 200), 31), (fts[1], 4, (200, 400), 32)):
+        model, _, _ = load_model(hub, R)
+        train_classifier(model, train.subset(low[a:b]).to_label_space(ROOT_LABELS), epochs=epochs, lr=1e-3,
+                         batch_size=32, seed=seed)
+        push(hub, model.eval(), repo, ROOT_LABELS)  # no --parent
+    # the case this test is about: the similarity rule alone leaves a fine-tune without its parent
+    pairs, _ = F.relate(F.head_fingerprints(hub, read_index_file(hub)))
+    alone = F._prune_explained(pairs)
+    assert any(tuple(sorted((R, ft))) not in alone for ft in fts), "the fine-tunes no longer tell the old rule apart"
+    code, data, _ = _infer(hub)
+    assert code == 0
+    edges = {(e["parent"], e["child"]): e for e in data["edges"]}
+    for ft in fts:
+        e = edges[(R, ft)]
+        assert e["kind"] == "close" and e["direction"] == "time" and not e["declared"]
+    assert not [e for e in data["edges"] if e["parent"] in INDEPENDENT or e["child"] in INDEPENDENT]
+
+
+def test_oldest_relation_rule_keeps_one_edge_per_model_to_its_oldest_earlier_relation():
+    """``_prune`` with times: each model keeps the pair to its oldest relation that appeared strictly before it
+    (ties on time: the most similar); pairs of equal or unknown times take no part; without times, the similarity
+    rule alone."""
+    from fiun_hub import fingerprint as F
+
+    ev = lambda s: ("close", F.Evidence(77, 0, 0.999, s))  # noqa: E731
+    pairs = {("p", "ft1"): ev(0.975), ("p", "ft2"): ev(0.970), ("ft1", "ft2"): ev(0.980),  # ft1, ft2 closer
+             ("q", "ft2"): ev(0.960), ("q2", "ft2"): ev(0.965),  # q and q2: as old as each other, later than p
+             ("same", "ft1"): ev(0.990),  # appeared at the same time as ft1: no direction, no part
+             ("x", "ft1"): ev(0.99)}      # no time
+    since = {"p": "2026-01-01T00:00:00Z", "q": "2026-01-02T00:00:00Z", "q2": "2026-01-02T00:00:00Z",
+             "ft1": "2026-01-03T00:00:00Z", "same": "2026-01-03T00:00:00Z", "ft2": "2026-01-04T00:00:00Z",
+             "x": ""}
+    alone = F._prune(pairs)
+    assert ("p", "ft2") not in alone  # the similarity rule ties ft2 to its sibling ft1
+    assert F._oldest_parents(pairs, since) == {("p", "ft1"), ("p", "ft2")}
+    kept = F._prune(pairs, since)
+    assert set(kept) == set(alone) | {("p", "ft1"), ("p", "ft2")}
+    # without p: q and q2 tie on time as ft2's oldest relation, the closer one (q2) is kept; ft1 has no earlier
+    # relation ("same" appeared with it, "x" has no time), so no edge for it
+    rest = {k: v for k, v in pairs.items() if "p" not in k}
+    assert F._oldest_parents(rest, since) == {("q2", "ft2")}
