@@ -25,38 +25,23 @@ from fiun_hub.compliance import LEDGER_REPO, ledger_record
 from fiun_hub.constants import CARD_FILE, CONFIG_FILE, FIM_FILE, WEIGHTS_FILE
 from fiun_hub.hub.local import LocalHub, RepoChange
 from fiun_hub.repo import read_meta
-from test_compliance import REQUEST, invoke, one_error_line
+from test_compliance import REQUEST, invoke, one_error_line, one_thread  # noqa: F401  (autouse: one torch thread)
+from test_fingerprint import undeclared_finetune
 from test_forget import ROOT_LABELS, R, copy_hub, digits, heads, push, trained_dag
 
 FT, COPY = "x/undeclared-finetune", "x/reupload"
 RID = "TKD-2026-001"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def story(tmp_path_factory):
     """The whole story once; each step's output kept. Nothing may change its hub afterwards."""
-    from fiun_hub.models import load_model
-    from fiun_hub.research.training import train_classifier
-
     src, _ = trained_dag(tmp_path_factory)
     root = tmp_path_factory.mktemp("adopt")
     hub = copy_hub(src, root / "hub")
-    train = digits("train")
-    perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(17))
-    low = perm[train.y[perm] < 8]
-    model, _, _ = load_model(hub, R)
-    train_classifier(model, train.subset(low[:120]).to_label_space(ROOT_LABELS), epochs=2, lr=1e-3,
-                     batch_size=32, seed=21)
+    model = undeclared_finetune(hub)
     s: dict = {"src": src, "root": root, "hub": hub, "pre": hub.head(R)}
-    s["ft_rev"] = push(hub, model.eval(), FT, ROOT_LABELS)  # no --parent, no sidecar
+    s["ft_rev"] = push(hub, model, FT, ROOT_LABELS)  # no --parent, no sidecar
     req = root / "request.yaml"
     req.write_text(REQUEST)
     H = ("--hub", hub.root)

@@ -16,7 +16,7 @@ import torch
 from fiun_hub.constants import WEIGHTS_FILE
 from fiun_hub.fingerprint import fingerprint_path, load_fingerprint
 from fiun_hub.hub.local import LocalHub
-from test_compliance import REQUEST, invoke, one_error_line
+from test_compliance import REQUEST, invoke, one_error_line, one_thread  # noqa: F401  (autouse: one torch thread)
 from test_forget import A, B, I, M, R, ROOT_LABELS, copy_hub, digits, fresh_model, push, trained_dag
 
 FT, COPY = "x/undeclared-finetune", "x/reupload"
@@ -25,30 +25,34 @@ SAME = ("ind/same-seed-a", "ind/same-seed-b")
 INDEPENDENT = SEEDS + SAME
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def digit_shard():
+    """``shard(a, b)``: images a..b of a fixed shuffle of digits:train's 0-7, in dag/root's label space."""
+    train = digits("train")
+    perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(17))
+    low = perm[train.y[perm] < 8]
+    return lambda a, b: train.subset(low[a:b]).to_label_space(ROOT_LABELS)
+
+
+def undeclared_finetune(hub):
+    """dag/root fine-tuned for 2 epochs on 120 images it was not trained on (seed 21): the derivative that its
+    pusher does not declare. Returns the model (eval mode), not pushed."""
+    from fiun_hub.models import load_model
+    from fiun_hub.research.training import train_classifier
+
+    model, _, _ = load_model(hub, R)
+    train_classifier(model, digit_shard()(0, 120), epochs=2, lr=1e-3, batch_size=32, seed=21)
+    return model.eval()
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    from fiun_hub.models import load_model
     from fiun_hub.research.training import train_classifier
 
     src, _ = trained_dag(tmp_path_factory)
     root = tmp_path_factory.mktemp("infer")
     hub = copy_hub(src, root / "hub")
-    train = digits("train")
-    perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(17))
-    low = perm[train.y[perm] < 8]
-    shard = lambda a, b: train.subset(low[a:b]).to_label_space(ROOT_LABELS)  # noqa: E731
-
-    model, config, _ = load_model(hub, R)
-    train_classifier(model, shard(0, 120), epochs=2, lr=1e-3, batch_size=32, seed=21)
-    push(hub, model.eval(), FT, ROOT_LABELS)  # no --parent: nobody declared it
+    shard = digit_shard()
+    push(hub, undeclared_finetune(hub), FT, ROOT_LABELS)  # no --parent: nobody declared it
     from fiun_hub.hub.local import RepoChange
 
     files = {n: hub.read_file(R, n) for n in ("config.json", WEIGHTS_FILE)}
