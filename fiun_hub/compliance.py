@@ -358,26 +358,6 @@ def _ledger_change(hub: LocalHub, updates: dict[str, dict], texts: dict[str, str
     return RepoChange(LEDGER_REPO, files, message, parent_commit=parent)
 
 
-class _PublishWithLedger(LocalHub):
-    """The hub as :func:`run_forget` sees it: its one publish also commits the ledger change that ``build``
-    makes from the forget's changes, so the new revisions and their record land together or not at all."""
-
-    def __init__(self, hub: LocalHub, build: Callable[[list[RepoChange]], RepoChange],
-                 purge: Callable[[list[RepoChange]], list[dict] | None] | None = None):
-        super().__init__(hub.root, recover=False)
-        self._build = build
-        self._purge = purge  # the tombstones of the pre-forget revisions, purged in the same publish (purge.py)
-        self.ledger_commit: str | None = None
-
-    def publish(self, changes, *, author=None, precondition=None):
-        changes = list(changes)
-        entries = self._purge(changes) if self._purge is not None else None
-        out = super().publish(changes + [self._build(changes)], author=author, precondition=precondition,
-                              purge=entries)
-        self.ledger_commit = out[LEDGER_REPO]
-        return out
-
-
 # ------------------------------------------------------------------------------------------------ classification
 def _weights_of(change: RepoChange) -> str | None:
     content = change.files.get(WEIGHTS_FILE)
@@ -690,9 +670,9 @@ def _measure(hub: LocalHub, request: TakedownRequest, repo: str, revision: str, 
 def _check_executor(executor: str, workers: int) -> None:
     """Bad --executor / --workers, or Ray missing, is bad input before anything runs (one line saying how to
     install Ray)."""
-    from .executors import _check, import_ray
+    from .executors import check_executor, import_ray
 
-    _check(executor, workers)
+    check_executor(executor, workers)
     if executor == "ray":
         import_ray()
 
@@ -935,9 +915,10 @@ def _apply(hub: LocalHub, tp: TakedownPlan, kind: str, *, eval_data: str | None,
     t0 = time.perf_counter()
     result = None
     if todo:
-        lhub = _PublishWithLedger(hub, build, purge_of)
-        result = run_forget(lhub, plan, workers=workers, progress=progress, executor=executor,
-                            ray_address=ray_address)
+        # the ledger's record and the purge's tombstones land in the forget's own publish: all or nothing
+        result = run_forget(hub, plan, workers=workers, progress=progress, executor=executor,
+                            ray_address=ray_address, extra_changes=lambda changes: [build(changes)],
+                            purge=purge_of)
         for repo, rv in result.revisions.items():
             event["repos"][repo]["to"] = rv["to"]
             event["repos"][repo].update({k: v for k, v in result.stats[repo].items() if k in ("changed", "params")})
@@ -1123,7 +1104,7 @@ def _purge_facts(hub: LocalHub, rid: str, rec: dict, records: dict[str, dict], e
     entry."""
     from .purge import leftovers
 
-    left = leftovers(hub, rid, rec, records)
+    left = leftovers(hub, rid, rec, records, at=_now())
     entry["findings"] = entry["findings"] + left["findings"]
     entry["ok"] = not entry["findings"]
     events = rec.get("events", [])
@@ -1142,7 +1123,7 @@ def _fix_purge(hub: LocalHub, rid: str, rec: dict, records: dict[str, dict]) -> 
     same journaled step. None when there is nothing to purge."""
     from .purge import leftovers, purge_leftovers
 
-    left = leftovers(hub, rid, rec, records)
+    left = leftovers(hub, rid, rec, records, at=_now())
     if not (left["entries"] or left["strays"] or any(b["where"] is None for b in left["blobs"])):
         return None
     from .unlearn import utc_now
@@ -1158,7 +1139,7 @@ def _fix_purge(hub: LocalHub, rid: str, rec: dict, records: dict[str, dict]) -> 
                             f"{len(left['entries'])} file(s) of pre-forget revisions left on disk")
     out = purge_leftovers(hub, rid, left, [change])
     # Staged copies of the blobs just purged are found once their tombstones say so: a second pass removes them.
-    again = leftovers(hub, rid, ledger_records(hub)[rid], ledger_records(hub))
+    again = leftovers(hub, rid, ledger_records(hub)[rid], ledger_records(hub), at=_now())
     if again["strays"]:
         out["strays"] += purge_leftovers(hub, rid, {**again, "entries": [], "blobs": []})["strays"]
     return out

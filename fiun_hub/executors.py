@@ -758,7 +758,6 @@ def run_unlearn(tasks: Sequence[Any], *, workers: int = 1, executor: str = "loca
     return out
 
 
-_check = check_executor  # the old private name, still imported by compliance.py until it moves to the public one
 
 __all__ = ["EXECUTORS", "check_executor", "RAY_HINT", "ExecutorError", "run_tasks", "call_named", "name_error",
            "run_unlearn",

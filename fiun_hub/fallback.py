@@ -28,6 +28,7 @@ from typing import Any, Mapping, Sequence
 
 from .constants import CARD_FILE, FIM_CLASSES_FILE, FIM_FILE
 from .errors import FiunError, SidecarError
+from .hub.base import PURGE, supports
 
 OWN = "own"
 
@@ -72,10 +73,8 @@ def _parents_at(hub, repo: str, rev: str) -> list[tuple[str, str]]:
 
 def _header(hub, repo: str, rev: str) -> dict | None:
     """The model sidecar's header metadata at ``rev``; None when it cannot be read (purged, missing, garbled)."""
-    from .safetensors_io import read_header
-
     try:
-        return read_header(hub.file_path(repo, FIM_FILE, rev))[1]
+        return hub.safetensors_header(repo, FIM_FILE, rev)[1]  # the header alone (a range request on a remote hub)
     except Exception:
         return None
 
@@ -101,9 +100,10 @@ def _derived(hub, repo: str, prev, nxt) -> bool:
 
 
 def _stones(hub, repo: str, cid: str) -> dict:
-    tombstones = getattr(hub, "tombstones", None)
+    if not supports(hub, PURGE):  # a hub that cannot purge has no tombstones
+        return {}
     try:
-        return tombstones(repo, cid) if tombstones is not None else {}
+        return hub.tombstones(repo, cid)
     except FiunError:
         return {}
 

@@ -208,10 +208,12 @@ def stray_files(hub: LocalHub) -> list[Path]:
     return out
 
 
-def leftovers(hub: LocalHub, request_id: str, record: dict, records: Mapping[str, dict]) -> dict[str, Any]:
+def leftovers(hub: LocalHub, request_id: str, record: dict, records: Mapping[str, dict], *,
+              at: str) -> dict[str, Any]:
     """What a purge of ``request_id`` should have removed and is still on disk, and what it keeps on hold:
     ``{"entries": [tombstones to (re)write], "blobs": [{"repo", "sha256", "where"}], "strays": [paths],
-    "held": {repo: [commits]}, "findings": [...]}``."""
+    "held": {repo: [commits]}, "findings": [...]}``. ``at``: the time the tombstones record (the caller's clock:
+    compliance passes its own, which the tests fix)."""
     held_all = holds(records) | kept_revisions(records, request_id)
     mine = {(r, c) for ev in record.get("events", []) for r, cs in ((ev.get("hold") or {}).get("revisions")
                                                                     or {}).items() for c in cs}
@@ -222,9 +224,6 @@ def leftovers(hub: LocalHub, request_id: str, record: dict, records: Mapping[str
             if e.get("action") == "forgot" and e.get("from") and hub.repo_exists(repo):
                 starts.setdefault(repo, set()).add(e["from"])
     entries: list[dict] = []
-    from .compliance import _now
-
-    at = _now()
     for repo, froms in sorted(starts.items()):
         for start in sorted(froms):
             try:

@@ -23,7 +23,7 @@ from .card import parse_card_full, render_card
 from .constants import CARD_FILE, CONFIG_FILE, FIM_CLASSES_FILE, FIM_FILE, WEIGHTS_FILE
 from .errors import BadInput, ConflictError, FiunError, LineageError, UnlearnError
 from .hub.ids import validate_repo_id, validate_request_id
-from .hub.base import BLOB_STORE, LOCK, Blob, Hub, RepoChange, check_card_write, supports
+from .hub.base import BLOB_STORE, LOCK, PURGE, Blob, Hub, RepoChange, check_card_write, supports
 from .hub.staging import StagedBlob, Staging
 from .lineage import affected, merge_sources, resolve
 from .models import parse_config
@@ -378,6 +378,8 @@ def run_forget(
     progress: Callable[[str], None] | None = None,
     ray_address: str | None = None,
     batched: bool | None = None,
+    extra_changes: Callable[[list[RepoChange]], list[RepoChange]] | None = None,
+    purge: Callable[[list[RepoChange]], list[dict] | None] | None = None,
 ) -> ForgetResult:
     """Carry out a plan: compute U per origin, M per repo, dampen every affected repo independently (in this
     process, a process pool or Ray; batched by head shape on CUDA), then publish all new revisions together
@@ -386,12 +388,20 @@ def run_forget(
     Each repo's new files are finished as its result arrives: on a LocalHub the executor's task writes the new
     weights straight into the repo's blob store (a staging name, then ``blobs/{sha256}``; invisible until the
     publish moves the refs), and this process derives the sidecars and the card and keeps only small things. So
-    memory does not grow with the number of repos, and nothing is left behind when the forget fails."""
+    memory does not grow with the number of repos, and nothing is left behind when the forget fails.
+
+    ``extra_changes(changes)``: more changes made from the forget's own (e.g. the takedown ledger's record of
+    them, :mod:`fiun_hub.compliance`), published in the same publish, so that they land with the new revisions
+    or not at all. ``purge(changes)``: the tombstones to write in that publish (:mod:`fiun_hub.purge`; a hub
+    with ``PURGE`` only). ``purge`` is called first, then ``extra_changes``, both after every repo is done and
+    before the publish; if either raises, nothing is published."""
     import time
 
 
     if plan.problems:
         raise UnlearnError(plan.problems[0])
+    if purge is not None and not supports(hub, PURGE):
+        raise ValueError("run_forget(purge=...) needs a hub with the PURGE capability")
     if not plan.todo:
         return ForgetResult(plan.request_id, True, {}, {}, {})
     t0 = time.perf_counter()
@@ -515,9 +525,13 @@ def run_forget(
                 progress(repo)
         t_nodes = time.perf_counter() - t1 - t_finish[0]
         t2 = time.perf_counter()
+        mine = [changes[n.repo] for n in plan.todo]
+        opts: dict[str, Any] = {"precondition": _affected_set_unchanged(plan)} if supports(hub, LOCK) else {}
+        if purge is not None:
+            opts["purge"] = purge(list(mine))
+        extra = list(extra_changes(list(mine))) if extra_changes is not None else []
         publishing = True
-        new = hub.publish([changes[n.repo] for n in plan.todo],
-                          **({"precondition": _affected_set_unchanged(plan)} if supports(hub, LOCK) else {}))
+        new = hub.publish(mine + extra, **opts)
         t_publish = time.perf_counter() - t2
     except BaseException as exc:
         # Nothing is published: remove what this forget staged. (A publish that failed after writing its commit
