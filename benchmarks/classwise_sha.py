@@ -9,7 +9,6 @@ import json, sys, shutil
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import test_forget as TF
-from fiun_hub.hub.local import LocalHub
 from fiun_hub.unlearn import forget
 
 work = Path(sys.argv[1]); out = {}

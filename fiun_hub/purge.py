@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from .constants import CARD_FILE, CONFIG_FILE, FIM_CLASSES_FILE, FIM_FILE, FIUN_DIR
+from .constants import CARD_FILE, CONFIG_FILE, FIM_CLASSES_FILE, FIM_FILE
 from .errors import BadInput
 from .hub.local import Blob, LocalHub, RepoChange, sha256_file
 from .repo import read_meta

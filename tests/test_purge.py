@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from conftest import fingerprint
-from fiun_hub.compliance import LEDGER_REPO, ledger_record
+from fiun_hub.compliance import ledger_record
 from fiun_hub.constants import CARD_FILE, CONFIG_FILE, FIM_FILE, WEIGHTS_FILE
 from fiun_hub.errors import Purged
 from fiun_hub.hub.local import LocalHub, RepoChange
