@@ -500,10 +500,18 @@ class SuspectedEdge:
     direction: str            # time | merge | forget | unknown
     declared: bool
     evidence: dict = field(default_factory=dict)
+    # derived: a suspected derivation (child from parent); sibling: both ends derive from ``via`` (their own
+    # reported edges say so), neither from the other; ancestor: parent is an earlier ancestor of child through the
+    # reported edge ``via`` -> child (a grandparent). See :func:`_relations`.
+    relation: str = "derived"
+    via: str | None = None
 
     def to_dict(self) -> dict:
-        return {"parent": self.parent, "child": self.child, "kind": self.kind, "direction": self.direction,
-                "declared": self.declared, **self.evidence}
+        d = {"parent": self.parent, "child": self.child, "kind": self.kind, "direction": self.direction,
+             "declared": self.declared, "relation": self.relation}
+        if self.via is not None:
+            d["via"] = self.via
+        return {**d, **self.evidence}
 
     def line(self) -> str:
         e = self.evidence
@@ -515,7 +523,12 @@ class SuspectedEdge:
         if "merge_weights" in e:
             bits.append(f"merge weight {e['merge_weights']:.2f}, residual {e['merge_residual']:.3f}")
         bits.append(f"direction: {self.direction}")
-        return (f"{'declared' if self.declared else 'UNDECLARED'} {self.kind}: {self.parent} {arrow} {self.child} "
+        what = self.kind
+        if self.relation == "sibling":
+            arrow, what = "<->", f"sibling ({self.kind}, both from {self.via})"
+        elif self.relation == "ancestor":
+            what = f"ancestor ({self.kind}, through {self.via})"
+        return (f"{'declared' if self.declared else 'UNDECLARED'} {what}: {self.parent} {arrow} {self.child} "
                 f"({', '.join(bits)})")
 
 
@@ -811,7 +824,10 @@ def infer(hub, g=None, entries: dict | None = None) -> list[SuspectedEdge]:
         return since[r]
 
     # every model with a suspected relation needs its time: the pruning keeps each one's edge to its oldest relation
-    pairs = _prune(pairs, {r: when(r) for r in {x for k in pairs for x in k}})
+    times = {r: when(r) for r in {x for k in pairs for x in k}}
+    oldest = _oldest_parents(pairs, times) if pairs else set()  # what _prune(pairs, times) adds
+    keep = (_prune_explained(pairs) | oldest) if pairs else set()
+    pairs = {k: v for k, v in pairs.items() if k in keep}
     edges: list[SuspectedEdge] = []
 
     for (a, b), (kind, ev) in sorted(pairs.items()):
@@ -830,8 +846,60 @@ def infer(hub, g=None, entries: dict | None = None) -> list[SuspectedEdge]:
                                                                         if r is not None), 4),
                      merge_parents=[q for q, _ in parents])
             edges.append(SuspectedEdge(p, child, "merge", "merge", _declared(g, p, child), d))
+    _relations(edges, oldest)
     edges.sort(key=lambda e: (e.declared, e.parent, e.child))
     return edges
+
+
+def _relations(edges: list[SuspectedEdge], oldest: set) -> None:
+    """Set each edge's ``relation``/``via`` (in place). The *core* edges are the derivations the evidence points
+    at directly: each model's edge to its oldest earlier relation (``oldest``: sorted pairs), whole copies
+    (every shared tensor identical) and merge fits, each with a direction. Then, for the others:
+
+    - an edge whose child has another core edge from ``d`` with its parent an ancestor of ``d`` (through core
+      edges) is ``ancestor`` via ``d`` (a re-upload of a fine-tune and the fine-tune's parent; a merge and its
+      clients' parent), never for a whole copy or a merge fit;
+    - an edge between two models that share a core ancestor, neither an ancestor of the other, is ``sibling``
+      via the nearest shared ancestor (two fine-tunes of one parent; two merges of its clients).
+
+    The pairs stay reported: only what the line says about them changes."""
+    import networkx as nx
+
+    core = nx.DiGraph()
+    fixed = set()
+    for e in edges:
+        key = (e.parent, e.child) if str(e.parent) <= str(e.child) else (e.child, e.parent)
+        whole = e.evidence.get("shared_tensors", 0) > 0 and \
+            e.evidence.get("identical_tensors") == e.evidence.get("shared_tensors")
+        if e.kind == "merge" or whole:
+            fixed.add(id(e))  # a whole copy or a merge fit is a derivation whatever else is reported
+        if e.direction == "unknown":
+            continue
+        if e.kind == "merge" or whole or key in oldest:
+            core.add_edge(e.parent, e.child)
+    anc: dict = {}
+
+    def ancestors(x):
+        if x not in anc:
+            anc[x] = nx.ancestors(core, x) if x in core else set()
+        return anc[x]
+
+    for e in edges:
+        if id(e) in fixed:
+            continue
+        a, b = e.parent, e.child
+        if b in core:
+            via = sorted((d for d in core.predecessors(b) if d != a and a in ancestors(d)), key=str)
+            if via:
+                e.relation, e.via = "ancestor", via[0]
+                continue
+        if core.has_edge(a, b) or a in ancestors(b) or b in ancestors(a):
+            continue  # a core edge, or one along a chain of them (kept as a derivation)
+        shared = ancestors(a) & ancestors(b)
+        if shared:
+            # the nearest: a shared ancestor none of whose descendants is also shared
+            near = sorted((s for s in shared if not any(s in ancestors(t) for t in shared)), key=str)
+            e.relation, e.via = "sibling", near[0]
 
 
 def derivatives_of(hub, sources: dict[str, Fingerprint], entries: dict, exclude: Iterable[str] = ()) \
