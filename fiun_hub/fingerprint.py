@@ -50,6 +50,8 @@ CANDIDATE_MIN = 0.3      # loose bound on the compact vectors (both groups) for 
 MERGE_PAIR_MIN = 0.3     # a merge parent's cosine to the merge (both groups)
 MERGE_RESIDUAL = 0.15    # relative residual of the merge fit (each group)
 MERGE_MAX_PARENTS = 8
+CLOSE_MERGE_RESIDUAL = 0.06  # the same among close models (:func:`_merges_among_close`): on the benchmark,
+#                              fine-tunes and re-uploads fit a merge of their relations to 0.09-0.14, FedAvg merges 0.01-0.06
 COMPACT_DIM = 64
 _FLOATS = {"F16": np.float16, "F32": np.float32, "F64": np.float64, "BF16": None}
 
@@ -846,19 +848,50 @@ def infer(hub, g=None, entries: dict | None = None) -> list[SuspectedEdge]:
                                                                         if r is not None), 4),
                      merge_parents=[q for q, _ in parents])
             edges.append(SuspectedEdge(p, child, "merge", "merge", _declared(g, p, child), d))
+    _merges_among_close(fps, pairs, edges)
     _relations(edges, oldest)
     edges.sort(key=lambda e: (e.declared, e.parent, e.child))
     return edges
 
 
+def _merges_among_close(fps: dict, pairs: dict, edges: list[SuspectedEdge]) -> None:
+    """A merge of close models (FedAvg of fine-tunes of one parent) is close to each of them, so :func:`relate`
+    (which fits merges on the looser pairs) reports its pairs as ``close``, and by structure alone each would look
+    like two fine-tunes of one parent. For every model with two or more close edges from older models (and no
+    merge fit yet), fit a merge of those; when one fits with a residual of at most ``CLOSE_MERGE_RESIDUAL``, its edges from the fitted parents carry the merge's
+    weights (``merge_weights``, ``merge_residual``, ``merge_parents``) and count as derivations."""
+    merged = {e.child for e in edges if e.kind == "merge"}
+    by_child: dict = {}
+    for e in edges:
+        if e.kind == "close" and e.direction == "time" and e.child not in merged:
+            by_child.setdefault(e.child, []).append(e)
+    for child, es in sorted(by_child.items(), key=lambda kv: str(kv[0])):
+        if len(es) < 2:
+            continue
+        cands = {e.parent: pairs[tuple(sorted((e.parent, child), key=str))][1] for e in es}
+        fit = _fit_merge(fps, child, cands)
+        if fit is None:
+            continue
+        _, parents, (r_init, r_learned), _ = fit
+        w = dict(parents)
+        res = round(max(r for r in (r_init, r_learned) if r is not None), 4)
+        if res > CLOSE_MERGE_RESIDUAL:
+            continue
+        for e in es:
+            if e.parent in w:
+                e.evidence.update(merge_weights=round(w[e.parent], 4), merge_residual=res,
+                                  merge_parents=[q for q, _ in parents])
+
+
 def _relations(edges: list[SuspectedEdge], oldest: set) -> None:
     """Set each edge's ``relation``/``via`` (in place). The *core* edges are the derivations the evidence points
-    at directly: each model's edge to its oldest earlier relation (``oldest``: sorted pairs), whole copies
-    (every shared tensor identical) and merge fits, each with a direction. Then, for the others:
+    at directly: each model's edge to its oldest earlier relation (``oldest``: sorted pairs), re-uploads (the
+    same weights file) and merge fits (``merge``, or close edges :func:`_merges_among_close` fitted), each with a
+    direction. Then, for the others:
 
     - an edge whose child has another core edge from ``d`` with its parent an ancestor of ``d`` (through core
       edges) is ``ancestor`` via ``d`` (a re-upload of a fine-tune and the fine-tune's parent; a merge and its
-      clients' parent), never for a whole copy or a merge fit;
+      clients' parent), never for a re-upload or a merge fit;
     - an edge between two models that share a core ancestor, neither an ancestor of the other, is ``sibling``
       via the nearest shared ancestor (two fine-tunes of one parent; two merges of its clients).
 
@@ -869,13 +902,15 @@ def _relations(edges: list[SuspectedEdge], oldest: set) -> None:
     fixed = set()
     for e in edges:
         key = (e.parent, e.child) if str(e.parent) <= str(e.child) else (e.child, e.parent)
-        whole = e.evidence.get("shared_tensors", 0) > 0 and \
-            e.evidence.get("identical_tensors") == e.evidence.get("shared_tensors")
-        if e.kind == "merge" or whole:
+        # a re-upload (the same file); not "identical" (the same tensors under another head): a frozen-backbone
+        # transfer and a re-upload of its parent are identical on what they share, and siblings
+        whole = e.kind == "re-upload"
+        fit = e.kind == "merge" or "merge_parents" in e.evidence
+        if fit or whole:
             fixed.add(id(e))  # a whole copy or a merge fit is a derivation whatever else is reported
         if e.direction == "unknown":
             continue
-        if e.kind == "merge" or whole or key in oldest:
+        if fit or whole or key in oldest:
             core.add_edge(e.parent, e.child)
     anc: dict = {}
 

@@ -376,7 +376,7 @@ def test_edges_explained_by_reported_derivations_are_marked_sibling_or_ancestor_
     relation, ``--infer`` keeps pairs the similarity rule keeps, and 50 of 128 joined two models of one family
     where neither came from the other (two fine-tunes of one parent, a re-upload and its original's sibling, two
     merges of one parent's clients) or a model and its grandparent. Those are marked (``relation``/``via``), in
-    the JSON and the line, and still reported; whole copies and merge fits stay derivations."""
+    the JSON and the line, and still reported; re-uploads and merge fits stay derivations."""
     from fiun_hub import fingerprint as F
 
     ev = lambda same=0: {"shared_tensors": 77, "identical_tensors": same,  # noqa: E731
@@ -388,8 +388,10 @@ def test_edges_explained_by_reported_derivations_are_marked_sibling_or_ancestor_
              E("ft1", "m", "merge", "merge"), E("ft2", "m", "merge", "merge"), E("p", "m"),  # m merges ft1, ft2
              E("ft1", "m2", "merge", "merge"), E("ft2", "m2", "merge", "merge"), E("m", "m2"),  # and so does m2
              E("u", "w", "re-upload", "unknown", ev(77)),          # a whole copy without a direction
-             E("u", "v", d="unknown")]                              # a pair of one age: no core edge, no relation
-    oldest = {("ft1", "p"), ("ft2", "p"), ("p", "r"), ("m", "p")}
+             E("u", "v", d="unknown"),                              # a pair of one age: no core edge, no relation
+             E("p", "tl"), E("p", "c", "re-upload", e=ev(77)),     # a frozen-backbone transfer, a re-upload of p:
+             E("c", "tl", "identical", e=ev(77))]                  # the same tensors on what they share, siblings
+    oldest = {("ft1", "p"), ("ft2", "p"), ("p", "r"), ("m", "p"), ("p", "tl"), ("c", "p")}
     F._relations(edges, oldest)
     got = {(e.parent, e.child): (e.relation, e.via) for e in edges}
     assert got == {
@@ -397,7 +399,8 @@ def test_edges_explained_by_reported_derivations_are_marked_sibling_or_ancestor_
         ("ft1", "r"): ("derived", None), ("p", "r"): ("ancestor", "ft1"), ("ft2", "r"): ("sibling", "p"),
         ("ft1", "m"): ("derived", None), ("ft2", "m"): ("derived", None), ("p", "m"): ("ancestor", "ft1"),
         ("ft1", "m2"): ("derived", None), ("ft2", "m2"): ("derived", None), ("m", "m2"): ("sibling", "ft1"),
-        ("u", "w"): ("derived", None), ("u", "v"): ("derived", None)}
+        ("u", "w"): ("derived", None), ("u", "v"): ("derived", None),
+        ("p", "tl"): ("derived", None), ("p", "c"): ("derived", None), ("c", "tl"): ("sibling", "p")}
     sib = next(e for e in edges if (e.parent, e.child) == ("ft1", "ft2"))
     assert sib.to_dict()["relation"] == "sibling" and sib.to_dict()["via"] == "p"
     assert sib.line().startswith("UNDECLARED sibling (close, both from p): ft1 <-> ft2 (")
