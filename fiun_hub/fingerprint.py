@@ -50,6 +50,8 @@ CANDIDATE_MIN = 0.3      # loose bound on the compact vectors (both groups) for 
 MERGE_PAIR_MIN = 0.3     # a merge parent's cosine to the merge (both groups)
 MERGE_RESIDUAL = 0.15    # relative residual of the merge fit (each group)
 MERGE_MAX_PARENTS = 8
+CLOSE_MERGE_GAIN = 0.5      # ... and at most half the residual of its best single parent (a near copy of one
+#                              model fits its siblings as well as it fits that model: no gain)
 CLOSE_MERGE_RESIDUAL = 0.06  # the same among close models (:func:`_merges_among_close`): on the benchmark,
 #                              fine-tunes and re-uploads fit a merge of their relations to 0.09-0.14, FedAvg merges 0.01-0.06
 COMPACT_DIM = 64
@@ -875,12 +877,28 @@ def _merges_among_close(fps: dict, pairs: dict, edges: list[SuspectedEdge]) -> N
         _, parents, (r_init, r_learned), _ = fit
         w = dict(parents)
         res = round(max(r for r in (r_init, r_learned) if r is not None), 4)
-        if res > CLOSE_MERGE_RESIDUAL:
+        if res > CLOSE_MERGE_RESIDUAL or res > CLOSE_MERGE_GAIN * min(
+                (_single_residual(fps, child, p) for p in cands), default=0.0):
             continue
         for e in es:
             if e.parent in w:
                 e.evidence.update(merge_weights=round(w[e.parent], 4), merge_residual=res,
                                   merge_parents=[q for q, _ in parents])
+
+
+def _single_residual(items: dict, child, parent) -> float:
+    """The relative residual of ``child``'s sketches as a multiple of ``parent``'s alone (the larger group's; inf
+    when they share nothing)."""
+    fc, fp = items[child], items[parent]
+    m = _matched(fc.layout, fp.layout)
+    if m is None:
+        return float("inf")
+    ca, cb = m
+    valid = (fc.norms[ca] > 0) & (fp.norms[cb] > 0)
+    f = _merge_fit(fc.sketch[ca], [fp.sketch[cb]], fc.layout.learned[ca], valid)
+    if f is None:
+        return float("inf")
+    return max(r for r in f[1:] if r is not None)
 
 
 def _relations(edges: list[SuspectedEdge], oldest: set) -> None:
