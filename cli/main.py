@@ -224,8 +224,8 @@ def lineage(c: Ctx, repo: str | None, up: bool, down: bool, fmt: str | None, out
         if repo is not None:
             edges = [e for e in edges if repo in (e.parent, e.child)]
         undeclared = [e for e in edges if not e.declared]
-        # sibling/ancestor edges count too: one is undeclared only when a derivation edge it rests on is
-        # undeclared, so the exit status is the same, and nothing reported is left out of the check
+        # sibling/ancestor edges count too (docs/lineage-inference.md): one is normally undeclared only when a
+        # derivation edge it rests on is, and nothing reported is left out of the check
         c.emit({"edges": [e.to_dict() for e in edges], "undeclared": len(undeclared),
                 "undeclared_derived": sum(e.relation == "derived" for e in undeclared)},
                lambda: "\n".join(e.line() for e in edges) or "no suspected edges")
