@@ -50,6 +50,10 @@ CANDIDATE_MIN = 0.3      # loose bound on the compact vectors (both groups) for 
 MERGE_PAIR_MIN = 0.3     # a merge parent's cosine to the merge (both groups)
 MERGE_RESIDUAL = 0.15    # relative residual of the merge fit (each group)
 MERGE_MAX_PARENTS = 8
+CLOSE_MERGE_GAIN = 0.5      # ... and at most half the residual of its best single parent (a near copy of one
+#                              model fits its siblings as well as it fits that model: no gain)
+CLOSE_MERGE_RESIDUAL = 0.06  # the same among close models (:func:`_merges_among_close`): on the benchmark,
+#                              fine-tunes and re-uploads fit a merge of their relations to 0.09-0.14, FedAvg merges 0.01-0.06
 COMPACT_DIM = 64
 _FLOATS = {"F16": np.float16, "F32": np.float32, "F64": np.float64, "BF16": None}
 
@@ -500,10 +504,18 @@ class SuspectedEdge:
     direction: str            # time | merge | forget | unknown
     declared: bool
     evidence: dict = field(default_factory=dict)
+    # derived: a suspected derivation (child from parent); sibling: both ends derive from ``via`` (their own
+    # reported edges say so), neither from the other; ancestor: parent is an earlier ancestor of child through the
+    # reported edge ``via`` -> child (a grandparent). See :func:`_relations`.
+    relation: str = "derived"
+    via: str | None = None
 
     def to_dict(self) -> dict:
-        return {"parent": self.parent, "child": self.child, "kind": self.kind, "direction": self.direction,
-                "declared": self.declared, **self.evidence}
+        d = {"parent": self.parent, "child": self.child, "kind": self.kind, "direction": self.direction,
+             "declared": self.declared, "relation": self.relation}
+        if self.via is not None:
+            d["via"] = self.via
+        return {**d, **self.evidence}
 
     def line(self) -> str:
         e = self.evidence
@@ -515,7 +527,12 @@ class SuspectedEdge:
         if "merge_weights" in e:
             bits.append(f"merge weight {e['merge_weights']:.2f}, residual {e['merge_residual']:.3f}")
         bits.append(f"direction: {self.direction}")
-        return (f"{'declared' if self.declared else 'UNDECLARED'} {self.kind}: {self.parent} {arrow} {self.child} "
+        what = self.kind
+        if self.relation == "sibling":
+            arrow, what = "<->", f"sibling ({self.kind}, both from {self.via})"
+        elif self.relation == "ancestor":
+            what = f"ancestor ({self.kind}, through {self.via})"
+        return (f"{'declared' if self.declared else 'UNDECLARED'} {what}: {self.parent} {arrow} {self.child} "
                 f"({', '.join(bits)})")
 
 
@@ -811,7 +828,10 @@ def infer(hub, g=None, entries: dict | None = None) -> list[SuspectedEdge]:
         return since[r]
 
     # every model with a suspected relation needs its time: the pruning keeps each one's edge to its oldest relation
-    pairs = _prune(pairs, {r: when(r) for r in {x for k in pairs for x in k}})
+    times = {r: when(r) for r in {x for k in pairs for x in k}}
+    oldest = _oldest_parents(pairs, times) if pairs else set()  # what _prune(pairs, times) adds
+    keep = (_prune_explained(pairs) | oldest) if pairs else set()
+    pairs = {k: v for k, v in pairs.items() if k in keep}
     edges: list[SuspectedEdge] = []
 
     for (a, b), (kind, ev) in sorted(pairs.items()):
@@ -830,8 +850,109 @@ def infer(hub, g=None, entries: dict | None = None) -> list[SuspectedEdge]:
                                                                         if r is not None), 4),
                      merge_parents=[q for q, _ in parents])
             edges.append(SuspectedEdge(p, child, "merge", "merge", _declared(g, p, child), d))
+    _merges_among_close(fps, pairs, edges)
+    _relations(edges, oldest)
     edges.sort(key=lambda e: (e.declared, e.parent, e.child))
     return edges
+
+
+def _merges_among_close(fps: dict, pairs: dict, edges: list[SuspectedEdge]) -> None:
+    """A merge of close models (FedAvg of fine-tunes of one parent) is close to each of them, so :func:`relate`
+    (which fits merges on the looser pairs) reports its pairs as ``close``, and by structure alone each would look
+    like two fine-tunes of one parent. For every model with two or more close edges from older models (and no
+    merge fit yet), fit a merge of those; when one fits with a residual of at most ``CLOSE_MERGE_RESIDUAL``, its edges from the fitted parents carry the merge's
+    weights (``merge_weights``, ``merge_residual``, ``merge_parents``) and count as derivations."""
+    merged = {e.child for e in edges if e.kind == "merge"}
+    by_child: dict = {}
+    for e in edges:
+        if e.kind == "close" and e.direction == "time" and e.child not in merged:
+            by_child.setdefault(e.child, []).append(e)
+    for child, es in sorted(by_child.items(), key=lambda kv: str(kv[0])):
+        if len(es) < 2:
+            continue
+        cands = {e.parent: pairs[tuple(sorted((e.parent, child), key=str))][1] for e in es}
+        fit = _fit_merge(fps, child, cands)
+        if fit is None:
+            continue
+        _, parents, (r_init, r_learned), _ = fit
+        w = dict(parents)
+        res = round(max(r for r in (r_init, r_learned) if r is not None), 4)
+        if res > CLOSE_MERGE_RESIDUAL or res > CLOSE_MERGE_GAIN * min(
+                (_single_residual(fps, child, p) for p in cands), default=0.0):
+            continue
+        for e in es:
+            if e.parent in w:
+                e.evidence.update(merge_weights=round(w[e.parent], 4), merge_residual=res,
+                                  merge_parents=[q for q, _ in parents])
+
+
+def _single_residual(items: dict, child, parent) -> float:
+    """The relative residual of ``child``'s sketches as a multiple of ``parent``'s alone (the larger group's; inf
+    when they share nothing)."""
+    fc, fp = items[child], items[parent]
+    m = _matched(fc.layout, fp.layout)
+    if m is None:
+        return float("inf")
+    ca, cb = m
+    valid = (fc.norms[ca] > 0) & (fp.norms[cb] > 0)
+    f = _merge_fit(fc.sketch[ca], [fp.sketch[cb]], fc.layout.learned[ca], valid)
+    if f is None:
+        return float("inf")
+    return max(r for r in f[1:] if r is not None)
+
+
+def _relations(edges: list[SuspectedEdge], oldest: set) -> None:
+    """Set each edge's ``relation``/``via`` (in place). The *core* edges are the derivations the evidence points
+    at directly: each model's edge to its oldest earlier relation (``oldest``: sorted pairs), re-uploads (the
+    same weights file) and merge fits (``merge``, or close edges :func:`_merges_among_close` fitted), each with a
+    direction. Then, for the others:
+
+    - an edge whose child has another core edge from ``d`` with its parent an ancestor of ``d`` (through core
+      edges) is ``ancestor`` via ``d`` (a re-upload of a fine-tune and the fine-tune's parent; a merge and its
+      clients' parent), never for a re-upload or a merge fit;
+    - an edge between two models that share a core ancestor, neither an ancestor of the other, is ``sibling``
+      via the nearest shared ancestor (two fine-tunes of one parent; two merges of its clients).
+
+    The pairs stay reported: only what the line says about them changes."""
+    import networkx as nx
+
+    core = nx.DiGraph()
+    fixed = set()
+    for e in edges:
+        key = (e.parent, e.child) if str(e.parent) <= str(e.child) else (e.child, e.parent)
+        # a re-upload (the same file); not "identical" (the same tensors under another head): a frozen-backbone
+        # transfer and a re-upload of its parent are identical on what they share, and siblings
+        whole = e.kind == "re-upload"
+        fit = e.kind == "merge" or "merge_parents" in e.evidence
+        if fit or whole:
+            fixed.add(id(e))  # a whole copy or a merge fit is a derivation whatever else is reported
+        if e.direction == "unknown":
+            continue
+        if fit or whole or key in oldest:
+            core.add_edge(e.parent, e.child)
+    anc: dict = {}
+
+    def ancestors(x):
+        if x not in anc:
+            anc[x] = nx.ancestors(core, x) if x in core else set()
+        return anc[x]
+
+    for e in edges:
+        if id(e) in fixed:
+            continue
+        a, b = e.parent, e.child
+        if b in core:
+            via = sorted((d for d in core.predecessors(b) if d != a and a in ancestors(d)), key=str)
+            if via:
+                e.relation, e.via = "ancestor", via[0]
+                continue
+        if core.has_edge(a, b) or a in ancestors(b) or b in ancestors(a):
+            continue  # a core edge, or one along a chain of them (kept as a derivation)
+        shared = ancestors(a) & ancestors(b)
+        if shared:
+            # the nearest: a shared ancestor none of whose descendants is also shared
+            near = sorted((s for s in shared if not any(s in ancestors(t) for t in shared)), key=str)
+            e.relation, e.via = "sibling", near[0]
 
 
 def derivatives_of(hub, sources: dict[str, Fingerprint], entries: dict, exclude: Iterable[str] = ()) \

@@ -373,3 +373,43 @@ def test_oldest_relation_rule_keeps_one_edge_per_model_to_its_oldest_earlier_rel
     # relation ("same" appeared with it, "x" has no time), so no edge for it
     rest = {k: v for k, v in pairs.items() if "p" not in k}
     assert F._oldest_parents(rest, since) == {("q2", "ft2")}
+
+
+def test_edges_explained_by_reported_derivations_are_marked_sibling_or_ancestor_and_stay_reported():
+    """Measured in benchmarks/infer_lineage.py (section 10): besides each model's edge to its oldest earlier
+    relation, ``--infer`` keeps pairs the similarity rule keeps, and 50 of 128 joined two models of one family
+    where neither came from the other (two fine-tunes of one parent, a re-upload and its original's sibling, two
+    merges of one parent's clients) or a model and its grandparent. Those are marked (``relation``/``via``), in
+    the JSON and the line, and still reported; re-uploads and merge fits stay derivations."""
+    from fiun_hub import fingerprint as F
+
+    ev = lambda same=0: {"shared_tensors": 77, "identical_tensors": same,  # noqa: E731
+                         "init_similarity": 0.999, "learned_similarity": 0.98}
+    E = lambda p, c, kind="close", d="time", e=None: F.SuspectedEdge(p, c, kind, d, False, e or ev())  # noqa: E731
+    edges = [E("p", "ft1"), E("p", "ft2"), E("ft1", "ft2"),       # two fine-tunes of p, and the pair of them
+             E("ft1", "r", "re-upload", e=ev(77)), E("p", "r"),    # r re-uploads ft1; p is r's oldest relation
+             E("ft2", "r"),                                        # r and its original's sibling
+             E("ft1", "m", "merge", "merge"), E("ft2", "m", "merge", "merge"), E("p", "m"),  # m merges ft1, ft2
+             E("ft1", "m2", "merge", "merge"), E("ft2", "m2", "merge", "merge"), E("m", "m2"),  # and so does m2
+             E("u", "w", "re-upload", "unknown", ev(77)),          # a whole copy without a direction
+             E("u", "v", d="unknown"),                              # a pair of one age: no core edge, no relation
+             E("p", "tl"), E("p", "c", "re-upload", e=ev(77)),     # a frozen-backbone transfer, a re-upload of p:
+             E("c", "tl", "identical", e=ev(77))]                  # the same tensors on what they share, siblings
+    oldest = {("ft1", "p"), ("ft2", "p"), ("p", "r"), ("m", "p"), ("p", "tl"), ("c", "p")}
+    F._relations(edges, oldest)
+    got = {(e.parent, e.child): (e.relation, e.via) for e in edges}
+    assert got == {
+        ("p", "ft1"): ("derived", None), ("p", "ft2"): ("derived", None), ("ft1", "ft2"): ("sibling", "p"),
+        ("ft1", "r"): ("derived", None), ("p", "r"): ("ancestor", "ft1"), ("ft2", "r"): ("sibling", "p"),
+        ("ft1", "m"): ("derived", None), ("ft2", "m"): ("derived", None), ("p", "m"): ("ancestor", "ft1"),
+        ("ft1", "m2"): ("derived", None), ("ft2", "m2"): ("derived", None), ("m", "m2"): ("sibling", "ft1"),
+        ("u", "w"): ("derived", None), ("u", "v"): ("derived", None),
+        ("p", "tl"): ("derived", None), ("p", "c"): ("derived", None), ("c", "tl"): ("sibling", "p")}
+    sib = next(e for e in edges if (e.parent, e.child) == ("ft1", "ft2"))
+    assert sib.to_dict()["relation"] == "sibling" and sib.to_dict()["via"] == "p"
+    assert sib.line().startswith("UNDECLARED sibling (close, both from p): ft1 <-> ft2 (")
+    anc = next(e for e in edges if (e.parent, e.child) == ("p", "r"))
+    assert anc.line().startswith("UNDECLARED ancestor (close, through ft1): p -> r (")
+    der = edges[0]
+    assert "via" not in der.to_dict() and der.to_dict()["relation"] == "derived"
+    assert der.line().startswith("UNDECLARED close: p -> ft1 (")
