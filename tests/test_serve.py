@@ -683,6 +683,30 @@ def test_half_sent_requests_are_closed(server, tmp_path):
         stop_server(proc)
 
 
+def test_a_post_refused_before_its_body_is_read_keeps_the_connection(server):
+    """A wrong-token POST is refused before its body is read. Closing the connection with the body unread makes the
+    kernel reset it, and the client can lose the 401 it was reading (seen in CI: `permanently_delete_lfs_files` with
+    a wrong token failed with "connection reset"). A small body is read and dropped instead: the answer arrives and
+    the same connection serves the next request."""
+    import http.client
+
+    host, port = server.url.split("//", 1)[1].rsplit(":", 1)
+    body = json.dumps({"deletions": {"sha": ["0" * 64] * 2000, "rewriteHistory": True}}).encode()
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        conn.request("POST", "/api/models/o/r/lfs-files/batch", body=body,
+                     headers={"Authorization": "Bearer hf_" + "x" * 30, "Content-Type": "application/json"})
+        refused = conn.getresponse()
+        refused.read()
+        conn.request("GET", "/api/models")  # http.client does not reconnect: this needs the same socket
+        after = conn.getresponse()
+        after.read()
+    finally:
+        conn.close()
+    assert refused.status in (401, 403) and refused.getheader("connection", "").lower() != "close"
+    assert after.status == 200
+
+
 def test_an_idle_connection_outlives_the_clients_keep_alive(server):
     """huggingface_hub's httpx pool reuses an idle connection for up to ``keepalive_expiry`` seconds; a server that
     closes idle connections at the same moment races it, and the client's POST fails with "connection reset" (seen

@@ -143,9 +143,11 @@ class _Server(Staging, Auth, BodyReader, Shapes, ReadRoutes, LfsRoutes, WriteRou
             return Response(status_code=400, headers={"Connection": "close"})
         except Exception as exc:  # noqa: BLE001 - the one error mapper of every route
             status, message, code, headers, extra = _error_of(exc, method, path)
-            if request.method.upper() in ("POST", "PUT", "PATCH") and not getattr(request.state, "body_done", False):
-                # The body was not read to its end (over the limit, too slow, refused before reading): close the
-                # connection after the answer instead of reading the rest of the body to keep it alive.
+            if request.method.upper() in ("POST", "PUT", "PATCH") and not getattr(request.state, "body_done", False) \
+                    and not await self._drain_refused(request):
+                # The body was not read to its end (over the limit, too slow, or a large one refused before
+                # reading): close the connection after the answer instead of reading the rest to keep it alive.
+                # A small body refused before reading was read and dropped (_drain_refused): the connection stays.
                 headers = {**headers, "Connection": "close"}
             return _error(status, message, code, headers, extra)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from .common import DRAIN_LIMIT, JSON_LIMIT, HTTPError, Request, loads
+from .common import DRAIN_LIMIT, JSON_LIMIT, REFUSED_DRAIN_LIMIT, HTTPError, Request, loads
 
 
 class BodyReader:
@@ -13,6 +13,7 @@ class BodyReader:
     async def _chunks(self, request: "Request"):
         """The request body piece by piece; more than ``body_timeout`` seconds without a piece is a 408 (and the
         connection is closed). Sets ``request.state.body_done`` once the body was read to its end."""
+        request.state.body_started = True
         stream = request.stream().__aiter__()
         while True:
             try:
@@ -28,6 +29,22 @@ class BodyReader:
                 raise HTTPError(408, f"no part of the request body came for {self.body_timeout:g}s; closing the "
                                      "connection") from None
             yield chunk
+
+    async def _drain_refused(self, request: "Request") -> bool:
+        """Read and drop the body of a request refused before its body was read (a wrong token, say), when it
+        declares at most :data:`REFUSED_DRAIN_LIMIT` bytes; True when it was read to its end. Closing the
+        connection with the body unread instead makes the kernel reset it, and the client can lose the answer
+        (``connection reset`` while reading a 401)."""
+        declared = request.headers.get("content-length", "")
+        if getattr(request.state, "body_started", False) or not declared.isdigit() \
+                or int(declared) > REFUSED_DRAIN_LIMIT:
+            return False
+        try:
+            async for _ in self._chunks(request):
+                pass
+        except Exception:  # noqa: BLE001 - too slow, or gone: the answer then closes the connection
+            return False
+        return bool(getattr(request.state, "body_done", False))
 
     async def _body(self, request: "Request", limit: int) -> bytes:
         declared = request.headers.get("content-length", "")

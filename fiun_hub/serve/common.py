@@ -26,6 +26,7 @@ GITATTRIBUTES = "".join(f"*{s} filter=lfs diff=lfs merge=lfs -text\n" for s in L
 TICKET_TTL_S = 3600.0  # an LFS upload ticket, and a staged object, live this long without a commit
 JSON_LIMIT = 16 * MB  # JSON request bodies (preupload, batch, create, tag, validate-yaml)
 DRAIN_LIMIT = 64 * MB  # read (and drop) up to this much of an over-long body so the client sees our 413
+REFUSED_DRAIN_LIMIT = 1 * MB  # a request refused before its body was read: its body is read (and dropped) up to this
 MAX_COMMIT_LINES = 100_000  # operations in one NDJSON commit (the preupload and LFS batch take 10,000 files each)
 HEADER_LIMIT = 64 << 10  # request line + headers, bytes (h11_max_incomplete_event_size); larger: 400, closed
 HEADER_TIMEOUT_S = 10.0  # a connection must send a whole request head within this (and again after each answer)
