@@ -670,7 +670,7 @@ def _whole_copy(ev: Evidence) -> bool:
     return ev.shared > 0 and ev.identical == ev.shared
 
 
-def _prune(pairs: dict, since: dict | None = None) -> dict:
+def _prune(pairs: dict, since: dict | None = None, *, oldest: set | None = None) -> dict:
     """Drop pairs explained by a third model closer to both (siblings, a grandparent): keep (a, b) unless some
     c has a stronger suspected relation to a and to b; whole copies (:func:`_whole_copy`) are always kept. Each
     connected set of pairs of up to ``PRUNE_DENSE_MAX`` models is checked with a dense score matrix (a family of
@@ -679,12 +679,14 @@ def _prune(pairs: dict, since: dict | None = None) -> dict:
     With ``since`` (key -> when its weights first appeared, comparable strings), each model also keeps its edge
     to the oldest model older than it among its suspected relations (:func:`_oldest_parents`): fine-tunes of one
     parent are often closer to each other than to the parent, so the similarity rule alone ties each fine-tune
-    to a sibling, while the parent existed before all of them."""
+    to a sibling, while the parent existed before all of them. ``oldest``: those pairs already computed
+    (``_oldest_parents(pairs, since)``), in place of ``since``."""
     if not pairs:
         return {}
     keep = _prune_explained(pairs)
-    if since:
-        keep |= _oldest_parents(pairs, since)
+    if oldest is None and since:
+        oldest = _oldest_parents(pairs, since)
+    keep |= oldest or set()
     return {k: v for k, v in pairs.items() if k in keep}
 
 
@@ -829,9 +831,8 @@ def infer(hub, g=None, entries: dict | None = None) -> list[SuspectedEdge]:
 
     # every model with a suspected relation needs its time: the pruning keeps each one's edge to its oldest relation
     times = {r: when(r) for r in {x for k in pairs for x in k}}
-    oldest = _oldest_parents(pairs, times) if pairs else set()  # what _prune(pairs, times) adds
-    keep = (_prune_explained(pairs) | oldest) if pairs else set()
-    pairs = {k: v for k, v in pairs.items() if k in keep}
+    oldest = _oldest_parents(pairs, times)  # kept by _prune, and the core edges of _relations
+    pairs = _prune(pairs, oldest=oldest)
     edges: list[SuspectedEdge] = []
 
     for (a, b), (kind, ev) in sorted(pairs.items()):
