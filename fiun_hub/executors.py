@@ -574,7 +574,7 @@ def dampen_group(group: Sequence[_Loaded], device: Any = None) -> list[dict[str,
     counts = {c: torch.tensor([float(int(t.counts[c])) for t in tasks], dtype=torch.float64, device=dev)
               for c in drop}
     out: list[dict[str, Any]] = [{} for _ in group]
-    rows = len(mask if mask is not None else anchor) if (mask is not None or anchor is not None) else 0
+    rows = len(mask or anchor or ())
     pair = head_weight_bias({n: shape for n, shape, _dt, _mdt, _fdt, is_head in sig if is_head}, rows) \
         if rows and DEFAULT_REFERENCE_RULE != "retained-mean" else None
     fnorm = None
@@ -594,13 +594,14 @@ def dampen_group(group: Sequence[_Loaded], device: Any = None) -> list[dict[str,
                                          margin=DEFAULT_RANK_MARGIN)
         return {wn: wref, bn: bref}
 
+    head_params = {n: _stack((ld.params[n] for ld in group), dev) for n in heads}
     refs = {}
     if mask is not None and use_ref:  # the retained rows (rows forgotten earlier are not retained)
         refs = head_refs(torch.tensor([i for i, fl in enumerate(mask) if not fl and not (anchor and anchor[i])],
-                                      dtype=torch.long, device=dev),
-                         lambda n: _stack((ld.params[n] for ld in group), dev))
+                                      dtype=torch.long, device=dev), head_params.__getitem__)
+    updated = {}  # the heads' new stacks
     for n, shape, _dt, _mdt, _fdt, is_head in sig:
-        p = _stack((ld.params[n] for ld in group), dev)
+        p = head_params[n] if is_head else _stack((ld.params[n] for ld in group), dev)
         f = retain_fim_stacked(nonneg64(_stack((t.model_fim[n] for t in tasks), dev)), totals,
                                [(counts[c], nonneg64(_stack((t.class_fims[c][n] for t in tasks), dev)))
                                 for c in drop])
@@ -611,16 +612,17 @@ def dampen_group(group: Sequence[_Loaded], device: Any = None) -> list[dict[str,
             if use_ref:
                 ref = refs[n].expand_as(p).to(p.dtype)
         new = dampen_stacked(p, f, m, alpha=alpha, lam=lam, reference=ref)
+        if is_head:
+            updated[n] = new
         for i in range(b):
             out[i][n] = new[i]
     if anchor is not None:  # rows forgotten earlier: the ranked-last row of the UPDATED head's retained rows
         keep = torch.tensor([i for i, a in enumerate(anchor) if not a and not (mask and mask[i])],
                             dtype=torch.long, device=dev)
-        arefs = head_refs(keep, lambda n: torch.stack([o[n] for o in out]))
+        arefs = head_refs(keep, updated.__getitem__)
         for n in heads:
-            new = _stack((o[n] for o in out), dev)
-            new = anchor_rows_stacked(new, [i for i, a in enumerate(anchor) if a], keep,
-                                      arefs[n].to(new.dtype).to(torch.float64))
+            new = anchor_rows_stacked(updated[n], [i for i, a in enumerate(anchor) if a], keep,
+                                      arefs[n].to(updated[n].dtype).to(torch.float64))
             for i in range(b):
                 out[i][n] = new[i]
     return [{n: t.cpu() for n, t in o.items()} for o in out]
@@ -758,7 +760,5 @@ def run_unlearn(tasks: Sequence[Any], *, workers: int = 1, executor: str = "loca
     return out
 
 
-
 __all__ = ["EXECUTORS", "check_executor", "RAY_HINT", "ExecutorError", "run_tasks", "call_named", "name_error",
-           "run_unlearn",
-           "run_batched", "run_call", "dampen_group", "init_ray", "import_ray", "share_fields", "resolve_device"]
+           "run_unlearn", "run_batched", "run_call", "dampen_group", "init_ray", "import_ray", "share_fields", "resolve_device"]
