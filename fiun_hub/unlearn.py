@@ -233,11 +233,12 @@ def adopt_node(hub, plan: Plan, g: nx.DiGraph, repo: str, sources: Sequence[str]
     problems."""
     a = g.nodes[repo]
     labels = list(a.get("labels") or [])
+    up = nx.ancestors(g, repo)
     node = NodePlan(repo, depth, a["head"], list(sources), labels,
                     [c for c in (plan.classes or []) if c in labels], None, a.get("sidecar", "none"), False,
                     adopted_from=dict(adopted_from) if adopted_from is not None else None,
-                    inferred_ancestors={r: [(str(a["repo"]), str(a["revision"]))] for r, a in (inferred or {}).items()
-                                        if r != repo and r in nx.ancestors(g, repo)})
+                    inferred_ancestors={r: [(str(p["repo"]), str(p["revision"]))] for r, p in (inferred or {}).items()
+                                        if r in up})
     node.forgotten_before = forgotten_before(a.get("unlearned") or [], labels, plan.request_id)
     if a.get("card_error"):
         node.problems.append(a["card_error"])
