@@ -50,6 +50,7 @@ CANDIDATE_MIN = 0.3      # loose bound on the compact vectors (both groups) for 
 MERGE_PAIR_MIN = 0.3     # a merge parent's cosine to the merge (both groups)
 MERGE_RESIDUAL = 0.15    # relative residual of the merge fit (each group)
 MERGE_MAX_PARENTS = 8
+CLOSE_MERGE_CANDIDATES = 16  # a model's most similar older relations fitted as a merge (:func:`_merges_among_close`)
 CLOSE_MERGE_GAIN = 0.5      # ... and at most half the residual of its best single parent (a near copy of one
 #                              model fits its siblings as well as it fits that model: no gain)
 CLOSE_MERGE_RESIDUAL = 0.06  # the same among close models (:func:`_merges_among_close`): on the benchmark,
@@ -506,7 +507,9 @@ class SuspectedEdge:
     evidence: dict = field(default_factory=dict)
     # derived: a suspected derivation (child from parent); sibling: both ends derive from ``via`` (their own
     # reported edges say so), neither from the other; ancestor: parent is an earlier ancestor of child through the
-    # reported edge ``via`` -> child (a grandparent). See :func:`_relations`.
+    # reported edge ``via`` -> child (a grandparent); ambiguous: parent is a merge parent of child only in an
+    # alternative explanation of child's merge that fits its weights as well (``merge_alternatives``). See
+    # :func:`_relations` and :func:`_merges_among_close`.
     relation: str = "derived"
     via: str | None = None
 
@@ -532,6 +535,10 @@ class SuspectedEdge:
             arrow, what = "<->", f"sibling ({self.kind}, both from {self.via})"
         elif self.relation == "ancestor":
             what = f"ancestor ({self.kind}, through {self.via})"
+        elif self.relation == "ambiguous":
+            alts = e.get("merge_alternatives") or [{}]
+            what = (f"ambiguous ({self.kind}, a parent only if {self.child} is the merge of "
+                    f"{' + '.join(alts[0].get('merge_parents', []))} rather than of its fitted parents)")
         return (f"{'declared' if self.declared else 'UNDECLARED'} {what}: {self.parent} {arrow} {self.child} "
                 f"({', '.join(bits)})")
 
@@ -832,6 +839,7 @@ def infer(hub, g=None, entries: dict | None = None) -> list[SuspectedEdge]:
     # every model with a suspected relation needs its time: the pruning keeps each one's edge to its oldest relation
     times = {r: when(r) for r in {x for k in pairs for x in k}}
     oldest = _oldest_parents(pairs, times)  # kept by _prune, and the core edges of _relations
+    every = pairs  # before the pruning: a merge's edge to one of its parents may be pruned (the others explain it)
     pairs = _prune(pairs, oldest=oldest)
     edges: list[SuspectedEdge] = []
 
@@ -851,55 +859,162 @@ def infer(hub, g=None, entries: dict | None = None) -> list[SuspectedEdge]:
                                                                         if r is not None), 4),
                      merge_parents=[q for q, _ in parents])
             edges.append(SuspectedEdge(p, child, "merge", "merge", _declared(g, p, child), d))
-    _merges_among_close(fps, pairs, edges)
+    _merges_among_close(fps, every, edges, times, lambda a, b: _declared(g, a, b))
     _relations(edges, oldest)
     edges.sort(key=lambda e: (e.declared, e.parent, e.child))
     return edges
 
 
-def _merges_among_close(fps: dict, pairs: dict, edges: list[SuspectedEdge]) -> None:
+def _merges_among_close(fps: dict, pairs: dict, edges: list[SuspectedEdge], times: dict | None = None,
+                        declared=lambda a, b: False) -> None:
     """A merge of close models (FedAvg of fine-tunes of one parent) is close to each of them, so :func:`relate`
     (which fits merges on the looser pairs) reports its pairs as ``close``, and by structure alone each would look
-    like two fine-tunes of one parent. For every model with two or more close edges from older models (and no
-    merge fit yet), fit a merge of those; when one fits with a residual of at most ``CLOSE_MERGE_RESIDUAL``, its edges from the fitted parents carry the merge's
-    weights (``merge_weights``, ``merge_residual``, ``merge_parents``) and count as derivations."""
+    like two fine-tunes of one parent. Every model with two or more suspected relations that appeared strictly
+    before it (``pairs``: all of them, before the pruning; ``times``: when each model's weights appeared; no merge
+    fit yet, no whole copy among them) is fitted as a convex combination of its ``CLOSE_MERGE_CANDIDATES`` most
+    similar ones (:func:`_convex_fit`). A fit with a residual of at most ``CLOSE_MERGE_RESIDUAL`` and at most
+    ``CLOSE_MERGE_GAIN`` of its best single candidate's is a merge: its edges from the fitted parents carry the
+    merge's weights (``merge_weights``, ``merge_residual``, ``merge_parents``, ``merge_single_residual``) and count
+    as derivations; a parent whose pair was pruned gets its edge back.
+
+    Models are fitted oldest first. A candidate that is itself a fitted merge of other candidates (a 2-client FedAvg
+    among the clients of a 3-client one) is left out of the fit: its weights are in the span of its parents', so
+    the merge is fitted on those, and the merge through it is an exact alternative whenever all its parents have a
+    positive weight (the mean of three clients is also 1/2 of a 2:1 merge of two of them, plus 1/6 and 1/3 of the
+    others). Such an alternative is listed on every edge of the merge (``merge_alternatives``), and the edge from
+    the composite candidate is reported with ``relation`` ``ambiguous``: from the weights, it may or may not be a
+    parent. ``edges`` is changed in place; ``declared(a, b)`` for the edges added."""
+    times = times or {}
     merged = {e.child for e in edges if e.kind == "merge"}
-    by_child: dict = {}
-    for e in edges:
-        if e.kind == "close" and e.direction == "time" and e.child not in merged:
-            by_child.setdefault(e.child, []).append(e)
-    for child, es in sorted(by_child.items(), key=lambda kv: str(kv[0])):
-        if len(es) < 2:
+    key = lambda a, b: (a, b) if str(a) <= str(b) else (b, a)  # noqa: E731
+    by_key = {key(e.parent, e.child): e for e in edges}
+    older: dict = {}
+    for (a, b), (kind, ev) in pairs.items():
+        ta, tb = times.get(a), times.get(b)
+        if not ta or not tb or ta == tb:
             continue
-        cands = {e.parent: pairs[tuple(sorted((e.parent, child), key=str))][1] for e in es}
-        fit = _fit_merge(fps, child, cands)
+        parent, child = (a, b) if ta < tb else (b, a)
+        older.setdefault(child, []).append((parent, ev))
+    fitted: dict = {}
+
+    def edge(p, child):
+        e = by_key.get(key(p, child))
+        if e is None:  # pruned: some third model was closer to both
+            kind, ev = pairs[key(p, child)]
+            e = SuspectedEdge(p, child, kind, "time", declared(p, child), ev.to_dict())
+            edges.append(e)
+            by_key[key(p, child)] = e
+        return e
+
+    for child in sorted(older, key=lambda c: (times[c], str(c))):
+        rel = older[child]
+        if child in merged or len(rel) < 2 or any(_whole_copy(ev) for _, ev in rel):
+            continue  # a re-upload (or the same weights under another head) is no merge
+        rel = sorted(rel, key=lambda t: (-t[1].score, str(t[0])))[:CLOSE_MERGE_CANDIDATES]
+        cands = [p for p, _ in rel]
+        composite = [m for m in cands if m in fitted and set(fitted[m]) <= set(cands)]
+        fit = _convex_fit(fps, child, [p for p in cands if p not in composite])
         if fit is None:
             continue
-        _, parents, (r_init, r_learned), _ = fit
-        w = dict(parents)
-        res = round(max(r for r in (r_init, r_learned) if r is not None), 4)
-        if res > CLOSE_MERGE_RESIDUAL or res > CLOSE_MERGE_GAIN * min(
-                (_single_residual(fps, child, p) for p in cands), default=0.0):
+        weights, res, single = fit
+        if res > CLOSE_MERGE_RESIDUAL or res > CLOSE_MERGE_GAIN * single:
             continue
-        for e in es:
-            if e.parent in w:
-                e.evidence.update(merge_weights=round(w[e.parent], 4), merge_residual=res,
-                                  merge_parents=[q for q, _ in parents])
+        fitted[child] = weights
+        alternatives = []
+        for m in sorted(composite, key=str):
+            u = fitted[m]
+            if not all(weights.get(j, 0.0) > 0 for j in u):
+                continue
+            alpha = min(weights[j] / u[j] for j in u)  # as much of m as its parents' weights allow
+            alt = {m: alpha, **{j: w - alpha * u.get(j, 0.0) for j, w in weights.items()}}
+            alt = {q: w for q, w in alt.items() if w > 1e-3}
+            if alpha >= 0.05 and len(alt) >= 2:
+                alternatives.append((m, alt))
+        order = sorted(weights, key=lambda q: (-weights[q], str(q)))
+        common = {"merge_residual": float(f"{res:.3g}"), "merge_parents": order,
+                  "merge_single_residual": float(f"{single:.3g}")}
+        if alternatives:
+            common["merge_alternatives"] = [
+                {"merge_parents": sorted(alt, key=lambda q: (-alt[q], str(q))),
+                 "merge_weights": [round(alt[q], 4) for q in sorted(alt, key=lambda q: (-alt[q], str(q)))]}
+                for _, alt in alternatives]
+        for p in order:
+            edge(p, child).evidence.update(merge_weights=round(weights[p], 4), **common)
+        for m, alt in alternatives:
+            e = edge(m, child)
+            e.relation, e.via = "ambiguous", None
+            e.evidence.update(alternative_merge_weight=round(alt[m], 4), merge_alternatives=common["merge_alternatives"])
 
 
-def _single_residual(items: dict, child, parent) -> float:
-    """The relative residual of ``child``'s sketches as a multiple of ``parent``'s alone (the larger group's; inf
-    when they share nothing)."""
-    fc, fp = items[child], items[parent]
-    m = _matched(fc.layout, fp.layout)
-    if m is None:
-        return float("inf")
-    ca, cb = m
-    valid = (fc.norms[ca] > 0) & (fp.norms[cb] > 0)
-    f = _merge_fit(fc.sketch[ca], [fp.sketch[cb]], fc.layout.learned[ca], valid)
-    if f is None:
-        return float("inf")
-    return max(r for r in f[1:] if r is not None)
+def _convex_fit(fps: dict, child, cands: list):
+    """``child``'s sketches as a non-negative combination of ``cands``' (non-negative least squares on the tensors
+    all of them share, each tensor scaled by the child's own norm as in :func:`_merge_fit`): ``(weights,
+    residual, best single residual)`` with the relative residual of the larger group, or None unless two or more
+    parents have weights of at least 0.05 that sum to about 1 (``MERGE_MAX_PARENTS`` at most)."""
+    from scipy.optimize import nnls
+
+    fc = fps[child]
+    aligned = {}
+    for p in cands:
+        m = _matched(fc.layout, fps[p].layout)
+        if m is not None:
+            aligned[p] = m
+    if len(aligned) < 2:
+        return None
+    n = len(fc.layout.tensors)
+    if all(ca.size == n and (ca == np.arange(n)).all() for ca, _ in aligned.values()):
+        cols = np.arange(n)
+    else:
+        common = set(range(n))
+        for ca, _ in aligned.values():
+            common &= set(ca.tolist())
+        cols = np.array(sorted(common), dtype=np.int64)
+    if cols.size == 0:
+        return None
+    names = list(aligned)
+    views, valid = [], fc.norms[cols] > 0
+    for p in names:
+        ca, cb = aligned[p]
+        if cb.size == cols.size and (ca == cols).all():
+            idx = cb
+        else:
+            pos = dict(zip(ca.tolist(), cb.tolist()))
+            idx = np.array([pos[c] for c in cols.tolist()], dtype=np.int64)
+        views.append(fps[p].sketch[idx])
+        valid &= fps[p].norms[idx] > 0
+    target = fc.sketch[cols].astype(np.float64)
+    scale = np.linalg.norm(target, axis=1)
+    use = valid & (scale > 0)
+    if not use.any():
+        return None
+    w_t = np.where(use, 1.0 / np.where(scale > 0, scale, 1.0), 0.0)[:, None]
+    y = (target * w_t).reshape(-1)
+    X = (np.stack(views, axis=2).astype(np.float64) * w_t[..., None]).reshape(-1, len(names))
+    learned = fc.layout.learned[cols]
+    groups = [np.repeat(use & grp, target.shape[1]) for grp in (~learned, learned) if (use & grp).any()]
+    yy = [float(y[m] @ y[m]) for m in groups]
+
+    def residual(coef, cols_used):
+        r = y - X[:, cols_used] @ coef
+        return max(float(np.sqrt((r[m] @ r[m]) / max(v, 1e-300))) for m, v in zip(groups, yy))
+
+    # the best single candidate (least-squares scale of one): ||y - c x||^2 = yy - (xy)^2 / xx per group
+    xx = (X * X).sum(axis=0)
+    c1 = np.divide(X.T @ y, xx, out=np.zeros(len(names)), where=xx > 0)
+    single = min(residual(np.array([c1[j]]), [j]) for j in range(len(names)))
+    coef, _ = nnls(X, y)
+    keep = [j for j in range(len(names)) if coef[j] >= 0.02]
+    if len(keep) < 2 or len(keep) > MERGE_MAX_PARENTS:
+        return None
+    if len(keep) != int((coef > 0).sum()):
+        sub, _ = nnls(X[:, keep], y)
+        coef = np.zeros(len(names))
+        coef[keep] = sub
+        keep = [j for j in keep if coef[j] > 0]
+    w = coef[keep]
+    if len(keep) < 2 or (w < 0.05).any() or abs(float(w.sum()) - 1) > 0.15:
+        return None
+    return {names[j]: float(coef[j]) for j in keep}, residual(w, keep), single
 
 
 def _relations(edges: list[SuspectedEdge], oldest: set) -> None:
@@ -925,6 +1040,9 @@ def _relations(edges: list[SuspectedEdge], oldest: set) -> None:
         # transfer and a re-upload of its parent are identical on what they share, and siblings
         whole = e.kind == "re-upload"
         fit = e.kind == "merge" or "merge_parents" in e.evidence
+        if e.relation == "ambiguous":
+            fixed.add(id(e))  # a parent only in an alternative explanation of a merge: neither core nor relabelled
+            continue
         if fit or whole:
             fixed.add(id(e))  # a whole copy or a merge fit is a derivation whatever else is reported
         if e.direction == "unknown":
