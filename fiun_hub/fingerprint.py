@@ -888,14 +888,31 @@ def _merges_among_close(fps: dict, pairs: dict, edges: list[SuspectedEdge], time
     merged = {e.child for e in edges if e.kind == "merge"}
     key = lambda a, b: (a, b) if str(a) <= str(b) else (b, a)  # noqa: E731
     by_key = {key(e.parent, e.child): e for e in edges}
+    # every pair with a time on both sides, as arrays: the later end, the earlier one, the score, a whole copy
+    keys = [k for k in pairs if times.get(k[0]) and times.get(k[1]) and times[k[0]] != times[k[1]]]
     older: dict = {}
-    for (a, b), (kind, ev) in pairs.items():
-        ta, tb = times.get(a), times.get(b)
-        if not ta or not tb or ta == tb:
-            continue
-        parent, child = (a, b) if ta < tb else (b, a)
-        older.setdefault(child, []).append((parent, ev))
+    if keys:
+        first = np.array([times[x] < times[y] for x, y in keys])
+        evs = [pairs[k][1] for k in keys]
+        score = np.array([ev.score for ev in evs])
+        whole = np.array([ev.shared > 0 and ev.identical == ev.shared for ev in evs])
+        names_ = sorted({x for k in keys for x in k}, key=str)
+        pos = {x: i for i, x in enumerate(names_)}
+        ia = np.array([pos[x] for x, _ in keys])
+        ib = np.array([pos[y] for _, y in keys])
+        young, old = np.where(first, ib, ia), np.where(first, ia, ib)
+        order = np.lexsort((-score, young))  # per later model: its relations, most similar first
+        starts = np.flatnonzero(np.r_[True, young[order][1:] != young[order][:-1]])
+        for lo, hi in zip(starts.tolist(), starts[1:].tolist() + [order.size]):
+            if hi - lo < 2:
+                continue
+            sel = order[lo:hi]
+            if whole[sel].any():
+                continue  # a re-upload (or the same weights under another head) is no merge
+            older[names_[young[sel[0]]]] = [names_[j] for j in old[sel[:CLOSE_MERGE_CANDIDATES]].tolist()]
     fitted: dict = {}
+    matched: dict = {}
+    possible = _could_be_merges(fps, older)
 
     def edge(p, child):
         e = by_key.get(key(p, child))
@@ -907,13 +924,11 @@ def _merges_among_close(fps: dict, pairs: dict, edges: list[SuspectedEdge], time
         return e
 
     for child in sorted(older, key=lambda c: (times[c], str(c))):
-        rel = older[child]
-        if child in merged or len(rel) < 2 or any(_whole_copy(ev) for _, ev in rel):
-            continue  # a re-upload (or the same weights under another head) is no merge
-        rel = sorted(rel, key=lambda t: (-t[1].score, str(t[0])))[:CLOSE_MERGE_CANDIDATES]
-        cands = [p for p, _ in rel]
+        if child in merged or child not in possible:
+            continue
+        cands = older[child]
         composite = [m for m in cands if m in fitted and set(fitted[m]) <= set(cands)]
-        fit = _convex_fit(fps, child, [p for p in cands if p not in composite])
+        fit = _convex_fit(fps, child, cands, matched, exclude=composite)
         if fit is None:
             continue
         weights, res, single = fit
@@ -946,75 +961,173 @@ def _merges_among_close(fps: dict, pairs: dict, edges: list[SuspectedEdge], time
             e.evidence.update(alternative_merge_weight=round(alt[m], 4), merge_alternatives=common["merge_alternatives"])
 
 
-def _convex_fit(fps: dict, child, cands: list):
-    """``child``'s sketches as a non-negative combination of ``cands``' (non-negative least squares on the tensors
-    all of them share, each tensor scaled by the child's own norm as in :func:`_merge_fit`): ``(weights,
-    residual, best single residual)`` with the relative residual of the larger group, or None unless two or more
-    parents have weights of at least 0.05 that sum to about 1 (``MERGE_MAX_PARENTS`` at most)."""
+MERGE_GATE_CHUNK = 64  # models whose candidates are gathered at once by :func:`_could_be_merges`
+
+
+def _could_be_merges(fps: dict, older: dict) -> set:
+    """The models of ``older`` (model -> its merge candidates) that :func:`_convex_fit` could accept, by a bound
+    computed for many models at once: a fit's residual is at least the unconstrained least-squares residual over
+    all its candidates, and when the larger group's relative residual is at most ``r`` the total one is too; so a
+    model whose total least-squares residual is above ``CLOSE_MERGE_RESIDUAL`` or ``CLOSE_MERGE_GAIN`` times its
+    best single candidate's can be no merge (the 500 near copies of the scale hub: all of them, in one batch).
+    Models with a candidate of another layout are kept (fitted one by one)."""
+    keep = set()
+    batch: dict = {}
+    for child, cands in older.items():
+        lk = fps[child].layout.key
+        if all(fps[p].layout.key == lk for p in cands):
+            batch.setdefault((lk, len(cands)), []).append(child)
+        else:
+            keep.add(child)
+    for (lk, n), children in batch.items():
+        learned = fps[children[0]].layout.learned
+        for start in range(0, len(children), MERGE_GATE_CHUNK):
+            part = children[start:start + MERGE_GATE_CHUNK]
+            Y = np.stack([fps[c].sketch for c in part]).astype(np.float64)                      # (m, T, K)
+            X = np.stack([np.stack([fps[p].sketch for p in older[c]]) for c in part]).astype(np.float64)  # (m, n, T, K)
+            use = (np.stack([fps[c].norms for c in part]) > 0) & \
+                np.stack([(np.stack([fps[p].norms for p in older[c]]) > 0).all(axis=0) for c in part])
+            scale = np.linalg.norm(Y, axis=2)
+            use &= scale > 0
+            inv = np.where(use, 1.0 / np.where(use, scale, 1.0), 0.0)
+            Y *= inv[..., None]
+            X *= inv[:, None, :, None]
+            G = np.einsum("mptk,mqtk->mpq", X, X)
+            b = np.einsum("mptk,mtk->mp", X, Y)
+            yy = np.einsum("mtk,mtk->m", Y, Y)
+            d = np.einsum("mpp->mp", G)
+            ok = (d > 0).all(axis=1) & (yy > 0)
+            # each candidate alone: the larger group's relative residual; the best candidate's
+            single = np.zeros((len(part), n))
+            for grp in (~learned, learned):
+                m = use & grp[None, :]
+                if not m.any():
+                    continue
+                Yg, Xg = Y * m[..., None], X * m[:, None, :, None]
+                bg = np.einsum("mptk,mtk->mp", Xg, Yg)
+                dg = np.einsum("mptk,mptk->mp", Xg, Xg)
+                vg = np.einsum("mtk,mtk->m", Yg, Yg)[:, None]
+                c1 = np.divide(b, d, out=np.zeros_like(b), where=d > 0)
+                r = np.maximum(vg - 2 * c1 * bg + c1 * c1 * dg, 0.0) / np.where(vg > 0, vg, 1.0)
+                single = np.maximum(single, np.where(vg > 0, np.sqrt(r), 0.0))
+            best = single.min(axis=1)
+            ridge = 1e-12 * np.einsum("mpp->m", G)[:, None, None] / n * np.eye(n)[None]
+            w = np.linalg.solve(G + ridge + np.where(ok, 0.0, 1.0)[:, None, None] * np.eye(n)[None], b[..., None])[..., 0]
+            res = np.sqrt(np.maximum(yy - np.einsum("mp,mp->m", w, b), 0.0) / np.where(yy > 0, yy, 1.0))
+            bound = np.minimum(CLOSE_MERGE_RESIDUAL, CLOSE_MERGE_GAIN * best)
+            for c, o, r_, bd in zip(part, ok.tolist(), res.tolist(), bound.tolist()):
+                if o and r_ <= bd * (1 + 1e-6) + 1e-9:
+                    keep.add(c)
+    return keep
+
+
+def _convex_fit(fps: dict, child, cands: list, matched: dict | None = None, exclude=()):
+    """``child``'s sketches as a non-negative combination of ``cands``' but those in ``exclude`` (non-negative
+    least squares on the tensors all candidates share, each tensor scaled by the child's own norm as in
+    :func:`_merge_fit`): ``(weights, residual, best single residual)`` with the relative residual of the larger
+    group (the best single candidate: of all of ``cands``), or None unless two or more parents have weights of at
+    least 0.05 that sum to about 1 (``MERGE_MAX_PARENTS`` at most). Solved on the candidates' Gram matrix per group
+    (a few candidates against thousands of sketch values: the products once, then every fit and residual from
+    them). ``matched``: a cache of :func:`_matched` by layout pair."""
     from scipy.optimize import nnls
 
+    matched = {} if matched is None else matched
     fc = fps[child]
+    n = len(fc.layout.tensors)
     aligned = {}
     for p in cands:
-        m = _matched(fc.layout, fps[p].layout)
-        if m is not None:
-            aligned[p] = m
+        lk = (fc.layout.key, fps[p].layout.key)
+        if lk not in matched:
+            matched[lk] = _matched(fc.layout, fps[p].layout)
+        if matched[lk] is not None:
+            aligned[p] = matched[lk]
     if len(aligned) < 2:
         return None
-    n = len(fc.layout.tensors)
-    if all(ca.size == n and (ca == np.arange(n)).all() for ca, _ in aligned.values()):
-        cols = np.arange(n)
+    whole = [ca.size == n and cb.size == n and (ca == cb).all() for ca, cb in aligned.values()]
+    if all(whole):
+        cols = None  # every candidate in the child's layout
     else:
         common = set(range(n))
         for ca, _ in aligned.values():
             common &= set(ca.tolist())
         cols = np.array(sorted(common), dtype=np.int64)
-    if cols.size == 0:
-        return None
+        if cols.size == 0:
+            return None
     names = list(aligned)
-    views, valid = [], fc.norms[cols] > 0
+    views = []
+    valid = fc.norms > 0 if cols is None else fc.norms[cols] > 0
     for p in names:
+        if cols is None:
+            views.append(fps[p].sketch)
+            valid = valid & (fps[p].norms > 0)
+            continue
         ca, cb = aligned[p]
-        if cb.size == cols.size and (ca == cols).all():
-            idx = cb
-        else:
-            pos = dict(zip(ca.tolist(), cb.tolist()))
-            idx = np.array([pos[c] for c in cols.tolist()], dtype=np.int64)
+        pos = dict(zip(ca.tolist(), cb.tolist()))
+        idx = np.array([pos[c] for c in cols.tolist()], dtype=np.int64)
         views.append(fps[p].sketch[idx])
-        valid &= fps[p].norms[idx] > 0
-    target = fc.sketch[cols].astype(np.float64)
+        valid = valid & (fps[p].norms[idx] > 0)
+    target = (fc.sketch if cols is None else fc.sketch[cols]).astype(np.float64)
+    learned = fc.layout.learned if cols is None else fc.layout.learned[cols]
     scale = np.linalg.norm(target, axis=1)
     use = valid & (scale > 0)
     if not use.any():
         return None
-    w_t = np.where(use, 1.0 / np.where(scale > 0, scale, 1.0), 0.0)[:, None]
-    y = (target * w_t).reshape(-1)
-    X = (np.stack(views, axis=2).astype(np.float64) * w_t[..., None]).reshape(-1, len(names))
-    learned = fc.layout.learned[cols]
-    groups = [np.repeat(use & grp, target.shape[1]) for grp in (~learned, learned) if (use & grp).any()]
-    yy = [float(y[m] @ y[m]) for m in groups]
+    inv = 1.0 / np.where(use, scale, 1.0)
+    X = np.stack(views, axis=2)  # (T, K, n)
+    G, b, yy = [], [], []
+    for grp in (~learned, learned):
+        m = use & grp
+        if not m.any():
+            continue
+        Xg = (X[m].astype(np.float64) * inv[m, None, None]).reshape(-1, len(names))
+        yg = (target[m] * inv[m, None]).reshape(-1)
+        G.append(Xg.T @ Xg)
+        b.append(Xg.T @ yg)
+        yy.append(float(yg @ yg))
+    Gt, bt = sum(G), sum(b)
 
-    def residual(coef, cols_used):
-        r = y - X[:, cols_used] @ coef
-        return max(float(np.sqrt((r[m] @ r[m]) / max(v, 1e-300))) for m, v in zip(groups, yy))
+    def residual(w, idx):  # the larger group's relative residual: ||y - Xw||^2 = yy - 2 w.b + w.G.w per group
+        return max(float(np.sqrt(max(v - 2 * w @ bg[idx] + w @ Gg[np.ix_(idx, idx)] @ w, 0.0) / max(v, 1e-300)))
+                   for Gg, bg, v in zip(G, b, yy))
 
-    # the best single candidate (least-squares scale of one): ||y - c x||^2 = yy - (xy)^2 / xx per group
-    xx = (X * X).sum(axis=0)
-    c1 = np.divide(X.T @ y, xx, out=np.zeros(len(names)), where=xx > 0)
-    single = min(residual(np.array([c1[j]]), [j]) for j in range(len(names)))
-    coef, _ = nnls(X, y)
-    keep = [j for j in range(len(names)) if coef[j] >= 0.02]
+    d = np.diag(Gt)
+    if not (d > 0).all():
+        return None
+    c1 = bt / d  # each candidate alone: its least-squares scale, and the residual of the best one
+    single = float(np.min(np.max([np.sqrt(np.maximum(v - 2 * c1 * bg + c1 * c1 * np.diag(Gg), 0.0) / max(v, 1e-300))
+                                  for Gg, bg, v in zip(G, b, yy)], axis=0)))
+
+    def solve(idx):
+        A = Gt[np.ix_(idx, idx)]
+        # nnls on the Cholesky factor of the Gram matrix: the same minimiser as on the stacked values (a tiny ridge
+        # for candidates that are equal on these tensors)
+        try:
+            L = np.linalg.cholesky(A + np.eye(len(idx)) * (1e-12 * float(np.trace(A)) / len(idx)))
+        except np.linalg.LinAlgError:
+            return None
+        w, _ = nnls(L.T, np.linalg.solve(L, bt[idx]))
+        return w
+
+    idx = [j for j, p in enumerate(names) if p not in set(exclude)]
+    if len(idx) < 2:
+        return None
+    sol = solve(idx)
+    if sol is None:
+        return None
+    coef = np.zeros(len(names))
+    coef[idx] = sol
+    keep = [j for j in idx if coef[j] >= 0.02]
     if len(keep) < 2 or len(keep) > MERGE_MAX_PARENTS:
         return None
-    if len(keep) != int((coef > 0).sum()):
-        sub, _ = nnls(X[:, keep], y)
-        coef = np.zeros(len(names))
-        coef[keep] = sub
-        keep = [j for j in keep if coef[j] > 0]
     w = coef[keep]
+    if len(keep) != int((coef > 0).sum()):
+        w = solve(keep)
+        if w is None:
+            return None
+        keep, w = [j for j, v in zip(keep, w) if v > 0], w[w > 0]
     if len(keep) < 2 or (w < 0.05).any() or abs(float(w.sum()) - 1) > 0.15:
         return None
-    return {names[j]: float(coef[j]) for j in keep}, residual(w, keep), single
+    return {names[j]: float(v) for j, v in zip(keep, w)}, residual(w, keep), single
 
 
 def _relations(edges: list[SuspectedEdge], oldest: set) -> None:
