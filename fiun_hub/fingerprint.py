@@ -697,20 +697,33 @@ def _prune(pairs: dict, since: dict | None = None, *, oldest: set | None = None)
     return {k: v for k, v in pairs.items() if k in keep}
 
 
-def _oldest_parents(pairs: dict, since: dict) -> set:
-    """For every model b, the pair (a, b) whose a appeared strictly before b and before every other suspected
-    relation of b (ties: the most similar); at most one pair per model. Models without a time take no part."""
+def _timed_pairs(pairs: dict, since: dict):
+    """The pairs with two different times, as arrays: ``(keys, ra, rb, sc, ia, ib, names)``: the time ranks of
+    each side, the scores, each side's index into ``names``; None when there is none. Computed once by
+    :func:`infer` for :func:`_oldest_parents` and :func:`_merges_among_close`."""
     keys = [k for k in pairs if since.get(k[0]) and since.get(k[1]) and since[k[0]] != since[k[1]]]
     if not keys:
-        return set()
+        return None
     times = sorted({since[x] for k in keys for x in k})
     rank = {t: i for i, t in enumerate(times)}
     ra = np.array([rank[since[a]] for a, _ in keys], dtype=np.int64)
     rb = np.array([rank[since[b]] for _, b in keys], dtype=np.int64)
     sc = np.array([pairs[k][1].score for k in keys], dtype=np.float64)
-    nodes = {n: i for i, n in enumerate(sorted({x for k in keys for x in k}, key=str))}
+    names = sorted({x for k in keys for x in k}, key=str)
+    nodes = {n: i for i, n in enumerate(names)}
     ia = np.array([nodes[a] for a, _ in keys], dtype=np.int64)
     ib = np.array([nodes[b] for _, b in keys], dtype=np.int64)
+    return keys, ra, rb, sc, ia, ib, names
+
+
+def _oldest_parents(pairs: dict, since: dict, timed=None) -> set:
+    """For every model b, the pair (a, b) whose a appeared strictly before b and before every other suspected
+    relation of b (ties: the most similar); at most one pair per model. Models without a time take no part.
+    ``timed``: :func:`_timed_pairs` of these, when computed already."""
+    timed = timed if timed is not None else _timed_pairs(pairs, since)
+    if timed is None:
+        return set()
+    keys, ra, rb, sc, ia, ib, _ = timed
     young = np.where(ra > rb, ia, ib)           # the later end of each pair
     old_rank = np.minimum(ra, rb)
     order = np.lexsort((-sc, old_rank, young))  # per young model: the oldest relation first, then the closest
@@ -838,7 +851,8 @@ def infer(hub, g=None, entries: dict | None = None) -> list[SuspectedEdge]:
 
     # every model with a suspected relation needs its time: the pruning keeps each one's edge to its oldest relation
     times = {r: when(r) for r in {x for k in pairs for x in k}}
-    oldest = _oldest_parents(pairs, times)  # kept by _prune, and the core edges of _relations
+    timed = _timed_pairs(pairs, times)
+    oldest = _oldest_parents(pairs, times, timed)  # kept by _prune, and the core edges of _relations
     every = pairs  # before the pruning: a merge's edge to one of its parents may be pruned (the others explain it)
     pairs = _prune(pairs, oldest=oldest)
     edges: list[SuspectedEdge] = []
@@ -859,14 +873,14 @@ def infer(hub, g=None, entries: dict | None = None) -> list[SuspectedEdge]:
                                                                         if r is not None), 4),
                      merge_parents=[q for q, _ in parents])
             edges.append(SuspectedEdge(p, child, "merge", "merge", _declared(g, p, child), d))
-    _merges_among_close(fps, every, edges, times, lambda a, b: _declared(g, a, b))
+    _merges_among_close(fps, every, edges, times, lambda a, b: _declared(g, a, b), timed)
     _relations(edges, oldest)
     edges.sort(key=lambda e: (e.declared, e.parent, e.child))
     return edges
 
 
 def _merges_among_close(fps: dict, pairs: dict, edges: list[SuspectedEdge], times: dict | None = None,
-                        declared=lambda a, b: False) -> None:
+                        declared=lambda a, b: False, timed=None) -> None:
     """A merge of close models (FedAvg of fine-tunes of one parent) is close to each of them, so :func:`relate`
     (which fits merges on the looser pairs) reports its pairs as ``close``, and by structure alone each would look
     like two fine-tunes of one parent. Every model with two or more suspected relations that appeared strictly
@@ -888,19 +902,13 @@ def _merges_among_close(fps: dict, pairs: dict, edges: list[SuspectedEdge], time
     merged = {e.child for e in edges if e.kind == "merge"}
     key = lambda a, b: (a, b) if str(a) <= str(b) else (b, a)  # noqa: E731
     by_key = {key(e.parent, e.child): e for e in edges}
-    # every pair with a time on both sides, as arrays: the later end, the earlier one, the score, a whole copy
-    keys = [k for k in pairs if times.get(k[0]) and times.get(k[1]) and times[k[0]] != times[k[1]]]
+    # every pair with a time on both sides (:func:`_timed_pairs`): per later end, its relations, most similar first
+    timed = timed if timed is not None else _timed_pairs(pairs, times)
     older: dict = {}
-    if keys:
-        first = np.array([times[x] < times[y] for x, y in keys])
-        evs = [pairs[k][1] for k in keys]
-        score = np.array([ev.score for ev in evs])
-        whole = np.array([ev.shared > 0 and ev.identical == ev.shared for ev in evs])
-        names_ = sorted({x for k in keys for x in k}, key=str)
-        pos = {x: i for i, x in enumerate(names_)}
-        ia = np.array([pos[x] for x, _ in keys])
-        ib = np.array([pos[y] for _, y in keys])
-        young, old = np.where(first, ib, ia), np.where(first, ia, ib)
+    if timed is not None:
+        keys, ra, rb, score, ia, ib, names_ = timed
+        whole = np.array([kind == "identical" and _whole_copy(ev) for kind, ev in (pairs[k] for k in keys)])
+        young, old = np.where(ra > rb, ia, ib), np.where(ra > rb, ib, ia)
         order = np.lexsort((-score, young))  # per later model: its relations, most similar first
         starts = np.flatnonzero(np.r_[True, young[order][1:] != young[order][:-1]])
         for lo, hi in zip(starts.tolist(), starts[1:].tolist() + [order.size]):
@@ -980,41 +988,31 @@ def _could_be_merges(fps: dict, older: dict) -> set:
         else:
             keep.add(child)
     for (lk, n), children in batch.items():
-        learned = fps[children[0]].layout.learned
+        models = sorted({x for c in children for x in [c, *older[c]]}, key=str)
+        row = {x: i for i, x in enumerate(models)}
+        S = np.stack([fps[x].sketch for x in models])           # (M, T, K) float32
+        N = np.stack([fps[x].norms for x in models]) > 0         # (M, T)
         for start in range(0, len(children), MERGE_GATE_CHUNK):
             part = children[start:start + MERGE_GATE_CHUNK]
-            Y = np.stack([fps[c].sketch for c in part]).astype(np.float64)                      # (m, T, K)
-            X = np.stack([np.stack([fps[p].sketch for p in older[c]]) for c in part]).astype(np.float64)  # (m, n, T, K)
-            use = (np.stack([fps[c].norms for c in part]) > 0) & \
-                np.stack([(np.stack([fps[p].norms for p in older[c]]) > 0).all(axis=0) for c in part])
+            ci = np.array([row[c] for c in part])
+            pi = np.array([[row[p] for p in older[c]] for c in part])  # (m, n)
+            Y = S[ci].astype(np.float64)                              # (m, T, K)
             scale = np.linalg.norm(Y, axis=2)
-            use &= scale > 0
+            use = N[ci] & N[pi].all(axis=1) & (scale > 0)
             inv = np.where(use, 1.0 / np.where(use, scale, 1.0), 0.0)
-            Y *= inv[..., None]
-            X *= inv[:, None, :, None]
-            G = np.einsum("mptk,mqtk->mpq", X, X)
-            b = np.einsum("mptk,mtk->mp", X, Y)
-            yy = np.einsum("mtk,mtk->m", Y, Y)
+            Yf = (Y * inv[..., None]).reshape(len(part), -1, 1)
+            Xf = np.multiply(S[pi], inv[:, None, :, None], dtype=np.float64).reshape(len(part), n, -1)
+            G = Xf @ Xf.transpose(0, 2, 1)
+            b = (Xf @ Yf)[..., 0]
+            yy = (Yf[..., 0] ** 2).sum(axis=1)
             d = np.einsum("mpp->mp", G)
             ok = (d > 0).all(axis=1) & (yy > 0)
-            # each candidate alone: the larger group's relative residual; the best candidate's
-            single = np.zeros((len(part), n))
-            for grp in (~learned, learned):
-                m = use & grp[None, :]
-                if not m.any():
-                    continue
-                Yg, Xg = Y * m[..., None], X * m[:, None, :, None]
-                bg = np.einsum("mptk,mtk->mp", Xg, Yg)
-                dg = np.einsum("mptk,mptk->mp", Xg, Xg)
-                vg = np.einsum("mtk,mtk->m", Yg, Yg)[:, None]
-                c1 = np.divide(b, d, out=np.zeros_like(b), where=d > 0)
-                r = np.maximum(vg - 2 * c1 * bg + c1 * c1 * dg, 0.0) / np.where(vg > 0, vg, 1.0)
-                single = np.maximum(single, np.where(vg > 0, np.sqrt(r), 0.0))
-            best = single.min(axis=1)
-            ridge = 1e-12 * np.einsum("mpp->m", G)[:, None, None] / n * np.eye(n)[None]
-            w = np.linalg.solve(G + ridge + np.where(ok, 0.0, 1.0)[:, None, None] * np.eye(n)[None], b[..., None])[..., 0]
-            res = np.sqrt(np.maximum(yy - np.einsum("mp,mp->m", w, b), 0.0) / np.where(yy > 0, yy, 1.0))
-            bound = np.minimum(CLOSE_MERGE_RESIDUAL, CLOSE_MERGE_GAIN * best)
+            d, yy_ = np.where(d > 0, d, 1.0), np.where(yy > 0, yy, 1.0)
+            single = np.sqrt(np.maximum(yy_[:, None] - b * b / d, 0.0) / yy_[:, None]).min(axis=1)
+            ridge = (1e-12 * np.einsum("mpp->m", G) / n + np.where(ok, 0.0, 1.0))[:, None, None] * np.eye(n)[None]
+            w = np.linalg.solve(G + ridge, b[..., None])[..., 0]
+            res = np.sqrt(np.maximum(yy - np.einsum("mp,mp->m", w, b), 0.0) / yy_)
+            bound = np.minimum(CLOSE_MERGE_RESIDUAL, CLOSE_MERGE_GAIN * single)
             for c, o, r_, bd in zip(part, ok.tolist(), res.tolist(), bound.tolist()):
                 if o and r_ <= bd * (1 + 1e-6) + 1e-9:
                     keep.add(c)
@@ -1093,9 +1091,8 @@ def _convex_fit(fps: dict, child, cands: list, matched: dict | None = None, excl
     d = np.diag(Gt)
     if not (d > 0).all():
         return None
-    c1 = bt / d  # each candidate alone: its least-squares scale, and the residual of the best one
-    single = float(np.min(np.max([np.sqrt(np.maximum(v - 2 * c1 * bg + c1 * c1 * np.diag(Gg), 0.0) / max(v, 1e-300))
-                                  for Gg, bg, v in zip(G, b, yy)], axis=0)))
+    # each candidate alone (its least-squares scale): the relative residual over both groups, of the best one
+    single = float(np.sqrt(np.maximum(sum(yy) - bt * bt / d, 0.0) / max(sum(yy), 1e-300)).min())
 
     def solve(idx):
         A = Gt[np.ix_(idx, idx)]
