@@ -909,7 +909,9 @@ def _merges_among_close(fps: dict, pairs: dict, edges: list[SuspectedEdge], time
     older: dict = {}
     if timed is not None:
         keys, ra, rb, score, ia, ib, names_ = timed
-        whole = np.array([kind == "identical" and _whole_copy(ev) for kind, ev in (pairs[k] for k in keys)])
+        whole = np.zeros(len(keys), dtype=bool)  # only an `identical` pair can be a whole copy
+        ident = [i for i, k in enumerate(keys) if pairs[k][0] == "identical"]
+        whole[ident] = [_whole_copy(pairs[keys[i]][1]) for i in ident]
         young, old = np.where(ra > rb, ia, ib), np.where(ra > rb, ib, ia)
         order = np.lexsort((-score, young))  # per later model: its relations, most similar first
         starts = np.flatnonzero(np.r_[True, young[order][1:] != young[order][:-1]])
