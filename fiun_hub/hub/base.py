@@ -137,8 +137,11 @@ def purged_error(repo: str, cid: str, path: str, stone: Mapping) -> Purged:
 class Hub(Protocol):
     """What the core asks of any hub. Capability-specific methods are named in the module docstring's table."""
 
-    capabilities: frozenset[str]
-    root: Path | None  # the hub's folder (LOCAL_FOLDER), else None
+    # Read-only here (a backend may state them as plain class or instance attributes):
+    @property
+    def capabilities(self) -> frozenset[str]: ...
+    @property
+    def root(self) -> Path | None: ...  # the hub's folder (LOCAL_FOLDER), else None
 
     def list_repos(self) -> list[str]: ...
     def repo_exists(self, repo: str) -> bool: ...
