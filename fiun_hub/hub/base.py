@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, ContextManager, Mapping, Protocol
 
+from ..card import MAX_CARD_BYTES, RecordError, parse_card_full
 from ..constants import CARD_FILE, LEDGER_REPO
 from ..errors import BadInput, CardError, Purged
 from .ids import validate_repo_id, validate_repo_path
@@ -107,10 +108,6 @@ def check_card_write(repo: str, content: bytes | Blob | Path) -> None:
     """A card no write may publish (every backend, every command, serve): one larger than fiun-hub reads back
     (it would make the repo, and every forget over it, unreadable), or one whose ``fiun.unlearned`` records break
     the schema. (A card that fails to parse for other reasons is another tool's: the lineage reports it.)"""
-    # In the function: card.py imports hub.ids, and importing any hub module runs hub/__init__ (which loads
-    # this module), so a module-level import of card here would be circular when card is imported first.
-    from ..card import MAX_CARD_BYTES, RecordError, parse_card_full
-
     if isinstance(content, Blob):
         content = content.data
     size = content.stat().st_size if isinstance(content, Path) else len(content)
