@@ -25,7 +25,7 @@ import numpy as np
 
 from .constants import FIUN_DIR, WEIGHTS_FILE
 from .errors import BadInput
-from .hub.base import LOCAL_FOLDER, supports
+from .hub.base import BLOB_STORE, LOCAL_FOLDER, supports
 from .hub.local import atomic_write
 from .safetensors_io import parse_header
 
@@ -196,6 +196,8 @@ def record_fingerprint(hub, repo: str, weights_sha256: str | None, *, verify: bo
             return True
         except BadInput:
             pass
+    if not supports(hub, BLOB_STORE):  # (a folder without a blob store: nothing to compute from)
+        return False
     blob = hub.blob_path(repo, weights_sha256)
     if not blob.is_file() or blob.is_symlink():
         return False

@@ -390,10 +390,14 @@ class HfHub:
         return cid
 
 
-if TYPE_CHECKING:  # `mypy` (.ci/run) fails here when an HfHub method drifts from the Hub Protocol
-    from .base import Hub
+if TYPE_CHECKING:  # `mypy` (.ci/run) fails here when an HfHub method drifts from the Hub Protocol or from
+    # the methods of the capability it states (hub/base.py)
+    from .base import Hub, PurgeHistoryHub
 
     def _is_a_hub(hub: HfHub) -> Hub:
+        return hub
+
+    def _has_its_capabilities(hub: HfHub) -> PurgeHistoryHub:
         return hub
 
 

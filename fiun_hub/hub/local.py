@@ -929,11 +929,16 @@ def register_indexer(indexer: Indexer | None) -> None:
     _INDEXER = indexer
 
 
-if TYPE_CHECKING:  # `mypy` (.ci/run) fails here when a LocalHub method drifts from the Hub Protocol
-    from .base import Hub
+if TYPE_CHECKING:  # `mypy` (.ci/run) fails here when a LocalHub method drifts from the Hub Protocol or from
+    # the methods of a capability it states (hub/base.py)
+    from .base import AtomicPublishHub, BlobStoreHub, ConsistentHeadsHub, Hub, LocalFolderHub, PurgeHub
 
     def _is_a_hub(hub: LocalHub) -> Hub:
         return hub
+
+    def _has_its_capabilities(hub: LocalHub) -> tuple[AtomicPublishHub, ConsistentHeadsHub, LocalFolderHub,
+                                                      BlobStoreHub, PurgeHub]:
+        return hub, hub, hub, hub, hub
 
 
 __all__ = ["LocalHub", "DamagedJournal", "Indexer", "register_indexer", "INDEX_FILE", "atomic_write",
