@@ -48,10 +48,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from .constants import CARD_FILE, DEFAULT_AUTHOR, LEDGER_REPO, WEIGHTS_FILE
-from .errors import BadInput, FiunError
-from .hub.ids import REQUEST_ID_RE, split_repo_rev
-from .hub.local import Blob, LocalHub, RepoChange
+from ..constants import CARD_FILE, DEFAULT_AUTHOR, LEDGER_REPO, WEIGHTS_FILE
+from ..errors import BadInput, FiunError
+from ..hub.ids import REQUEST_ID_RE, split_repo_rev
+from ..hub.local import Blob, LocalHub, RepoChange
 
 LEDGER_TAG = "fiun-hub-ledger"
 LEDGER_FORMAT = "fiun-ledger/1"
@@ -272,7 +272,7 @@ def parse_request(text: str | bytes, where: str = "request") -> TakedownRequest:
         if not classes:
             raise RequestError(f"{where}: forget.classes must be a non-empty list of label names")
     else:
-        from .data import parse_spec
+        from ..data import parse_spec
 
         if not isinstance(forget["data"], str):
             raise RequestError(f"{where}: forget.data must be a data spec string (npz:PATH, folder:PATH, ...)")
@@ -292,7 +292,7 @@ def parse_request(text: str | bytes, where: str = "request") -> TakedownRequest:
 
 def load_request(path: str | Path) -> TakedownRequest:
     """Read and validate a request file."""
-    from .inputs import read_regular_file
+    from ..inputs import read_regular_file
 
     path = Path(path)
     return parse_request(read_regular_file(path, MAX_REQUEST_BYTES, "request file", RequestError), where=str(path))
@@ -366,7 +366,7 @@ def _weights_of(change: RepoChange) -> str | None:
     if isinstance(content, (bytes, bytearray)):
         return hashlib.sha256(content).hexdigest()
     if isinstance(content, Path):
-        from .hub.local import sha256_file
+        from ..hub.local import sha256_file
 
         return sha256_file(content)
     return None
@@ -381,7 +381,7 @@ class _Lineage:
         self._hist: dict[tuple[str, str], list] = {}
 
     def meta(self, repo: str, rev: str):
-        from .repo import read_meta
+        from ..repo import read_meta
 
         key = (repo, rev)
         if key not in self._meta:
@@ -470,7 +470,7 @@ def classify(hub: LocalHub, request: TakedownRequest, record: dict | None, all_r
              g=None, lin: _Lineage | None = None) -> tuple[list[RepoState], list[dict]]:
     """Every repo of the request's affected set *now*, with its status (module docstring), and the problems that
     concern the request as a whole (an origin missing from the hub)."""
-    from .lineage import affected, resolve
+    from ..lineage import affected, resolve
 
     g = g if g is not None else resolve(hub)
     lin = lin or _Lineage(hub)
@@ -632,7 +632,7 @@ _DATA_CACHE: dict[tuple, Any] = {}
 def _dataset(spec: str, config) -> Any:
     """``spec`` fed with a model's own preprocessing; the last few are kept, since every repo of a request is
     measured on it."""
-    from .data import load_for_model
+    from ..data import load_for_model
 
     key = (spec, config.preprocessing)
     if key not in _DATA_CACHE:
@@ -646,8 +646,8 @@ def _measure(hub: LocalHub, request: TakedownRequest, repo: str, revision: str, 
     """Held-out forget / retain accuracy (class-wise: on the request's classes the model has, and on its other
     classes) or accuracy on the forget samples and on ``eval_data`` (sample-wise) of ``repo@revision``, in
     percent; ``eval_error`` instead when the data does not fit the model."""
-    from .evaluate import accuracy, forget_retain_accuracy
-    from .models import load_model
+    from ..evaluate import accuracy, forget_retain_accuracy
+    from ..models import load_model
 
     try:
         model, config, _ = load_model(hub, repo, revision)
@@ -670,7 +670,7 @@ def _measure(hub: LocalHub, request: TakedownRequest, repo: str, revision: str, 
 def _check_executor(executor: str, workers: int) -> None:
     """Bad --executor / --workers, or Ray missing, is bad input before anything runs (one line saying how to
     install Ray)."""
-    from .executors import check_executor, import_ray
+    from ..executors import check_executor, import_ray
 
     check_executor(executor, workers)
     if executor == "ray":
@@ -679,7 +679,7 @@ def _check_executor(executor: str, workers: int) -> None:
 
 def _check_eval_data(spec: str | None) -> None:
     if spec is not None:
-        from .data import parse_spec
+        from ..data import parse_spec
 
         parse_spec(spec)
 
@@ -723,10 +723,10 @@ def _origin_pins(hub: LocalHub, request: TakedownRequest) -> None:
 def _restrict(hub: LocalHub, request: TakedownRequest, plan, apply: Iterable[str]) -> tuple[Any, dict[str, str]]:
     """The FIUn plan with only ``apply`` left to do (every other node marked done and its problems dropped),
     and the targets that cannot be applied, with why."""
-    from .constants import CONFIG_FILE
-    from .fallback import resolve_sidecars
-    from .models import parse_config
-    from .sidecars import read_at
+    from ..constants import CONFIG_FILE
+    from ..fallback import resolve_sidecars
+    from ..models import parse_config
+    from ..sidecars import read_at
 
     apply = set(apply)
     nodes, blocked = [], {}
@@ -770,7 +770,7 @@ def _add_adopted(hub: LocalHub, plan, g, repos: Iterable[str], adoptions: dict[s
     parent, recorded as ``adopted_from`` in its forget record), or a declared descendant of one. Its sources are
     the origins its inferred parent merges. Returns the repos that cannot be forgotten, with why (their nodes
     stay in the plan, marked done)."""
-    from .unlearn import adopt_node
+    from ..unlearn import adopt_node
 
     in_plan = {n.repo: n for n in plan.nodes}
 
@@ -805,7 +805,7 @@ def plan_takedown(hub: LocalHub, request: TakedownRequest) -> TakedownPlan:
 
     A request id already in the ledger must have the same content (a re-run then applies it to what was derived
     since from pre-takedown revisions, and is a no-op when nothing was)."""
-    from .unlearn import plan_forget
+    from ..unlearn import plan_forget
 
     records = ledger_records(hub)
     record = records.get(request.id)
@@ -826,7 +826,7 @@ def plan_takedown(hub: LocalHub, request: TakedownRequest) -> TakedownPlan:
     if not problems:
         restricted, blocked = _restrict(hub, request, plan, [r for r in targets if r in by_repo])
         # an adopted undeclared derivative (or a declared descendant of one) to redo: not in the cards' lineage
-        from .lineage import resolve
+        from ..lineage import resolve
 
         extra = [r for r in targets if r not in by_repo]
         if extra:
@@ -859,7 +859,7 @@ def _apply(hub: LocalHub, tp: TakedownPlan, kind: str, *, eval_data: str | None,
     revisions and the ledger record in one publish, then a ledger commit with the new revisions and accuracies.
     ``workers``, ``executor``, ``ray_address``: where the per-repo work runs (:func:`fiun_hub.unlearn.run_forget`);
     a failed task publishes nothing, ledger included."""
-    from .unlearn import run_forget
+    from ..unlearn import run_forget
 
     request, plan = tp.request, tp.plan
     lin = _Lineage(hub)
@@ -898,7 +898,7 @@ def _apply(hub: LocalHub, tp: TakedownPlan, kind: str, *, eval_data: str | None,
     records = ledger_records(hub)
 
     def purge_of(changes: list[RepoChange]) -> list[dict] | None:
-        from . import purge as P
+        from .. import purge as P
 
         starts = {ch.repo: ch.parent_commit for ch in changes if ch.repo != LEDGER_REPO}
         if hold_reason is not None:
@@ -1026,7 +1026,7 @@ def _entry(g, rec: dict, states: list[RepoState], problems: list[dict]) -> dict[
 def _undeclared(hub: LocalHub, rid: str, states: list[RepoState], lin: _Lineage) -> list[dict]:
     """Findings ``undeclared-derivative``: heads outside the affected set whose weights look derived from an
     affected repo's pre-forget revision (fiun_hub.fingerprint)."""
-    from .fingerprint import undeclared_findings
+    from ..fingerprint import undeclared_findings
 
     pre = {}
     for s in states:
@@ -1039,7 +1039,7 @@ def _undeclared(hub: LocalHub, rid: str, states: list[RepoState], lin: _Lineage)
 
 def plan_report(hub: LocalHub, tp: TakedownPlan) -> dict[str, Any]:
     """Report data (as :func:`audit` gives) for a takedown that has not run: what it would do (``--dry-run``)."""
-    from .lineage import resolve
+    from ..lineage import resolve
 
     rec = tp.record or _new_record(tp.request)
     entry = _entry(resolve(hub), rec, tp.states, [])
@@ -1061,7 +1061,7 @@ def audit(hub: LocalHub, request_id: str | None = None, *, eval_data: str | None
     Returns ``{"kind", "hub", "generated_at", "ok", "eval_data", "findings", "requests": [...]}``; each request
     entry has its ``request``, ledger facts, ``repos`` (one row per affected repo: status, head, weights,
     ledger revisions and hashes, accuracies) and ``lineage`` (nodes with status, edges) for the picture."""
-    from .lineage import resolve
+    from ..lineage import resolve
 
     _check_eval_data(eval_data)
     if not (max_forget_acc >= 0 and math.isfinite(max_forget_acc)):
@@ -1102,7 +1102,7 @@ def audit(hub: LocalHub, request_id: str | None = None, *, eval_data: str | None
 def _purge_facts(hub: LocalHub, rid: str, rec: dict, records: dict[str, dict], entry: dict) -> None:
     """Add the ``unpurged`` findings (fiun_hub/purge.py) and the purge facts (bytes removed, holds) to a report
     entry."""
-    from .purge import leftovers
+    from ..purge import leftovers
 
     left = leftovers(hub, rid, rec, records, at=_now())
     entry["findings"] = entry["findings"] + left["findings"]
@@ -1121,18 +1121,18 @@ def _purge_facts(hub: LocalHub, rid: str, rec: dict, records: dict[str, dict], e
 def _fix_purge(hub: LocalHub, rid: str, rec: dict, records: dict[str, dict]) -> dict | None:
     """Purge what a request's purge left behind (audit finding ``unpurged``), with a ``purge`` ledger event in the
     same journaled step. None when there is nothing to purge."""
-    from .purge import leftovers, purge_leftovers
+    from ..purge import leftovers, purge_leftovers
 
     left = leftovers(hub, rid, rec, records, at=_now())
     if not (left["entries"] or left["strays"] or any(b["where"] is None for b in left["blobs"])):
         return None
-    from .unlearn import utc_now
+    from ..unlearn import utc_now
 
     # (microseconds: two purges within a second are two events; _with_event replaces an event of the same time)
     at = utc_now()[:-1] + f".{time.time_ns() // 1000 % 1_000_000:06d}Z"
     event: dict[str, Any] = {"kind": "purge", "at": at, "author": DEFAULT_AUTHOR, "origins": [],
                              "eval_data": None, "repos": {}, "findings": left["findings"]}
-    from .purge import summary
+    from ..purge import summary
 
     event["purge"] = summary(hub, left["entries"])
     change = _ledger_change(hub, {rid: _with_event(rec, event)}, {}, f"Purge {rid}: "
@@ -1178,8 +1178,8 @@ def fix(hub: LocalHub, report: dict[str, Any], *, eval_data: str | None = None, 
     entry carries ``adopted_from`` too, so that later audits check the repo as part of the affected set."""
     import networkx as nx
 
-    from .lineage import affected, resolve
-    from .unlearn import plan_forget
+    from ..lineage import affected, resolve
+    from ..unlearn import plan_forget
 
     _check_eval_data(eval_data)
     _check_executor(executor, workers)
