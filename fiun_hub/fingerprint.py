@@ -63,10 +63,13 @@ CANDIDATE_MIN = 0.3      # loose bound on the compact vectors (both groups) for 
 MERGE_PAIR_MIN = 0.3     # a merge parent's cosine to the merge (both groups)
 MERGE_RESIDUAL = 0.15    # relative residual of the merge fit (each group)
 MERGE_MAX_PARENTS = 8
+CLOSE_MERGE_CANDIDATES = 16  # a model's most similar older relations fitted as a merge (:func:`_merges_among_close`)
 CLOSE_MERGE_GAIN = 0.5      # ... and at most half the residual of its best single parent (a near copy of one
-#                              model fits its siblings as well as it fits that model: no gain)
-CLOSE_MERGE_RESIDUAL = 0.06  # the same among close models (:func:`_merges_among_close`): on the benchmark,
-#                              fine-tunes and re-uploads fit a merge of their relations to 0.09-0.14, FedAvg merges 0.01-0.06
+#                              model fits its siblings as well as it fits that model: no gain; on the benchmark,
+#                              fine-tunes and noise copies fit their older relations at >= 0.83 of it, FedAvg merges
+#                              at ~1e-5)
+CLOSE_MERGE_RESIDUAL = 0.06  # the same among close models (:func:`_merges_among_close`): on the benchmark, FedAvg
+#                              merges fitted over all their older relations leave 5e-7 to 9e-7
 COMPACT_DIM = 64
 
 
@@ -262,7 +265,9 @@ class SuspectedEdge:
     evidence: dict = field(default_factory=dict)
     # derived: a suspected derivation (child from parent); sibling: both ends derive from ``via`` (their own
     # reported edges say so), neither from the other; ancestor: parent is an earlier ancestor of child through the
-    # reported edge ``via`` -> child (a grandparent). See :func:`_relations`.
+    # reported edge ``via`` -> child (a grandparent); ambiguous: parent is a merge parent of child only in an
+    # alternative explanation of child's merge that fits its weights as well (``merge_alternatives``). See
+    # :func:`_relations` and :func:`_merges_among_close`.
     relation: str = "derived"
     via: str | None = None
 
@@ -288,6 +293,10 @@ class SuspectedEdge:
             arrow, what = "<->", f"sibling ({self.kind}, both from {self.via})"
         elif self.relation == "ancestor":
             what = f"ancestor ({self.kind}, through {self.via})"
+        elif self.relation == "ambiguous":
+            alts = e.get("merge_alternatives") or [{}]
+            what = (f"ambiguous ({self.kind}, a parent only if {self.child} is the merge of "
+                    f"{' + '.join(alts[0].get('merge_parents', []))} rather than of its fitted parents)")
         return (f"{'declared' if self.declared else 'UNDECLARED'} {what}: {self.parent} {arrow} {self.child} "
                 f"({', '.join(bits)})")
 
@@ -446,20 +455,33 @@ def _prune(pairs: dict, since: dict | None = None, *, oldest: set | None = None)
     return {k: v for k, v in pairs.items() if k in keep}
 
 
-def _oldest_parents(pairs: dict, since: dict) -> set:
-    """For every model b, the pair (a, b) whose a appeared strictly before b and before every other suspected
-    relation of b (ties: the most similar); at most one pair per model. Models without a time take no part."""
+def _timed_pairs(pairs: dict, since: dict):
+    """The pairs with two different times, as arrays: ``(keys, ra, rb, sc, ia, ib, names)``: the time ranks of
+    each side, the scores, each side's index into ``names``; None when there is none. Computed once by
+    :func:`infer` for :func:`_oldest_parents` and :func:`_merges_among_close`."""
     keys = [k for k in pairs if since.get(k[0]) and since.get(k[1]) and since[k[0]] != since[k[1]]]
     if not keys:
-        return set()
+        return None
     times = sorted({since[x] for k in keys for x in k})
     rank = {t: i for i, t in enumerate(times)}
     ra = np.array([rank[since[a]] for a, _ in keys], dtype=np.int64)
     rb = np.array([rank[since[b]] for _, b in keys], dtype=np.int64)
     sc = np.array([pairs[k][1].score for k in keys], dtype=np.float64)
-    nodes = {n: i for i, n in enumerate(sorted({x for k in keys for x in k}, key=str))}
+    names = sorted({x for k in keys for x in k}, key=str)
+    nodes = {n: i for i, n in enumerate(names)}
     ia = np.array([nodes[a] for a, _ in keys], dtype=np.int64)
     ib = np.array([nodes[b] for _, b in keys], dtype=np.int64)
+    return keys, ra, rb, sc, ia, ib, names
+
+
+def _oldest_parents(pairs: dict, since: dict, timed=None) -> set:
+    """For every model b, the pair (a, b) whose a appeared strictly before b and before every other suspected
+    relation of b (ties: the most similar); at most one pair per model. Models without a time take no part.
+    ``timed``: :func:`_timed_pairs` of these, when computed already."""
+    timed = timed if timed is not None else _timed_pairs(pairs, since)
+    if timed is None:
+        return set()
+    keys, ra, rb, sc, ia, ib, _ = timed
     young = np.where(ra > rb, ia, ib)           # the later end of each pair
     old_rank = np.minimum(ra, rb)
     order = np.lexsort((-sc, old_rank, young))  # per young model: the oldest relation first, then the closest
@@ -587,7 +609,9 @@ def infer(hub, g=None, entries: dict | None = None) -> list[SuspectedEdge]:
 
     # every model with a suspected relation needs its time: the pruning keeps each one's edge to its oldest relation
     times = {r: when(r) for r in {x for k in pairs for x in k}}
-    oldest = _oldest_parents(pairs, times)  # kept by _prune, and the core edges of _relations
+    timed = _timed_pairs(pairs, times)
+    oldest = _oldest_parents(pairs, times, timed)  # kept by _prune, and the core edges of _relations
+    every = pairs  # before the pruning: a merge's edge to one of its parents may be pruned (the others explain it)
     pairs = _prune(pairs, oldest=oldest)
     edges: list[SuspectedEdge] = []
 
@@ -607,55 +631,260 @@ def infer(hub, g=None, entries: dict | None = None) -> list[SuspectedEdge]:
                                                                         if r is not None), 4),
                      merge_parents=[q for q, _ in parents])
             edges.append(SuspectedEdge(p, child, "merge", "merge", _declared(g, p, child), d))
-    _merges_among_close(fps, pairs, edges)
+    _merges_among_close(fps, every, edges, times, lambda a, b: _declared(g, a, b), timed)
     _relations(edges, oldest)
     edges.sort(key=lambda e: (e.declared, e.parent, e.child))
     return edges
 
 
-def _merges_among_close(fps: dict, pairs: dict, edges: list[SuspectedEdge]) -> None:
+def _merges_among_close(fps: dict, pairs: dict, edges: list[SuspectedEdge], times: dict | None = None,
+                        declared=lambda a, b: False, timed=None) -> None:
     """A merge of close models (FedAvg of fine-tunes of one parent) is close to each of them, so :func:`relate`
     (which fits merges on the looser pairs) reports its pairs as ``close``, and by structure alone each would look
-    like two fine-tunes of one parent. For every model with two or more close edges from older models (and no
-    merge fit yet), fit a merge of those; when one fits with a residual of at most ``CLOSE_MERGE_RESIDUAL``, its edges from the fitted parents carry the merge's
-    weights (``merge_weights``, ``merge_residual``, ``merge_parents``) and count as derivations."""
+    like two fine-tunes of one parent. Every model with two or more suspected relations that appeared strictly
+    before it (``pairs``: all of them, before the pruning; ``times``: when each model's weights appeared; no merge
+    fit yet, no whole copy among them) is fitted as a convex combination of its ``CLOSE_MERGE_CANDIDATES`` most
+    similar ones (:func:`_convex_fit`). A fit with a residual of at most ``CLOSE_MERGE_RESIDUAL`` and at most
+    ``CLOSE_MERGE_GAIN`` of its best single candidate's is a merge: its edges from the fitted parents carry the
+    merge's weights (``merge_weights``, ``merge_residual``, ``merge_parents``, ``merge_single_residual``) and count
+    as derivations; a parent whose pair was pruned gets its edge back.
+
+    Models are fitted oldest first. A candidate that is itself a fitted merge of other candidates (a 2-client FedAvg
+    among the clients of a 3-client one) is left out of the fit: its weights are in the span of its parents', so
+    the merge is fitted on those, and the merge through it is an exact alternative whenever all its parents have a
+    positive weight (the mean of three clients is also 1/2 of a 2:1 merge of two of them, plus 1/6 and 1/3 of the
+    others). Such an alternative is listed on every edge of the merge (``merge_alternatives``), and the edge from
+    the composite candidate is reported with ``relation`` ``ambiguous``: from the weights, it may or may not be a
+    parent. ``edges`` is changed in place; ``declared(a, b)`` for the edges added."""
+    times = times or {}
     merged = {e.child for e in edges if e.kind == "merge"}
-    by_child: dict = {}
-    for e in edges:
-        if e.kind == "close" and e.direction == "time" and e.child not in merged:
-            by_child.setdefault(e.child, []).append(e)
-    for child, es in sorted(by_child.items(), key=lambda kv: str(kv[0])):
-        if len(es) < 2:
+    key = lambda a, b: (a, b) if str(a) <= str(b) else (b, a)  # noqa: E731
+    by_key = {key(e.parent, e.child): e for e in edges}
+    # every pair with a time on both sides (:func:`_timed_pairs`): per later end, its relations, most similar first
+    timed = timed if timed is not None else _timed_pairs(pairs, times)
+    older: dict = {}
+    if timed is not None:
+        keys, ra, rb, score, ia, ib, names_ = timed
+        whole = np.zeros(len(keys), dtype=bool)  # only an `identical` pair can be a whole copy
+        ident = [i for i, k in enumerate(keys) if pairs[k][0] == "identical"]
+        whole[ident] = [_whole_copy(pairs[keys[i]][1]) for i in ident]
+        young, old = np.where(ra > rb, ia, ib), np.where(ra > rb, ib, ia)
+        order = np.lexsort((-score, young))  # per later model: its relations, most similar first
+        starts = np.flatnonzero(np.r_[True, young[order][1:] != young[order][:-1]])
+        for lo, hi in zip(starts.tolist(), starts[1:].tolist() + [order.size]):
+            if hi - lo < 2:
+                continue
+            sel = order[lo:hi]
+            if whole[sel].any():
+                continue  # a re-upload (or the same weights under another head) is no merge
+            older[names_[young[sel[0]]]] = [names_[j] for j in old[sel[:CLOSE_MERGE_CANDIDATES]].tolist()]
+    fitted: dict = {}
+    matched: dict = {}
+    possible = _could_be_merges(fps, older)
+
+    def edge(p, child):
+        e = by_key.get(key(p, child))
+        if e is None:  # pruned: some third model was closer to both
+            kind, ev = pairs[key(p, child)]
+            e = SuspectedEdge(p, child, kind, "time", declared(p, child), ev.to_dict())
+            edges.append(e)
+            by_key[key(p, child)] = e
+        return e
+
+    for child in sorted(older, key=lambda c: (times[c], str(c))):
+        if child in merged or child not in possible:
             continue
-        cands = {e.parent: pairs[tuple(sorted((e.parent, child), key=str))][1] for e in es}
-        fit = _fit_merge(fps, child, cands)
+        cands = older[child]
+        composite = [m for m in cands if m in fitted and set(fitted[m]) <= set(cands)]
+        fit = _convex_fit(fps, child, cands, matched, exclude=composite)
         if fit is None:
             continue
-        _, parents, (r_init, r_learned), _ = fit
-        w = dict(parents)
-        res = round(max(r for r in (r_init, r_learned) if r is not None), 4)
-        if res > CLOSE_MERGE_RESIDUAL or res > CLOSE_MERGE_GAIN * min(
-                (_single_residual(fps, child, p) for p in cands), default=0.0):
+        weights, res, single = fit
+        if res > CLOSE_MERGE_RESIDUAL or res > CLOSE_MERGE_GAIN * single:
             continue
-        for e in es:
-            if e.parent in w:
-                e.evidence.update(merge_weights=round(w[e.parent], 4), merge_residual=res,
-                                  merge_parents=[q for q, _ in parents])
+        fitted[child] = weights
+        alternatives = []
+        for m in sorted(composite, key=str):
+            u = fitted[m]
+            if not all(weights.get(j, 0.0) > 0 for j in u):
+                continue
+            alpha = min(weights[j] / u[j] for j in u)  # as much of m as its parents' weights allow
+            alt = {m: alpha, **{j: w - alpha * u.get(j, 0.0) for j, w in weights.items()}}
+            alt = {q: w for q, w in alt.items() if w > 1e-3}
+            if alpha >= 0.05 and len(alt) >= 2:
+                alternatives.append((m, alt))
+        order = sorted(weights, key=lambda q: (-weights[q], str(q)))
+        common = {"merge_residual": float(f"{res:.3g}"), "merge_parents": order,
+                  "merge_single_residual": float(f"{single:.3g}")}
+        if alternatives:
+            common["merge_alternatives"] = [
+                {"merge_parents": sorted(alt, key=lambda q: (-alt[q], str(q))),
+                 "merge_weights": [round(alt[q], 4) for q in sorted(alt, key=lambda q: (-alt[q], str(q)))]}
+                for _, alt in alternatives]
+        for p in order:
+            edge(p, child).evidence.update(merge_weights=round(weights[p], 4), **common)
+        for m, alt in alternatives:
+            e = edge(m, child)
+            e.relation, e.via = "ambiguous", None
+            e.evidence.update(alternative_merge_weight=round(alt[m], 4), merge_alternatives=common["merge_alternatives"])
 
 
-def _single_residual(items: dict, child, parent) -> float:
-    """The relative residual of ``child``'s sketches as a multiple of ``parent``'s alone (the larger group's; inf
-    when they share nothing)."""
-    fc, fp = items[child], items[parent]
-    m = _matched(fc.layout, fp.layout)
-    if m is None:
-        return float("inf")
-    ca, cb = m
-    valid = (fc.norms[ca] > 0) & (fp.norms[cb] > 0)
-    f = _merge_fit(fc.sketch[ca], [fp.sketch[cb]], fc.layout.learned[ca], valid)
-    if f is None:
-        return float("inf")
-    return max(r for r in f[1:] if r is not None)
+MERGE_GATE_CHUNK = 64  # models whose candidates are gathered at once by :func:`_could_be_merges`
+
+
+def _could_be_merges(fps: dict, older: dict) -> set:
+    """The models of ``older`` (model -> its merge candidates) that :func:`_convex_fit` could accept, by a bound
+    computed for many models at once: a fit's residual is at least the unconstrained least-squares residual over
+    all its candidates, and when the larger group's relative residual is at most ``r`` the total one is too; so a
+    model whose total least-squares residual is above ``CLOSE_MERGE_RESIDUAL`` or ``CLOSE_MERGE_GAIN`` times its
+    best single candidate's can be no merge (the 500 near copies of the scale hub: all of them, in one batch).
+    Models with a candidate of another layout are kept (fitted one by one)."""
+    keep = set()
+    batch: dict = {}
+    for child, cands in older.items():
+        lk = fps[child].layout.key
+        if all(fps[p].layout.key == lk for p in cands):
+            batch.setdefault((lk, len(cands)), []).append(child)
+        else:
+            keep.add(child)
+    for (lk, n), children in batch.items():
+        models = sorted({x for c in children for x in [c, *older[c]]}, key=str)
+        row = {x: i for i, x in enumerate(models)}
+        S = np.stack([fps[x].sketch for x in models])           # (M, T, K) float32
+        N = np.stack([fps[x].norms for x in models]) > 0         # (M, T)
+        for start in range(0, len(children), MERGE_GATE_CHUNK):
+            part = children[start:start + MERGE_GATE_CHUNK]
+            ci = np.array([row[c] for c in part])
+            pi = np.array([[row[p] for p in older[c]] for c in part])  # (m, n)
+            Y = S[ci].astype(np.float64)                              # (m, T, K)
+            scale = np.linalg.norm(Y, axis=2)
+            use = N[ci] & N[pi].all(axis=1) & (scale > 0)
+            inv = np.where(use, 1.0 / np.where(use, scale, 1.0), 0.0)
+            Yf = (Y * inv[..., None]).reshape(len(part), -1, 1)
+            Xf = np.multiply(S[pi], inv[:, None, :, None], dtype=np.float64).reshape(len(part), n, -1)
+            G = Xf @ Xf.transpose(0, 2, 1)
+            b = (Xf @ Yf)[..., 0]
+            yy = (Yf[..., 0] ** 2).sum(axis=1)
+            d = np.einsum("mpp->mp", G)
+            ok = (d > 0).all(axis=1) & (yy > 0)
+            d, yy_ = np.where(d > 0, d, 1.0), np.where(yy > 0, yy, 1.0)
+            single = np.sqrt(np.maximum(yy_[:, None] - b * b / d, 0.0) / yy_[:, None]).min(axis=1)
+            ridge = (1e-12 * np.einsum("mpp->m", G) / n + np.where(ok, 0.0, 1.0))[:, None, None] * np.eye(n)[None]
+            w = np.linalg.solve(G + ridge, b[..., None])[..., 0]
+            res = np.sqrt(np.maximum(yy - np.einsum("mp,mp->m", w, b), 0.0) / yy_)
+            bound = np.minimum(CLOSE_MERGE_RESIDUAL, CLOSE_MERGE_GAIN * single)
+            for c, o, r_, bd in zip(part, ok.tolist(), res.tolist(), bound.tolist()):
+                if o and r_ <= bd * (1 + 1e-6) + 1e-9:
+                    keep.add(c)
+    return keep
+
+
+def _convex_fit(fps: dict, child, cands: list, matched: dict | None = None, exclude=()):
+    """``child``'s sketches as a non-negative combination of ``cands``' but those in ``exclude`` (non-negative
+    least squares on the tensors all candidates share, each tensor scaled by the child's own norm as in
+    :func:`_merge_fit`): ``(weights, residual, best single residual)`` with the relative residual of the larger
+    group (the best single candidate: of all of ``cands``), or None unless two or more parents have weights of at
+    least 0.05 that sum to about 1 (``MERGE_MAX_PARENTS`` at most). Solved on the candidates' Gram matrix per group
+    (a few candidates against thousands of sketch values: the products once, then every fit and residual from
+    them). ``matched``: a cache of :func:`_matched` by layout pair."""
+    from scipy.optimize import nnls
+
+    matched = {} if matched is None else matched
+    fc = fps[child]
+    n = len(fc.layout.tensors)
+    aligned = {}
+    for p in cands:
+        lk = (fc.layout.key, fps[p].layout.key)
+        if lk not in matched:
+            matched[lk] = _matched(fc.layout, fps[p].layout)
+        if matched[lk] is not None:
+            aligned[p] = matched[lk]
+    if len(aligned) < 2:
+        return None
+    whole = [ca.size == n and cb.size == n and (ca == cb).all() for ca, cb in aligned.values()]
+    if all(whole):
+        cols = None  # every candidate in the child's layout
+    else:
+        common = set(range(n))
+        for ca, _ in aligned.values():
+            common &= set(ca.tolist())
+        cols = np.array(sorted(common), dtype=np.int64)
+        if cols.size == 0:
+            return None
+    names = list(aligned)
+    views = []
+    valid = fc.norms > 0 if cols is None else fc.norms[cols] > 0
+    for p in names:
+        if cols is None:
+            views.append(fps[p].sketch)
+            valid = valid & (fps[p].norms > 0)
+            continue
+        ca, cb = aligned[p]
+        pos = dict(zip(ca.tolist(), cb.tolist()))
+        idx = np.array([pos[c] for c in cols.tolist()], dtype=np.int64)
+        views.append(fps[p].sketch[idx])
+        valid = valid & (fps[p].norms[idx] > 0)
+    target = (fc.sketch if cols is None else fc.sketch[cols]).astype(np.float64)
+    learned = fc.layout.learned if cols is None else fc.layout.learned[cols]
+    scale = np.linalg.norm(target, axis=1)
+    use = valid & (scale > 0)
+    if not use.any():
+        return None
+    inv = 1.0 / np.where(use, scale, 1.0)
+    X = np.stack(views, axis=2)  # (T, K, n)
+    G, b, yy = [], [], []
+    for grp in (~learned, learned):
+        m = use & grp
+        if not m.any():
+            continue
+        Xg = (X[m].astype(np.float64) * inv[m, None, None]).reshape(-1, len(names))
+        yg = (target[m] * inv[m, None]).reshape(-1)
+        G.append(Xg.T @ Xg)
+        b.append(Xg.T @ yg)
+        yy.append(float(yg @ yg))
+    Gt, bt = sum(G), sum(b)
+
+    def residual(w, idx):  # the larger group's relative residual: ||y - Xw||^2 = yy - 2 w.b + w.G.w per group
+        return max(float(np.sqrt(max(v - 2 * w @ bg[idx] + w @ Gg[np.ix_(idx, idx)] @ w, 0.0) / max(v, 1e-300)))
+                   for Gg, bg, v in zip(G, b, yy))
+
+    d = np.diag(Gt)
+    if not (d > 0).all():
+        return None
+    # each candidate alone (its least-squares scale): the relative residual over both groups, of the best one
+    single = float(np.sqrt(np.maximum(sum(yy) - bt * bt / d, 0.0) / max(sum(yy), 1e-300)).min())
+
+    def solve(idx):
+        A = Gt[np.ix_(idx, idx)]
+        # nnls on the Cholesky factor of the Gram matrix: the same minimiser as on the stacked values (a tiny ridge
+        # for candidates that are equal on these tensors)
+        try:
+            L = np.linalg.cholesky(A + np.eye(len(idx)) * (1e-12 * float(np.trace(A)) / len(idx)))
+        except np.linalg.LinAlgError:
+            return None
+        w, _ = nnls(L.T, np.linalg.solve(L, bt[idx]))
+        return w
+
+    idx = [j for j, p in enumerate(names) if p not in set(exclude)]
+    if len(idx) < 2:
+        return None
+    sol = solve(idx)
+    if sol is None:
+        return None
+    coef = np.zeros(len(names))
+    coef[idx] = sol
+    keep = [j for j in idx if coef[j] >= 0.02]
+    if len(keep) < 2 or len(keep) > MERGE_MAX_PARENTS:
+        return None
+    w = coef[keep]
+    if len(keep) != int((coef > 0).sum()):
+        w = solve(keep)
+        if w is None:
+            return None
+        keep, w = [j for j, v in zip(keep, w) if v > 0], w[w > 0]
+    if len(keep) < 2 or (w < 0.05).any() or abs(float(w.sum()) - 1) > 0.15:
+        return None
+    return {names[j]: float(v) for j, v in zip(keep, w)}, residual(w, keep), single
 
 
 def _relations(edges: list[SuspectedEdge], oldest: set) -> None:
@@ -681,6 +910,9 @@ def _relations(edges: list[SuspectedEdge], oldest: set) -> None:
         # transfer and a re-upload of its parent are identical on what they share, and siblings
         whole = e.kind == "re-upload"
         fit = e.kind == "merge" or "merge_parents" in e.evidence
+        if e.relation == "ambiguous":
+            fixed.add(id(e))  # a parent only in an alternative explanation of a merge: neither core nor relabelled
+            continue
         if fit or whole:
             fixed.add(id(e))  # a whole copy or a merge fit is a derivation whatever else is reported
         if e.direction == "unknown":

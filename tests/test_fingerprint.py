@@ -413,3 +413,54 @@ def test_edges_explained_by_reported_derivations_are_marked_sibling_or_ancestor_
     der = edges[0]
     assert "via" not in der.to_dict() and der.to_dict()["relation"] == "derived"
     assert der.line().startswith("UNDECLARED close: p -> ft1 (")
+
+
+def test_fedavg_merges_of_undeclared_clients_get_merge_edges_to_every_client(built, tmp_path):
+    """Measured in benchmarks/infer_lineage.py (section 10): a FedAvg of one parent's fine-tunes is close to each
+    client, and the pruning dropped its edge to the lighter client of a 2:1 merge (the heavier one is closer to
+    both), so it was never fitted as a merge: its edge to one client was marked ``sibling`` and its derivation edge
+    went to the clients' parent. Now every model is fitted on all its older relations: the 2:1 FedAvg gets merge
+    edges to both clients (weights 2/3, 1/3); a 3-client FedAvg is fitted on the clients (1/3 each), and its edge
+    from the 2-client FedAvg (an exact alternative: 1/2 of it plus 1/6 and 1/3 of two clients) is ``ambiguous``.
+    Fine-tunes of the parent are no merges."""
+    from fiun_hub.models import load_model
+    from fiun_hub.research.training import average_state_dicts, train_classifier
+
+    hub, _ = built
+    hub = copy_hub(hub.root, tmp_path / "hub")
+    shard = digit_shard()
+    clients = ("fl/client-0", "fl/client-1", "fl/client-2")
+    states = []
+    for c, (repo, seed) in enumerate(zip(clients, (41, 42, 43))):
+        model, _, _ = load_model(hub, R)
+        train_classifier(model, shard(300 + 120 * c, 420 + 120 * c), epochs=1, lr=1e-3, batch_size=32, seed=seed)
+        push(hub, model.eval(), repo, ROOT_LABELS)  # no --parent
+        states.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+    for repo, sd in (("fl/fedavg-2", average_state_dicts(states[:2], weights=[2, 1])),
+                     ("fl/fedavg-3", average_state_dicts(states))):
+        model, _, _ = load_model(hub, R)
+        model.load_state_dict(sd)
+        push(hub, model.eval(), repo, ROOT_LABELS)
+    code, data, _ = _infer(hub)
+    assert code == 0
+    edges = {(e["parent"], e["child"]): e for e in data["edges"]}
+    for repo, parents, weights in (("fl/fedavg-2", clients[:2], (2 / 3, 1 / 3)),
+                                   ("fl/fedavg-3", clients, (1 / 3, 1 / 3, 1 / 3))):
+        for p, w in zip(parents, weights):
+            e = edges[(p, repo)]
+            assert e["relation"] == "derived" and e["direction"] == "time", e
+            assert set(e["merge_parents"]) == set(parents) and abs(e["merge_weights"] - w) < 0.01, e
+            assert e["merge_residual"] < 0.01 * e["merge_single_residual"], e
+    amb = edges[("fl/fedavg-2", "fl/fedavg-3")]
+    assert amb["relation"] == "ambiguous"
+    alt = amb["merge_alternatives"][0]
+    assert dict(zip(alt["merge_parents"], alt["merge_weights"])) == pytest.approx(
+        {"fl/fedavg-2": 0.5, clients[2]: 1 / 3, clients[1]: 1 / 6}, abs=0.01)
+    assert edges[(clients[0], "fl/fedavg-3")]["merge_alternatives"] == amb["merge_alternatives"]
+    # the clients' parent is their ancestor, not a merge parent; the clients and the other fine-tunes are no merges
+    assert edges[(R, "fl/fedavg-2")]["relation"] == "ancestor"
+    fitted = {e["child"] for e in data["edges"] if "merge_parents" in e or e["kind"] == "merge"}
+    assert fitted == {"fl/fedavg-2", "fl/fedavg-3"}
+    code, out, _ = invoke("--hub", hub.root, "lineage", "--infer")
+    assert "UNDECLARED ambiguous (close, a parent only if fl/fedavg-3 is the merge of fl/fedavg-2 + " in out
+    assert not [e for e in data["edges"] if e["parent"] in INDEPENDENT or e["child"] in INDEPENDENT]
