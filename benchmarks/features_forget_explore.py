@@ -1,0 +1,210 @@
+"""Ablation behind docs/method.md section 11 (issue 16 part 2): which deeper, data-free-at-descendants edit takes
+the forgotten classes out of the penultimate features (linear-probe recall near a retrained model's)?
+
+Phase ``single`` (minutes): one ``test_resnet`` (16x16) trained on all of ``digits:train`` (10 epochs), forgets
+of ``3`` and of ``1,3,5,7``. Every variant ends with FIUn's head rule (``class_forget_update`` on the head, its
+defaults) and is scored on ``digits:test``: forget / retain accuracy, top-2 leak, linear-probe recall of the
+forgotten classes (probe fit on every other training sample), next to a model retrained without the classes.
+
+- ``head``: today's rule (the backbone untouched);
+- ``ssd-l4``: option (a), the rule of docs/method.md section 1 (retain FIM, normalized estimator, toward 0 off
+  the head) on ``layer4``'s conv weights + the head, FIMs over those layers, several alpha / lambda;
+- ``shrink``: option (b), at the origin only, with the request's data (the forgotten classes' training samples):
+  Adam steps on ``layer4`` pushing each forgotten sample to the retained class the ORIGINAL head ranks best for
+  it (boundary shrink), EWC-regularised by the origin's retain FIM over ``layer4`` (gamma * sum F_r d^2,
+  normalized estimator); the weight delta is what a descendant would receive;
+- ``proj-oracle``: option (c) as an upper bound that is not a weight edit (no exact fold through the final ReLU
+  exists for a ResNet): the probe is fit on features with the forgotten classes' mean directions projected out.
+
+Phase ``dag``: ``benchmarks/beyond_head.py``'s digits DAG (R root, A fine-tune child, T transfer child with R's
+frozen backbone); the origin's ``shrink`` delta on ``layer4`` added to every affected model (A, T: data-free),
+on top of FIUn's head update, against the retrained DAG.
+
+    nice -n 10 python benchmarks/features_forget_explore.py single
+    nice -n 10 python benchmarks/features_forget_explore.py dag
+
+Writes ``benchmarks/results/features_forget_explore_<phase>.json``.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from fiun_hub.dampening import class_forget_update, retain_fim, unlearning_fim  # noqa: E402
+from fiun_hub.data import load_data  # noqa: E402
+from fiun_hub.evaluate import (forget_retain_accuracy, linear_probe, penultimate_features,  # noqa: E402
+                               probe_recall_from_features, top2_leak)
+from fiun_hub.fisher import compute_fisher, resolve_layers  # noqa: E402
+from fiun_hub.research.scenarios import new_model  # noqa: E402
+from fiun_hub.research.training import train_classifier  # noqa: E402
+
+LABELS = [str(i) for i in range(10)]
+HEAD = ["fc.weight", "fc.bias"]
+L4_CONV = "layer4.*conv*.weight,layer4.*downsample.1.weight"
+RESULTS = ROOT / "benchmarks" / "results"
+T0 = time.perf_counter()
+
+
+def log(msg):
+    print(f"[{time.perf_counter() - T0:6.1f}s] {msg}", flush=True)
+
+
+def trained(data, epochs=10, seed=0):
+    m = new_model("test_resnet", 10, 1, seed)
+    train_classifier(m, data, epochs=epochs, lr=3e-3, batch_size=32, seed=seed)
+    return m.eval()
+
+
+def with_params(model, params):
+    m = copy.deepcopy(model)
+    sd = m.state_dict()
+    sd.update({k: v.to(sd[k].dtype) for k, v in params.items()})
+    m.load_state_dict(sd)
+    return m.eval()
+
+
+def head_rule(model, labels, head_fim, forget):
+    """FIUn's class-wise head update at its defaults (the model's own head sidecar, the origin = itself)."""
+    p = {n: t.detach().clone() for n, t in model.named_parameters() if n in HEAD}
+    u = unlearning_fim(head_fim.class_fims, head_fim.counts, forget)
+    new = class_forget_update(p, labels, head_fim.model_fim, head_fim.class_fims, head_fim.counts, u, forget, HEAD)
+    return with_params(model, new)
+
+
+def score(model, labels, probe_train, test, forget):
+    f, r = forget_retain_accuracy(model, labels, test, forget)
+    pr = linear_probe(model, labels, probe_train, test, forget)
+    return {"forget_acc": round(f, 1), "retain_acc": round(r, 1),
+            "top2_leak": round(top2_leak(model, labels, test, forget), 1),
+            "probe_recall": round(pr["forget_recall"], 1), "probe_retain_acc": round(pr["retain_acc"], 1)}
+
+
+def ssd_layers(model, fim, forget, alpha, lam):
+    """Option (a): the section-1 rule over every layer of ``fim`` (head rows restricted, off-head toward 0)."""
+    p = {n: t.detach().clone() for n, t in model.named_parameters() if n in fim.model_fim}
+    u = unlearning_fim(fim.class_fims, fim.counts, forget)
+    new = class_forget_update(p, LABELS, fim.model_fim, fim.class_fims, fim.counts, u, forget, HEAD,
+                              alpha=alpha, lam=lam)
+    changed = sum(int((new[n] != p[n]).sum()) for n in p if n not in HEAD)
+    return new, changed
+
+
+def shrink_delta(model, xf, retain_l4, *, steps, lr, gamma, forget_rows, batch=32, seed=0):
+    """Option (b) at the origin: boundary shrink of ``layer4`` on the forgotten samples ``xf`` (targets: the
+    retained class the original head ranks first), EWC penalty ``gamma * sum F_r (theta - theta0)^2``.
+    Returns the delta on layer4's parameters (BN affine included, running stats untouched)."""
+    m = copy.deepcopy(model).eval()
+    names = [n for n, _ in m.named_parameters() if n.startswith("layer4")]
+    for n, p in m.named_parameters():
+        p.requires_grad_(n in names)
+    theta0 = {n: p.detach().clone() for n, p in m.named_parameters() if n in names}
+    with torch.no_grad():
+        lg = m(xf)
+        lg[:, list(forget_rows)] = -torch.inf
+        tgt = lg.argmax(1)
+    params = [p for n, p in m.named_parameters() if n in names]
+    opt = torch.optim.Adam(params, lr=lr)
+    g = torch.Generator().manual_seed(seed)
+    fr = {n: retain_l4[n] for n in names if n in retain_l4}
+    for _ in range(steps):
+        idx = torch.randperm(len(xf), generator=g)[:batch]
+        opt.zero_grad()
+        loss = F.cross_entropy(m(xf[idx]), tgt[idx])
+        if gamma:
+            loss = loss + gamma * sum((fr[n] * (p - theta0[n]) ** 2).sum()
+                                      for n, p in m.named_parameters() if n in fr)
+        loss.backward()
+        opt.step()
+    return {n: (p.detach() - theta0[n]) for n, p in m.named_parameters() if n in names}
+
+
+def add_delta(model, delta, scale=1.0):
+    sd = {n: (t + scale * delta[n]) for n, t in model.state_dict().items() if n in delta}
+    return with_params(model, sd)
+
+
+def proj_oracle(model, labels, probe_train, test, forget):
+    """Probe on features with the forgotten classes' mean directions (about the retained mean) projected out."""
+    ftr = penultimate_features(model, probe_train.x).double()
+    fte = penultimate_features(model, test.x).double()
+    rows = [labels.index(c) for c in forget]
+    keep = [i for i in range(len(labels)) if i not in rows]
+    mu_r = ftr[torch.isin(probe_train.y, torch.tensor(keep))].mean(0)
+    dirs = torch.stack([ftr[probe_train.y == r].mean(0) - mu_r for r in rows], 1)
+    q, _ = torch.linalg.qr(dirs)
+    P = torch.eye(ftr.shape[1], dtype=torch.float64) - q @ q.T
+    res = probe_recall_from_features((ftr @ P).numpy(), probe_train.y.numpy(), (fte @ P).numpy(), test.y.numpy(),
+                                     rows)
+    return {"probe_recall": round(res["forget_recall"], 1), "probe_retain_acc": round(res["retain_acc"], 1)}
+
+
+def single() -> dict:
+    tr = load_data("digits:train", in_chans=1, input_size=(16, 16))
+    te = load_data("digits:test", in_chans=1, input_size=(16, 16))
+    probe_train = tr.subset(torch.arange(0, len(tr), 2))
+    m = trained(tr)
+    log("trained original")
+    head_fim = compute_fisher(m, tr.x, tr.y, LABELS, HEAD, estimator="normalized")
+    l4_layers = resolve_layers(m, L4_CONV) + HEAD
+    l4_fim = compute_fisher(m, tr.x, tr.y, LABELS, l4_layers, estimator="normalized")
+    all_l4 = [n for n, _ in m.named_parameters() if n.startswith("layer4")] + HEAD
+    l4_all_fim = compute_fisher(m, tr.x, tr.y, LABELS, all_l4, estimator="normalized")
+    log("FIMs")
+    out = {"command": "nice -n 10 python benchmarks/features_forget_explore.py single", "requests": {}}
+    for forget in (["3"], ["1", "3", "5", "7"]):
+        rows = [int(c) for c in forget]
+        is_f = torch.isin(tr.y, torch.tensor(rows))
+        sc = lambda mm: score(mm, LABELS, probe_train, te, forget)  # noqa: E731
+        retrained = trained(tr.subset(torch.nonzero(~is_f).flatten()))
+        res = {"original": sc(m), "retrain": sc(retrained), "head": sc(head_rule(m, LABELS, head_fim, forget))}
+        res["proj-oracle"] = proj_oracle(head_rule(m, LABELS, head_fim, forget), LABELS, probe_train, te, forget)
+        log(f"{forget}: original/retrain/head {res['original']['probe_recall']}/{res['retrain']['probe_recall']}/"
+            f"{res['head']['probe_recall']} proj {res['proj-oracle']}")
+        for alpha, lam in ((1, 0.01), (1, 1), (3, 0.01), (10, 0.01), (30, 0.01)):
+            new, changed = ssd_layers(m, l4_fim, forget, alpha, lam)
+            mm = with_params(m, new)
+            res[f"ssd-l4 a={alpha} l={lam}"] = {**sc(mm), "changed_l4": changed}
+            log(f"{forget}: ssd a={alpha} l={lam} {res[f'ssd-l4 a={alpha} l={lam}']}")
+        fr = retain_fim(l4_all_fim.model_fim, l4_all_fim.class_fims, l4_all_fim.counts, forget)
+        for steps, lr, gamma in ((30, 1e-3, 0), (100, 1e-3, 0), (100, 1e-3, 1e4), (100, 1e-3, 1e6),
+                                 (300, 1e-3, 1e6)):
+            d = shrink_delta(m, tr.x[is_f], fr, steps=steps, lr=lr, gamma=gamma, forget_rows=rows)
+            mm = head_rule(add_delta(m, d), LABELS, head_fim, forget)
+            key = f"shrink s={steps} lr={lr} g={gamma:g}"
+            res[key] = {**sc(mm), "delta_norm": round(float(sum((v ** 2).sum() for v in d.values()) ** 0.5), 4)}
+            log(f"{forget}: {key} {res[key]}")
+        out["requests"][",".join(forget)] = res
+    return out
+
+
+def main() -> int:
+    torch.set_num_threads(1)
+    phase = sys.argv[1] if len(sys.argv) > 1 else "single"
+    out = single() if phase == "single" else dag()
+    out["seconds"] = round(time.perf_counter() - T0, 1)
+    path = RESULTS / f"features_forget_explore_{phase}.json"
+    path.write_text(json.dumps(out, indent=1) + "\n")
+    log(f"wrote {path}")
+    return 0
+
+
+def dag() -> dict:
+    raise SystemExit("dag phase: not written yet")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
