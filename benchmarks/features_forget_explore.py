@@ -152,7 +152,72 @@ def proj_oracle(model, labels, probe_train, test, forget):
     return {"probe_recall": round(res["forget_recall"], 1), "probe_retain_acc": round(res["retain_acc"], 1)}
 
 
-def single() -> dict:
+# ----------------------------------------------------------------------------------- option (c): a folded projection
+def pre_act(model, x, batch=256):
+    """Spatially pooled input of ``layer4[-1].act2`` (the residual sum before the last ReLU), (N, C) float64."""
+    got = []
+    h = model.layer4[-1].act2.register_forward_pre_hook(lambda mod, inp: got.append(inp[0].detach().clone()))
+    try:
+        with torch.no_grad():
+            for i in range(0, len(x), batch):
+                model(x[i:i + batch])
+    finally:
+        h.remove()
+    return torch.cat([g.mean((2, 3)) for g in got]).double()
+
+
+def bn_affine(bn):
+    sd = torch.sqrt(bn.running_var.double() + bn.eps)
+    a = bn.weight.double() / sd
+    return a, bn.bias.double() - a * bn.running_mean.double(), sd
+
+
+def fold_projection(model, P, c):
+    """Make the last block's residual sum ``s`` (pre-ReLU) into ``c + P (s - c)`` exactly: fold ``P diag(a)`` into
+    conv2 and the downsample conv, their BNs become ``x -> x + bias`` (running mean 0, weight = running std).
+    Needs ``layer4[-1]`` with a downsample (BN last): otherwise the identity shortcut cannot be projected."""
+    m = copy.deepcopy(model)
+    blk = m.layer4[-1]
+    if blk.downsample is None:
+        raise ValueError("last block has an identity shortcut: no exact fold")
+    P = P.double()
+    with torch.no_grad():
+        bias_total = (torch.eye(P.shape[0], dtype=torch.float64) - P) @ c
+        for conv, bn in ((blk.conv2, blk.bn2), (blk.downsample[1], blk.downsample[2])):
+            a, b, sd = bn_affine(bn)
+            W = conv.weight.double()
+            conv.weight.copy_(torch.einsum("ok,kihw->oihw", P * a[None, :], W).to(conv.weight.dtype))
+            new_b = P @ b + (bias_total if bn is blk.bn2 else 0)
+            bn.running_mean.zero_()
+            bn.weight.copy_(sd.to(bn.weight.dtype))
+            bn.bias.copy_(new_b.to(bn.bias.dtype))
+    return m.eval()
+
+
+def projector(dirs, t):
+    q, _ = torch.linalg.qr(dirs.double())
+    return torch.eye(q.shape[0], dtype=torch.float64) - t * (q @ q.T)
+
+
+def data_dirs(model, x, y, rows, keep):
+    """Class-mean directions of the forgotten rows about the retained mean, in pooled pre-activation space, and
+    the retained mean (the origin's own training data)."""
+    s = pre_act(model, x)
+    mu_r = s[torch.isin(y, torch.tensor(keep))].mean(0)
+    return torch.stack([s[y == r].mean(0) - mu_r for r in rows], 1), mu_r
+
+
+def fim_dirs(model, head_fim, forget, labels):
+    """Data-free: second-moment prototypes from the head FIM column sums (normalized estimator: a class's mean
+    share of feature energy per channel), sqrt, forgotten minus retained; centre from the BNs' biases."""
+    fr = retain_fim(head_fim.model_fim, head_fim.class_fims, head_fim.counts, forget)["fc.weight"].double().sum(0)
+    dirs = torch.stack([head_fim.class_fims[c]["fc.weight"].double().sum(0).sqrt() - fr.sqrt() for c in forget], 1)
+    blk = model.layer4[-1]
+    c = bn_affine(blk.bn2)[1] * 0 + blk.bn2.bias.double() + blk.downsample[2].bias.double()
+    return dirs, c
+
+
+def single(families=("ssd", "shrink")) -> dict:
     tr = load_data("digits:train", in_chans=1, input_size=(16, 16))
     te = load_data("digits:test", in_chans=1, input_size=(16, 16))
     probe_train = tr.subset(torch.arange(0, len(tr), 2))
@@ -164,7 +229,8 @@ def single() -> dict:
     all_l4 = [n for n, _ in m.named_parameters() if n.startswith("layer4")] + HEAD
     l4_all_fim = compute_fisher(m, tr.x, tr.y, LABELS, all_l4, estimator="normalized")
     log("FIMs")
-    out = {"command": "nice -n 10 python benchmarks/features_forget_explore.py single", "requests": {}}
+    out = {"command": "nice -n 10 python benchmarks/features_forget_explore.py " + ("single" if "ssd" in families
+           else families[0]), "requests": {}}
     for forget in (["3"], ["1", "3", "5", "7"]):
         rows = [int(c) for c in forget]
         is_f = torch.isin(tr.y, torch.tensor(rows))
@@ -174,14 +240,33 @@ def single() -> dict:
         res["proj-oracle"] = proj_oracle(head_rule(m, LABELS, head_fim, forget), LABELS, probe_train, te, forget)
         log(f"{forget}: original/retrain/head {res['original']['probe_recall']}/{res['retrain']['probe_recall']}/"
             f"{res['head']['probe_recall']} proj {res['proj-oracle']}")
-        for alpha, lam in ((1, 0.01), (1, 1), (3, 0.01), (10, 0.01), (30, 0.01)):
+        keep = [i for i in range(10) if i not in rows]
+        if "rank" in families:  # which directions: the top-k left singular vectors of the class-mean directions
+            dirs, c = data_dirs(m, tr.x, tr.y, rows, keep)
+            u, _, _ = torch.linalg.svd(dirs, full_matrices=False)
+            joint = dirs @ torch.tensor([float((tr.y == r).sum()) for r in rows], dtype=torch.float64)
+            for k in range(1, len(rows) + 1):
+                for key, d in ((f"fold-data svd-k={k}", u[:, :k]),) + (((f"fold-data joint", joint[:, None]),)
+                                                                       if k == 1 else ()):
+                    res[key] = sc(head_rule(fold_projection(m, projector(d, 1.0), c), LABELS, head_fim, forget))
+                    log(f"{forget}: {key} {res[key]}")
+        if "fold" in families:
+            for src in ("data", "fim"):
+                dirs, c = (data_dirs(m, tr.x, tr.y, rows, keep) if src == "data" else
+                           fim_dirs(m, head_fim, forget, LABELS))
+                for t in (0.5, 0.75, 0.9, 1.0):
+                    mm = head_rule(fold_projection(m, projector(dirs, t), c), LABELS, head_fim, forget)
+                    key = f"fold-{src} t={t}"
+                    res[key] = sc(mm)
+                    log(f"{forget}: {key} {res[key]}")
+        for alpha, lam in ((1, 0.01), (1, 1), (3, 0.01), (10, 0.01), (30, 0.01)) if "ssd" in families else ():
             new, changed = ssd_layers(m, l4_fim, forget, alpha, lam)
             mm = with_params(m, new)
             res[f"ssd-l4 a={alpha} l={lam}"] = {**sc(mm), "changed_l4": changed}
             log(f"{forget}: ssd a={alpha} l={lam} {res[f'ssd-l4 a={alpha} l={lam}']}")
         fr = retain_fim(l4_all_fim.model_fim, l4_all_fim.class_fims, l4_all_fim.counts, forget)
         for steps, lr, gamma in ((30, 1e-3, 0), (100, 1e-3, 0), (100, 1e-3, 1e4), (100, 1e-3, 1e6),
-                                 (300, 1e-3, 1e6)):
+                                 (300, 1e-3, 1e6)) if "shrink" in families else ():
             d = shrink_delta(m, tr.x[is_f], fr, steps=steps, lr=lr, gamma=gamma, forget_rows=rows)
             mm = head_rule(add_delta(m, d), LABELS, head_fim, forget)
             key = f"shrink s={steps} lr={lr} g={gamma:g}"
@@ -194,7 +279,8 @@ def single() -> dict:
 def main() -> int:
     torch.set_num_threads(1)
     phase = sys.argv[1] if len(sys.argv) > 1 else "single"
-    out = single() if phase == "single" else dag()
+    out = single() if phase == "single" else single(("fold",)) if phase == "fold" else \
+        single(("rank",)) if phase == "rank" else dag()
     out["seconds"] = round(time.perf_counter() - T0, 1)
     path = RESULTS / f"features_forget_explore_{phase}.json"
     path.write_text(json.dumps(out, indent=1) + "\n")
