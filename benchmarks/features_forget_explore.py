@@ -288,8 +288,87 @@ def main() -> int:
     return 0
 
 
+def prototypes(model, data):
+    """Per head row: the mean pooled pre-activation of the last block over the model's own training samples of
+    that row (what a prototype sidecar would store: rows x channels floats), and the counts."""
+    s = pre_act(model, data.x)
+    return {r: s[data.y == r].mean(0) for r in range(len(data.labels)) if bool((data.y == r).any())}, \
+        {r: int((data.y == r).sum()) for r in range(len(data.labels))}
+
+
+def proto_dirs(protos, counts, labels, forget):
+    """Forgotten class means about the retained mean (count-weighted), from prototypes only; None if a forgotten
+    class has no prototype here."""
+    rows = [labels.index(c) for c in forget if c in labels]
+    if any(r not in protos for r in rows):
+        return None
+    keep = [r for r in protos if r not in rows]
+    n = torch.tensor([float(counts[r]) for r in keep], dtype=torch.float64)
+    mu_r = (torch.stack([protos[r] for r in keep], 0) * n[:, None]).sum(0) / n.sum()
+    return torch.stack([protos[r] - mu_r for r in rows], 1), mu_r
+
+
 def dag() -> dict:
-    raise SystemExit("dag phase: not written yet")
+    """beyond_head's digits DAG: FIUn's head update everywhere, then the last block's residual sum projected off
+    the forgotten classes' prototype directions, from the origin's prototypes (``origin``) or each model's own
+    (``own``: a fine-tune / transfer child that was trained on those classes), against the retrained DAG."""
+    import shutil
+    import tempfile
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import beyond_head as BH
+    from fiun_hub.hub.local import LocalHub
+    from fiun_hub.research import baselines as BL
+    from fiun_hub.research.scenarios import realize_scenario, torch_threads
+
+    prof = BH.PROFILES[os.environ.get("FFE_DATASET", "digits")]
+    out = {"command": "nice -n 10 python benchmarks/features_forget_explore.py dag", "dataset": prof["dataset"],
+           "requests": {}}
+    with torch_threads(1), tempfile.TemporaryDirectory(prefix="fiun-ffe-") as tmp:
+        scn = BH.plan_dag(prof, 0)
+        built = Path(tmp) / "built"
+        hub0 = LocalHub.init(built)
+        realize_scenario(scn, hub0, num_threads=1)
+        log("built DAG")
+        ev = BH.Evaluator(scn, hub0, prof, 0)
+        labels = list(scn.load_train().labels)
+        aff = scn.affected()
+        orig = {r: ev.model(r, None) for r in aff}
+        protos = {r: prototypes(orig[r], scn.train_data(r)) for r in aff}
+        for req, idx in BH.CLASS_REQUESTS.items():
+            classes = [labels[i] for i in idx]
+            sc = lambda r, mm: {k: v for k, v in ev.classwise(r, mm, classes).items()  # noqa: E731
+                                if not k.startswith("relearn")}
+            res = {"original": {r: sc(r, orig[r]) for r in aff}}
+            hub = BH.copy_hub(built, Path(tmp) / req)
+            _, states, _ = BH.run_fiun(hub, scn, classes=classes)
+            heads = {r: ev.model(r, states[r]) for r in aff}
+            res["head"] = {r: sc(r, heads[r]) for r in aff}
+            rt = BL.retrain(scn, hub0, classes, num_threads=1)
+            res["retrain"] = {r: sc(r, ev.model(r, rt.states[r])) for r in aff}
+            log(f"{req}: head/retrain done")
+            o = scn.origin
+            for src in ("origin", "own"):
+                for k in ("all", "all-1"):
+                    key = f"fold-{src} k={k}"
+                    res[key] = {}
+                    for r in aff:
+                        lab = scn.node(r).labels
+                        here = [c for c in classes if c in lab]
+                        got = proto_dirs(*protos[r], lab, here) if src == "own" else None
+                        if got is None:
+                            got = proto_dirs(*protos[o], scn.node(o).labels, classes)
+                        dirs, c = got
+                        if k == "all-1":  # the top n-1 singular directions (none for one class: head only)
+                            dirs = torch.linalg.svd(dirs, full_matrices=False)[0][:, :dirs.shape[1] - 1]
+                        if dirs.shape[1] == 0:
+                            res[key][r] = res["head"][r]
+                            continue
+                        res[key][r] = sc(r, fold_projection(heads[r], projector(dirs, 1.0), c))
+                    log(f"{req}: {key} " + json.dumps({r.split('/')[-1]: v for r, v in res[key].items()}))
+            out["requests"][req] = res
+            shutil.rmtree(Path(tmp) / req, ignore_errors=True)
+    return out
 
 
 if __name__ == "__main__":
