@@ -149,7 +149,7 @@ def fold_projection(state: Mapping[str, torch.Tensor], point: Mapping[str, str],
         new_w = torch.einsum("ok,kihw->oihw", P * a[None, :], w.double())
         if not (torch.isfinite(new_w).all() and torch.isfinite(bias).all()):
             raise UnlearnError(f"the projection of {conv} is not finite")
-        out[keys[0]] = new_w.to(w.dtype)
+        out[keys[0]] = new_w.to(w.dtype).flatten().clone().view(w.shape)  # standard strides (1x1 kernels)
         out[keys[1]] = sd.to(g.dtype)
         out[keys[2]] = bias.to(b.dtype)
         out[keys[3]] = torch.zeros_like(mean)
@@ -185,3 +185,94 @@ def features_forget(model: nn.Module, protos: Mapping[str, torch.Tensor], counts
 
 __all__ = ["STAGE", "fold_point", "pooled_preactivation", "class_prototypes", "projection", "fold_projection",
            "project_prototypes", "features_forget"]
+
+
+# --------------------------------------------------------------------------------------------------- the sidecar
+#: the prototype sidecar: one float32 (C,) tensor per label with samples, header: format, block, labels, counts and
+#: the weights' sha256 it was computed on (bound like the FIM sidecars, ``lineage.weights_state``)
+PROTO_FILE = "fim-prototypes.safetensors"
+PROTO_FORMAT = "fiun-proto/1"
+
+
+def encode_prototypes(protos: Mapping[str, torch.Tensor], counts: Mapping[str, int], labels: Sequence[str],
+                      block: str, weights_sha256: str, extra: Mapping[str, str] | None = None) -> bytes:
+    """Deterministic safetensors bytes of the prototype sidecar (:data:`PROTO_FILE`)."""
+    import json
+
+    from .sidecar_format import encode_safetensors
+
+    meta = {**(extra or {}), "format": PROTO_FORMAT, "block": block, "labels": json.dumps(list(labels)),
+            "counts": json.dumps({str(k): int(v) for k, v in counts.items()}), "weights_sha256": weights_sha256}
+    return encode_safetensors({str(k): v.float().contiguous() for k, v in protos.items()}, meta)
+
+
+def read_prototypes(data: bytes, where: str = "") -> tuple[dict[str, torch.Tensor], dict[str, int], dict[str, str]]:
+    """Parse and check a prototype sidecar: ``(prototypes, counts, header metadata)``. Safetensors only; a wrong
+    format, non-finite values, unequal lengths or labels outside the header raise :class:`UnlearnError`."""
+    import json
+
+    from .errors import FiunError
+    from .safetensors_io import header_of_bytes, read_tensors
+
+    pre = f"{where}: " if where else ""
+    try:
+        header, meta = header_of_bytes(bytes(data), where=where)
+        tensors = read_tensors(bytes(data), header, [k for k in header if k != "__metadata__"])
+        labels = json.loads(meta.get("labels", "null"))
+        counts = json.loads(meta.get("counts", "null"))
+    except (FiunError, ValueError, TypeError, RecursionError) as exc:
+        raise UnlearnError(f"{pre}{PROTO_FILE} cannot be read: {exc}") from None
+    if meta.get("format") != PROTO_FORMAT or not isinstance(labels, list) or not isinstance(counts, dict):
+        raise UnlearnError(f"{pre}{PROTO_FILE} is not a {PROTO_FORMAT} sidecar")
+    dims = {tuple(t.shape) for t in tensors.values()}
+    if (set(tensors) - set(map(str, labels)) or len(dims) > 1 or any(len(d) != 1 for d in dims)
+            or not all(bool(torch.isfinite(t).all()) for t in tensors.values())):
+        raise UnlearnError(f"{pre}{PROTO_FILE}: prototypes must be finite vectors of one length, one per label")
+    try:
+        counts = {str(k): int(v) for k, v in counts.items()}
+    except (TypeError, ValueError):
+        raise UnlearnError(f"{pre}{PROTO_FILE}: bad counts") from None
+    return {k: t.float() for k, t in tensors.items()}, counts, {str(k): str(v) for k, v in meta.items()}
+
+
+def load_prototypes(hub, repo: str, info) -> tuple[dict[str, torch.Tensor], dict[str, int], dict[str, str]] | None:
+    """The repo's prototype sidecar at commit ``info`` (None when it has none); refused when it was computed on
+    other weights."""
+    from .sidecars import read_at
+    from .constants import WEIGHTS_FILE
+
+    if PROTO_FILE not in info.files:
+        return None
+    where = f"{repo}@{info.id[:12]}"
+    protos, counts, meta = read_prototypes(read_at(hub, repo, info, PROTO_FILE), where)
+    if meta.get("weights_sha256") != info.files.get(WEIGHTS_FILE):
+        raise UnlearnError(f"{where}: {PROTO_FILE} is stale (computed on other weights); run "
+                           f"`fiun-hub fim {repo} --data SPEC --prototypes` again")
+    return protos, counts, meta
+
+
+def commit_prototypes(hub, repo: str, data_spec: str, message: str | None = None) -> dict:
+    """Compute ``repo``'s class prototypes (:func:`class_prototypes`) on ``data_spec`` (its training data, with its
+    own preprocessing; samples of classes it does not know are ignored) and commit them as a new revision, weights
+    and other files unchanged."""
+    from .constants import WEIGHTS_FILE
+    from .data import load_for_model
+    from .hub.base import RepoChange
+    from .models import load_model
+
+    cid = hub.resolve(repo)
+    model, config, _ = load_model(hub, repo, cid)
+    point = fold_point(model)
+    data = load_for_model(data_spec, config).to_label_space(config.labels)
+    if len(data) == 0:
+        raise UnlearnError(f"{data_spec} holds no sample of {repo}'s classes")
+    protos, counts = class_prototypes(model, data.x, data.y, config.labels)
+    sha = hub.list_files(repo, cid)[WEIGHTS_FILE]
+    blob = encode_prototypes(protos, counts, config.labels, point["block"], sha, {"data_spec": data_spec})
+    new = hub.publish([RepoChange(repo, {PROTO_FILE: blob}, message or f"Class prototypes ({len(data)} samples of "
+                                  f"{data_spec})", parent_commit=cid)])[repo]
+    return {"repo": repo, "revision": new, "block": point["block"], "samples": len(data), "counts": counts}
+
+
+__all__ += ["PROTO_FILE", "PROTO_FORMAT", "encode_prototypes", "read_prototypes", "load_prototypes",
+            "commit_prototypes"]

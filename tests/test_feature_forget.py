@@ -111,3 +111,54 @@ def test_features_scope_lowers_probe_recall_where_the_head_rule_does_not():
     assert pr_head >= 97.0
     assert pr_feat <= pr_head - 4.0, (pr_head, pr_feat)
     assert pr_feat >= 80.0  # not collapsed far below a retrained model's (89.0)
+
+
+def test_forget_scope_features_through_the_hub(tmp_path):
+    """The real forget path on a real LocalHub (h/base -> h/child, test_resnet, prototypes of each on digits:train):
+    ``--scope features`` changes exactly the head and the fold tensors, the new features are the projection of
+    the old ones, the record says so and the new prototype sidecar is bound to the new weights; refusals."""
+    from conftest import base_and_child_hub
+
+    from fiun_hub.data import load_data
+    from fiun_hub.feature_forget import PROTO_FILE, commit_prototypes, load_prototypes
+    from fiun_hub.models import load_model
+    from fiun_hub.repo import read_meta
+    from fiun_hub.safetensors_io import header_of_bytes, read_tensors
+    from fiun_hub.unlearn import forget, plan_forget
+
+    torch.set_num_threads(1)
+    env = base_and_child_hub(tmp_path, "test_resnet", 200)
+    hub = env["hub"]
+    plan = plan_forget(hub, ["h/base"], "1,3,5", scope="features")
+    assert any("needs class prototypes" in p for p in plan.problems)
+    with pytest.raises(UnlearnError, match="class-wise"):
+        plan_forget(hub, ["h/base"], data_spec="digits:test", scope="features")
+    for repo in ("h/base", "h/child"):
+        commit_prototypes(hub, repo, "digits:train")
+    x = load_data("digits:test", in_chans=1, input_size=(16, 16)).x[:64]
+    before = {}
+    for repo in ("h/base", "h/child"):
+        m, _, cid = load_model(hub, repo)
+        protos, counts, _ = load_prototypes(hub, repo, hub.commit_info(repo, cid))
+        before[repo] = (pooled_preactivation(m, x), projection(protos, counts, ["1", "3", "5"]),
+                        read_tensors(*(lambda d: (d, header_of_bytes(d)[0]))(hub.read_file(repo, "model.safetensors")),
+                                     [k for k in m.state_dict()]))
+    plan, res = forget(hub, ["h/base"], "1,3,5", scope="features")
+    assert not res.noop
+    for repo in ("h/base", "h/child"):
+        s0, (q, c), w0 = before[repo]
+        m, _, cid = load_model(hub, repo)
+        rec = read_meta(hub, repo, cid).unlearned[-1]
+        assert rec["scope"] == "features" and rec["prototypes"] == "own"
+        data = hub.read_file(repo, "model.safetensors")
+        w1 = read_tensors(data, header_of_bytes(data)[0], list(w0))
+        changed = sorted(k for k in w0 if not torch.equal(w0[k], w1[k]))
+        fold = {f"layer4.0.{p}.weight" for p in ("conv2", "downsample.1")} | {
+            f"layer4.0.{p}.{k}" for p in ("bn2", "downsample.2") for k in ("weight", "bias", "running_mean")}
+        assert set(changed) - {"fc.weight", "fc.bias"} <= fold  # (untrained BNs: running means 0 already)
+        assert {"layer4.0.conv2.weight", "layer4.0.downsample.1.weight", "fc.weight"} <= set(changed)
+        want = c + (s0 - c) - (s0 - c) @ q @ q.T
+        assert (pooled_preactivation(m, x) - want).abs().max() < 1e-4
+        protos, counts, _ = load_prototypes(hub, repo, hub.commit_info(repo, cid))  # bound to the new weights
+        assert not {"1", "3", "5"} & set(protos) and counts["3"] == 0
+        assert PROTO_FILE in hub.list_files(repo, cid)
