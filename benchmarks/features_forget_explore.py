@@ -22,6 +22,7 @@ on top of FIUn's head update, against the retrained DAG.
 
     nice -n 10 python benchmarks/features_forget_explore.py single
     nice -n 10 python benchmarks/features_forget_explore.py dag
+    FFE_DATASET=fashion-mnist nice -n 10 python benchmarks/features_forget_explore.py dag   # ~21 min, shared cores
 
 Writes ``benchmarks/results/features_forget_explore_<phase>.json``.
 """
@@ -282,7 +283,8 @@ def main() -> int:
     out = single() if phase == "single" else single(("fold",)) if phase == "fold" else \
         single(("rank",)) if phase == "rank" else dag()
     out["seconds"] = round(time.perf_counter() - T0, 1)
-    path = RESULTS / f"features_forget_explore_{phase}.json"
+    ds = os.environ.get("FFE_DATASET", "digits")
+    path = RESULTS / f"features_forget_explore_{phase}{'' if ds == 'digits' or phase != 'dag' else '_' + ds}.json"
     path.write_text(json.dumps(out, indent=1) + "\n")
     log(f"wrote {path}")
     return 0
@@ -322,7 +324,8 @@ def dag() -> dict:
     from fiun_hub.research.scenarios import realize_scenario, torch_threads
 
     prof = BH.PROFILES[os.environ.get("FFE_DATASET", "digits")]
-    out = {"command": "nice -n 10 python benchmarks/features_forget_explore.py dag", "dataset": prof["dataset"],
+    out = {"command": ("" if prof["dataset"] == "digits" else f"FFE_DATASET={prof['dataset']} ")
+           + "nice -n 10 python benchmarks/features_forget_explore.py dag", "dataset": prof["dataset"],
            "requests": {}}
     with torch_threads(1), tempfile.TemporaryDirectory(prefix="fiun-ffe-") as tmp:
         scn = BH.plan_dag(prof, 0)

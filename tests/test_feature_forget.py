@@ -162,3 +162,31 @@ def test_forget_scope_features_through_the_hub(tmp_path):
         protos, counts, _ = load_prototypes(hub, repo, hub.commit_info(repo, cid))  # bound to the new weights
         assert not {"1", "3", "5"} & set(protos) and counts["3"] == 0
         assert PROTO_FILE in hub.list_files(repo, cid)
+
+
+def test_cli_fim_prototypes_and_forget_scope_features(tmp_path, cli):
+    """``fim --prototypes`` commits the prototype sidecar; ``forget --scope features`` uses it (the child, which has
+    none, takes the origin's and its record says so); a sample-wise ``--scope features`` is one error line, exit 2."""
+    import json
+
+    from conftest import base_and_child_hub
+
+    from fiun_hub.feature_forget import PROTO_FILE
+    from fiun_hub.repo import read_meta
+
+    torch.set_num_threads(1)
+    hub = base_and_child_hub(tmp_path, "test_resnet", 100)["hub"]
+    code, out, err = cli("--hub", hub.root, "--json", "fim", "h/base", "--data", "digits:train", "--prototypes")
+    assert code == 0, err
+    info = json.loads(out)
+    assert info["prototypes"]["block"] == "layer4.0" and PROTO_FILE in hub.list_files("h/base")
+    code, out, err = cli("--hub", hub.root, "forget", "--origin", "h/base", "--data", "digits:test",
+                         "--scope", "features")
+    assert code == 2 and "class-wise" in err and len(err.strip().splitlines()) == 1
+    code, out, err = cli("--hub", hub.root, "--json", "forget", "--origin", "h/base", "--classes", "1,3",
+                         "--scope", "features")
+    assert code == 0, err
+    recs = {r: read_meta(hub, r, hub.resolve(r)).unlearned[-1] for r in ("h/base", "h/child")}
+    assert recs["h/base"]["scope"] == "features" and recs["h/base"]["prototypes"] == "own"
+    assert recs["h/child"]["prototypes"] == "origin h/base"
+    assert PROTO_FILE not in hub.list_files("h/child")
