@@ -13,7 +13,7 @@ The edit, per affected model ``v`` (its own prototypes, or the origin's for a cl
 mu_c     = mean over v's training samples of class c of s (pooled)     # prototypes: rows x channels, a sidecar
 mu_r     = count-weighted mean of the retained classes' mu_c
 D        = [mu_c - mu_r for c in forgotten]                              # channels x n
-Q        = top n-1 left singular vectors of D (none for one class)       # the rank: section 11's ablation
+Q        = top max(1, n-1) left singular vectors of D                  # the rank: section 11's ablation
 s       <- mu_r + (I - Q Q^T)(s - mu_r)                                  # at every spatial position
 ```
 
@@ -24,9 +24,9 @@ the running std, so the BN passes its input through plus the new bias). The arch
 shapes and dtypes are unchanged; timm loads it as before. The new prototypes are exact too: pooling is linear, so
 ``mu_c <- mu_r + (I - QQ^T)(mu_c - mu_r)``.
 
-Removing all ``n`` directions collapses the forgotten classes onto each other (probe recall 56-72% for 4 classes,
+Removing all ``n`` directions of several classes collapses them onto each other (probe recall 56-72% for 4 classes,
 below a retrained model's 88-91%); ``n - 1`` keeps one axis between them and lands within 3 points of the
-retrained models on the benchmark's DAG. Supported: timm ResNet-style models whose last block has a downsample
+retrained models on the digits DAG. One class has nothing to collapse onto: its one direction goes. Supported: timm ResNet-style models whose last block has a downsample
 (``test_resnet``); a last block with an identity shortcut (resnet18's ``layer4.1``) has no exact fold and raises
 :class:`~fiun_hub.errors.UnlearnError`.
 """
@@ -104,7 +104,7 @@ def class_prototypes(model: nn.Module, x: torch.Tensor, y: torch.Tensor, labels:
 def projection(protos: Mapping[str, torch.Tensor], counts: Mapping[str, int], forget: Sequence[str],
                rank: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(Q, mu_r)``: the orthonormal directions to remove (C, k) and the retained mean (C,), float64, from
-    prototypes alone. ``rank`` None: ``n - 1`` for ``n`` forgotten classes (0 columns for one class). Raises when
+    prototypes alone. ``rank`` None: ``max(1, n - 1)`` for ``n`` forgotten classes. Raises when
     a forgotten class has no prototype or no retained class has one."""
     forget = list(dict.fromkeys(str(c) for c in forget))
     missing = [c for c in forget if c not in protos]
@@ -116,7 +116,7 @@ def projection(protos: Mapping[str, torch.Tensor], counts: Mapping[str, int], fo
     n = torch.tensor([float(counts[c]) for c in keep], dtype=torch.float64)
     mu_r = (torch.stack([protos[c].double() for c in keep]) * n[:, None]).sum(0) / n.sum()
     d = torch.stack([protos[c].double() - mu_r for c in forget], 1)
-    k = len(forget) - 1 if rank is None else int(rank)
+    k = max(1, len(forget) - 1) if rank is None else int(rank)
     if not 0 <= k <= len(forget):
         raise UnlearnError(f"rank {k} outside 0..{len(forget)}")
     u = torch.linalg.svd(d, full_matrices=False)[0]

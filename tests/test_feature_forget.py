@@ -56,8 +56,9 @@ def test_fold_is_exact_and_prototypes_follow():
     new_protos, _ = class_prototypes(m, x, y, labels)
     for lab, mu in project_prototypes(protos, q, c).items():
         assert torch.allclose(new_protos[lab], mu, atol=1e-5)
-    # one class: no direction, nothing changes
-    assert features_forget(m, protos, counts, ["b"])[0] == {}
+    # one class: its one direction; rank 0: nothing changes
+    assert features_forget(m, protos, counts, ["b"])[1]["directions"] == 1
+    assert features_forget(m, protos, counts, ["b"], rank=0)[0] == {}
     with pytest.raises(UnlearnError, match="no prototype"):
         projection(protos, counts, ["zz"])
 
