@@ -631,7 +631,12 @@ def _new_prototypes(hub, plan: Plan, node: NodePlan, info, sha: str | None) -> d
 
     if PROTO_FILE not in info.files or not sha:
         return {}
-    protos, counts, meta = load_prototypes(hub, node.repo, info)
+    try:
+        protos, counts, meta = load_prototypes(hub, node.repo, info)
+    except FiunError:
+        if plan.scope == "features":
+            raise
+        return {}  # head scope: a stale or unreadable prototype sidecar is left as it was (it stays refused)
     got = plan._protos.get(node.repo)
     if plan.scope == "features" and got is not None:
         q, c = projection(got[0], got[1], node.forget_here)

@@ -191,3 +191,12 @@ def test_cli_fim_prototypes_and_forget_scope_features(tmp_path, cli):
     assert recs["h/base"]["scope"] == "features" and recs["h/base"]["prototypes"] == "own"
     assert recs["h/child"]["prototypes"] == "origin h/base"
     assert PROTO_FILE not in hub.list_files("h/child")
+    # a later head-scope forget re-binds the prototype sidecar to its new weights (class stripped)
+    from fiun_hub.feature_forget import load_prototypes
+
+    code, out, err = cli("--hub", hub.root, "forget", "--origin", "h/base", "--classes", "0")
+    assert code == 0, err
+    cid = hub.resolve("h/base")
+    assert "scope" not in read_meta(hub, "h/base", cid).unlearned[-1]
+    protos, _, _ = load_prototypes(hub, "h/base", hub.commit_info("h/base", cid))
+    assert "0" not in protos and "1" not in protos and "2" in protos
