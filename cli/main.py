@@ -301,10 +301,13 @@ def _progress(c: Ctx, total: int | None, description: str):
                    "published here once it succeeded.")
 @click.option("--ray-address", metavar="ADDR", default=None,
               help="Join this Ray cluster (default: start a local Ray); its workers must see the hub's folder.")
+@click.option("--prototypes", is_flag=True,
+              help="Also commit the class prototypes (fim-prototypes.safetensors: per class, the mean of the last "
+                   "block's pre-activation over the data) that `forget --scope features` needs; computed here.")
 @pass_ctx
 @handled
 def fim(c: Ctx, repo: str, data_spec: str, layers: str, estimator: str, batch_size: int, device: str | None,
-        workers: int | None, executor: str, ray_address: str | None) -> None:
+        workers: int | None, executor: str, ray_address: str | None, prototypes: bool) -> None:
     """Compute REPO's Fisher sidecars (model FIM and per-class FIMs) on its training data and commit them.
 
     The data is fed to REPO with its own preprocessing: the timm data config its config.json declares (input
@@ -323,8 +326,14 @@ def fim(c: Ctx, repo: str, data_spec: str, layers: str, estimator: str, batch_si
                                   batch_size=batch_size, device=device,
                                   progress=lambda n: bar.update(task, completed=n),
                                   executor=executor, ray_address=ray_address, workers=workers)
+    if prototypes:
+        from fiun_hub.feature_forget import commit_prototypes
+
+        got = commit_prototypes(c.hub(), repo, data_spec)
+        info = {**info, "revision": got["revision"], "prototypes": {"block": got["block"], "samples": got["samples"]}}
     c.emit(info, f"committed sidecars to {repo}@{info['revision']} ({info['estimator']}, {info['samples']} samples, "
-                 f"layers {', '.join(info['layers'])}" + (", computed on Ray" if executor == "ray" else "") + ")")
+                 f"layers {', '.join(info['layers'])}" + (", computed on Ray" if executor == "ray" else "")
+                 + (f", prototypes of {info['prototypes']['block']}" if prototypes else "") + ")")
 
 
 def _head_only(hub, spec: str, why: str) -> str:
@@ -378,6 +387,11 @@ def _plan_text(plan) -> str:
 @click.option("--record-spec", is_flag=True,
               help="Sample-wise: also write the --data spec into every card's record (by default a record names "
                    "the samples only by fingerprint: sha256, count, label counts; a path may name a person).")
+@click.option("--scope", type=click.Choice(["head", "features"]), default="head", show_default=True,
+              help="Class-wise: head (the rule of docs/method.md section 1) or features (also project the "
+                   "forgotten classes' prototype directions out of the last block's features, so a linear probe "
+                   "on them no longer finds the classes; needs `fim --prototypes` sidecars; timm ResNets whose "
+                   "last block has a downsample; docs/method.md section 11).")
 @click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")
 @click.option("--workers", type=int, default=1, show_default=True, help="Processes for the per-repo work.")
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
@@ -390,8 +404,8 @@ def _plan_text(plan) -> str:
                    "(tombstones in their place, in the same publish; local hubs). `takedown` does this by default.")
 @pass_ctx
 @handled
-def forget(c: Ctx, origins, classes, data_spec, request_id, alpha, lam, record_spec, dry_run, workers, executor,
-           ray_address, purge) -> None:
+def forget(c: Ctx, origins, classes, data_spec, request_id, alpha, lam, record_spec, scope, dry_run, workers,
+           executor, ray_address, purge) -> None:
     """Unlearn classes (or samples) at the ORIGINs and at every model derived from them, in one pass.
 
     Each affected repo gets a new revision: dampened weights, sidecars without the forgotten classes and a
@@ -405,7 +419,8 @@ def forget(c: Ctx, origins, classes, data_spec, request_id, alpha, lam, record_s
     from fiun_hub.unlearn import plan_forget, run_forget
 
     hub = c.hub()
-    plan = plan_forget(hub, list(origins), classes, data_spec, request_id, alpha, lam)  # None: the kind's default
+    plan = plan_forget(hub, list(origins), classes, data_spec, request_id, alpha, lam,  # None: the kind's default
+                       scope=scope)
     plan.record_spec = record_spec
     if dry_run or plan.problems:
         c.emit(plan.to_dict(), lambda: _plan_text(plan))

@@ -499,6 +499,8 @@ def _group_key(ld: _Loaded) -> Any:
     t = ld.task
     if getattr(t, "sample_counts", None) is not None:  # sample-wise: the per-repo path (sample_forget_update)
         return None
+    if getattr(t, "features", None) is not None:  # --scope features: the per-repo path (the fold)
+        return None
     try:
         if not ld.params or set(ld.params) != set(t.mfim):
             return None

@@ -43,6 +43,8 @@ class NodeTask:
     inert: list[str] = field(default_factory=list)  # labels earlier forgets removed (kept inert)
     # sample-wise: the forgotten samples' count per label name (the record's fingerprint); None: class-wise
     sample_counts: dict[str, int] | None = None
+    # class-wise, --scope features: {"point", "q", "center", "eps"} (:mod:`fiun_hub.feature_forget`); None: head only
+    features: dict[str, Any] | None = None
 
 
 def read_into_bytearray(path: str | os.PathLike) -> bytearray:
@@ -101,6 +103,20 @@ def unlearn_node(task: NodeTask) -> tuple[str, bytes | str, dict[str, Any]]:
         new = class_forget_update(params, task.labels, task.model_fim, task.class_fims, task.counts, task.mfim,
                                   task.forget, task.head_params, alpha=task.alpha, lam=task.lam,
                                   inert=task.inert or ())
+    feats = getattr(task, "features", None)
+    if feats is not None:  # the features scope: the last block's fold tensors, from the weights file's bytes
+        from .feature_forget import fold_projection
+
+        names = [f"{feats['point'][k]}.{leaf}" for k in ("conv", "ds_conv") for leaf in ("weight",)] + \
+            [f"{feats['point'][k]}.{leaf}" for k in ("bn", "ds_bn")
+             for leaf in ("weight", "bias", "running_mean", "running_var")]
+        lack = [n for n in names if n not in header]
+        if lack:
+            raise UnlearnError(f"{task.repo}: weights lack {lack} (the features scope's fold)")
+        fold_in = read_tensors(data, header, names)
+        folded = fold_projection(fold_in, feats["point"], feats["q"], feats["center"], feats["eps"])
+        params = {**params, **{n: fold_in[n] for n in folded}}
+        new = {**new, **folded}
     return emit_weights(task, data, splice_update(task.repo, data, header, params, new))
 
 

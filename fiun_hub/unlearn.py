@@ -89,6 +89,11 @@ class Plan:
     _loaded: dict[str, tuple[Any, ...]] = field(default_factory=dict, repr=False, compare=False)
     # sample-wise: write the data spec into the records too (by default only the samples' fingerprint)
     record_spec: bool = False
+    # class-wise: "head" (the rule of docs/method.md section 1) or "features" (also the last block's features,
+    # :mod:`fiun_hub.feature_forget`, section 11)
+    scope: str = "head"
+    # features scope: repo -> (prototypes, counts, where they come from), read while planning
+    _protos: dict[str, tuple[Any, ...]] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def problems(self) -> list[str]:
@@ -135,9 +140,12 @@ def plan_forget(
     request_id: str | None = None,
     alpha: float | None = None,
     lam: float | None = None,
+    scope: str = "head",
 ) -> Plan:
     """Work out what a forget would do, without changing anything. Problems are listed per repo. ``alpha`` /
-    ``lam`` None: the defaults of the kind of forget (class-wise ``DEFAULT_*``, sample-wise ``SAMPLE_*``)."""
+    ``lam`` None: the defaults of the kind of forget (class-wise ``DEFAULT_*``, sample-wise ``SAMPLE_*``).
+    ``scope``: ``head`` (default) or ``features`` (class-wise only: also project the forgotten classes out of the
+    last block's features, from class prototype sidecars, :mod:`fiun_hub.feature_forget`)."""
     origins = list(dict.fromkeys(origins))
     if not origins:
         raise UnlearnError("no --origin given: name the model(s) whose training data held what must go")
@@ -145,6 +153,10 @@ def plan_forget(
         validate_repo_id(o)
     if (classes is None) == (data_spec is None):
         raise UnlearnError("give exactly one of --classes A,B (class-wise) or --data SPEC (sample-wise)")
+    if scope not in SCOPES:
+        raise UnlearnError(f"unknown --scope {scope!r}; use one of {', '.join(SCOPES)}")
+    if scope != "head" and classes is None:
+        raise UnlearnError("--scope features is for class-wise forgets (--classes) only")
     classes = _parse_classes(classes)
     if alpha is None:
         alpha = DEFAULT_ALPHA if data_spec is None else SAMPLE_ALPHA
@@ -184,8 +196,46 @@ def plan_forget(
         if not done:
             _check_node(hub, node, loaded, origins, classes)
         nodes.append(node)
-    return Plan(request_id, origins, classes, data_spec, float(alpha), float(lam), nodes,
-                g.number_of_nodes() - len(depths), loaded)
+    plan = Plan(request_id, origins, classes, data_spec, float(alpha), float(lam), nodes,
+                g.number_of_nodes() - len(depths), loaded, scope=scope)
+    if scope == "features":
+        _check_features(hub, plan)
+    return plan
+
+
+#: the scopes of a class-wise forget
+SCOPES = ("head", "features")
+
+
+def _check_features(hub, plan: Plan) -> None:
+    """Features scope: read every affected repo's prototype sidecar (its own; the first origin's that has them for
+    forgotten classes it lacks) into ``plan._protos``, and add to the nodes' problems what would stop the edit."""
+    from .feature_forget import PROTO_FILE, load_prototypes
+
+    own: dict[str, Any] = {}
+    for node in plan.todo:
+        got = plan._loaded.get(node.repo)
+        if got is None or len(got) < 3:
+            continue
+        try:
+            own[node.repo] = load_prototypes(hub, node.repo, got[2])
+        except FiunError as exc:
+            node.problems.append(str(exc))
+    for node in plan.todo:
+        if not node.forget_here or node.repo not in own:
+            continue
+        mine = own[node.repo]
+        if mine is not None and all(c in mine[0] for c in node.forget_here):
+            plan._protos[node.repo] = (mine[0], mine[1], "own")
+            continue
+        src = next((o for o in plan.origins if own.get(o) is not None
+                    and all(c in own[o][0] for c in node.forget_here)), None)
+        if src is None:
+            node.problems.append(f"{node.repo}: --scope features needs class prototypes of "
+                                 f"{', '.join(node.forget_here)} ({PROTO_FILE}, its own or an origin's); run "
+                                 f"`fiun-hub fim {node.repo} --data SPEC --prototypes`")
+            continue
+        plan._protos[node.repo] = (own[src][0], own[src][1], f"origin {src}")
 
 
 def _check_node(hub, node: NodePlan, loaded: dict, origins: Sequence[str],
@@ -433,12 +483,14 @@ def run_forget(
                                    f"uses {fims[o][3]}; recompute one with `fiun-hub fim --estimator {fims[o][3]} "
                                    f"{node.repo} --data SPEC`")
         mfim = merge_fims(aligned)
+        feats = _features_edit(hub, plan, node) if plan.scope == "features" else None
         tasks.append(NodeTask(node.repo, str(path_at(hub, node.repo, info, WEIGHTS_FILE)), node.labels,
                               {n: sc.model_fim[n] for n in mfim},
                               {c: {n: f[n] for n in mfim} for c, f in sc.class_fims.items()}, dict(sc.counts),
                               mfim, list(plan.classes or []), heads, plan.alpha, plan.lam,
                               inert=list(node.forgotten_before),
-                              sample_counts=dict(samples["labels"]) if samples is not None else None))
+                              sample_counts=dict(samples["labels"]) if samples is not None else None,
+                              features=feats))
         nodes[node.repo] = (node, sc, info)
 
     now = utc_now()
@@ -474,6 +526,7 @@ def run_forget(
                                                                     "derived_from": node.head})
                 put = staging.put if staging is not None else (lambda _r, d: d)
                 files.update({FIM_FILE: put(repo, fim_b), FIM_CLASSES_FILE: put(repo, cls_b)})
+            files.update(_new_prototypes(hub, plan, node, info, sha))
         meta, body = parse_card_full(read_at(hub, repo, info, CARD_FILE), where=repo)
         record = {
             "request": plan.request_id,
@@ -487,6 +540,10 @@ def run_forget(
             "sidecar": node.sidecar_used,
             "at": now,
         }
+        if plan.scope != "head":
+            record["scope"] = plan.scope
+            if node.repo in plan._protos:
+                record["prototypes"] = plan._protos[node.repo][2]
         if node.adopted_from is not None:
             record["adopted_from"] = dict(node.adopted_from)
             record["inferred"] = True
@@ -552,6 +609,45 @@ def run_forget(
     )
 
 
+def _features_edit(hub, plan: Plan, node: NodePlan) -> dict[str, Any] | None:
+    """The features edit of one repo for its task: the fold point, the directions, the centre, the BNs' eps."""
+    from .feature_forget import fold_point, projection
+
+    got = plan._protos.get(node.repo)
+    if got is None:
+        return None
+    q, c = projection(got[0], got[1], node.forget_here)
+    if q.shape[1] == 0:
+        return None
+    model, _, _ = load_model(hub, node.repo, node.head)
+    point = fold_point(model)
+    return {"point": point, "q": q, "center": c, "eps": float(model.get_submodule(point["bn"]).eps)}
+
+
+def _new_prototypes(hub, plan: Plan, node: NodePlan, info, sha: str | None) -> dict[str, bytes]:
+    """A repo's own prototype sidecar for its new revision: the forgotten classes dropped, the others projected
+    as its features were (exact), bound to the new weights. Nothing when it has none."""
+    from .feature_forget import PROTO_FILE, encode_prototypes, load_prototypes, project_prototypes, projection
+
+    if PROTO_FILE not in info.files or not sha:
+        return {}
+    try:
+        protos, counts, meta = load_prototypes(hub, node.repo, info)
+    except FiunError:
+        if plan.scope == "features":
+            raise
+        return {}  # head scope: a stale or unreadable prototype sidecar is left as it was (it stays refused)
+    got = plan._protos.get(node.repo)
+    if plan.scope == "features" and got is not None:
+        q, c = projection(got[0], got[1], node.forget_here)
+        protos = project_prototypes(protos, q, c)
+    keep = {k: v for k, v in protos.items() if k not in node.forget_here}
+    counts = {k: (0 if k in node.forget_here else v) for k, v in counts.items()}
+    extra = {k: v for k, v in meta.items() if k not in ("format", "block", "labels", "counts", "weights_sha256")}
+    return {PROTO_FILE: encode_prototypes(keep, counts, json.loads(meta["labels"]), meta["block"], sha,
+                                          {**extra, "derived_by": plan.request_id})}
+
+
 def _affected_set_unchanged(plan: Plan) -> Callable[[Hub], None]:
     """A publish precondition (checked under the writers' lock): no repo has come to derive from the origins
     since the plan was made. Otherwise a model pushed during the forget, pinned to an origin's pre-forget
@@ -570,9 +666,9 @@ def _affected_set_unchanged(plan: Plan) -> Callable[[Hub], None]:
 
 def forget(hub: Hub, origins: Sequence[str], classes=None, data_spec=None, request_id=None,
            alpha: float | None = None, lam: float | None = None, record_spec: bool = False,
-           **kwargs) -> tuple[Plan, ForgetResult]:
+           scope: str = "head", **kwargs) -> tuple[Plan, ForgetResult]:
     """Plan and run a forget in one call (what ``fiun-hub forget`` does)."""
-    plan = plan_forget(hub, origins, classes, data_spec, request_id, alpha, lam)
+    plan = plan_forget(hub, origins, classes, data_spec, request_id, alpha, lam, scope=scope)
     plan.record_spec = bool(record_spec)
     return plan, run_forget(hub, plan, **kwargs)
 

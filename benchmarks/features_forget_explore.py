@@ -1,0 +1,378 @@
+"""Ablation behind docs/method.md section 11 (issue 16 part 2): which deeper, data-free-at-descendants edit takes
+the forgotten classes out of the penultimate features (linear-probe recall near a retrained model's)?
+
+Phase ``single`` (minutes): one ``test_resnet`` (16x16) trained on all of ``digits:train`` (10 epochs), forgets
+of ``3`` and of ``1,3,5,7``. Every variant ends with FIUn's head rule (``class_forget_update`` on the head, its
+defaults) and is scored on ``digits:test``: forget / retain accuracy, top-2 leak, linear-probe recall of the
+forgotten classes (probe fit on every other training sample), next to a model retrained without the classes.
+
+- ``head``: today's rule (the backbone untouched);
+- ``ssd-l4``: option (a), the rule of docs/method.md section 1 (retain FIM, normalized estimator, toward 0 off
+  the head) on ``layer4``'s conv weights + the head, FIMs over those layers, several alpha / lambda;
+- ``shrink``: option (b), at the origin only, with the request's data (the forgotten classes' training samples):
+  Adam steps on ``layer4`` pushing each forgotten sample to the retained class the ORIGINAL head ranks best for
+  it (boundary shrink), EWC-regularised by the origin's retain FIM over ``layer4`` (gamma * sum F_r d^2,
+  normalized estimator); the weight delta is what a descendant would receive;
+- ``proj-oracle``: option (c) as an upper bound that is not a weight edit (no exact fold through the final ReLU
+  exists for a ResNet): the probe is fit on features with the forgotten classes' mean directions projected out.
+
+Phase ``dag``: ``benchmarks/beyond_head.py``'s digits DAG (R root, A fine-tune child, T transfer child with R's
+frozen backbone); the origin's ``shrink`` delta on ``layer4`` added to every affected model (A, T: data-free),
+on top of FIUn's head update, against the retrained DAG.
+
+    nice -n 10 python benchmarks/features_forget_explore.py single
+    nice -n 10 python benchmarks/features_forget_explore.py dag
+    FFE_DATASET=fashion-mnist nice -n 10 python benchmarks/features_forget_explore.py dag   # ~21 min, shared cores
+
+Writes ``benchmarks/results/features_forget_explore_<phase>.json``.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from fiun_hub.dampening import class_forget_update, retain_fim, unlearning_fim  # noqa: E402
+from fiun_hub.data import load_data  # noqa: E402
+from fiun_hub.evaluate import (forget_retain_accuracy, linear_probe, penultimate_features,  # noqa: E402
+                               probe_recall_from_features, top2_leak)
+from fiun_hub.fisher import compute_fisher, resolve_layers  # noqa: E402
+from fiun_hub.research.scenarios import new_model  # noqa: E402
+from fiun_hub.research.training import train_classifier  # noqa: E402
+
+LABELS = [str(i) for i in range(10)]
+HEAD = ["fc.weight", "fc.bias"]
+L4_CONV = "layer4.*conv*.weight,layer4.*downsample.1.weight"
+RESULTS = ROOT / "benchmarks" / "results"
+T0 = time.perf_counter()
+
+
+def log(msg):
+    print(f"[{time.perf_counter() - T0:6.1f}s] {msg}", flush=True)
+
+
+def trained(data, epochs=10, seed=0):
+    m = new_model("test_resnet", 10, 1, seed)
+    train_classifier(m, data, epochs=epochs, lr=3e-3, batch_size=32, seed=seed)
+    return m.eval()
+
+
+def with_params(model, params):
+    m = copy.deepcopy(model)
+    sd = m.state_dict()
+    sd.update({k: v.to(sd[k].dtype) for k, v in params.items()})
+    m.load_state_dict(sd)
+    return m.eval()
+
+
+def head_rule(model, labels, head_fim, forget):
+    """FIUn's class-wise head update at its defaults (the model's own head sidecar, the origin = itself)."""
+    p = {n: t.detach().clone() for n, t in model.named_parameters() if n in HEAD}
+    u = unlearning_fim(head_fim.class_fims, head_fim.counts, forget)
+    new = class_forget_update(p, labels, head_fim.model_fim, head_fim.class_fims, head_fim.counts, u, forget, HEAD)
+    return with_params(model, new)
+
+
+def score(model, labels, probe_train, test, forget):
+    f, r = forget_retain_accuracy(model, labels, test, forget)
+    pr = linear_probe(model, labels, probe_train, test, forget)
+    return {"forget_acc": round(f, 1), "retain_acc": round(r, 1),
+            "top2_leak": round(top2_leak(model, labels, test, forget), 1),
+            "probe_recall": round(pr["forget_recall"], 1), "probe_retain_acc": round(pr["retain_acc"], 1)}
+
+
+def ssd_layers(model, fim, forget, alpha, lam):
+    """Option (a): the section-1 rule over every layer of ``fim`` (head rows restricted, off-head toward 0)."""
+    p = {n: t.detach().clone() for n, t in model.named_parameters() if n in fim.model_fim}
+    u = unlearning_fim(fim.class_fims, fim.counts, forget)
+    new = class_forget_update(p, LABELS, fim.model_fim, fim.class_fims, fim.counts, u, forget, HEAD,
+                              alpha=alpha, lam=lam)
+    changed = sum(int((new[n] != p[n]).sum()) for n in p if n not in HEAD)
+    return new, changed
+
+
+def shrink_delta(model, xf, retain_l4, *, steps, lr, gamma, forget_rows, batch=32, seed=0):
+    """Option (b) at the origin: boundary shrink of ``layer4`` on the forgotten samples ``xf`` (targets: the
+    retained class the original head ranks first), EWC penalty ``gamma * sum F_r (theta - theta0)^2``.
+    Returns the delta on layer4's parameters (BN affine included, running stats untouched)."""
+    m = copy.deepcopy(model).eval()
+    names = [n for n, _ in m.named_parameters() if n.startswith("layer4")]
+    for n, p in m.named_parameters():
+        p.requires_grad_(n in names)
+    theta0 = {n: p.detach().clone() for n, p in m.named_parameters() if n in names}
+    with torch.no_grad():
+        lg = m(xf)
+        lg[:, list(forget_rows)] = -torch.inf
+        tgt = lg.argmax(1)
+    params = [p for n, p in m.named_parameters() if n in names]
+    opt = torch.optim.Adam(params, lr=lr)
+    g = torch.Generator().manual_seed(seed)
+    fr = {n: retain_l4[n] for n in names if n in retain_l4}
+    for _ in range(steps):
+        idx = torch.randperm(len(xf), generator=g)[:batch]
+        opt.zero_grad()
+        loss = F.cross_entropy(m(xf[idx]), tgt[idx])
+        if gamma:
+            loss = loss + gamma * sum((fr[n] * (p - theta0[n]) ** 2).sum()
+                                      for n, p in m.named_parameters() if n in fr)
+        loss.backward()
+        opt.step()
+    return {n: (p.detach() - theta0[n]) for n, p in m.named_parameters() if n in names}
+
+
+def add_delta(model, delta, scale=1.0):
+    sd = {n: (t + scale * delta[n]) for n, t in model.state_dict().items() if n in delta}
+    return with_params(model, sd)
+
+
+def proj_oracle(model, labels, probe_train, test, forget):
+    """Probe on features with the forgotten classes' mean directions (about the retained mean) projected out."""
+    ftr = penultimate_features(model, probe_train.x).double()
+    fte = penultimate_features(model, test.x).double()
+    rows = [labels.index(c) for c in forget]
+    keep = [i for i in range(len(labels)) if i not in rows]
+    mu_r = ftr[torch.isin(probe_train.y, torch.tensor(keep))].mean(0)
+    dirs = torch.stack([ftr[probe_train.y == r].mean(0) - mu_r for r in rows], 1)
+    q, _ = torch.linalg.qr(dirs)
+    P = torch.eye(ftr.shape[1], dtype=torch.float64) - q @ q.T
+    res = probe_recall_from_features((ftr @ P).numpy(), probe_train.y.numpy(), (fte @ P).numpy(), test.y.numpy(),
+                                     rows)
+    return {"probe_recall": round(res["forget_recall"], 1), "probe_retain_acc": round(res["retain_acc"], 1)}
+
+
+# ----------------------------------------------------------------------------------- option (c): a folded projection
+def pre_act(model, x, batch=256):
+    """Spatially pooled input of ``layer4[-1].act2`` (the residual sum before the last ReLU), (N, C) float64."""
+    got = []
+    h = model.layer4[-1].act2.register_forward_pre_hook(lambda mod, inp: got.append(inp[0].detach().clone()))
+    try:
+        with torch.no_grad():
+            for i in range(0, len(x), batch):
+                model(x[i:i + batch])
+    finally:
+        h.remove()
+    return torch.cat([g.mean((2, 3)) for g in got]).double()
+
+
+def bn_affine(bn):
+    sd = torch.sqrt(bn.running_var.double() + bn.eps)
+    a = bn.weight.double() / sd
+    return a, bn.bias.double() - a * bn.running_mean.double(), sd
+
+
+def fold_projection(model, P, c):
+    """Make the last block's residual sum ``s`` (pre-ReLU) into ``c + P (s - c)`` exactly: fold ``P diag(a)`` into
+    conv2 and the downsample conv, their BNs become ``x -> x + bias`` (running mean 0, weight = running std).
+    Needs ``layer4[-1]`` with a downsample (BN last): otherwise the identity shortcut cannot be projected."""
+    m = copy.deepcopy(model)
+    blk = m.layer4[-1]
+    if blk.downsample is None:
+        raise ValueError("last block has an identity shortcut: no exact fold")
+    P = P.double()
+    with torch.no_grad():
+        bias_total = (torch.eye(P.shape[0], dtype=torch.float64) - P) @ c
+        for conv, bn in ((blk.conv2, blk.bn2), (blk.downsample[1], blk.downsample[2])):
+            a, b, sd = bn_affine(bn)
+            W = conv.weight.double()
+            conv.weight.copy_(torch.einsum("ok,kihw->oihw", P * a[None, :], W).to(conv.weight.dtype))
+            new_b = P @ b + (bias_total if bn is blk.bn2 else 0)
+            bn.running_mean.zero_()
+            bn.weight.copy_(sd.to(bn.weight.dtype))
+            bn.bias.copy_(new_b.to(bn.bias.dtype))
+    return m.eval()
+
+
+def projector(dirs, t):
+    q, _ = torch.linalg.qr(dirs.double())
+    return torch.eye(q.shape[0], dtype=torch.float64) - t * (q @ q.T)
+
+
+def data_dirs(model, x, y, rows, keep):
+    """Class-mean directions of the forgotten rows about the retained mean, in pooled pre-activation space, and
+    the retained mean (the origin's own training data)."""
+    s = pre_act(model, x)
+    mu_r = s[torch.isin(y, torch.tensor(keep))].mean(0)
+    return torch.stack([s[y == r].mean(0) - mu_r for r in rows], 1), mu_r
+
+
+def fim_dirs(model, head_fim, forget, labels):
+    """Data-free: second-moment prototypes from the head FIM column sums (normalized estimator: a class's mean
+    share of feature energy per channel), sqrt, forgotten minus retained; centre from the BNs' biases."""
+    fr = retain_fim(head_fim.model_fim, head_fim.class_fims, head_fim.counts, forget)["fc.weight"].double().sum(0)
+    dirs = torch.stack([head_fim.class_fims[c]["fc.weight"].double().sum(0).sqrt() - fr.sqrt() for c in forget], 1)
+    blk = model.layer4[-1]
+    c = bn_affine(blk.bn2)[1] * 0 + blk.bn2.bias.double() + blk.downsample[2].bias.double()
+    return dirs, c
+
+
+def single(families=("ssd", "shrink")) -> dict:
+    tr = load_data("digits:train", in_chans=1, input_size=(16, 16))
+    te = load_data("digits:test", in_chans=1, input_size=(16, 16))
+    probe_train = tr.subset(torch.arange(0, len(tr), 2))
+    m = trained(tr)
+    log("trained original")
+    head_fim = compute_fisher(m, tr.x, tr.y, LABELS, HEAD, estimator="normalized")
+    l4_layers = resolve_layers(m, L4_CONV) + HEAD
+    l4_fim = compute_fisher(m, tr.x, tr.y, LABELS, l4_layers, estimator="normalized")
+    all_l4 = [n for n, _ in m.named_parameters() if n.startswith("layer4")] + HEAD
+    l4_all_fim = compute_fisher(m, tr.x, tr.y, LABELS, all_l4, estimator="normalized")
+    log("FIMs")
+    out = {"command": "nice -n 10 python benchmarks/features_forget_explore.py " + ("single" if "ssd" in families
+           else families[0]), "requests": {}}
+    for forget in (["3"], ["1", "3", "5", "7"]):
+        rows = [int(c) for c in forget]
+        is_f = torch.isin(tr.y, torch.tensor(rows))
+        sc = lambda mm: score(mm, LABELS, probe_train, te, forget)  # noqa: E731
+        retrained = trained(tr.subset(torch.nonzero(~is_f).flatten()))
+        res = {"original": sc(m), "retrain": sc(retrained), "head": sc(head_rule(m, LABELS, head_fim, forget))}
+        res["proj-oracle"] = proj_oracle(head_rule(m, LABELS, head_fim, forget), LABELS, probe_train, te, forget)
+        log(f"{forget}: original/retrain/head {res['original']['probe_recall']}/{res['retrain']['probe_recall']}/"
+            f"{res['head']['probe_recall']} proj {res['proj-oracle']}")
+        keep = [i for i in range(10) if i not in rows]
+        if "rank" in families:  # which directions: the top-k left singular vectors of the class-mean directions
+            dirs, c = data_dirs(m, tr.x, tr.y, rows, keep)
+            u, _, _ = torch.linalg.svd(dirs, full_matrices=False)
+            joint = dirs @ torch.tensor([float((tr.y == r).sum()) for r in rows], dtype=torch.float64)
+            for k in range(1, len(rows) + 1):
+                for key, d in ((f"fold-data svd-k={k}", u[:, :k]),) + (((f"fold-data joint", joint[:, None]),)
+                                                                       if k == 1 else ()):
+                    res[key] = sc(head_rule(fold_projection(m, projector(d, 1.0), c), LABELS, head_fim, forget))
+                    log(f"{forget}: {key} {res[key]}")
+        if "fold" in families:
+            for src in ("data", "fim"):
+                dirs, c = (data_dirs(m, tr.x, tr.y, rows, keep) if src == "data" else
+                           fim_dirs(m, head_fim, forget, LABELS))
+                for t in (0.5, 0.75, 0.9, 1.0):
+                    mm = head_rule(fold_projection(m, projector(dirs, t), c), LABELS, head_fim, forget)
+                    key = f"fold-{src} t={t}"
+                    res[key] = sc(mm)
+                    log(f"{forget}: {key} {res[key]}")
+        for alpha, lam in ((1, 0.01), (1, 1), (3, 0.01), (10, 0.01), (30, 0.01)) if "ssd" in families else ():
+            new, changed = ssd_layers(m, l4_fim, forget, alpha, lam)
+            mm = with_params(m, new)
+            res[f"ssd-l4 a={alpha} l={lam}"] = {**sc(mm), "changed_l4": changed}
+            log(f"{forget}: ssd a={alpha} l={lam} {res[f'ssd-l4 a={alpha} l={lam}']}")
+        fr = retain_fim(l4_all_fim.model_fim, l4_all_fim.class_fims, l4_all_fim.counts, forget)
+        for steps, lr, gamma in ((30, 1e-3, 0), (100, 1e-3, 0), (100, 1e-3, 1e4), (100, 1e-3, 1e6),
+                                 (300, 1e-3, 1e6)) if "shrink" in families else ():
+            d = shrink_delta(m, tr.x[is_f], fr, steps=steps, lr=lr, gamma=gamma, forget_rows=rows)
+            mm = head_rule(add_delta(m, d), LABELS, head_fim, forget)
+            key = f"shrink s={steps} lr={lr} g={gamma:g}"
+            res[key] = {**sc(mm), "delta_norm": round(float(sum((v ** 2).sum() for v in d.values()) ** 0.5), 4)}
+            log(f"{forget}: {key} {res[key]}")
+        out["requests"][",".join(forget)] = res
+    return out
+
+
+def main() -> int:
+    torch.set_num_threads(1)
+    phase = sys.argv[1] if len(sys.argv) > 1 else "single"
+    out = single() if phase == "single" else single(("fold",)) if phase == "fold" else \
+        single(("rank",)) if phase == "rank" else dag()
+    out["seconds"] = round(time.perf_counter() - T0, 1)
+    ds = os.environ.get("FFE_DATASET", "digits")
+    path = RESULTS / f"features_forget_explore_{phase}{'' if ds == 'digits' or phase != 'dag' else '_' + ds}.json"
+    path.write_text(json.dumps(out, indent=1) + "\n")
+    log(f"wrote {path}")
+    return 0
+
+
+def prototypes(model, data):
+    """Per head row: the mean pooled pre-activation of the last block over the model's own training samples of
+    that row (what a prototype sidecar would store: rows x channels floats), and the counts."""
+    s = pre_act(model, data.x)
+    return {r: s[data.y == r].mean(0) for r in range(len(data.labels)) if bool((data.y == r).any())}, \
+        {r: int((data.y == r).sum()) for r in range(len(data.labels))}
+
+
+def proto_dirs(protos, counts, labels, forget):
+    """Forgotten class means about the retained mean (count-weighted), from prototypes only; None if a forgotten
+    class has no prototype here."""
+    rows = [labels.index(c) for c in forget if c in labels]
+    if any(r not in protos for r in rows):
+        return None
+    keep = [r for r in protos if r not in rows]
+    n = torch.tensor([float(counts[r]) for r in keep], dtype=torch.float64)
+    mu_r = (torch.stack([protos[r] for r in keep], 0) * n[:, None]).sum(0) / n.sum()
+    return torch.stack([protos[r] - mu_r for r in rows], 1), mu_r
+
+
+def dag() -> dict:
+    """beyond_head's digits DAG: FIUn's head update everywhere, then the last block's residual sum projected off
+    the forgotten classes' prototype directions, from the origin's prototypes (``origin``) or each model's own
+    (``own``: a fine-tune / transfer child that was trained on those classes), against the retrained DAG."""
+    import shutil
+    import tempfile
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import beyond_head as BH
+    from fiun_hub.hub.local import LocalHub
+    from fiun_hub.research import baselines as BL
+    from fiun_hub.research.scenarios import realize_scenario, torch_threads
+
+    prof = BH.PROFILES[os.environ.get("FFE_DATASET", "digits")]
+    out = {"command": ("" if prof["dataset"] == "digits" else f"FFE_DATASET={prof['dataset']} ")
+           + "nice -n 10 python benchmarks/features_forget_explore.py dag", "dataset": prof["dataset"],
+           "requests": {}}
+    with torch_threads(1), tempfile.TemporaryDirectory(prefix="fiun-ffe-") as tmp:
+        scn = BH.plan_dag(prof, 0)
+        built = Path(tmp) / "built"
+        hub0 = LocalHub.init(built)
+        realize_scenario(scn, hub0, num_threads=1)
+        log("built DAG")
+        ev = BH.Evaluator(scn, hub0, prof, 0)
+        labels = list(scn.load_train().labels)
+        aff = scn.affected()
+        orig = {r: ev.model(r, None) for r in aff}
+        protos = {r: prototypes(orig[r], scn.train_data(r)) for r in aff}
+        for req, idx in BH.CLASS_REQUESTS.items():
+            classes = [labels[i] for i in idx]
+            sc = lambda r, mm: {k: v for k, v in ev.classwise(r, mm, classes).items()  # noqa: E731
+                                if not k.startswith("relearn")}
+            res = {"original": {r: sc(r, orig[r]) for r in aff}}
+            hub = BH.copy_hub(built, Path(tmp) / req)
+            _, states, _ = BH.run_fiun(hub, scn, classes=classes)
+            heads = {r: ev.model(r, states[r]) for r in aff}
+            res["head"] = {r: sc(r, heads[r]) for r in aff}
+            rt = BL.retrain(scn, hub0, classes, num_threads=1)
+            res["retrain"] = {r: sc(r, ev.model(r, rt.states[r])) for r in aff}
+            log(f"{req}: head/retrain done")
+            o = scn.origin
+            for src in ("origin", "own"):
+                for k in ("all", "all-1"):
+                    key = f"fold-{src} k={k}"
+                    res[key] = {}
+                    for r in aff:
+                        lab = scn.node(r).labels
+                        here = [c for c in classes if c in lab]
+                        got = proto_dirs(*protos[r], lab, here) if src == "own" else None
+                        if got is None:
+                            got = proto_dirs(*protos[o], scn.node(o).labels, classes)
+                        dirs, c = got
+                        if k == "all-1":  # the top n-1 singular directions (none for one class: head only)
+                            dirs = torch.linalg.svd(dirs, full_matrices=False)[0][:, :dirs.shape[1] - 1]
+                        if dirs.shape[1] == 0:
+                            res[key][r] = res["head"][r]
+                            continue
+                        res[key][r] = sc(r, fold_projection(heads[r], projector(dirs, 1.0), c))
+                    log(f"{req}: {key} " + json.dumps({r.split('/')[-1]: v for r, v in res[key].items()}))
+            out["requests"][req] = res
+            shutil.rmtree(Path(tmp) / req, ignore_errors=True)
+    return out
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
