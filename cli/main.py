@@ -327,7 +327,7 @@ def fim(c: Ctx, repo: str, data_spec: str, layers: str, estimator: str, batch_si
                                   progress=lambda n: bar.update(task, completed=n),
                                   executor=executor, ray_address=ray_address, workers=workers)
     if prototypes:
-        from fiun_hub.feature_forget import commit_prototypes
+        from fiun_hub.prototypes import commit_prototypes
 
         got = commit_prototypes(c.hub(), repo, data_spec)
         info = {**info, "revision": got["revision"], "prototypes": {"block": got["block"], "samples": got["samples"]}}

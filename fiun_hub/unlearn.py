@@ -210,7 +210,8 @@ SCOPES = ("head", "features")
 def _check_features(hub, plan: Plan) -> None:
     """Features scope: read every affected repo's prototype sidecar (its own; the first origin's that has them for
     forgotten classes it lacks) into ``plan._protos``, and add to the nodes' problems what would stop the edit."""
-    from .feature_forget import PROTO_FILE, load_prototypes
+    from .feature_forget import PROTO_FILE
+    from .prototypes import load_prototypes
 
     own: dict[str, Any] = {}
     for node in plan.todo:
@@ -627,7 +628,8 @@ def _features_edit(hub, plan: Plan, node: NodePlan) -> dict[str, Any] | None:
 def _new_prototypes(hub, plan: Plan, node: NodePlan, info, sha: str | None) -> dict[str, bytes]:
     """A repo's own prototype sidecar for its new revision: the forgotten classes dropped, the others projected
     as its features were (exact), bound to the new weights. Nothing when it has none."""
-    from .feature_forget import PROTO_FILE, encode_prototypes, load_prototypes, project_prototypes, projection
+    from .feature_forget import PROTO_FILE, encode_prototypes, project_prototypes, projection
+    from .prototypes import load_prototypes
 
     if PROTO_FILE not in info.files or not sha:
         return {}

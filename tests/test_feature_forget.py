@@ -121,7 +121,8 @@ def test_forget_scope_features_through_the_hub(tmp_path):
     from conftest import base_and_child_hub
 
     from fiun_hub.data import load_data
-    from fiun_hub.feature_forget import PROTO_FILE, commit_prototypes, load_prototypes
+    from fiun_hub.feature_forget import PROTO_FILE
+    from fiun_hub.prototypes import commit_prototypes, load_prototypes
     from fiun_hub.models import load_model
     from fiun_hub.repo import read_meta
     from fiun_hub.safetensors_io import header_of_bytes, read_tensors
@@ -192,7 +193,7 @@ def test_cli_fim_prototypes_and_forget_scope_features(tmp_path, cli):
     assert recs["h/child"]["prototypes"] == "origin h/base"
     assert PROTO_FILE not in hub.list_files("h/child")
     # a later head-scope forget re-binds the prototype sidecar to its new weights (class stripped)
-    from fiun_hub.feature_forget import load_prototypes
+    from fiun_hub.prototypes import load_prototypes
 
     code, out, err = cli("--hub", hub.root, "forget", "--origin", "h/base", "--classes", "0")
     assert code == 0, err
