@@ -34,7 +34,7 @@ import yaml
 
 from .constants import FIM_CLASSES_FILE, FIM_FILE, RELATIONS, TAG
 from .errors import CardError, FiunError
-from .hub.ids import COMMIT_RE, REQUEST_ID_RE, validate_repo_id
+from .ids import COMMIT_RE, REQUEST_ID_RE, validate_repo_id
 
 MAX_CARD_BYTES = 1 << 20  # a card larger than this is refused before YAML parsing
 MAX_LIST = 100_000
