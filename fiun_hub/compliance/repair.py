@@ -38,7 +38,7 @@ def _fix_purge(hub: LocalHub, rid: str, rec: dict, records: dict[str, dict]) -> 
 
     event["purge"] = summary(hub, left["entries"])
     change = ledger_change(hub, {rid: with_event(rec, event)}, {}, f"Purge {rid}: "
-                            f"{len(left['entries'])} file(s) of pre-forget revisions left on disk")
+                           f"{len(left['entries'])} file(s) of pre-forget revisions left on disk")
     out = purge_leftovers(hub, rid, left, [change])
     # Staged copies of the blobs just purged are found once their tombstones say so: a second pass removes them.
     again = leftovers(hub, rid, ledger_records(hub)[rid], ledger_records(hub), at=clock.now())
@@ -151,8 +151,8 @@ def fix(hub: LocalHub, report: dict[str, Any], *, eval_data: str | None = None, 
         blocked.update(not_adopted)
         tp = TakedownPlan(request, restricted, states, done, record_only, rec, blocked=blocked)
         res = apply_plan(hub, tp, "fix", eval_data=eval_data, workers=workers, progress=progress, executor=executor,
-                     ray_address=ray_address,
-                     findings=[flagged[r] for r in sorted(flagged) if r in todo or r in record_only])
+                         ray_address=ray_address,
+                         findings=[flagged[r] for r in sorted(flagged) if r in todo or r in record_only])
         out.append({"request_id": rid, "fixed": sorted(r for r in todo + record_only if r not in blocked),
                     "blocked": blocked, "revisions": res["revisions"], "ledger_revision": res["ledger_revision"],
                     "purged": purged,

@@ -107,7 +107,7 @@ def restrict_plan(hub: LocalHub, request: TakedownRequest, plan, apply: Iterable
 
 
 def add_adopted(hub: LocalHub, plan, g, repos: Iterable[str], adoptions: dict[str, dict],
-                 depths: dict[str, int]) -> dict[str, str]:
+                depths: dict[str, int]) -> dict[str, str]:
     """Add to ``plan`` (to do) a node for each repo of ``repos`` that the cards do not link to the origins: an
     undeclared derivative adopted with ``adoptions[repo]`` (``{repo, revision, evidence}`` of its inferred
     parent, recorded as ``adopted_from`` in its forget record), or a declared descendant of one. Its sources are
@@ -173,7 +173,7 @@ def plan_takedown(hub: LocalHub, request: TakedownRequest) -> TakedownPlan:
         extra = [r for r in targets if r not in by_repo]
         if extra:
             blocked.update(add_adopted(hub, restricted, resolve(hub), extra, adopted_entries(record),
-                                        {s.repo: s.depth for s in states}))
+                                       {s.repo: s.depth for s in states}))
         problems = list(blocked.values())
     return TakedownPlan(request, restricted, states, targets, record_only, record, problems,
                         undeclared=undeclared_derivatives(hub, request.id, states, CardCache(hub)))
@@ -230,8 +230,8 @@ def _origins_used(hub: LocalHub, plan, lin: CardCache) -> list[str]:
 
 
 def apply_plan(hub: LocalHub, tp: TakedownPlan, kind: str, *, eval_data: str | None, workers: int,
-           progress: Callable[[str], None] | None, findings: list[dict] | None = None, executor: str = "local",
-           ray_address: str | None = None, purge: bool = True, hold_reason: str | None = None) -> dict[str, Any]:
+               progress: Callable[[str], None] | None, findings: list[dict] | None = None, executor: str = "local",
+               ray_address: str | None = None, purge: bool = True, hold_reason: str | None = None) -> dict[str, Any]:
     """Forget ``tp.targets`` (those not blocked) and record them and ``tp.record_only`` in the ledger: the forget's
     revisions and the ledger record in one publish, then a ledger commit with the new revisions and accuracies.
     ``workers``, ``executor``, ``ray_address``: where the per-repo work runs (:func:`fiun_hub.unlearn.run_forget`);
@@ -269,8 +269,8 @@ def apply_plan(hub: LocalHub, tp: TakedownPlan, kind: str, *, eval_data: str | N
                                        "weights_sha256": _weights_of(ch), **{f"{k}_before": v for k, v in
                                                                               before.get(ch.repo, {}).items()}}
         return ledger_change(hub, {request.id: with_event(record, event)}, texts,
-                              f"{kind.capitalize()} {request.id}: forget {request.forget_text()} at "
-                              f"{', '.join(request.origin_repos)} ({len(changes)} repo(s))")
+                             f"{kind.capitalize()} {request.id}: forget {request.forget_text()} at "
+                             f"{', '.join(request.origin_repos)} ({len(changes)} repo(s))")
 
     records = ledger_records(hub)
 
@@ -301,7 +301,7 @@ def apply_plan(hub: LocalHub, tp: TakedownPlan, kind: str, *, eval_data: str | N
             event["repos"][repo].update({k: v for k, v in result.stats[repo].items() if k in ("changed", "params")})
     elif event["repos"]:
         hub.publish([ledger_change(hub, {request.id: with_event(record, event)}, texts,
-                                    f"Record {request.id} for {len(event['repos'])} repo(s) that already carry it")])
+                                   f"Record {request.id} for {len(event['repos'])} repo(s) that already carry it")])
     else:
         return {"noop": True, "revisions": {}, "stats": {}, "event": None, "seconds": 0.0, "forget_seconds": {},
                 "ledger_revision": hub.head(LEDGER_REPO) if ledger_exists(hub) else None}
@@ -310,8 +310,8 @@ def apply_plan(hub: LocalHub, tp: TakedownPlan, kind: str, *, eval_data: str | N
             e.update(measure(hub, request, repo, e["to"], eval_data))
     final = with_event(record, event)
     ledger_rev = hub.publish([ledger_change(hub, {request.id: final}, {},
-                                             f"{kind.capitalize()} {request.id}: new revisions"
-                                             + (f" and accuracies on {eval_data}" if eval_data else ""))])[LEDGER_REPO]
+                                            f"{kind.capitalize()} {request.id}: new revisions"
+                                            + (f" and accuracies on {eval_data}" if eval_data else ""))])[LEDGER_REPO]
     return {"noop": False, "revisions": result.revisions if result else {}, "stats": result.stats if result else {},
             "event": event, "ledger_revision": ledger_rev, "seconds": time.perf_counter() - t0,
             "forget_seconds": result.seconds if result else {}}
@@ -339,7 +339,7 @@ def run_takedown(hub: LocalHub, tp: TakedownPlan, *, eval_data: str | None = Non
     check_eval_data(eval_data)
     check_run_options(executor, workers)
     out = apply_plan(hub, tp, "takedown", eval_data=eval_data, workers=workers, progress=progress, executor=executor,
-                 ray_address=ray_address, purge=purge, hold_reason=hold_reason)
+                     ray_address=ray_address, purge=purge, hold_reason=hold_reason)
     report = audit(hub, tp.request.id, kind="takedown")
     return {"request_id": tp.request.id, **out, "report": report}
 
