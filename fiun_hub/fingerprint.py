@@ -35,6 +35,7 @@ import numpy as np
 
 from .constants import FIUN_DIR, LEDGER_REPO, WEIGHTS_FILE
 from .errors import BadInput
+from .forget_record import forget_records
 from .hub.base import LOCAL_FOLDER, supports
 from .safetensors_io import parse_header
 
@@ -303,8 +304,8 @@ def rebuild_fingerprints(hub, entries: dict) -> None:
         return
     for repo, e in entries.items():
         record_fingerprint(hub, repo, e.get("weights"), verify=True)
-        for u in e.get("unlearned") or []:
-            rev = u.get("from_revision") if isinstance(u, dict) else None
+        for rec in forget_records(e.get("unlearned")):
+            rev = rec.from_revision
             if not rev:
                 continue
             try:
