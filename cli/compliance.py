@@ -14,12 +14,6 @@ import click
 
 from .common import fail, handled, short_sidecar
 
-ACTIONS = {"pending": "forget", "pre-forget-pin": "forget", "derived-from-flagged": "forget",
-           "unpinned-parent": "forget", "lost-record": "forget", "unrecorded": "forget (its card only claims it)",
-           "done": "done", "inherited": "keep (derived after the takedown)",
-           "weights-changed": "left as is (see `fiun-hub audit --fix`)"}
-
-
 def _check_report_path(path: str | None) -> None:
     from pathlib import Path
 
@@ -44,14 +38,17 @@ def _request_lines(req: dict) -> list[str]:
 
 
 def _plan_text(tp) -> str:
+    from fiun_hub.compliance import Status
+
     lines = _request_lines(tp.request.to_dict())
     lines.append(f"affected: {len(tp.states)} repo(s); {len(tp.targets)} to forget"
                  + (f", {len(tp.record_only)} to record" if tp.record_only else ""))
     lines.append(f"  {'repo':32s} {'depth':>5s}  {'head':12s}  action")
     used = {n.repo: n.sidecar_used for n in tp.plan.nodes} if tp.plan is not None else {}
     for s in tp.states:
-        lines.append(f"  {s.repo:32s} {s.depth:>5d}  {s.head[:12]:12s}  {ACTIONS.get(s.status, s.status)}")
-        if s.status not in ("pending", "done") and s.message:
+        status = Status(s.status)
+        lines.append(f"  {s.repo:32s} {s.depth:>5d}  {s.head[:12]:12s}  {status.info.takedown or status.value}")
+        if status not in (Status.PENDING, Status.DONE) and s.message:
             lines.append(f"      {s.message}")
         a = (s.ledger or {}).get("adopted_from")
         if isinstance(a, dict):
@@ -61,7 +58,7 @@ def _plan_text(tp) -> str:
     for p in tp.problems:
         lines.append(f"  ! {p}")
     for f in tp.undeclared:
-        lines.append(f"  ! undeclared-derivative (not in the affected set): {f['message']}")
+        lines.append(f"  ! {Status.UNDECLARED_DERIVATIVE.value} (not in the affected set): {f['message']}")
     return "\n".join(lines)
 
 
@@ -191,6 +188,8 @@ def _evidence_text(e: dict) -> str:
 
 
 def _audit_text(data: dict) -> str:
+    from fiun_hub.compliance import Status
+
     lines = []
     if not data["requests"]:
         return "the ledger holds no request; nothing to audit"
@@ -214,7 +213,8 @@ def _audit_text(data: dict) -> str:
             if r["finding"] or r.get("eval_error"):
                 lines.append(f"      ! {r['message'] or r.get('eval_error')}")
         for f in entry["findings"]:
-            if f["kind"] in ("origin-missing", "unpurged", "undeclared-derivative"):
+            kind = Status.lookup(f["kind"])
+            if kind is not None and not kind.info.row and kind.finding:  # a finding no repo's row shows
                 lines.append(f"      ! {f['kind'].upper()}: {f['message']}")
         p = entry.get("purge") or {}
         if p.get("bytes_removed") or p.get("files_purged"):
@@ -227,6 +227,8 @@ def _audit_text(data: dict) -> str:
 
 
 def _summary(data: dict) -> str:
+    from fiun_hub.compliance import Status
+
     n, k = len(data["findings"]), len(data["requests"])
     repos = sum(len(e["repos"]) for e in data["requests"])
     note = ""
@@ -238,7 +240,7 @@ def _summary(data: dict) -> str:
     return (f"audit failed: {n} finding(s) in {sum(not e['ok'] for e in data['requests'])} of {k} request(s); "
             "`fiun-hub audit --fix` applies the request to the flagged repos"
             + (" (`--fix --adopt` to undeclared derivatives too)"
-               if any(f["kind"] == "undeclared-derivative" for f in data["findings"]) else "") + note)
+               if any(f["kind"] == Status.UNDECLARED_DERIVATIVE for f in data["findings"]) else "") + note)
 
 
 @click.command()

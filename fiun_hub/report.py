@@ -13,10 +13,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from .compliance.status import Status
 from .errors import BadInput
 from .hub.local import atomic_write
 
-#: fill colour of a lineage node, by status (findings share one red)
+#: fill colour of a lineage node, by the legend class of its status (``Status.legend``: findings share one red)
 STATUS_COLORS = {
     "done": "#8ce99a",
     "inherited": "#c3fae8",
@@ -36,12 +37,10 @@ TITLES = {"audit": "Takedown audit", "takedown": "Takedown", "takedown-plan": "T
 
 
 def color_class(status: str, kind: str = "audit") -> str:
-    """The legend class of a repo status: done, inherited, pending, flagged or context."""
-    if status in ("done", "inherited", "context"):
-        return status
-    if status == "pending" and kind == "takedown-plan":
-        return "pending"
-    return "flagged"
+    """The legend class of a repo status (fiun_hub/compliance/status.py): done, inherited, pending (the work to do,
+    in a takedown's plan only), flagged (every finding, and a status the table does not know) or context."""
+    known = Status.lookup(status)
+    return known.legend(kind) if known is not None else "flagged"
 
 
 def _pct(v: Any) -> str:

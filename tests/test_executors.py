@@ -389,7 +389,7 @@ def _frozen_clocks(monkeypatch):
     import fiun_hub.unlearn as U
 
     monkeypatch.setattr(U, "utc_now", lambda: "2026-11-22T10:00:00Z")
-    monkeypatch.setattr(C, "_now", lambda: "2026-11-22T10:00:00Z")
+    monkeypatch.setattr(C.clock, "now", lambda: "2026-11-22T10:00:00Z")
     if hasattr(L, "_now"):
         monkeypatch.setattr(L, "_now", lambda: "2026-11-22T10:00:00.000000Z")
         return True

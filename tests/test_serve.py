@@ -500,7 +500,8 @@ def test_a_card_claiming_a_request_through_serve_is_never_proof(server, client, 
     record naming the head it replaces, as a remote forget's would). A takedown of TKD-CLAIM must forget that repo,
     not record it, and an audit must not call it done on the card's word: not even when the ledger holds an entry
     that only *recorded* the claim (what `takedown` used to write for such a repo)."""
-    from fiun_hub.compliance import _ledger_change, _new_record, _with_event, audit, parse_request, plan_takedown
+    from fiun_hub.compliance import audit, parse_request, plan_takedown
+    from fiun_hub.compliance.ledger import ledger_change, new_record, with_event
 
     hub = LocalHub(server.root)
     folder = _model_folder(server.tmp / "models", "claim-child", 7, None)
@@ -525,7 +526,7 @@ def test_a_card_claiming_a_request_through_serve_is_never_proof(server, client, 
              "eval_data": None, "blocked": {}, "repos": {
                  "claim/child": {"action": "recorded", "from": head, "to": claimed,
                                  "weights_sha256": hub.list_files("claim/child", claimed)["model.safetensors"]}}}
-    hub.publish([_ledger_change(hub, {"TKD-CLAIM": _with_event(_new_record(request), event)},
+    hub.publish([ledger_change(hub, {"TKD-CLAIM": with_event(new_record(request), event)},
                                 {"TKD-CLAIM": request.to_dict()["id"]}, "legacy ledger entry")])
     report = audit(hub, "TKD-CLAIM")
     rows = {r["repo"]: r["status"] for r in report["requests"][0]["repos"]}

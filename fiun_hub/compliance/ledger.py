@@ -1,0 +1,121 @@
+"""The ledger: the repo ``fiun-hub/ledger`` of the same hub, one ``records/{id}.json`` (what was done: every repo,
+old and new revision, sha256 of the new weights, accuracies, the events) and ``requests/{id}.yaml`` (the request as
+received) per request, and a card listing them (docs/takedowns.md, "The ledger"). Reading records, building the
+commit that writes them (:func:`ledger_change`, published by the takedown with its forget), and the rules over a
+record: which entries prove a forget (:func:`ledger_proof`), which adopted an undeclared derivative."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ..constants import CARD_FILE, LEDGER_REPO
+from ..errors import BadInput
+from ..hub.local import LocalHub, RepoChange
+from .request import TakedownRequest
+
+LEDGER_TAG = "fiun-hub-ledger"
+LEDGER_FORMAT = "fiun-ledger/1"
+
+
+def ledger_proof(entry: Any) -> bool:
+    """A ledger entry that proves a forget: written by fiun-hub's own forget (``action: forgot``) with the sha256
+    of the weights it wrote. An entry that only ``recorded`` what a card claimed proves nothing."""
+    return isinstance(entry, dict) and entry.get("action") == "forgot" and isinstance(entry.get("weights_sha256"), str)
+
+
+def ledger_exists(hub: LocalHub) -> bool:
+    return hub.repo_exists(LEDGER_REPO)
+
+
+def ledger_records(hub: LocalHub, revision: str | None = None) -> dict[str, dict]:
+    """Every request's ledger record, by request id (empty when the hub has no ledger yet)."""
+    if not ledger_exists(hub):
+        return {}
+    out = {}
+    files = hub.list_files(LEDGER_REPO, revision)
+    for path in sorted(files):
+        if path.startswith("records/") and path.endswith(".json"):
+            rid = path[len("records/"):-len(".json")]
+            try:
+                rec = json.loads(hub.read_file(LEDGER_REPO, path, revision))
+            except (ValueError, UnicodeDecodeError):
+                raise BadInput(f"ledger record {path} in {LEDGER_REPO} is not valid JSON; "
+                               f"see `fiun-hub log {LEDGER_REPO}`") from None
+            well_formed = isinstance(rec, dict) and rec.get("format") == LEDGER_FORMAT and isinstance(
+                rec.get("repos"), dict) and isinstance(rec.get("request"), dict) and rec["request"].get("id") == rid
+            if not well_formed:
+                raise BadInput(f"ledger record {path} in {LEDGER_REPO} is not a {LEDGER_FORMAT} record")
+            out[rid] = rec
+    return out
+
+
+def ledger_record(hub: LocalHub, request_id: str) -> dict | None:
+    return ledger_records(hub).get(request_id)
+
+
+def ledger_card(records: dict[str, dict]) -> str:
+    """The ledger's card: its tag and format, and one table row per request."""
+    lines = ["---", "tags:", f"- {LEDGER_TAG}", "fiun:", f"  ledger: {LEDGER_FORMAT}", "---", "",
+             "# Takedown ledger", "",
+             "One record per takedown request: `requests/{id}.yaml` is the request as received, `records/{id}.json` "
+             "what was done (every repo, old and new revision, sha256 of the new weights, accuracies). Written by "
+             "`fiun-hub takedown` and `fiun-hub audit --fix`; its history is the audit trail (`fiun-hub log "
+             f"{LEDGER_REPO}`). Do not edit by hand.", "",
+             "| request | received | deadline | forget | origins | repos | completed |",
+             "|---|---|---|---|---|---|---|"]
+    for rid, rec in sorted(records.items()):
+        r = rec["request"]
+        f = r["forget"]
+        what = "classes " + ", ".join(f["classes"]) if f.get("classes") else f"samples of {f.get('data')}"
+        lines.append(f"| {rid} | {r['received']} | {r.get('deadline') or '-'} | {what} | {', '.join(r['origins'])} "
+                     f"| {len(rec['repos'])} | {rec.get('completed_at') or '-'} |")
+    return "\n".join(lines) + "\n"
+
+
+def ledger_change(hub: LocalHub, updates: dict[str, dict], texts: dict[str, str], message: str) -> RepoChange:
+    """One ledger commit writing ``updates`` (request id -> record) and the request files in ``texts``."""
+    parent = hub.head(LEDGER_REPO) if ledger_exists(hub) else ""
+    records = {**ledger_records(hub, parent or None), **updates}
+    files: dict[str, bytes] = {f"records/{rid}.json": (json.dumps(rec, indent=2, sort_keys=True) + "\n").encode()
+                               for rid, rec in updates.items()}
+    files.update({f"requests/{rid}.yaml": text.encode() for rid, text in texts.items()})
+    files[CARD_FILE] = ledger_card(records).encode()
+    return RepoChange(LEDGER_REPO, files, message, parent_commit=parent)
+
+
+def adopted_entries(record: dict | None, g=None) -> dict[str, dict]:
+    """repo -> ``adopted_from`` (``{repo, revision, evidence}``) of the request's ledger entries that adopted an
+    undeclared derivative (``audit --fix --adopt``), for repos in the lineage ``g`` (all when None)."""
+    out = {}
+    for r, e in ((record or {}).get("repos") or {}).items():
+        a = e.get("adopted_from") if ledger_proof(e) else None
+        if isinstance(a, dict) and isinstance(a.get("repo"), str) and isinstance(a.get("revision"), str) and (
+                g is None or (r in g and not g.nodes[r].get("missing"))):
+            out[r] = a
+    return out
+
+
+def new_record(request: TakedownRequest) -> dict:
+    """The ledger record of a request before anything was done for it."""
+    return {"format": LEDGER_FORMAT, "request": request.to_dict(), "request_file": f"requests/{request.id}.yaml",
+            "request_sha256": request.fingerprint(), "completed_at": None, "events": [], "repos": {}}
+
+
+def with_event(record: dict, event: dict) -> dict:
+    """``record`` with ``event`` appended (replacing an earlier copy of the same event) and its repos updated."""
+    rec = json.loads(json.dumps(record))
+    rec["events"] = [e for e in rec["events"] if e.get("at") != event["at"] or e.get("kind") != event["kind"]]
+    rec["events"].append(json.loads(json.dumps(event)))
+    index = len(rec["events"]) - 1
+    for repo, e in event["repos"].items():
+        prev = rec["repos"].get(repo) or {}
+        rec["repos"][repo] = {**{k: v for k, v in e.items() if k != "action"}, "at": event["at"], "event": index,
+                              "action": e.get("action"), "first_from": prev.get("first_from") or prev.get("from")
+                              or e.get("from")}
+    if rec.get("completed_at") is None and event["repos"]:
+        rec["completed_at"] = event["at"]
+    return rec
+
+
+__all__ = ["LEDGER_REPO", "LEDGER_TAG", "LEDGER_FORMAT", "ledger_proof", "ledger_exists", "ledger_records",
+           "ledger_record", "ledger_card", "ledger_change", "new_record", "with_event", "adopted_entries"]
