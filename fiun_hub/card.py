@@ -35,7 +35,7 @@ import yaml
 from .constants import FIM_CLASSES_FILE, FIM_FILE, MAX_LIST, RELATIONS, TAG
 from .errors import CardError, FiunError
 from .forget_record import ForgetRecord, RecordError, check_record, forget_records  # (re-exported: the record's home)
-from .hub.ids import COMMIT_RE, validate_repo_id
+from .ids import COMMIT_RE, validate_repo_id
 
 MAX_CARD_BYTES = 1 << 20  # a card larger than this is refused before YAML parsing
 DEFAULT_BODY = "\n# {repo}\n\nA timm classifier stored by fiun-hub. Its lineage lives in the front matter above.\n"

@@ -17,7 +17,7 @@ from typing import Any, Iterable, Mapping
 
 from .constants import MAX_LIST
 from .errors import CardError, FiunError
-from .hub.ids import COMMIT_RE, REQUEST_ID_RE, validate_repo_id
+from .ids import COMMIT_RE, REQUEST_ID_RE, validate_repo_id
 
 OWN = "own"  # the ``sidecar`` of a forget that used the repo's own sidecars (the default when absent)
 UNCHANGED = "unchanged"  # the ``weights`` of a forget that left the weights as they were (no forgotten label)

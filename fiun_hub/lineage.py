@@ -87,7 +87,7 @@ def index_entry(hub, repo: str, revision: str | None = None) -> dict:
         "card_error": None,
         "weights": info.files.get(WEIGHTS_FILE),
     }
-    from .fingerprint import record_fingerprint
+    from .fingerprint_store import record_fingerprint  # (in the function: numpy loads only when a revision is indexed)
 
     record_fingerprint(hub, repo, entry["weights"])  # .fiun/fingerprints/: kept for every published revision
     if CARD_FILE not in info.files:
@@ -159,7 +159,7 @@ def write_index_file(hub, repos: dict) -> None:
 def rebuild_index(hub) -> dict:
     """Entries for every repo, read from the cards (not from the index), at heads read as one consistent set
     where the backend can (LocalHub.heads: never half of a publish)."""
-    from .fingerprint import rebuild_fingerprints
+    from .fingerprint_store import rebuild_fingerprints  # (numpy, as above)
 
     if supports(hub, CONSISTENT_HEADS):
         entries = {repo: index_entry(hub, repo, head) for repo, head in sorted(hub.heads().items())}

@@ -161,10 +161,9 @@ def push_folder(
     notes: list[str] = []
     # The pins were resolved without the lock: check them again under it (a forget of a parent may land meanwhile;
     # the change's card is re-rendered in place before anything is written). A remote hub has no lock to do it under.
-    check = {"precondition": _repin_under_lock(hub, parents, pins, render, notes)} \
-        if pins and supports(hub, LOCK) else {}
+    check = _repin_under_lock(hub, parents, pins, render, notes) if pins and supports(hub, LOCK) else None
     cid = hub.publish([RepoChange(repo, files, msg, parent_commit=head, delete=delete, author=author)],
-                      **check)[repo]
+                      precondition=check)[repo]
     return {**show(hub, repo, cid), "notes": notes}
 
 

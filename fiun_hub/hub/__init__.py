@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import cast
 
 from ..constants import DEFAULT_HUB, HUB_ENV
 from ..errors import BadInput
@@ -40,7 +41,7 @@ def require_local(hub: Hub, what: str) -> LocalHub:
     """``hub`` if it has a folder here (a LocalHub); else one clear error saying ``what`` needs a local hub folder."""
     if not supports(hub, LOCAL_FOLDER):
         raise BadInput(f"{what} needs a local hub folder (--hub PATH); {hub!r} is reached over HTTP")
-    return hub
+    return cast(LocalHub, hub)  # (LOCAL_FOLDER is LocalHub's: the one backend with a folder here)
 
 
 __all__ = ["Hub", "LocalHub", "RepoChange", "CommitInfo", "Blob", "supports", "open_hub", "hub_location", "validate_repo_id",

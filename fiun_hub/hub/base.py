@@ -26,19 +26,21 @@ from __future__ import annotations
 import hashlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, ContextManager, Mapping, Protocol
+from typing import Any, Callable, ContextManager, Final, Iterable, Literal, Mapping, Protocol, TypeGuard, overload
 
+from ..card import MAX_CARD_BYTES, RecordError, parse_card_full
 from ..constants import CARD_FILE, LEDGER_REPO
 from ..errors import BadInput, CardError, Purged
 from .ids import validate_repo_id, validate_repo_path
 
-ATOMIC_PUBLISH = "atomic-publish"
-LOCK = "lock"
-CONSISTENT_HEADS = "consistent-heads"
-LOCAL_FOLDER = "local-folder"
-BLOB_STORE = "blob-store"
-PURGE = "purge"
-PURGE_HISTORY = "purge-history"
+# Final: each name's type is its literal string, so `supports(hub, PURGE)` picks its overload below.
+ATOMIC_PUBLISH: Final = "atomic-publish"
+LOCK: Final = "lock"
+CONSISTENT_HEADS: Final = "consistent-heads"
+LOCAL_FOLDER: Final = "local-folder"
+BLOB_STORE: Final = "blob-store"
+PURGE: Final = "purge"
+PURGE_HISTORY: Final = "purge-history"
 CAPABILITIES = frozenset({ATOMIC_PUBLISH, LOCK, CONSISTENT_HEADS, LOCAL_FOLDER, BLOB_STORE, PURGE, PURGE_HISTORY})
 
 
@@ -107,10 +109,6 @@ def check_card_write(repo: str, content: bytes | Blob | Path) -> None:
     """A card no write may publish (every backend, every command, serve): one larger than fiun-hub reads back
     (it would make the repo, and every forget over it, unreadable), or one whose ``fiun.unlearned`` records break
     the schema. (A card that fails to parse for other reasons is another tool's: the lineage reports it.)"""
-    # In the function: card.py imports hub.ids, and importing any hub module runs hub/__init__ (which loads
-    # this module), so a module-level import of card here would be circular when card is imported first.
-    from ..card import MAX_CARD_BYTES, RecordError, parse_card_full
-
     if isinstance(content, Blob):
         content = content.data
     size = content.stat().st_size if isinstance(content, Path) else len(content)
@@ -137,8 +135,11 @@ def purged_error(repo: str, cid: str, path: str, stone: Mapping) -> Purged:
 class Hub(Protocol):
     """What the core asks of any hub. Capability-specific methods are named in the module docstring's table."""
 
-    capabilities: frozenset[str]
-    root: Path | None  # the hub's folder (LOCAL_FOLDER), else None
+    # Read-only here (a backend may state them as plain class or instance attributes):
+    @property
+    def capabilities(self) -> frozenset[str]: ...
+    @property
+    def root(self) -> Path | None: ...  # the hub's folder (LOCAL_FOLDER), else None
 
     def list_repos(self) -> list[str]: ...
     def repo_exists(self, repo: str) -> bool: ...
@@ -159,6 +160,66 @@ class Hub(Protocol):
     def tag(self, repo: str, name: str, revision: str | None = None, *, force: bool = False) -> str: ...
 
 
+# ---------------------------------------------------------------------------- the capabilities' methods
+# What a backend stating a capability adds to Hub, for the type checker: `if supports(hub, PURGE):` narrows `hub`
+# to a PurgeHub there. Each backend is checked against the ones it states at the end of its module.
+class AtomicPublishHub(Hub, Protocol):
+    """ATOMIC_PUBLISH."""
+
+    def unfinished_publish(self) -> list[str]: ...
+
+
+class ConsistentHeadsHub(Hub, Protocol):
+    """CONSISTENT_HEADS."""
+
+    def heads(self, repos: Iterable[str] | None = None) -> dict[str, str]: ...
+
+
+class LocalFolderHub(Hub, Protocol):
+    """LOCAL_FOLDER: ``root`` is a folder."""
+
+    @property
+    def root(self) -> Path: ...
+
+
+class BlobStoreHub(Hub, Protocol):
+    """BLOB_STORE."""
+
+    def blob_path(self, repo: str, sha: str) -> Path: ...
+    def staging(self) -> Any: ...  # a hub.staging.Staging (that module sits above this one)
+
+
+class PurgeHub(Hub, Protocol):
+    """PURGE."""
+
+    def tombstones(self, repo: str, cid: str) -> dict[str, dict]: ...
+    def purge(self, entries: list[dict], changes: list[RepoChange] | None = None, *,
+              author: str | None = None) -> dict[str, str]: ...
+    def publish(self, changes: list[RepoChange], *, author: str | None = None,
+                precondition: Callable[["Hub"], None] | None = None,
+                purge: list[dict] | None = None) -> dict[str, str]: ...
+
+
+class PurgeHistoryHub(Hub, Protocol):
+    """PURGE_HISTORY."""
+
+    def purge_history(self, repo: str, request_id: str) -> dict: ...
+
+
+@overload
+def supports(hub: object, capability: Literal["atomic-publish"]) -> TypeGuard[AtomicPublishHub]: ...
+@overload
+def supports(hub: object, capability: Literal["consistent-heads"]) -> TypeGuard[ConsistentHeadsHub]: ...
+@overload
+def supports(hub: object, capability: Literal["local-folder"]) -> TypeGuard[LocalFolderHub]: ...
+@overload
+def supports(hub: object, capability: Literal["blob-store"]) -> TypeGuard[BlobStoreHub]: ...
+@overload
+def supports(hub: object, capability: Literal["purge"]) -> TypeGuard[PurgeHub]: ...
+@overload
+def supports(hub: object, capability: Literal["purge-history"]) -> TypeGuard[PurgeHistoryHub]: ...
+@overload
+def supports(hub: object, capability: str) -> bool: ...
 def supports(hub: object, capability: str) -> bool:
     """Whether ``hub`` states ``capability`` (one of the names above; a misspelt one is a programming error)."""
     if capability not in CAPABILITIES:
@@ -166,6 +227,7 @@ def supports(hub: object, capability: str) -> bool:
     return capability in getattr(hub, "capabilities", ())
 
 
-__all__ = ["Hub", "CommitInfo", "Blob", "RepoChange", "check_changes", "check_card_write", "purged_error",
+__all__ = ["Hub", "AtomicPublishHub", "ConsistentHeadsHub", "LocalFolderHub", "BlobStoreHub", "PurgeHub",
+           "PurgeHistoryHub", "CommitInfo", "Blob", "RepoChange", "check_changes", "check_card_write", "purged_error",
            "supports", "CAPABILITIES", "ATOMIC_PUBLISH", "LOCK", "CONSISTENT_HEADS", "LOCAL_FOLDER", "BLOB_STORE",
            "PURGE", "PURGE_HISTORY"]

@@ -40,7 +40,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Protocol
 
 from ..constants import DEFAULT_AUTHOR, DEFAULT_BRANCH, FIUN_DIR, NO_SPACE
 from ..errors import (
@@ -281,7 +281,7 @@ class LocalHub:
         generation changed (a publish landed) is done again. A journal still present (a publish moving refs, or
         one a crash left) stands for its ``old`` heads. Costs two small reads on top of one read per ref."""
         names = None if repos is None else list(dict.fromkeys(repos))
-        dirs = {r: self.repo_dir(r) for r in names} if names is not None else None
+        dirs: dict[str, Path] = {r: self.repo_dir(r) for r in names} if names is not None else {}  # (else: below)
         deadline = time.monotonic() + LOCK_TIMEOUT_S
         while True:
             generation = self._generation()
@@ -305,7 +305,7 @@ class LocalHub:
                 raise RevisionNotFound(f"refs/main of {repo} is not a commit id; run `fiun-hub verify`")
             else:
                 raise RepoNotFound(f"repo {repo} not found in hub {self.root}")
-        return out
+        return {r: cid for r, cid in out.items() if cid is not None}  # (every None was dropped or raised above)
 
     def generation(self) -> int:
         """The hub's generation: bumped after the ref moves of every publish, tag move and journal recovery."""
@@ -346,13 +346,13 @@ class LocalHub:
         except OSError:
             return None
         try:
-            value = os.read(fd, 4096)
+            raw = os.read(fd, 4096)
         except OSError:  # a folder (refs/tags)
             return None
         finally:
             os.close(fd)
         try:
-            value = value.decode("ascii").strip()
+            value = raw.decode("ascii").strip()
         except UnicodeDecodeError:
             return None
         return value if COMMIT_RE.match(value) else None
@@ -367,8 +367,9 @@ class LocalHub:
         main = self._read_ref(main_ref) if revision == DEFAULT_BRANCH else None
         exists = main is not None or main_ref.is_file()
         # After the ref is read: while an unfinished publish moves it, the head is the one before that publish.
-        old = self._pending().get((repo, DEFAULT_BRANCH), _NOT_MOVED)
-        if old is not _NOT_MOVED:
+        pending = self._pending()
+        if (repo, DEFAULT_BRANCH) in pending:
+            old = pending[(repo, DEFAULT_BRANCH)]
             exists = old is not None
             if revision == DEFAULT_BRANCH:
                 main = old
@@ -536,7 +537,7 @@ class LocalHub:
             and isinstance(m.get("new"), str) and COMMIT_RE.match(m["new"])
             and (m.get("old") is None or isinstance(m["old"], str) and COMMIT_RE.match(m["old"]))
             and (m["ref"] == DEFAULT_BRANCH or m["ref"].startswith("tags/")) for m in moves)
-        if ok:
+        if ok and moves is not None:  # (ok: a list)
             try:
                 for m in moves:
                     validate_repo_id(m["repo"])
@@ -705,7 +706,7 @@ class LocalHub:
                 precondition(self)
             if purge:
                 self._check_purge(purge)
-            moves = []
+            moves: list[dict[str, Any]] = []  # {"repo", "ref", "old": commit or None, "new"}
             created: list[Path] = []  # what this publish wrote, removed again if it fails before its journal
             try:
                 for ch in changes:
@@ -722,7 +723,7 @@ class LocalHub:
                         raise BadInput(f"{ch.repo}: {clash[0]} is both a file and a folder in the new revision")
                     for p, content in ch.files.items():
                         tree[p], sizes[p] = self._store_blob(ch.repo, content, created)
-                    record = {
+                    record: dict[str, Any] = {
                         "repo": ch.repo,
                         "parents": [parent] if parent else [],
                         "author": ch.author or author or DEFAULT_AUTHOR,
@@ -897,7 +898,7 @@ class LocalHub:
             return
         index = _INDEXER.read(self)
         if index is None:  # no index yet (or it was removed): rebuild it whole from the cards
-            index = self._index_entries({r: self.head(r) for r in self.list_repos()})
+            index = {r: _INDEXER.entry(self, r, self.head(r)) for r in self.list_repos()}  # (_index_entries')
         index.update(entries)
         _INDEXER.write(self, index)
 
@@ -926,6 +927,18 @@ def register_indexer(indexer: Indexer | None) -> None:
     """Make ``indexer`` keep the lineage index of every LocalHub publish in this process (None: none does)."""
     global _INDEXER
     _INDEXER = indexer
+
+
+if TYPE_CHECKING:  # `mypy` (.ci/run) fails here when a LocalHub method drifts from the Hub Protocol or from
+    # the methods of a capability it states (hub/base.py)
+    from .base import AtomicPublishHub, BlobStoreHub, ConsistentHeadsHub, Hub, LocalFolderHub, PurgeHub
+
+    def _is_a_hub(hub: LocalHub) -> Hub:
+        return hub
+
+    def _has_its_capabilities(hub: LocalHub) -> tuple[AtomicPublishHub, ConsistentHeadsHub, LocalFolderHub,
+                                                      BlobStoreHub, PurgeHub]:
+        return hub, hub, hub, hub, hub
 
 
 __all__ = ["LocalHub", "DamagedJournal", "Indexer", "register_indexer", "INDEX_FILE", "atomic_write",

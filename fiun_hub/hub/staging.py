@@ -22,13 +22,16 @@ class StagedBlob(Blob):
     writes nothing; ``data`` maps the file (read-only, paged in only if something reads it), so nothing holds
     its bytes in memory. Until a ref names it, such a blob is invisible: publishing stays all or nothing."""
 
+    path: Path
+    size: int
+
     def __init__(self, path: str | os.PathLike, sha256: str, size: int):
         object.__setattr__(self, "path", Path(path))
         object.__setattr__(self, "sha256", sha256)
         object.__setattr__(self, "size", int(size))
 
     @property
-    def data(self):  # type: ignore[override]
+    def data(self):
         if self.size == 0:
             return b""
         with open(self.path, "rb") as fh:  # FileNotFoundError if it vanished: the publish then fails whole
