@@ -10,6 +10,7 @@ import sys
 import click
 
 from fiun_hub.errors import BadInput
+from fiun_hub.forget_record import forget_records
 from fiun_hub.hub.base import ATOMIC_PUBLISH, PURGE, supports
 
 from .common import Ctx, fail, handled, pass_ctx, short_sidecar
@@ -147,10 +148,11 @@ def show(c: Ctx, spec: str) -> None:
                          f"run `{info['sidecar']['fix']}`")
         if info["card_error"]:
             lines.append(f"  card:     ERROR {info['card_error']}")
-        for u in info["unlearned"]:
-            a = u.get("adopted_from") if isinstance(u.get("adopted_from"), dict) else None
-            lines.append(f"  forgot:   {u.get('request')} classes={u.get('classes')} at {u.get('at')}"
-                         + (f" (adopted: inferred parent {a.get('repo')}@{str(a.get('revision'))[:12]})" if a else ""))
+        for r in forget_records(info["unlearned"]):
+            a = r.adopted
+            classes = list(r.classes) if r.classes is not None else None
+            lines.append(f"  forgot:   {r.request} classes={classes} at {r.at}"
+                         + (f" (adopted: inferred parent {a.repo}@{a.revision[:12]})" if a else ""))
         lines.append("  files:")
         for p, f in sorted(info["files"].items()):
             lines.append(f"    {p:28s} {f['size'] if f['size'] is not None else '?':>10} {f['sha256'][:12]}")

@@ -32,12 +32,12 @@ from typing import Any
 
 import yaml
 
-from .constants import FIM_CLASSES_FILE, FIM_FILE, RELATIONS, TAG
+from .constants import FIM_CLASSES_FILE, FIM_FILE, MAX_LIST, RELATIONS, TAG
 from .errors import CardError, FiunError
-from .ids import COMMIT_RE, REQUEST_ID_RE, validate_repo_id
+from .forget_record import ForgetRecord, RecordError, check_record, forget_records  # (re-exported: the record's home)
+from .ids import COMMIT_RE, validate_repo_id
 
 MAX_CARD_BYTES = 1 << 20  # a card larger than this is refused before YAML parsing
-MAX_LIST = 100_000
 DEFAULT_BODY = "\n# {repo}\n\nA timm classifier stored by fiun-hub. Its lineage lives in the front matter above.\n"
 
 
@@ -58,12 +58,22 @@ class CardMeta:
     relation: str | None = None
     labels: list[str] = field(default_factory=list)
     fim: dict[str, Any] | None = None
+    # the forget records as the card holds them (plain data, written back as they are); typed: ``records``
     unlearned: list[dict[str, Any]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)  # other front-matter keys, kept as they were
 
     @property
     def base_model(self) -> list[str]:
         return [p.repo for p in self.parents]
+
+    @property
+    def records(self) -> list[ForgetRecord]:
+        """The forget records (``unlearned``) as :class:`~fiun_hub.forget_record.ForgetRecord`, oldest first."""
+        return forget_records(self.unlearned)
+
+    def record(self, request_id: str) -> ForgetRecord | None:
+        """The record of forget request ``request_id``, or None when the card carries none."""
+        return next((r for r in self.records if r.request == request_id), None)
 
 
 def _fail(where: str, msg: str) -> CardError:
@@ -261,66 +271,6 @@ def meta_from_dict(data: dict[str, Any], where: str = "") -> CardMeta:
     return CardMeta(parents=parents, relation=relation, labels=labels, fim=fim, unlearned=unlearned, extra=data)
 
 
-class RecordError(CardError):
-    """A ``fiun.unlearned`` record that breaks the schema (docs/card-schema.md): refused by every write path."""
-
-
-def _record_fail(where: str, msg: str) -> RecordError:
-    return RecordError(f"{where}: {msg}" if where else msg)
-
-
-_RECORD_STRINGS = ("at", "estimator", "reference", "data")
-
-
-def check_record(u: Any, where: str = "") -> None:
-    """One ``fiun.unlearned`` record against the schema: a ``request`` id (the rule of takedown ids), and each
-    other field fiun-hub reads, when present, of its type (``from_revision`` a 40-hex commit id, ``classes`` and
-    ``origins`` lists of strings, ``alpha`` / ``lambda`` numbers, ``at`` ... strings, ``inferred`` a boolean,
-    ``adopted_from`` a ``{repo, revision, evidence}`` mapping with ``inferred: true``). Raises :class:`RecordError`."""
-    if not isinstance(u, dict):
-        raise _record_fail(where, "card field fiun.unlearned must be a list of records")
-    rid = u.get("request")
-    if not isinstance(rid, str):
-        raise _record_fail(where, "each fiun.unlearned record needs a request id")
-    if not REQUEST_ID_RE.match(rid) or ".." in rid:
-        raise _record_fail(where, f"fiun.unlearned: request id {rid[:60]!r} is not letters, digits, '.', '_', '-' "
-                                  "(at most 128)")
-    rev = u.get("from_revision")
-    if rev is not None and not (isinstance(rev, str) and COMMIT_RE.match(rev)):
-        raise _record_fail(where, f"fiun.unlearned record {rid}: from_revision must be a 40-hex commit id, got "
-                                  f"{str(rev)[:60]!r}")
-    for key in ("classes", "origins"):
-        v = u.get(key)
-        if v is not None and not (isinstance(v, list) and len(v) <= MAX_LIST and all(isinstance(x, str) for x in v)):
-            raise _record_fail(where, f"fiun.unlearned record {rid}: {key} must be a list of strings")
-    for key in ("alpha", "lambda"):
-        v = u.get(key)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
-            raise _record_fail(where, f"fiun.unlearned record {rid}: {key} must be a number")
-    for key in _RECORD_STRINGS:
-        v = u.get(key)
-        if v is not None and not isinstance(v, str):
-            raise _record_fail(where, f"fiun.unlearned record {rid}: {key} must be a string")
-    inferred = u.get("inferred")
-    if inferred is not None and not isinstance(inferred, bool):
-        raise _record_fail(where, f"fiun.unlearned record {rid}: inferred must be true or false")
-    adopted = u.get("adopted_from")
-    if adopted is not None:
-        # `audit --fix --adopt`: the parent the weights look derived from, which the card does not declare
-        bad = f"fiun.unlearned record {rid}: adopted_from must be {{repo: org/name, revision: <40 hex>, evidence: {{...}}}}"
-        if not isinstance(adopted, dict) or not isinstance(adopted.get("revision"), str) \
-                or not COMMIT_RE.match(adopted["revision"]) or not isinstance(adopted.get("repo"), str) \
-                or not isinstance(adopted.get("evidence", {}), dict):
-            raise _record_fail(where, bad)
-        try:
-            validate_repo_id(adopted["repo"])
-        except FiunError:
-            raise _record_fail(where, bad) from None
-        if inferred is not True:
-            raise _record_fail(where, f"fiun.unlearned record {rid}: a record with adopted_from needs inferred: true "
-                                      "(the parent is inferred from the weights, not declared)")
-
-
 def claims_without_forget(records: list[dict], carried: list[dict], replaces: str | None) -> list[dict]:
     """The records of a card being written that cannot be the record of a forget: every record the revision it
     replaces did not carry must name that revision as its ``from_revision`` (a forget of exactly that head).
@@ -329,7 +279,8 @@ def claims_without_forget(records: list[dict], carried: list[dict], replaces: st
     none of a folder's records (it writes its card without them); serve's commit refuses what this returns (a
     remote ``fiun-hub forget`` passes: its records name the head they replace). Either way a record is a claim:
     only the ledger proves a takedown (fiun_hub.compliance.ledger_proof)."""
-    return [u for u in records if u not in carried and (not replaces or u.get("from_revision") != replaces)]
+    return [u for u in records if u not in carried
+            and (not replaces or ForgetRecord.from_dict(u).from_revision != replaces)]
 
 
 def meta_to_dict(meta: CardMeta) -> dict[str, Any]:

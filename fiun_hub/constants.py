@@ -19,6 +19,7 @@ FIM_CLASSES_FILE = "fim-classes.safetensors"
 RELATIONS = ("finetune", "merge", "adapter", "quantized")
 DEFAULT_AUTHOR = os.environ.get("USER", "fiun-hub")
 TAG = "fiun-hub"
+MAX_LIST = 100_000  # entries of one list in a card (card.MAX_LIST): labels, records, a record's classes
 MAX_CLASSES = 100_000  # labels of one model or data set: bounds every label list built from an untrusted integer
 LEDGER_REPO = "fiun-hub/ledger"  # the takedown ledger: a repo in the hub, not a model (kept out of the lineage)
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)  # what a full file system raises: out of bytes, inodes or quota

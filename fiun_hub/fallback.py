@@ -28,9 +28,8 @@ from typing import Any, Mapping, Sequence
 
 from .constants import CARD_FILE, FIM_CLASSES_FILE, FIM_FILE
 from .errors import FiunError, SidecarError
+from .forget_record import OWN  # (re-exported: a record's sidecar value)
 from .hub.base import PURGE, supports
-
-OWN = "own"
 
 
 @dataclass(frozen=True)
@@ -89,11 +88,10 @@ def _derived(hub, repo: str, prev, nxt) -> bool:
     from .card import parse_card
 
     try:
-        records = parse_card(hub.read_file(repo, CARD_FILE, nxt.id), where=f"{repo}@{nxt.id[:12]}").unlearned
+        records = parse_card(hub.read_file(repo, CARD_FILE, nxt.id), where=f"{repo}@{nxt.id[:12]}").records
     except FiunError:
         return False
-    if not any(isinstance(u, dict) and u.get("from_revision") == prev.id and u.get("sidecar", OWN) == OWN
-               for u in records):
+    if not any(r.from_revision == prev.id and r.own_sidecar for r in records):
         return False
     header = _header(hub, repo, nxt.id)
     return header.get("derived_from") == prev.id if header is not None else FIM_FILE in _stones(hub, repo, nxt.id)

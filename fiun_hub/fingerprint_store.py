@@ -25,6 +25,7 @@ import numpy as np
 
 from .constants import FIUN_DIR, WEIGHTS_FILE
 from .errors import BadInput
+from .forget_record import forget_records
 from .hub.base import BLOB_STORE, LOCAL_FOLDER, supports
 from .hub.local import atomic_write
 from .safetensors_io import parse_header
@@ -281,8 +282,8 @@ def rebuild_fingerprints(hub, entries: dict) -> None:
         return
     for repo, e in entries.items():
         record_fingerprint(hub, repo, e.get("weights"), verify=True)
-        for u in e.get("unlearned") or []:
-            rev = u.get("from_revision") if isinstance(u, dict) else None
+        for rec in forget_records(e.get("unlearned")):
+            rev = rec.from_revision
             if not rev:
                 continue
             try:

@@ -17,7 +17,8 @@ from typing import Iterable
 
 import networkx as nx
 
-from .card import check_record, parse_card
+from .card import parse_card
+from .forget_record import check_record, forget_records
 from .constants import CARD_FILE, CONFIG_FILE, FIM_FILE, FIUN_DIR, LEDGER_REPO, WEIGHTS_FILE
 from .errors import BadInput, CardError, LineageError, RepoNotFound
 from .hub import local as _local
@@ -302,6 +303,13 @@ def check(hub, g: nx.DiGraph | None = None) -> list[Problem]:
     for cyc in nx.simple_cycles(g):
         problems.append(Problem(cyc[0], "cycle", f"lineage cycle: {' -> '.join(cyc + [cyc[0]])}"))
     pre_forget_cache: dict[tuple[str, str], set[str]] = {}
+    records: dict[str, list] = {}  # repo -> its forget records (read once)
+
+    def records_of(r: str) -> list:
+        if r not in records:
+            records[r] = forget_records(g.nodes[r].get("unlearned"))
+        return records[r]
+
     for repo in sorted(g):
         attrs = g.nodes[repo]
         if attrs.get("missing"):
@@ -326,21 +334,21 @@ def check(hub, g: nx.DiGraph | None = None) -> list[Problem]:
                 problems.append(Problem(repo, "unknown-revision",
                                         f"{repo}: pinned revision {pin[:12]} of {parent} does not exist"))
                 continue
-            mine = {u.get("request") for u in attrs.get("unlearned") or []}
-            for rec in g.nodes[parent].get("unlearned") or []:
-                if rec.get("request") in mine or not rec.get("from_revision"):
+            mine = {r.request for r in records_of(repo)}
+            for rec in records_of(parent):
+                if rec.request in mine or not rec.from_revision:
                     continue
-                key = (parent, rec["from_revision"])
+                key = (parent, rec.from_revision)
                 if key not in pre_forget_cache:
                     try:
-                        pre_forget_cache[key] = {c.id for c in hub.history(parent, rec["from_revision"])}
+                        pre_forget_cache[key] = {c.id for c in hub.history(parent, rec.from_revision)}
                     except BadInput:
                         pre_forget_cache[key] = set()
                 if pin in pre_forget_cache[key]:
                     problems.append(Problem(
                         repo, "pre-forget-pin",
                         f"{repo}: derived from {parent}@{pin[:12]}, a revision that still holds data forgotten by "
-                        f"request {rec['request']}",
+                        f"request {rec.request}",
                     ))
     return problems
 
@@ -372,7 +380,7 @@ def _node_label(g: nx.DiGraph, n: str) -> str:
     if a.get("sidecar") != "none":
         bits.append(f"fim:{a.get('sidecar')}")
     if a.get("unlearned"):
-        bits.append("forgot:" + ",".join(u.get("request", "?") for u in a["unlearned"]))
+        bits.append("forgot:" + ",".join(r.request for r in forget_records(a["unlearned"])))
     return f"{n} [{' '.join(bits)}]"
 
 

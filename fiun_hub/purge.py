@@ -36,7 +36,7 @@ def purgeable(path: str) -> bool:
 
 def _carries(hub: LocalHub, repo: str, cid: str, request_id: str) -> bool:
     try:
-        return any(u.get("request") == request_id for u in read_meta(hub, repo, cid).unlearned)
+        return read_meta(hub, repo, cid).record(request_id) is not None
     except BadInput:
         return False  # an unreadable card proves nothing: the revision holds the data
 

@@ -41,16 +41,16 @@ def forgets_superseding(hub: Hub, repo: str, revision: str) -> set[str]:
     """The forget requests recorded at ``repo``'s head whose forget started at ``revision`` or after it: a child
     pinned to ``revision`` would keep what they removed. (Empty when the head's card cannot be read.)"""
     try:
-        records = read_meta(hub, repo).unlearned
+        records = read_meta(hub, repo).records
     except BadInput:
         return set()
     out = set()
     for rec in records:
-        start = rec.get("from_revision") if isinstance(rec, dict) else None
-        if isinstance(start, str) and start:
+        start = rec.from_revision
+        if start:
             try:
                 if revision in {c.id for c in hub.history(repo, start)}:
-                    out.add(str(rec.get("request")))
+                    out.add(rec.request)
             except BadInput:
                 continue
     return out
@@ -255,7 +255,7 @@ def log(hub: Hub, repo: str, revision: str | None = None, limit: int | None = No
     for info in hub.history(repo, revision, limit=limit):
         try:
             meta = parse_card(hub.read_file(repo, CARD_FILE, info.id))
-            forgets = [u.get("request") for u in meta.unlearned]
+            forgets = [r.request for r in meta.records]
         except BadInput:
             forgets = []
         out.append({"revision": info.id, "author": info.author, "time": info.time, "message": info.message,

@@ -20,6 +20,7 @@ from typing import Any, Callable, Sequence
 import networkx as nx
 
 from .card import parse_card_full, render_card
+from .forget_record import UNCHANGED, ForgetRecord, forget_records
 from .constants import CARD_FILE, CONFIG_FILE, FIM_CLASSES_FILE, FIM_FILE, WEIGHTS_FILE
 from .errors import BadInput, ConflictError, FiunError, LineageError, UnlearnError
 from .hub.ids import validate_repo_id, validate_request_id
@@ -186,11 +187,12 @@ def plan_forget(
     nodes, loaded = [], {}
     for repo in sorted(depths, key=lambda r: (depths[r], r)):
         a = g.nodes[repo]
-        done = any(u.get("request") == request_id for u in a.get("unlearned") or [])
+        records = forget_records(a.get("unlearned"))
+        done = any(r.request == request_id for r in records)
         labels = list(a.get("labels") or [])
         node = NodePlan(repo, depths[repo], a["head"], merge_sources(g, origins, repo), labels,
                         [c for c in (classes or []) if c in labels], None, a.get("sidecar", "none"), done)
-        node.forgotten_before = forgotten_before(a.get("unlearned") or [], labels, request_id)
+        node.forgotten_before = forgotten_before(records, labels, request_id)
         if a.get("card_error"):
             node.problems.append(a["card_error"])
         if not done:
@@ -290,7 +292,7 @@ def adopt_node(hub, plan: Plan, g: nx.DiGraph, repo: str, sources: Sequence[str]
                     adopted_from=dict(adopted_from) if adopted_from is not None else None,
                     inferred_ancestors={r: [(str(p["repo"]), str(p["revision"]))] for r, p in (inferred or {}).items()
                                         if r in up})
-    node.forgotten_before = forgotten_before(a.get("unlearned") or [], labels, plan.request_id)
+    node.forgotten_before = forgotten_before(forget_records(a.get("unlearned")), labels, plan.request_id)
     if a.get("card_error"):
         node.problems.append(a["card_error"])
     else:
@@ -299,13 +301,13 @@ def adopt_node(hub, plan: Plan, g: nx.DiGraph, repo: str, sources: Sequence[str]
     return node
 
 
-def forgotten_before(records: Sequence[dict], labels: Sequence[str], request_id: str) -> list[str]:
+def forgotten_before(records: Sequence[ForgetRecord], labels: Sequence[str], request_id: str) -> list[str]:
     """The labels of ``labels`` that class-wise records other than ``request_id`` removed (oldest first)."""
     out: list[str] = []
     for u in records:
-        if not isinstance(u, dict) or u.get("request") == request_id:
+        if u.request == request_id:
             continue
-        for c in u.get("classes") or []:
+        for c in u.classes or ():
             if str(c) in labels and str(c) not in out:
                 out.append(str(c))
     return out
@@ -358,16 +360,25 @@ def _mismatch(repo: str, sc, heads: Sequence[str], origin: str, osc) -> list[str
 
 
 # ------------------------------------------------------------------------------------------------ unlearning
-def origin_unlearning_fim(hub: Hub, plan: Plan, origin: str, device: str | None = None) -> tuple[dict, list[str],
-                                                                                                    str, str]:
-    """U(o) for one origin, on its weights before this request: (fim, labels, revision used, estimator)."""
+@dataclass(frozen=True)
+class OriginFim:
+    """U(o): one origin's unlearning FIM, on its weights before the request (:func:`origin_unlearning_fim`)."""
+
+    fim: dict[str, Any]  # layer -> tensor, head rows in ``labels`` order (aligned per repo by dampening.align_rows)
+    labels: list[str]  # the origin's head-row order
+    revision: str  # the origin's revision it was computed at (recorded in each record's ``origins``)
+    estimator: str  # its sidecar's estimator: every affected repo's must be the same
+
+
+def origin_unlearning_fim(hub: Hub, plan: Plan, origin: str, device: str | None = None) -> OriginFim:
+    """U(o) for one origin, on its weights before this request."""
 
     g_node = next(n for n in plan.nodes if n.repo == origin)
     revision = g_node.head
     if g_node.done:  # already unlearned: use the revision the request started from
         meta = read_meta(hub, origin, g_node.head)
-        rec = next(u for u in meta.unlearned if u.get("request") == plan.request_id)
-        revision = rec.get("from_revision") or revision
+        rec = next(r for r in meta.records if r.request == plan.request_id)
+        revision = rec.from_revision or revision
     got = plan._loaded.get(origin)
     if not g_node.done and got and len(got) > 2 and got[2].id == revision:
         sc = got[1]
@@ -377,7 +388,7 @@ def origin_unlearning_fim(hub: Hub, plan: Plan, origin: str, device: str | None 
         sc, _ = resolve_sidecars(hub, origin, info, oconfig.labels, oconfig.classifier)
     if plan.classes is not None:
         have = [c for c in plan.classes if sc.counts.get(c, 0) > 0]
-        return unlearning_fim(sc.class_fims, sc.counts, have), sc.labels, revision, sc.estimator
+        return OriginFim(unlearning_fim(sc.class_fims, sc.counts, have), sc.labels, revision, sc.estimator)
 
     model, config, _ = load_model(hub, origin, revision)
     data = load_for_model(plan.data_spec, config)
@@ -386,7 +397,7 @@ def origin_unlearning_fim(hub: Hub, plan: Plan, origin: str, device: str | None 
         raise UnlearnError(f"forget data {plan.data_spec} holds no sample of {origin}'s classes")
     res = compute_fisher(model, data.x, data.y, config.labels, sc.layers, estimator=sc.estimator,
                          batch_size=sc.batch_size or 64, device=device)
-    return res.model_fim, sc.labels, revision, sc.estimator
+    return OriginFim(res.model_fim, sc.labels, revision, sc.estimator)
 
 
 _Staging = Staging  # (the name the tests and older callers use; LocalHub.staging() makes one)
@@ -472,16 +483,17 @@ def run_forget(
             untouched.append(node.repo)
             continue
         heads = _head_params(sc.layers, config.classifier)
-        aligned = [align_rows(fims[o][0], fims[o][1], node.labels, heads) for o in node.sources]
+        aligned = [align_rows(fims[o].fim, fims[o].labels, node.labels, heads) for o in node.sources]
         for o, f in zip(node.sources, aligned):
             for name, t in f.items():
                 if name not in sc.model_fim or sc.model_fim[name].shape != t.shape:
                     raise UnlearnError(f"{node.repo}: layer {name} of origin {o} cannot be aligned "
                                        f"(shape {tuple(t.shape)} vs {tuple(sc.model_fim[name].shape) if name in sc.model_fim else 'absent'})")
         for o in node.sources:
-            if fims[o][3] != sc.estimator:
+            est = fims[o].estimator
+            if est != sc.estimator:
                 raise UnlearnError(f"{node.repo}: its sidecar uses the {sc.estimator} estimator but origin {o}'s "
-                                   f"uses {fims[o][3]}; recompute one with `fiun-hub fim --estimator {fims[o][3]} "
+                                   f"uses {est}; recompute one with `fiun-hub fim --estimator {est} "
                                    f"{node.repo} --data SPEC`")
         mfim = merge_fims(aligned)
         feats = _features_edit(hub, plan, node) if plan.scope == "features" else None
@@ -495,7 +507,7 @@ def run_forget(
         nodes[node.repo] = (node, sc, info)
 
     now = utc_now()
-    origin_revs = [f"{o}@{fims[o][2]}" for o in plan.origins]
+    origin_revs = [f"{o}@{fims[o].revision}" for o in plan.origins]
     what = (f"classes {', '.join(plan.classes)}" if plan.classes else
             f"{samples['count']} samples (sha256 {samples['sha256'][:12]})")
     changes: dict[str, RepoChange] = {}
@@ -529,32 +541,26 @@ def run_forget(
                 files.update({FIM_FILE: put(repo, fim_b), FIM_CLASSES_FILE: put(repo, cls_b)})
             files.update(_new_prototypes(hub, plan, node, info, sha))
         meta, body = parse_card_full(read_at(hub, repo, info, CARD_FILE), where=repo)
-        record = {
-            "request": plan.request_id,
-            "classes": plan.classes,
-            "origins": origin_revs,
-            "from_revision": node.head,
-            "alpha": plan.alpha,
-            "lambda": plan.lam,
-            "estimator": sc.estimator,
-            "reference": DEFAULT_REFERENCE_RULE if plan.classes else "zero",
-            "sidecar": node.sidecar_used,
-            "at": now,
-        }
-        if plan.scope != "head":
-            record["scope"] = plan.scope
-            if node.repo in plan._protos:
-                record["prototypes"] = plan._protos[node.repo][2]
-        if node.adopted_from is not None:
-            record["adopted_from"] = dict(node.adopted_from)
-            record["inferred"] = True
-        if result is None:
-            record["weights"] = "unchanged"
-        if samples is not None:
-            record["samples"] = samples
-            if plan.record_spec:
-                record["data"] = plan.data_spec
-        meta.unlearned = list(meta.unlearned) + [record]
+        record = ForgetRecord(
+            request=plan.request_id,
+            classes=tuple(plan.classes) if plan.classes is not None else None,
+            origins=tuple(origin_revs),
+            from_revision=node.head,
+            alpha=plan.alpha,
+            lam=plan.lam,
+            estimator=sc.estimator,
+            reference=DEFAULT_REFERENCE_RULE if plan.classes else "zero",
+            sidecar=node.sidecar_used,
+            at=now,
+            scope=plan.scope if plan.scope != "head" else None,
+            prototypes=plan._protos[node.repo][2] if plan.scope != "head" and node.repo in plan._protos else None,
+            adopted_from=dict(node.adopted_from) if node.adopted_from is not None else None,
+            inferred=True if node.adopted_from is not None else None,
+            weights=UNCHANGED if result is None else None,
+            samples=samples,
+            data=plan.data_spec if samples is not None and plan.record_spec else None,
+        )
+        meta.unlearned = list(meta.unlearned) + [record.to_dict()]
         card = render_card(meta, body, repo).encode()
         check_card_write(repo, card)  # what publish refuses (a card past the size fiun-hub reads), before it runs
         files[CARD_FILE] = card
@@ -675,6 +681,6 @@ def forget(hub: Hub, origins: Sequence[str], classes=None, data_spec=None, reque
     return plan, run_forget(hub, plan, **kwargs)
 
 
-__all__ = ["Plan", "NodePlan", "plan_forget", "adopt_node", "run_forget", "forget", "unlearn_node", "NodeTask",
+__all__ = ["Plan", "NodePlan", "OriginFim", "plan_forget", "adopt_node", "run_forget", "forget", "unlearn_node", "NodeTask",
            "ForgetResult", "default_request_id", "BadInput", "StagedBlob", "emit_weights", "utc_now",
            "read_into_bytearray", "splice_update"]

@@ -8,6 +8,7 @@ from typing import Any
 
 from ..constants import WEIGHTS_FILE
 from ..errors import BadInput
+from ..forget_record import ForgetRecord
 from ..hub.local import LocalHub
 from .ledger import adopted_entries, ledger_proof
 from .request import TakedownRequest
@@ -34,13 +35,13 @@ class CardCache:
 
     def carries(self, repo: str, rev: str, request_id: str) -> bool:
         m = self.meta(repo, rev)
-        return not isinstance(m, Exception) and any(u.get("request") == request_id for u in m.unlearned)
+        return not isinstance(m, Exception) and m.record(request_id) is not None
 
-    def record(self, repo: str, rev: str, request_id: str) -> dict | None:
+    def record(self, repo: str, rev: str, request_id: str) -> ForgetRecord | None:
         m = self.meta(repo, rev)
         if isinstance(m, Exception):
             return None
-        return next((u for u in m.unlearned if u.get("request") == request_id), None)
+        return m.record(request_id)
 
     def history(self, repo: str, rev: str) -> list:
         key = (repo, rev)
@@ -146,7 +147,7 @@ def classify(hub: LocalHub, request: TakedownRequest, record: dict | None, all_r
         if repo in ledger_repos:
             return ledger_repos[repo].get("first_from") or ledger_repos[repo].get("from")
         rec = lin.record(repo, heads[repo], rid)
-        return rec.get("from_revision") if rec else None
+        return rec.from_revision if rec else None
 
     def predates(repo: str, rev: str) -> bool:
         f = first_from(repo)

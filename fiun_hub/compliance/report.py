@@ -9,6 +9,7 @@ from typing import Any
 
 from ..constants import LEDGER_REPO
 from ..errors import BadInput
+from ..forget_record import forget_records
 from ..hub.local import LocalHub
 from . import clock
 from .classification import CardCache, RepoState, classify
@@ -67,8 +68,8 @@ def undeclared_derivatives(hub: LocalHub, rid: str, states: list[RepoState], lin
     pre = {}
     for s in states:
         led = s.ledger or {}
-        rec = lin.record(s.repo, s.head, rid) or {}
-        pre[s.repo] = led.get("first_from") or led.get("from") or rec.get("from_revision") or s.head
+        rec = lin.record(s.repo, s.head, rid)
+        pre[s.repo] = led.get("first_from") or led.get("from") or (rec.from_revision if rec else None) or s.head
     return undeclared_findings(hub, rid, pre, {s.repo for s in states},
                                carries=lambda repo, head: lin.carries(repo, head, rid))
 
@@ -112,7 +113,7 @@ def audit(hub: LocalHub, request_id: str | None = None, *, eval_data: str | None
     # Forgets run with plain `fiun-hub forget` have no request file and no ledger record: named, not audited
     # (`fiun-hub lineage --check` still reports models derived from their pre-forget revisions).
     untracked = [] if request_id is not None else sorted(
-        {u.get("request") for n in g.nodes for u in g.nodes[n].get("unlearned") or []} - set(records))
+        {r.request for n in g.nodes for r in forget_records(g.nodes[n].get("unlearned"))} - set(records))
     return {"kind": kind, "hub": str(hub.root), "generated_at": clock.now(), "ok": not findings,
             "eval_data": eval_data, "max_forget_acc": max_forget_acc,
             "ledger_revision": hub.head(LEDGER_REPO) if records else None,

@@ -225,7 +225,7 @@ def _origins_used(hub: LocalHub, plan, lin: CardCache) -> list[str]:
     for o in plan.origins:
         node = next(n for n in plan.nodes if n.repo == o)
         rec = lin.record(o, node.head, plan.request_id) if node.done else None
-        out.append(f"{o}@{(rec or {}).get('from_revision') or node.head}")
+        out.append(f"{o}@{(rec.from_revision if rec else None) or node.head}")
     return out
 
 
@@ -253,8 +253,8 @@ def apply_plan(hub: LocalHub, tp: TakedownPlan, kind: str, *, eval_data: str | N
         event["findings"] = findings
     heads = {s.repo: s.head for s in tp.states}
     for repo in tp.record_only:
-        rec = lin.record(repo, heads[repo], request.id) or {}
-        event["repos"][repo] = {"action": "recorded", "from": rec.get("from_revision"), "to": heads[repo],
+        rec = lin.record(repo, heads[repo], request.id)
+        event["repos"][repo] = {"action": "recorded", "from": rec.from_revision if rec else None, "to": heads[repo],
                                 "weights_sha256": hub.list_files(repo, heads[repo]).get(WEIGHTS_FILE)}
     texts = {} if tp.record is not None else {request.id: request.text or _yaml_of(request)}
 

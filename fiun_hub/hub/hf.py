@@ -362,10 +362,10 @@ class HfHub:
         keep: set[str] = set(self.list_files(repo).values())  # the head's files are never purged
         for info in self.history(repo):
             try:
-                unlearned = parse_card(self.read_file(repo, CARD_FILE, info.id)).unlearned
+                carries = parse_card(self.read_file(repo, CARD_FILE, info.id)).record(request_id) is not None
             except FiunError:
-                unlearned = []
-            if any(u.get("request") == request_id for u in unlearned):
+                carries = False
+            if carries:
                 keep |= set(info.files.values())
         api = HfApi(endpoint=self.endpoint, token=self.token, headers={"X-Fiun-Request": request_id})
         try:

@@ -185,7 +185,7 @@ class WriteRoutes:
     def _check_card(self, repo: str, content: bytes | Blob | Path, head=None) -> None:
         """A card must parse (docs/card-schema.md), must not make its repo its own ancestor, and may add only
         records of a forget of the head it replaces (card.claims_without_forget)."""
-        from ..card import MAX_CARD_BYTES, claims_without_forget, parse_card, parse_card_full
+        from ..card import MAX_CARD_BYTES, ForgetRecord, claims_without_forget, parse_card, parse_card_full
         from ..lineage import resolve, validate_new_parents
 
         if isinstance(content, Blob):
@@ -204,7 +204,7 @@ class WriteRoutes:
         claims = claims_without_forget(meta.unlearned, carried, head.id if head is not None else None)
         if claims:
             raise HTTPError(400, f"{repo}:{CARD_FILE}: fiun.unlearned record of request "
-                                 f"{str(claims[0].get('request'))[:130]} does not record a forget of the head it "
+                                 f"{ForgetRecord.from_dict(claims[0]).request[:130]} does not record a forget of the head it "
                                  f"replaces ({head.id[:12] if head is not None else 'none'}); forget records are "
                                  "written by `fiun-hub forget` / `takedown`, never claimed")
         if meta.parents:
