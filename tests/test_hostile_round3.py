@@ -150,3 +150,52 @@ def test_a_fingerprint_record_that_is_a_link_to_dev_zero_is_one_line(hub_copy, r
     os.symlink("/dev/zero", path)
     line = one_line(run_cli("--hub", hub_copy, "lineage", "--infer", timeout=60))
     assert "damaged weight fingerprint" in line
+
+
+# ------------------------------------------------------------------ sample-wise forget --data
+@pytest.fixture(scope="module")
+def sidecar_hub(tmp_path_factory):
+    """h/base -> h/child (untrained test_resnet over the ten digits, with sidecars): conftest's helper."""
+    from conftest import base_and_child_hub
+
+    return base_and_child_hub(tmp_path_factory.mktemp("samplewise"), "test_resnet", 60)["hub"].root
+
+
+def _digits_npz(path, start: int, n: int = 10) -> None:
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    np.savez(path, x=d.images[start:start + n].astype(np.float32), y=d.target[start:start + n])
+
+
+def test_a_sample_wise_forget_of_a_replaced_file_is_a_new_request_not_a_no_op(sidecar_hub, tmp_path, run_cli):
+    """Was: the default request id hashed the spec's text, so `forget --data npz:f.npz` after f.npz was replaced by
+    other samples said "already applied ... nothing to do" (exit 0) and those samples were never forgotten."""
+    hub = tmp_path / "hub"
+    shutil.copytree(sidecar_hub, hub, symlinks=True)
+    spec = f"npz:{tmp_path / 'f.npz'}"
+    _digits_npz(tmp_path / "f.npz", 0)
+    code, out, err = run_cli("--hub", hub, "--json", "forget", "--origin", "h/base", "--data", spec)
+    assert code == 0, err[-2000:]
+    first = json.loads(out)["request_id"]
+    _digits_npz(tmp_path / "f.npz", 500)  # other samples under the same name
+    code, out, err = run_cli("--hub", hub, "--json", "forget", "--origin", "h/base", "--data", spec, "--dry-run")
+    assert code == 0, err[-2000:]
+    plan = json.loads(out)
+    assert plan["request_id"] != first and not plan["noop"]
+    assert {n["repo"] for n in plan["nodes"] if not n["done"]} == {"h/base", "h/child"}
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty"])
+def test_a_sample_wise_dry_run_refuses_data_the_forget_would_refuse(sidecar_hub, tmp_path, run_cli, kind):
+    """Was: `forget --data SPEC --dry-run` never read SPEC: a missing or empty npz gave a plan and exit 0."""
+    import numpy as np
+
+    if kind == "empty":
+        np.savez(tmp_path / "f.npz", x=np.zeros((0, 8, 8), np.float32), y=np.zeros(0, np.int64))
+    before = fingerprint(sidecar_hub)
+    line = one_line(run_cli("--hub", sidecar_hub, "forget", "--origin", "h/base", "--data",
+                            f"npz:{tmp_path / 'f.npz'}", "--dry-run"))
+    assert ("f.npz" in line) and (kind != "empty" or "no samples" in line)
+    assert fingerprint(sidecar_hub) == before
