@@ -199,3 +199,18 @@ def test_a_sample_wise_dry_run_refuses_data_the_forget_would_refuse(sidecar_hub,
                             f"npz:{tmp_path / 'f.npz'}", "--dry-run"))
     assert ("f.npz" in line) and (kind != "empty" or "no samples" in line)
     assert fingerprint(sidecar_hub) == before
+
+
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_a_sample_wise_forget_of_non_finite_images_is_refused(sidecar_hub, tmp_path, run_cli, value):
+    """Was: `forget --data` on ten all-NaN (or all-inf) images exited 0 and published a new revision of every
+    affected repo recording a forget of samples no model can have seen (their Fisher is NaN, zeroed)."""
+    import numpy as np
+
+    hub = tmp_path / "hub"
+    shutil.copytree(sidecar_hub, hub, symlinks=True)
+    np.savez(tmp_path / "f.npz", x=np.full((10, 8, 8), float(value), np.float32), y=np.arange(10))
+    before = fingerprint(hub)
+    line = one_line(run_cli("--hub", hub, "forget", "--origin", "h/base", "--data", f"npz:{tmp_path / 'f.npz'}"))
+    assert "NaN or infinite" in line
+    assert fingerprint(hub) == before
