@@ -188,6 +188,8 @@ def to_unit_images(x: np.ndarray | torch.Tensor) -> torch.Tensor:
         t = t.float() / 255.0
     else:
         t = t.float()
+        if not bool(torch.isfinite(t).all()):  # NaN fed to a model gives NaN gradients: a Fisher of nothing
+            raise DataSpecError("images hold NaN or infinite values")
         hi = float(t.max()) if t.numel() else 1.0
         if hi > 1.0:
             t = t / hi

@@ -28,6 +28,8 @@ from .errors import BadInput
 from .forget_record import forget_records
 from .hub.base import BLOB_STORE, LOCAL_FOLDER, supports
 from .hub.local import atomic_write
+from .inputs import read_regular_file
+from .jsonsafe import loads as loads_json
 from .safetensors_io import parse_header
 
 FINGERPRINT_DIR = "fingerprints"
@@ -166,8 +168,25 @@ def _store(hub) -> Path:
     return Path(hub.root) / FIUN_DIR / FINGERPRINT_DIR
 
 
+_SHA256 = frozenset("0123456789abcdef")
+#: bound on one stored record (a fingerprint is ~200 bytes a tensor): a record swapped for ``/dev/zero`` or a huge
+#: file is one line, never a full memory
+MAX_RECORD = 64 << 20
+
+
 def fingerprint_path(hub, weights_sha256: str) -> Path:
+    if not (isinstance(weights_sha256, str) and len(weights_sha256) == 64 and set(weights_sha256) <= _SHA256):
+        raise BadInput(f"{str(weights_sha256)[:80]!r} is not a weights sha256 (lineage index edited by hand? "
+                       "rebuild with `fiun-hub verify --repair-index`)")
     return _store(hub) / weights_sha256[:2] / f"{weights_sha256}.json"
+
+
+def _read_record(path: Path, where: str, what: str):
+    """A stored JSON record: FileNotFoundError when there is none; else its value, read bounded from a regular
+    file and parsed with a depth bound (:class:`BadInput` otherwise)."""
+    if not os.path.lexists(path):
+        raise FileNotFoundError(path)
+    return loads_json(read_regular_file(path, MAX_RECORD, what), where, what)
 
 
 def _layout_path(hub, key: str) -> Path:
@@ -218,13 +237,13 @@ def _load_layout(hub, key: str, where: str) -> Layout:
     if ck in _LAYOUTS:
         return _LAYOUTS[ck]
     try:
-        d = json.loads(_layout_path(hub, key).read_bytes())
-        if d.get("format") != LAYOUT_FORMAT:
+        d = _read_record(_layout_path(hub, key), where, "tensor layout")
+        if not isinstance(d, dict) or d.get("format") != LAYOUT_FORMAT:
             raise ValueError("format")
         tensors = [(str(n), str(dt), tuple(int(v) for v in s)) for n, dt, s in d["tensors"]]
         if _layout_key(tensors) != key:
             raise ValueError("key does not match its tensors")
-    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, OverflowError, BadInput) as exc:
         raise BadInput(f"{where}: damaged tensor layout {key[:12]} in {FIUN_DIR}/{FINGERPRINT_DIR}/layouts "
                        f"({type(exc).__name__}); rebuild with `fiun-hub verify --repair-index`") from None
     _LAYOUTS[ck] = Layout(key, tensors)
@@ -236,10 +255,10 @@ def load_fingerprint(hub, weights_sha256: str, where: str = "") -> Fingerprint:
     path = fingerprint_path(hub, weights_sha256)
     where = where or weights_sha256[:12]
     try:
-        d = json.loads(path.read_bytes())
+        d = _read_record(path, where, "weight fingerprint")
     except FileNotFoundError:
         raise
-    except (OSError, ValueError):
+    except (OSError, ValueError, BadInput):
         d = None
     try:
         if not isinstance(d, dict) or d.get("format") != FINGERPRINT_FORMAT or d.get("weights") != weights_sha256 \

@@ -24,7 +24,12 @@ from .errors import BadInput, CardError, LineageError, RepoNotFound
 from .hub import local as _local
 from .hub.base import CONSISTENT_HEADS, LOCAL_FOLDER, supports
 from .preprocessing import of_config, stale_preprocessing
+from .hub.ids import validate_repo_id
 from .hub.local import INDEX_FILE
+from .inputs import read_regular_file
+from .jsonsafe import loads as loads_json
+
+MAX_INDEX = 1 << 30
 # /2: a sidecar's state also depends on the preprocessing it recorded (an index written before is rebuilt)
 INDEX_FORMAT = "fiun-lineage/2"
 
@@ -120,13 +125,13 @@ def read_index_file(hub) -> dict | None:
     """The index's repo entries, or None if there is no (readable) index."""
     if not supports(hub, LOCAL_FOLDER):  # a remote hub keeps no index: read the cards
         return None
-    try:
-        data = json.loads(_index_path(hub).read_bytes())
-    except (OSError, ValueError):
+    try:  # bounded and depth-checked: a hand-edited index is rebuilt from the cards, never a traceback
+        data = loads_json(read_regular_file(_index_path(hub), MAX_INDEX, "lineage index"), INDEX_FILE)
+    except (OSError, ValueError, BadInput):
         return None
     if not isinstance(data, dict) or data.get("format") != INDEX_FORMAT or not isinstance(data.get("repos"), dict):
         return None
-    if not all(_entry_ok(e) for e in data["repos"].values()):
+    if not all(_repo_ok(r) and _entry_ok(e) for r, e in data["repos"].items()):
         return None  # edited by hand or damaged: the cards are the truth (verify reports it, --repair-index fixes it)
     return data["repos"]
 
@@ -139,12 +144,25 @@ def _record_ok(u: object) -> bool:
     return True
 
 
+def _repo_ok(repo: object) -> bool:
+    try:
+        validate_repo_id(repo)
+    except BadInput:
+        return False
+    return True
+
+
+def _weights_ok(w: object) -> bool:
+    return w is None or (isinstance(w, str) and len(w) == 64 and all(c in "0123456789abcdef" for c in w))
+
+
 def _entry_ok(e: object) -> bool:
     """An index entry of the shape :func:`index_entry` writes (what graph_from_entries reads)."""
     return (isinstance(e, dict) and isinstance(e.get("head"), str) and isinstance(e.get("sidecar"), str)
             and (e.get("relation") is None or isinstance(e["relation"], str))
             and (e.get("card_error") is None or isinstance(e["card_error"], str))
             and isinstance(e.get("labels"), list) and isinstance(e.get("unlearned"), list)
+            and _weights_ok(e.get("weights"))
             and all(_record_ok(u) for u in e["unlearned"])
             and isinstance(e.get("parents"), list)
             and all(isinstance(p, dict) and isinstance(p.get("repo"), str) and isinstance(p.get("revision"), str)

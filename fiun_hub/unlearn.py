@@ -22,7 +22,7 @@ import networkx as nx
 from .card import parse_card_full, render_card
 from .forget_record import UNCHANGED, ForgetRecord, forget_records
 from .constants import CARD_FILE, CONFIG_FILE, FIM_CLASSES_FILE, FIM_FILE, WEIGHTS_FILE
-from .errors import BadInput, ConflictError, FiunError, LineageError, UnlearnError
+from .errors import BadInput, ConflictError, DataSpecError, FiunError, LineageError, UnlearnError
 from .hub.ids import validate_repo_id, validate_request_id
 from .hub.base import BLOB_STORE, LOCK, PURGE, Blob, Hub, RepoChange, check_card_write, supports
 from .hub.staging import StagedBlob, Staging
@@ -165,8 +165,17 @@ def plan_forget(
         lam = DEFAULT_LAMBDA if data_spec is None else SAMPLE_LAMBDA
     if not (alpha > 0 and lam > 0) or not all(map(lambda v: v == v and v != float("inf"), (alpha, lam))):
         raise UnlearnError(f"--alpha and --lambda must be positive and finite (got {alpha}, {lam})")
+    key = data_spec
+    if data_spec is not None:
+        # The samples, not the spec's text, name a sample-wise request: the same path holding other samples is
+        # another request (with the spec as key, a re-run on a replaced file was "already applied", exit 0, and
+        # the new samples were never forgotten). Read here, so --dry-run refuses what the forget would.
+        samples = samples_fingerprint(data_spec)
+        if not samples["count"]:
+            raise DataSpecError(f"data spec {data_spec!r} holds no samples")
+        key = f"samples:{samples['sha256']}"
     request_id = validate_request_id(request_id, "--request-id") if request_id is not None else \
-        default_request_id(origins, classes, data_spec)
+        default_request_id(origins, classes, key)
     g = resolve(hub)
     depths = affected(g, origins)
     sub = g.subgraph(depths)
