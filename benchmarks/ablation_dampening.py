@@ -279,10 +279,11 @@ class Variant:
     exponent: float = 1.0
     transport: bool = False  # rescale U into each descendant's FIM scale (mass ratio of retain FIMs)
     subsample: int | None = None
+    whole: bool = D.DEFAULT_WHOLE_ROWS  # forgotten head rows set whole to the reference (False: entry by entry)
 
     def settings(self) -> dict:
         return {k: getattr(self, k) for k in ("estimator", "layers", "retain", "rows", "mean_ref", "ref_rule", "alpha", "lam",
-                                              "exponent", "transport", "subsample")}
+                                              "exponent", "transport", "subsample", "whole")}
 
 
 def ancestors(nodes: dict[str, Node], name: str) -> set[str]:
@@ -325,7 +326,7 @@ def unlearn_all(nodes: dict[str, Node], v: Variant, forget: list[str], origins: 
         new[k] = D.class_forget_update(params, node.labels, f.model_fim, f.class_fims, f.counts, mfim, forget, HEAD,
                                        alpha=v.alpha, lam=v.lam, exponent=v.exponent, use_retain_fim=v.retain,
                                        forget_rows=v.rows, mean_reference=v.mean_ref,
-                                       reference_rule=v.ref_rule)
+                                       reference_rule=v.ref_rule, whole_rows=v.whole)
     return new
 
 
@@ -355,7 +356,7 @@ def summarize(before, after, scenario: str) -> dict:
             "meets_target": worst_f <= f_max and worst_d <= d_max}
 
 
-PAPER = dict(retain=False, rows=False, mean_ref=False, alpha=1.0, lam=1.0)
+PAPER = dict(retain=False, rows=False, mean_ref=False, alpha=1.0, lam=1.0, whole=False)
 
 VARIANTS = [
     # the paper's rule (DESIGN.md 5.5 as written), head only
@@ -385,6 +386,8 @@ VARIANTS = [
     Variant("chosen/retained-mean-ref", "chosen, dampen toward the retained-row mean (the rule before issue 16)",
             ref_rule="retained-mean"),
     Variant("chosen-rows", "chosen, every head row selectable", rows=False),
+    Variant("chosen/entry-wise", "chosen, forgotten head rows dampened entry by entry as selected (the rule before "
+            "whole rows)", whole=False),
     Variant("chosen/l1", "chosen with lambda=1", lam=1.0),
     Variant("chosen/l0.1", "chosen with lambda=0.1", lam=0.1),
     Variant("chosen/a3", "chosen with alpha=3", alpha=3.0),

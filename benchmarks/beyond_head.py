@@ -262,12 +262,36 @@ def copy_hub(src: Path, dst: Path) -> LocalHub:
 
 
 # ------------------------------------------------------------------------------------------------ one dataset
-def run_profile(name: str, prof: dict[str, Any], work: Path, seed: int) -> dict[str, Any]:
-    scn = plan_dag(prof, seed)
-    built = work / f"{name}-built"
+def build_or_reuse(scn: Scenario, built: Path, keep: bool) -> LocalHub:
+    """The built DAG in ``built``: trained now, or (``keep`` and a previous run's ``scenario.json`` is there) the
+    hub that run built with the same seeds, its revisions and build metrics read back from that JSON."""
+    facts = built / "scenario.json"
+    if keep and facts.exists():
+        saved = json.loads(facts.read_text())
+        if sorted(saved["nodes"]) != sorted(scn.nodes) or any(
+                list(scn.nodes[r].shard) != saved["nodes"][r]["shard"] for r in scn.nodes):
+            raise SystemExit(f"{built} holds another DAG (different repos or shards); remove it")
+        for r, n in scn.nodes.items():
+            n.revision, n.metrics = saved["nodes"][r]["revision"], saved["nodes"][r]["metrics"]
+        scn.build_seconds = saved["build_seconds"]
+        log(f"reusing the DAG built in {built}")
+        return LocalHub(built)
+    if built.exists():
+        shutil.rmtree(built)
     hub0 = LocalHub.init(built)
-    log(f"{name}: building {len(scn.nodes)} models")
+    log(f"building {len(scn.nodes)} models into {built}")
     realize_scenario(scn, hub0, num_threads=1, progress=lambda m: log(f"  build {m}"))
+    facts.write_text(json.dumps({"build_seconds": scn.build_seconds, "nodes": {
+        r: {"revision": n.revision, "metrics": n.metrics, "shard": [int(i) for i in n.shard]}
+        for r, n in scn.nodes.items()}}))
+    return hub0
+
+
+def run_profile(name: str, prof: dict[str, Any], work: Path, seed: int, *, requests: Sequence[str] | None = None,
+                wanted: Sequence[str] | None = None, keep: Path | None = None) -> dict[str, Any]:
+    scn = plan_dag(prof, seed)
+    built = (keep if keep is not None else work) / f"{name}-seed{seed}-built"
+    hub0 = build_or_reuse(scn, built, keep is not None)
     ev = Evaluator(scn, hub0, prof, seed)
     labels = list(scn.load_train().labels)
     affected = scn.affected()
@@ -284,6 +308,8 @@ def run_profile(name: str, prof: dict[str, Any], work: Path, seed: int) -> dict[
 
     # ---- class-wise
     for req, idx in CLASS_REQUESTS.items():
+        if requests is not None and req not in requests:
+            continue
         classes = [labels[i] for i in idx]
         log(f"{name}/{req}: forget {classes}")
         methods: dict[str, Any] = {"original": {"models": {r: ev.classwise(r, originals[r], classes)
@@ -293,7 +319,7 @@ def run_profile(name: str, prof: dict[str, Any], work: Path, seed: int) -> dict[
         methods["fiun"] = {"seconds": round(sec, 3), "changed_params": changed,
                            "models": {r: ev.classwise(r, ev.model(r, states[r]), classes) for r in affected}}
         log(f"{name}/{req}: fiun {sec:.2f}s")
-        if DF is not None:
+        if DF is not None and (wanted is None or "deep" in wanted):
             t = time.perf_counter()
             deep_states, info = DF.deep_class_forget(hub0, scn.origin, {r: scn.node(r).revision for r in affected},
                                                      classes, states)
@@ -304,17 +330,21 @@ def run_profile(name: str, prof: dict[str, Any], work: Path, seed: int) -> dict[
             log(f"{name}/{req}: deep {dsec:.2f}s")
         for mname, fn in (("retrain", BL.retrain), ("finetune", BL.finetune),
                           ("gradient_ascent", BL.gradient_ascent)):
+            if wanted is not None and mname not in wanted:
+                continue
             res = fn(scn, hub0, classes, num_threads=1)
             methods[mname] = {"seconds": round(res.seconds, 3),
                               "models": {r: ev.classwise(r, ev.model(r, res.states[r]), classes) for r in affected}}
             log(f"{name}/{req}: {mname} {res.seconds:.1f}s")
         shutil.rmtree(work / f"{name}-{req}", ignore_errors=True)
         out["requests"][req] = {"kind": "class", "forget_classes": classes, "methods": methods,
-                                "fiun_speedup_vs_retrain": _r(methods["retrain"]["seconds"] / max(sec, 1e-9))}
+                                "fiun_speedup_vs_retrain": _speedup(methods, sec)}
 
     # ---- sample-wise
     r_shard = list(scn.node(scn.origin).shard)
     for req, frac in SAMPLE_REQUESTS.items():
+        if requests is not None and req not in requests:
+            continue
         n = max(2, round(frac * len(r_shard)))
         rng = np.random.default_rng(seed + int(frac * 1000))
         drop = sorted(int(i) for i in rng.choice(r_shard, size=n, replace=False))
@@ -330,14 +360,21 @@ def run_profile(name: str, prof: dict[str, Any], work: Path, seed: int) -> dict[
         log(f"{name}/{req}: fiun {sec:.2f}s")
         base = samplewise_baselines(scn, hub0, drop, {r: before[r]["held_out_acc"] for r in affected})
         for mname, (s, st) in base.items():
+            if wanted is not None and mname not in wanted:
+                continue
             methods[mname] = {"seconds": round(s, 3),
                               "models": {r: ev.samplewise(r, ev.model(r, st[r]), forgotten) for r in affected}}
             log(f"{name}/{req}: {mname} {s:.1f}s")
         shutil.rmtree(work / f"{name}-{req}", ignore_errors=True)
         out["requests"][req] = {"kind": "sample", "samples": n, "origin_shard": len(r_shard), "methods": methods,
-                                "fiun_speedup_vs_retrain": _r(methods["retrain"]["seconds"] / max(sec, 1e-9))}
-    shutil.rmtree(built, ignore_errors=True)
+                                "fiun_speedup_vs_retrain": _speedup(methods, sec)}
+    if keep is None:
+        shutil.rmtree(built, ignore_errors=True)
     return out
+
+
+def _speedup(methods: dict[str, Any], sec: float) -> float | None:
+    return _r(methods["retrain"]["seconds"] / max(sec, 1e-9)) if "retrain" in methods else None
 
 
 # ------------------------------------------------------------------------------------------------ report
@@ -353,9 +390,10 @@ def markdown(results: dict[str, Any]) -> str:
             cols = CLASS_COLS if entry["kind"] == "class" else SAMPLE_COLS
             what = (", ".join(entry["forget_classes"]) if entry["kind"] == "class"
                     else f"{entry['samples']} of {entry['origin_shard']} samples of R")
-            lines.append(f"\n**{ds}, {req}** (forget {what}; FIUn {entry['methods']['fiun']['seconds']:.2f} s, "
-                         f"retrain {entry['methods']['retrain']['seconds']:.1f} s: "
-                         f"{entry['fiun_speedup_vs_retrain']}x)\n")
+            rt = entry["methods"].get("retrain")
+            lines.append(f"\n**{ds}, {req}** (forget {what}; FIUn {entry['methods']['fiun']['seconds']:.2f} s"
+                         + (f", retrain {rt['seconds']:.1f} s: {entry['fiun_speedup_vs_retrain']}x" if rt else "")
+                         + ")\n")
             lines.append("| method | model | " + " | ".join(c[1] for c in cols) + " |")
             lines.append("|---|---|" + "---|" * len(cols))
             for m, v in entry["methods"].items():
@@ -388,7 +426,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--datasets", default="digits,fashion-mnist")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(RESULTS / "beyond_head.json"))
+    ap.add_argument("--requests", default=None,
+                    help="comma-separated subset of " + ",".join([*CLASS_REQUESTS, *SAMPLE_REQUESTS]) + " (default all)")
+    ap.add_argument("--methods", default=None,
+                    help="comma-separated subset of deep,retrain,finetune,gradient_ascent run next to original and "
+                         "fiun (default all)")
+    ap.add_argument("--keep-built", default=None, metavar="DIR",
+                    help="build each dataset's DAG into DIR and keep it; a later run with the same DIR and seed reuses "
+                         "it instead of training again")
     args = ap.parse_args(argv)
+    requests = None if args.requests is None else [r.strip() for r in args.requests.split(",") if r.strip()]
+    wanted = None if args.methods is None else [m.strip() for m in args.methods.split(",") if m.strip()]
+    for r in requests or ():
+        if r not in CLASS_REQUESTS and r not in SAMPLE_REQUESTS:
+            print(f"unknown request {r!r}; use {', '.join([*CLASS_REQUESTS, *SAMPLE_REQUESTS])}", file=sys.stderr)
+            return 2
+    for m in wanted or ():
+        if m not in ("deep", "retrain", "finetune", "gradient_ascent"):
+            print(f"unknown method {m!r}; use deep, retrain, finetune, gradient_ascent", file=sys.stderr)
+            return 2
     names = [d.strip() for d in args.datasets.split(",") if d.strip()]
     for d in names:
         if d not in PROFILES:
@@ -398,13 +454,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         log("Fashion-MNIST is not installed: skipped")
         names.remove("fashion-mnist")
     t0 = time.perf_counter()
-    results: dict[str, Any] = {"command": "nice -n 10 python benchmarks/beyond_head.py --datasets "
-                                          + ",".join(names) + (f" --seed {args.seed}" if args.seed else ""),
+    given = list(sys.argv[1:] if argv is None else argv)
+    results: dict[str, Any] = {"command": " ".join(["nice -n 10 python benchmarks/beyond_head.py", *given]),
+                               "options": {"requests": requests, "methods": wanted},
                                "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                                "machine": machine_info(), "seed": args.seed, "relearn": RELEARN, "datasets": {}}
     with torch_threads(1), tempfile.TemporaryDirectory(prefix="fiun-beyond-") as tmp:
         for d in names:
-            results["datasets"][d] = run_profile(d, PROFILES[d], Path(tmp), args.seed)
+            results["datasets"][d] = run_profile(d, PROFILES[d], Path(tmp), args.seed, requests=requests,
+                                                 wanted=wanted,
+                                                 keep=None if args.keep_built is None else Path(args.keep_built))
     results["seconds"] = round(time.perf_counter() - t0, 1)
     results["machine"]["load_avg_end"] = list(os.getloadavg())
     out = Path(args.out)

@@ -68,6 +68,9 @@ DEFAULT_REFERENCE_RULE = "ranked-last"
 #: the ranked-last reference's bias margin, in units of ``||w_k - w_ref|| * (the features' RMS norm)``
 DEFAULT_RANK_MARGIN = 2.0
 REFERENCE_RULES = ("ranked-last", "elementwise-min", "retained-mean")
+#: class-wise: a forgotten head row that the forget data reach is set to its reference as a whole
+#: (:func:`whole_rows_stacked`, docs/method.md section 1), not entry by entry
+DEFAULT_WHOLE_ROWS = True
 
 
 # --------------------------------------------------------------------------------------------------- the update, stacked
@@ -152,6 +155,33 @@ def anchor_rows_stacked(new: torch.Tensor, rows: Sequence[int], keep: torch.Tens
     out = new.clone()
     out[:, list(rows)] = ref.expand((new.shape[0], len(rows)) + tuple(new.shape[2:])).to(new.dtype)
     return out
+
+
+def reached_rows_stacked(ms: Sequence[torch.Tensor], forget_mask: Sequence[bool]) -> torch.Tensor:
+    """(B, rows) bool: the rows flagged in ``forget_mask`` whose unlearning-FIM entries, over every head parameter
+    (``ms``: one stack (B, rows, ...) per head parameter), sum to more than 0 (:func:`nonneg64`: NaN and negatives
+    count as 0, +Inf as reached): the forgotten rows that the forget data reach."""
+    b, rows = ms[0].shape[0], ms[0].shape[1]
+    tot = torch.zeros((b, rows), dtype=torch.float64, device=ms[0].device)
+    for m in ms:
+        tot = tot + nonneg64(m).reshape(b, rows, -1).sum(-1)
+    return (tot > 0) & _row_mask(forget_mask, tot)
+
+
+def whole_rows_stacked(new: torch.Tensor, reference: torch.Tensor, reached: torch.Tensor) -> torch.Tensor:
+    """A stack of head parameters ``new`` (B, rows, ...) with the ``reached`` rows ((B, rows) bool,
+    :func:`reached_rows_stacked`) set to ``reference`` (broadcast to ``new``, e.g. (B, 1, ...)), in ``new``'s
+    dtype; other rows bit-identical.
+
+    Why whole rows: on a forgotten row ``k`` every retained sample's loss gradient w.r.t. the logit ``z_k`` is
+    ``p_k >= 0`` (it only ever pushes ``z_k`` down), so the retain FIM of that row measures how much the retained
+    data want the class's logit *lower*, never a reason to keep an entry of it; compared entry by entry with the
+    unlearning FIM it still left entries (a bias, part of the weights) where they were, and the half-moved logit
+    kept the class ranked 2nd. Set whole to the ranked-last reference, the row's logit is below every retained
+    logit for every feature vector within ``margin * R`` (:func:`ranked_last_reference`), which is also where a
+    later forget puts it as an inert row (:func:`anchor_inert_rows`)."""
+    sel = reached.reshape(tuple(reached.shape) + (1,) * (new.ndim - 2))
+    return torch.where(sel, reference.to(new.dtype).expand_as(new), new)
 
 
 def head_weight_bias(shapes: Mapping[str, Sequence[int]], rows: int) -> tuple[str, str] | None:
@@ -557,6 +587,7 @@ def class_forget_update(
     mean_reference: bool = True,
     inert: Sequence[str] = (),
     reference_rule: str | None = None,
+    whole_rows: bool = DEFAULT_WHOLE_ROWS,
 ) -> Fim:
     """The class-wise FIUn step for one affected model, with the chosen defaults (module docstring).
 
@@ -565,7 +596,9 @@ def class_forget_update(
     ``labels`` (:func:`align_rows`, :func:`merge_fims`); ``forget``: the forgotten label names (empty for a
     sample-wise forget). The three switches turn each change back into the paper's behaviour for ablations;
     ``reference_rule`` picks the reference of the dampened and inert rows (:func:`ranked_last_reference`; default
-    :data:`DEFAULT_REFERENCE_RULE`, which the batched path always uses).
+    :data:`DEFAULT_REFERENCE_RULE`, which the batched path always uses). ``whole_rows`` (default, and always on
+    the batched path): every forgotten head row that the unlearning FIM reaches is then set to that reference as a
+    whole (:func:`whole_rows_stacked`); False: entry by entry, as :func:`dampen` selects (the rule before).
 
     A class-wise forget of which the model has none of the labels changes nothing at all (retained rows never
     change). ``inert``: labels that earlier forgets removed from this model; their head rows are left out of the
@@ -590,6 +623,12 @@ def class_forget_update(
         if mean_reference and len(known) + len(inert_here) < len(labels):
             ref = ranked_last_reference(params, labels, known + inert_here, head, model_fim, rule=reference_rule)
     out = dampen(params, f, m, alpha=alpha, lam=lam, exponent=exponent, reference=ref)
+    reach = [n for n in head if n in m]
+    if whole_rows and ref is not None and reach:
+        mask = [lab in set(known) for lab in labels]
+        reached = reached_rows_stacked([m[n].detach().to("cpu")[None] for n in reach], mask)
+        for n in reach:
+            out[n] = whole_rows_stacked(out[n].detach().to("cpu")[None], ref[n][None], reached)[0].to(out[n].device)
     if inert_here and head and len(known) + len(inert_here) < len(labels):
         out = anchor_inert_rows(out, labels, inert_here, known, head, model_fim, rule=reference_rule)
     return out
@@ -719,5 +758,5 @@ __all__ = [
     "class_forget_update", "anchor_inert_rows", "sample_forget_update", "SAMPLE_ALPHA", "SAMPLE_LAMBDA",
     "SAMPLE_TOPK", "top_ratio_only", "match_mass", "normalized_head_fisher", "DEFAULT_REFERENCE_RULE",
     "DEFAULT_RANK_MARGIN", "REFERENCE_RULES", "head_weight_bias", "feature_norm_stacked", "ranked_last_stacked",
-    "ranked_last_reference",
+    "ranked_last_reference", "DEFAULT_WHOLE_ROWS", "reached_rows_stacked", "whole_rows_stacked",
 ]

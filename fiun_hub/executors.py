@@ -562,9 +562,10 @@ def dampen_group(group: Sequence[_Loaded], device: Any = None) -> list[dict[str,
     per-repo update runs on a stack of one. Returns each repo's new tensors, on CPU, in the group's order."""
     import torch
 
-    from .dampening import (DEFAULT_RANK_MARGIN, DEFAULT_REFERENCE_RULE, anchor_rows_stacked, dampen_stacked,
-                            feature_norm_stacked, forget_rows_stacked, head_weight_bias, nonneg64,
-                            ranked_last_stacked, retain_fim_stacked, row_mean_stacked)
+    from .dampening import (DEFAULT_RANK_MARGIN, DEFAULT_REFERENCE_RULE, DEFAULT_WHOLE_ROWS, anchor_rows_stacked,
+                            dampen_stacked, feature_norm_stacked, forget_rows_stacked, head_weight_bias, nonneg64,
+                            ranked_last_stacked, reached_rows_stacked, retain_fim_stacked, row_mean_stacked,
+                            whole_rows_stacked)
 
     dev = resolve_device(device)
     first = group[0]
@@ -597,6 +598,10 @@ def dampen_group(group: Sequence[_Loaded], device: Any = None) -> list[dict[str,
         return {wn: wref, bn: bref}
 
     head_params = {n: _stack((ld.params[n] for ld in group), dev) for n in heads}
+    head_m = {n: _stack((t.mfim[n] for t in tasks), dev) for n in heads}
+    reached = None  # the forgotten rows the forget data reach, set whole to the reference
+    if mask is not None and use_ref and DEFAULT_WHOLE_ROWS and heads:
+        reached = reached_rows_stacked([head_m[n] for n in heads], mask)
     refs = {}
     if mask is not None and use_ref:  # the retained rows (rows forgotten earlier are not retained)
         refs = head_refs(torch.tensor([i for i, fl in enumerate(mask) if not fl and not (anchor and anchor[i])],
@@ -607,13 +612,15 @@ def dampen_group(group: Sequence[_Loaded], device: Any = None) -> list[dict[str,
         f = retain_fim_stacked(nonneg64(_stack((t.model_fim[n] for t in tasks), dev)), totals,
                                [(counts[c], nonneg64(_stack((t.class_fims[c][n] for t in tasks), dev)))
                                 for c in drop])
-        m = _stack((t.mfim[n] for t in tasks), dev)
+        m = head_m[n] if is_head else _stack((t.mfim[n] for t in tasks), dev)
         ref = None
         if is_head and mask is not None:
             m = forget_rows_stacked(m, mask)
             if use_ref:
                 ref = refs[n].expand_as(p).to(p.dtype)
         new = dampen_stacked(p, f, m, alpha=alpha, lam=lam, reference=ref)
+        if is_head and reached is not None:
+            new = whole_rows_stacked(new, ref, reached)
         if is_head:
             updated[n] = new
         for i in range(b):
