@@ -3,12 +3,9 @@
 :mod:`fiun_hub.fingerprint_store` (below the lineage layer, which records one on every publish), re-exported here;
 this module is the inference, which reads the lineage index.
 
-A fingerprint is computed from a safetensors file's bytes (no model is built, nothing is unpickled): for every
-floating-point tensor, a digest of its bytes, the L2 norm of its centred values and a count sketch of them
-(``SKETCH_K`` signed bucket sums with a hash fixed by the tensor's size, so the same-shaped tensors of two models
-are sketched alike; sketches are linear, so a FedAvg merge's sketch is the average of its parents'). Fingerprints
-are stored by the weights' sha256 under ``HUB/.fiun/fingerprints/`` when a revision is published and are never
-removed, so the fingerprint of a pre-forget revision outlives its weights.
+A fingerprint (:mod:`fiun_hub.fingerprint_store` says what it holds and where it is stored) is per tensor a digest
+of its bytes, the norm of its centred values and a linear count sketch, so a FedAvg merge's sketch is the average
+of its parents'.
 
 Two models are compared on the tensors they share (same name, dtype and shape) in two groups:
 
