@@ -18,14 +18,17 @@ The class-wise step for one affected model ``v`` (origin or descendant), all of 
    ``n_forget / n`` (10% of the row left for one class in ten, 40% for four) and so never removes the class;
 2. on the head, only the rows of the forgotten labels may be selected (:func:`forget_rows_only`): retained
    rows are left bit-identical;
-3. dampened head rows shrink toward the **mean of the retained rows** (:func:`retained_mean_reference`),
-   not toward 0. A softmax head is only defined up to adding one vector to every row; shrinking toward 0
-   drives a forgotten logit to 0, which still wins whenever the other logits are negative (the common case
-   for a confident model on a sample of the forgotten class). Shrunk toward the retained mean, a fully
-   dampened class gets the average of the retained logits, which is below their maximum on every input;
-4. ``alpha = 1``, ``lam = 0.01``: a forget-row entry is selected when the forget data weigh on it more than the
-   retained data do, and then keeps at most 1% of its distance to its reference (``lam = 1``, the paper's
-   value, leaves up to all of it when the two FIMs are close, and misses the 4-class targets).
+3. dampened head rows shrink toward the **ranked-last reference** (:func:`ranked_last_reference`), not toward 0:
+   the retained rows' mean weight with a bias below every retained logit for features up to twice the norm the
+   model's own head FIM implies. A softmax head is only defined up to adding one vector to every row; toward 0 a
+   forgotten logit still wins whenever the other logits are negative, and toward the retained rows' *mean* (the
+   rule before issue 16) it sits between the retained logits and stays the runner-up where few are retained;
+4. a forgotten head row that the unlearning FIM reaches goes **whole** to that reference (``whole_rows``,
+   ``DEFAULT_WHOLE_ROWS``): for a retained sample the loss gradient on a forgotten logit always pushes it down,
+   so the retain FIM of a forgotten row is no reason to keep one of its entries, and entry by entry a bias left
+   unselected kept the class ranked 2nd (docs/method.md section 9). ``alpha = 1``, ``lam = 0.01`` still select
+   and dampen the entries of other layers and of sample-wise forgets (``lam = 1``, the paper's value, missed the
+   4-class targets).
 
 These defaults assume FIMs from the ``normalized`` per-sample estimator (each sample's squared gradient
 divided by its squared norm over the unlearnable layers, see :func:`fiun_hub.fisher.normalized_head_fisher`): such FIMs sum to

@@ -263,10 +263,11 @@ def transform_images(x: torch.Tensor, p: Preprocessing) -> torch.Tensor:
     if c != chans:
         if c == 1:
             t = t.expand(-1, chans, -1, -1)
-        elif chans == 1:
+        elif chans == 1 and c == 3:
             t = t.mean(dim=1, keepdim=True)
-        else:
-            raise DataSpecError(f"cannot shape {c}-channel images for a model with in_chans={chans}")
+        else:  # e.g. 5 channels for a 1-channel model: averaging them would feed it an image it never saw
+            raise DataSpecError(f"cannot shape {c}-channel images for a model with in_chans={chans} "
+                                "(1-channel images are repeated, 3-channel ones averaged; nothing else)")
     th, tw = p.input_size[1:]
     sh, sw = math.floor(th / p.crop_pct), math.floor(tw / p.crop_pct)
     h, w = t.shape[-2:]

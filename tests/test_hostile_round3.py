@@ -214,3 +214,19 @@ def test_a_sample_wise_forget_of_non_finite_images_is_refused(sidecar_hub, tmp_p
     line = one_line(run_cli("--hub", hub, "forget", "--origin", "h/base", "--data", f"npz:{tmp_path / 'f.npz'}"))
     assert "NaN or infinite" in line
     assert fingerprint(hub) == before
+
+
+def test_a_sample_wise_forget_of_five_channel_images_for_a_one_channel_model_is_refused(sidecar_hub, tmp_path,
+                                                                                         run_cli):
+    """Was: five-channel images given to a one-channel model were averaged into one channel and forgotten, exit 0:
+    an image the model never saw, forgotten in its place. Only 3-channel images are averaged (as RGB -> grey)."""
+    import numpy as np
+
+    hub = tmp_path / "hub"
+    shutil.copytree(sidecar_hub, hub, symlinks=True)
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "f.npz", x=rng.random((10, 5, 8, 8), dtype=np.float32), y=np.arange(10))
+    before = fingerprint(hub)
+    line = one_line(run_cli("--hub", hub, "forget", "--origin", "h/base", "--data", f"npz:{tmp_path / 'f.npz'}"))
+    assert "5-channel" in line and "in_chans=1" in line, line
+    assert fingerprint(hub) == before
