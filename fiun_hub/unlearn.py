@@ -174,9 +174,18 @@ def plan_forget(
         if not samples["count"]:
             raise DataSpecError(f"data spec {data_spec!r} holds no samples")
         key = f"samples:{samples['sha256']}"
-    request_id = validate_request_id(request_id, "--request-id") if request_id is not None else \
-        default_request_id(origins, classes, key)
     g = resolve(hub)
+    if request_id is not None:
+        request_id = validate_request_id(request_id, "--request-id")
+    else:
+        request_id = default_request_id(origins, classes, key)
+        if data_spec is not None:  # a record from before the samples named the request: the same samples under
+            # the spec-based id are the same request (a re-run stays a no-op; other samples there are still new)
+            legacy = default_request_id(origins, classes, data_spec)
+            if any(r.request == legacy and r.samples_fingerprint is not None
+                   and r.samples_fingerprint.sha256 == samples["sha256"]
+                   for o in origins if o in g for r in forget_records(g.nodes[o].get("unlearned"))):
+                request_id = legacy
     depths = affected(g, origins)
     sub = g.subgraph(depths)
     if not nx.is_directed_acyclic_graph(sub):

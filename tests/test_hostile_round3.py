@@ -230,3 +230,29 @@ def test_a_sample_wise_forget_of_five_channel_images_for_a_one_channel_model_is_
     line = one_line(run_cli("--hub", hub, "forget", "--origin", "h/base", "--data", f"npz:{tmp_path / 'f.npz'}"))
     assert "5-channel" in line and "in_chans=1" in line, line
     assert fingerprint(hub) == before
+
+
+def test_a_sample_wise_record_under_the_old_spec_based_id_still_makes_a_re_run_a_no_op(sidecar_hub, tmp_path,
+                                                                                        run_cli):
+    """Records written before the samples named a sample-wise request carry the id of the spec's text. The same
+    samples under that id are the same request (a re-run must not dampen them twice); other samples under the same
+    spec are still a new request."""
+    from fiun_hub.unlearn import default_request_id
+
+    hub = tmp_path / "hub"
+    shutil.copytree(sidecar_hub, hub, symlinks=True)
+    spec = f"npz:{tmp_path / 'f.npz'}"
+    legacy = default_request_id(["h/base"], None, spec)
+    _digits_npz(tmp_path / "f.npz", 0)
+    code, out, err = run_cli("--hub", hub, "--json", "forget", "--origin", "h/base", "--data", spec,
+                             "--request-id", legacy)  # what the code before wrote by default
+    assert code == 0, err[-2000:]
+    code, out, err = run_cli("--hub", hub, "--json", "forget", "--origin", "h/base", "--data", spec, "--dry-run")
+    assert code == 0, err[-2000:]
+    plan = json.loads(out)
+    assert plan["request_id"] == legacy and plan["noop"], plan
+    _digits_npz(tmp_path / "f.npz", 500)
+    code, out, err = run_cli("--hub", hub, "--json", "forget", "--origin", "h/base", "--data", spec, "--dry-run")
+    assert code == 0, err[-2000:]
+    plan = json.loads(out)
+    assert plan["request_id"] != legacy and not plan["noop"], plan
