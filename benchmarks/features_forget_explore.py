@@ -247,7 +247,7 @@ def single(families=("ssd", "shrink")) -> dict:
             u, _, _ = torch.linalg.svd(dirs, full_matrices=False)
             joint = dirs @ torch.tensor([float((tr.y == r).sum()) for r in rows], dtype=torch.float64)
             for k in range(1, len(rows) + 1):
-                for key, d in ((f"fold-data svd-k={k}", u[:, :k]),) + (((f"fold-data joint", joint[:, None]),)
+                for key, d in ((f"fold-data svd-k={k}", u[:, :k]),) + ((("fold-data joint", joint[:, None]),)
                                                                        if k == 1 else ()):
                     res[key] = sc(head_rule(fold_projection(m, projector(d, 1.0), c), LABELS, head_fim, forget))
                     log(f"{forget}: {key} {res[key]}")
