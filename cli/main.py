@@ -218,11 +218,12 @@ def lineage(c: Ctx, repo: str | None, up: bool, down: bool, fmt: str | None, out
     from fiun_hub import lineage as L
 
     hub = c.hub()
-    g = L.resolve(hub, rebuild=rebuild)
+    g, entries = L.resolve_entries(hub, rebuild=rebuild)
     if infer:
         from fiun_hub.fingerprint import infer as infer_edges
 
-        edges = infer_edges(hub, g)
+        # the entries g was built from, not a second read of the index (with --rebuild, infer reads it as before)
+        edges = infer_edges(hub, g, None if rebuild else entries)
         if repo is not None:
             edges = [e for e in edges if repo in (e.parent, e.child)]
         undeclared = [e for e in edges if not e.declared]

@@ -18,6 +18,7 @@ import hashlib
 import json
 import mmap
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,17 +169,20 @@ def _store(hub) -> Path:
     return Path(hub.root) / FIUN_DIR / FINGERPRINT_DIR
 
 
-_SHA256 = frozenset("0123456789abcdef")
 #: bound on one stored record (a fingerprint is ~200 bytes a tensor): a record swapped for ``/dev/zero`` or a huge
 #: file is one line, never a full memory
 MAX_RECORD = 64 << 20
 
 
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
+
+
 def fingerprint_path(hub, weights_sha256: str) -> Path:
-    if not (isinstance(weights_sha256, str) and len(weights_sha256) == 64 and set(weights_sha256) <= _SHA256):
+    if not (isinstance(weights_sha256, str) and _SHA256_RE.fullmatch(weights_sha256)):
         raise BadInput(f"{str(weights_sha256)[:80]!r} is not a weights sha256 (lineage index edited by hand? "
                        "rebuild with `fiun-hub verify --repair-index`)")
-    return _store(hub) / weights_sha256[:2] / f"{weights_sha256}.json"
+    # one path parse, not three joins (10k of these for a 10k-model infer)
+    return Path(f"{hub.root}/{FIUN_DIR}/{FINGERPRINT_DIR}/{weights_sha256[:2]}/{weights_sha256}.json")
 
 
 def _read_record(path: Path, where: str, what: str):

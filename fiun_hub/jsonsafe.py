@@ -12,14 +12,17 @@ MAX_DEPTH = 64  # no config, header or record fiun-hub reads nests anywhere near
 
 def depth_of(value: Any, limit: int = MAX_DEPTH) -> int:
     """Nesting depth of JSON data (iterative: never recurses), stopping once past ``limit``."""
+    if not isinstance(value, (dict, list)):
+        return 0
     deepest, stack = 0, [(value, 1)]
     while stack:
         v, d = stack.pop()
-        if isinstance(v, (dict, list)):
-            deepest = max(deepest, d)
+        if d > deepest:
+            deepest = d
             if deepest > limit:
                 return deepest
-            stack.extend((x, d + 1) for x in (v.values() if isinstance(v, dict) else v))
+        # only containers go on the stack (a record of 10k strings is one pass, not 10k pushes and pops)
+        stack.extend([(x, d + 1) for x in (v.values() if isinstance(v, dict) else v) if isinstance(x, (dict, list))])
     return deepest
 
 

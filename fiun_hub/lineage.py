@@ -11,6 +11,7 @@ large hub resolves from one file; ``resolve(hub, rebuild=True)`` reads every car
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -152,8 +153,11 @@ def _repo_ok(repo: object) -> bool:
     return True
 
 
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
+
+
 def _weights_ok(w: object) -> bool:
-    return w is None or (isinstance(w, str) and len(w) == 64 and all(c in "0123456789abcdef" for c in w))
+    return w is None or (isinstance(w, str) and _SHA256_RE.fullmatch(w) is not None)
 
 
 def _entry_ok(e: object) -> bool:
@@ -215,6 +219,11 @@ def graph_from_entries(entries: dict) -> nx.DiGraph:
 
 def resolve(hub, *, rebuild: bool = False) -> nx.DiGraph:
     """The inheritance DAG of a hub: from the index, or from every card when ``rebuild`` (or no index)."""
+    return resolve_entries(hub, rebuild=rebuild)[0]
+
+
+def resolve_entries(hub, *, rebuild: bool = False) -> tuple[nx.DiGraph, dict]:
+    """:func:`resolve` and the entries it was built from (the index read once, e.g. for ``lineage --infer``)."""
     import gc
 
     # Millions of small objects: the cyclic GC would rescan them over and over while they are built.
@@ -224,7 +233,7 @@ def resolve(hub, *, rebuild: bool = False) -> nx.DiGraph:
         entries = None if rebuild else read_index_file(hub)
         if entries is None:
             entries = rebuild_index(hub)
-        return graph_from_entries(entries)
+        return graph_from_entries(entries), entries
     finally:
         if enabled:
             gc.enable()
