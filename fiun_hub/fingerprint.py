@@ -536,17 +536,24 @@ def _prune_pairwise(pairs: dict) -> dict:
     return out
 
 
-def _since(hub, repo: str, head: str) -> str:
-    """When ``repo``'s weights at ``head`` first appeared on its history (the oldest commit still holding them)."""
+def _since(hub, repo: str, head: str, records: Iterable = ()) -> str:
+    """When ``repo``'s weights at ``head`` first appeared on its history (the oldest commit still holding them).
+    A forget's new weights are the same model's: walking back, a change of weights made by a forget that started
+    from the older commit (its ``from_revision``, in the head's forget ``records``) is crossed, so a forget does not
+    make its model look newer than the models derived from it before (which flipped their edges' direction)."""
     try:
         hist = hub.history(repo, head)
     except BadInput:
         return ""
+    starts = {u.get("from_revision") for u in records if isinstance(u, dict)} - {None}
     w = hist[0].files.get(WEIGHTS_FILE)
     t = hist[0].time
     for c in hist[1:]:
-        if c.files.get(WEIGHTS_FILE) != w:
-            break
+        cw = c.files.get(WEIGHTS_FILE)
+        if cw != w:
+            if not (cw and c.id in starts):
+                break
+            w = cw  # the newer weights are a forget of these
         t = c.time
     return t
 
@@ -601,7 +608,7 @@ def infer(hub, g=None, entries: dict | None = None) -> list[SuspectedEdge]:
 
     def when(r):
         if r not in since:
-            since[r] = _since(hub, r, entries[r]["head"])
+            since[r] = _since(hub, r, entries[r]["head"], entries[r].get("unlearned") or ())
         return since[r]
 
     # every model with a suspected relation needs its time: the pruning keeps each one's edge to its oldest relation

@@ -138,6 +138,21 @@ def test_takedown_plan_and_audit_name_the_undeclared_derivatives(built, tmp_path
     assert code == 1 and {f["repo"] for f in json.loads(out)["findings"]} == {FT, COPY}
 
 
+def test_a_forget_at_the_parent_does_not_flip_the_inferred_direction(built, tmp_path):
+    """After a takedown the parent's head weights are new, but they are a forget of the weights the undeclared
+    fine-tune came from: the edge still points parent -> fine-tune (it pointed fine-tune -> parent when the time
+    was that of the head's weights)."""
+    hub, req = built
+    hub = copy_hub(hub.root, tmp_path / "hub")
+    code, out, err = invoke("--hub", hub.root, "--json", "takedown", req)
+    assert code == 0, err
+    code, out, err = invoke("--hub", hub.root, "--json", "lineage", "--infer")
+    assert code == 0, err
+    pair = [e for e in json.loads(out)["edges"] if {e["parent"], e["child"]} == {R, FT}]
+    assert pair, "the fine-tune is still found after the forget"
+    assert [(e["parent"], e["child"], e["direction"]) for e in pair] == [(R, FT, "time")], pair
+
+
 def _snapshot(root) -> dict:
     import hashlib
 
