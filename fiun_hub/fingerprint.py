@@ -206,7 +206,7 @@ def candidate_pairs(groups: dict[str, _Group], queries: set | None = None, block
                 lo = int(r[0]) if ka == kb and queries is None else 0
                 ok = np.ones((r.size, len(gb.keys) - lo), dtype=bool)
                 for A, B in zip(comp_a, comp_b):
-                    if A is not None:
+                    if A is not None and B is not None:  # (both or neither: the same columns)
                         ok &= (A[r] @ B[lo:].T) >= CANDIDATE_MIN
                 if ka == kb:
                     if queries is None:
@@ -221,7 +221,7 @@ def candidate_pairs(groups: dict[str, _Group], queries: set | None = None, block
                 if rows_b.size:
                     ok = np.ones((rows_b.size, len(ga.keys)), dtype=bool)
                     for A, B in zip(comp_b, comp_a):
-                        if A is not None:
+                        if A is not None and B is not None:
                             ok &= (A[rows_b] @ B.T) >= CANDIDATE_MIN
                     ib2, ia2 = np.nonzero(ok)
                     ib2 = rows_b[ib2]
@@ -341,7 +341,7 @@ def relate(items: dict, queries: set | None = None) -> tuple[dict, list]:
     for child, cands in loose.items():
         if queries is not None and child in queries:
             continue
-        uniq = {}
+        uniq: dict = {}  # parent -> its best Evidence
         for p, ev in cands:
             if p not in uniq or ev.score > uniq[p].score:
                 uniq[p] = ev
@@ -515,7 +515,7 @@ def _prune_explained(pairs: dict) -> set:
         for start in range(0, len(keys), 2048):
             sl = slice(start, start + 2048)
             bar = sc[sl, None] + 1e-9
-            explained = ((S[ia[sl]] > bar) & (S[ib[sl]] > bar)).any(axis=1)
+            explained = np.any((S[ia[sl]] > bar) & (S[ib[sl]] > bar), axis=1)
             keep.update(k for k, e in zip(keys[sl], explained.tolist()) if not e or _whole_copy(pairs[k][1]))
     return keep
 
@@ -587,8 +587,9 @@ def head_fingerprints(hub, entries: dict) -> dict[str, Fingerprint]:
             continue
         if w not in cache:
             cache[w] = fingerprint_of(hub, repo, w, where=f"{repo}@{str(e.get('head'))[:12]}")
-        if cache[w] is not None:
-            out[repo] = cache[w]
+        fp = cache[w]
+        if fp is not None:
+            out[repo] = fp
     return out
 
 
@@ -717,15 +718,15 @@ def _merges_among_close(fps: dict, pairs: dict, edges: list[SuspectedEdge], time
             alt = {q: w for q, w in alt.items() if w > 1e-3}
             if alpha >= 0.05 and len(alt) >= 2:
                 alternatives.append((m, alt))
-        order = sorted(weights, key=lambda q: (-weights[q], str(q)))
-        common = {"merge_residual": float(f"{res:.3g}"), "merge_parents": order,
+        by_weight = sorted(weights, key=lambda q: (-weights[q], str(q)))
+        common = {"merge_residual": float(f"{res:.3g}"), "merge_parents": by_weight,
                   "merge_single_residual": float(f"{single:.3g}")}
         if alternatives:
             common["merge_alternatives"] = [
                 {"merge_parents": sorted(alt, key=lambda q: (-alt[q], str(q))),
                  "merge_weights": [round(alt[q], 4) for q in sorted(alt, key=lambda q: (-alt[q], str(q)))]}
                 for _, alt in alternatives]
-        for p in order:
+        for p in by_weight:
             edge(p, child).evidence.update(merge_weights=round(weights[p], 4), **common)
         for m, alt in alternatives:
             e = edge(m, child)
@@ -825,9 +826,9 @@ def _convex_fit(fps: dict, child, cands: list, matched: dict | None = None, excl
             continue
         ca, cb = aligned[p]
         pos = dict(zip(ca.tolist(), cb.tolist()))
-        idx = np.array([pos[c] for c in cols.tolist()], dtype=np.int64)
-        views.append(fps[p].sketch[idx])
-        valid = valid & (fps[p].norms[idx] > 0)
+        theirs = np.array([pos[c] for c in cols.tolist()], dtype=np.int64)
+        views.append(fps[p].sketch[theirs])
+        valid = valid & (fps[p].norms[theirs] > 0)
     target = (fc.sketch if cols is None else fc.sketch[cols]).astype(np.float64)
     learned = fc.layout.learned if cols is None else fc.layout.learned[cols]
     scale = np.linalg.norm(target, axis=1)

@@ -18,7 +18,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import AbstractSet, Any, Iterable, Mapping
 
 from .constants import CARD_FILE, CONFIG_FILE, FIM_CLASSES_FILE, FIM_FILE
 from .errors import BadInput
@@ -85,9 +85,9 @@ def fim_sources(records: Mapping[str, dict], extra: Iterable[str] = ()) -> set[t
     return out
 
 
-def purge_entries(hub: LocalHub, request_id: str, starts: Mapping[str, str], at: str, *,
-                  held: set[tuple[str, str]] = frozenset(), fim_keep: set[tuple[str, str]] = frozenset(),
-                  include_tombstoned: bool = False) -> list[dict]:
+def purge_entries(hub: LocalHub, request_id: str, starts: Mapping[str, str | None], at: str, *,
+                  held: AbstractSet[tuple[str, str]] = frozenset(),
+                  fim_keep: AbstractSet[tuple[str, str]] = frozenset(), include_tombstoned: bool = False) -> list[dict]:
     """Tombstones for a purge of ``request_id``: ``starts`` maps each repo to the revision its forget started
     from. Files already tombstoned are left out (unless ``include_tombstoned``: an audit's re-check)."""
     out, seen = [], set()
@@ -110,7 +110,7 @@ def purge_entries(hub: LocalHub, request_id: str, starts: Mapping[str, str], at:
     return out
 
 
-def held_revisions(hub: LocalHub, request_id: str, starts: Mapping[str, str]) -> dict[str, list[str]]:
+def held_revisions(hub: LocalHub, request_id: str, starts: Mapping[str, str | None]) -> dict[str, list[str]]:
     """What a ``--keep-history`` takedown keeps: per repo, the revisions that still hold the data."""
     return {repo: holding_revisions(hub, repo, start, request_id) for repo, start in sorted(starts.items()) if start}
 
@@ -165,7 +165,7 @@ class PurgingHub(LocalHub):
 def purged_shas(hub: LocalHub, freed_only: bool = False) -> dict[tuple[str, str], dict]:
     """``{(repo, sha256): tombstone}`` of every purged file in the hub (one read per tombstone record); with
     ``freed_only``, only those whose blob the purge deleted (others are still named by a kept revision)."""
-    out = {}
+    out: dict[tuple[str, str], dict] = {}
     base = hub.meta / "purged"
     for path in sorted(base.glob("*/*.json")) if base.is_dir() else []:
         try:
@@ -279,7 +279,7 @@ def leftovers(hub: LocalHub, request_id: str, record: dict, records: Mapping[str
             findings.append({"request": request_id, "repo": "", "kind": "unpurged",
                              "message": f"{path.relative_to(hub.root)} holds a file purged by request {request_id} "
                                         f"(sha256 {sha[:12]})"})
-    held = {}
+    held: dict[str, list[str]] = {}
     for repo, cid in sorted(mine):
         held.setdefault(repo, []).append(cid)
     return {"entries": todo, "blobs": blobs, "strays": strays, "held": held, "findings": findings}

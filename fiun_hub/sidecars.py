@@ -119,6 +119,7 @@ def fisher_of(hub, repo: str, revision: str, data_spec: str, *, layers: str = "h
     if not bool(data.x.isfinite().all()):
         raise SidecarError(f"{repo}: data {data_spec} holds NaN or Inf values")
     names = resolve_layers(model, layers, classifier=config.classifier)
+    assert config.preprocessing is not None  # (load_model's config always has it)
     with torch_threads(threads):
         result = compute_fisher(model, data.x, data.y, config.labels, names, estimator=estimator,
                                 batch_size=batch_size, device=device, progress=progress)

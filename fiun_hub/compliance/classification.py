@@ -120,8 +120,8 @@ def classify(hub: LocalHub, request: TakedownRequest, record: dict | None, all_r
     for repo in sorted(adopted, key=lambda r: depths.get(adopted[r]["repo"], 0)):
         if repo not in depths:
             base = depths.get(adopted[repo]["repo"], 0) + 1
-            for r, d in affected(g, [repo]).items():
-                depths[r] = min(depths.get(r, base + d), base + d)
+            for r, dist in affected(g, [repo]).items():
+                depths[r] = min(depths.get(r, base + dist), base + dist)
     heads = {r: g.nodes[r]["head"] for r in depths}
     applied = {r for r in depths if r in ledger_repos or lin.carries(r, heads[r], rid)}
     known_weights: dict[str, set[str]] = {}

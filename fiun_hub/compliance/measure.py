@@ -41,6 +41,7 @@ def measure(hub: LocalHub, request: TakedownRequest, repo: str, revision: str, e
                 return {"forget_acc": None, "retain_acc": r}
             return {"forget_acc": f, "retain_acc": r}
         known = held_out.to_label_space(config.labels)
+        assert request.data is not None  # a request names classes or data
         on_forget = _dataset(request.data, config).to_label_space(config.labels)
         if len(known) == 0 or len(on_forget) == 0:
             raise BadInput(f"{repo}: {eval_data if len(known) == 0 else request.data} holds no sample of its classes")
