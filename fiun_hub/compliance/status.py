@@ -14,7 +14,8 @@ plain value (``status.value``), so the JSON is what it was when statuses were st
 ('{"status": "pre-forget-pin"}', '  done', True)
 
 Two finding kinds are written, as plain values, by the lower tiers that find them (they cannot import this
-package): ``undeclared-derivative`` by fiun_hub/fingerprint.py, ``unpurged`` by fiun_hub/purge.py.
+package): ``undeclared-derivative`` by fiun_hub/fingerprint.py, ``unpurged`` by fiun_hub/purge.py. Their values
+are named once, in fiun_hub/constants.py, which both sides import.
 """
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ import enum
 import json  # noqa: F401  (the doctest)
 from dataclasses import dataclass
 from typing import overload
+
+from ..constants import FINDING_UNDECLARED_DERIVATIVE, FINDING_UNPURGED
 
 #: the lineage picture's legend classes (fiun_hub/report.py colours them)
 LEGENDS = ("done", "inherited", "pending", "flagged", "context")
@@ -113,11 +116,11 @@ class Status(str, enum.Enum):
         fix="forgets it, if it was `inherited`")
     ORIGIN_MISSING = "origin-missing", StatusInfo(
         "an origin of the request is no longer in the hub", True, row=False)
-    UNDECLARED_DERIVATIVE = "undeclared-derivative", StatusInfo(
+    UNDECLARED_DERIVATIVE = FINDING_UNDECLARED_DERIVATIVE, StatusInfo(
         "a model *outside* the affected set whose weights look derived from an affected repo's pre-forget revision, "
         "though its card does not declare it", True, row=False,
         fix="`--fix --adopt` forgets it; plain `--fix` leaves it")
-    UNPURGED = "unpurged", StatusInfo(
+    UNPURGED = FINDING_UNPURGED, StatusInfo(
         "a file of a pre-forget revision not tombstoned or whose blob is still on disk, a purged blob back in a "
         "repo, or a staged or temporary file holding a purged one", True, row=False,
         fix="purges it (a `purge` ledger event) and deletes the strays")
