@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import BadInput, FiunError
-from ..hub.local import LocalHub
+from ..hub.base import Hub
 from .request import TakedownRequest
 
 _DATA_CACHE: dict[tuple, Any] = {}
@@ -24,7 +24,7 @@ def _dataset(spec: str, config) -> Any:
     return _DATA_CACHE[key]
 
 
-def measure(hub: LocalHub, request: TakedownRequest, repo: str, revision: str, eval_data: str) -> dict[str, Any]:
+def measure(hub: Hub, request: TakedownRequest, repo: str, revision: str, eval_data: str) -> dict[str, Any]:
     """Held-out forget / retain accuracy (class-wise: on the request's classes the model has, and on its other
     classes) or accuracy on the forget samples and on ``eval_data`` (sample-wise) of ``repo@revision``, in
     percent; ``eval_error`` instead when the data does not fit the model."""
