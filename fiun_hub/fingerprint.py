@@ -51,7 +51,7 @@ from .fingerprint_store import (  # noqa: F401
     sketch_values,
     write_fingerprint,
 )
-from .hub.base import LOCAL_FOLDER, supports
+from .hub.base import LOCAL_FOLDER, Hub, supports
 
 #: decision thresholds, calibrated on independently trained models (docs/lineage-inference.md)
 IDENTICAL_MIN = 0.5      # share of comparable tensors that are byte-identical
@@ -576,7 +576,7 @@ def _prune_pairwise(pairs: dict) -> dict:
     return out
 
 
-def _since(hub, repo: str, head: str, records: Iterable = ()) -> str:
+def _since(hub: Hub, repo: str, head: str, records: Iterable = ()) -> str:
     """When ``repo``'s weights at ``head`` first appeared on its history (the oldest commit still holding them).
     A forget's new weights are the same model's: walking back, a change of weights made by a forget that started
     from the older commit (its ``from_revision``, in the head's forget ``records``) is crossed, so a forget does not
@@ -609,7 +609,7 @@ def _declared(g, a: str, b: str) -> bool:
     return bool(nx.ancestors(g, a) & nx.ancestors(g, b))
 
 
-def head_fingerprints(hub, entries: dict) -> dict[str, Fingerprint]:
+def head_fingerprints(hub: Hub, entries: dict) -> dict[str, Fingerprint]:
     """repo -> fingerprint of its head's weights, for index entries (repos without weights or fingerprint are
     left out). :class:`BadInput` on a damaged fingerprint."""
     out: dict[str, Fingerprint] = {}
@@ -633,7 +633,7 @@ def head_fingerprints(hub, entries: dict) -> dict[str, Fingerprint]:
     return out
 
 
-def infer(hub, g=None, entries: dict | None = None) -> list[SuspectedEdge]:
+def infer(hub: Hub, g=None, entries: dict | None = None) -> list[SuspectedEdge]:
     """Suspected edges among the heads of every repo in the hub, with evidence, direction and whether the cards
     declare them (declared: one is an ancestor of the other in ``g``, or both descend from one declared model)."""
     from .lineage import read_index_file, rebuild_index, resolve
@@ -989,7 +989,7 @@ def _relations(edges: list[SuspectedEdge], oldest: set) -> None:
             e.relation, e.via = Relation.SIBLING, near[0]
 
 
-def derivatives_of(hub, sources: dict[str, Fingerprint], entries: dict, exclude: Iterable[str] = ()) \
+def derivatives_of(hub: Hub, sources: dict[str, Fingerprint], entries: dict, exclude: Iterable[str] = ()) \
         -> dict[str, list[tuple[str, SuspectedEdge]]]:
     """Heads that look derived from the fingerprints ``sources`` (key, e.g. ``repo@rev`` -> Fingerprint), except
     repos in ``exclude``: source key -> [(repo, edge)]. Used by takedown plans and audits to find the undeclared
@@ -1025,7 +1025,7 @@ def derivatives_of(hub, sources: dict[str, Fingerprint], entries: dict, exclude:
     return out
 
 
-def undeclared_findings(hub, request_id: str, pre_forget: dict[str, str], exclude: Iterable[str],
+def undeclared_findings(hub: Hub, request_id: str, pre_forget: dict[str, str], exclude: Iterable[str],
                         carries=None) -> list[dict]:
     """Findings ``undeclared-derivative`` for a request: heads outside ``exclude`` (the declared affected set)
     that look derived from the pre-forget revision ``pre_forget[repo]`` of an affected repo. ``carries(repo,

@@ -24,7 +24,7 @@ from .forget_record import UNCHANGED, ForgetRecord, forget_records
 from .constants import CARD_FILE, CONFIG_FILE, FIM_CLASSES_FILE, FIM_FILE, WEIGHTS_FILE
 from .errors import BadInput, ConflictError, DataSpecError, FiunError, LineageError, UnlearnError
 from .hub.ids import validate_repo_id, validate_request_id
-from .hub.base import BLOB_STORE, LOCK, PURGE, Blob, Hub, RepoChange, check_card_write, supports
+from .hub.base import BLOB_STORE, LOCK, PURGE, Blob, CommitInfo, Hub, RepoChange, check_card_write, supports
 from .hub.staging import StagedBlob, Staging
 from .lineage import affected, merge_sources, resolve
 from .models import parse_config
@@ -228,7 +228,7 @@ def plan_forget(
 SCOPES = ("head", "features")
 
 
-def _check_features(hub, plan: Plan) -> None:
+def _check_features(hub: Hub, plan: Plan) -> None:
     """Features scope: read every affected repo's prototype sidecar (its own; the first origin's that has them for
     forgotten classes it lacks) into ``plan._protos``, and add to the nodes' problems what would stop the edit."""
     from .feature_forget import PROTO_FILE
@@ -260,7 +260,7 @@ def _check_features(hub, plan: Plan) -> None:
         plan._protos[node.repo] = (own[src][0], own[src][1], f"origin {src}")
 
 
-def _check_node(hub, node: NodePlan, loaded: dict, origins: Sequence[str],
+def _check_node(hub: Hub, node: NodePlan, loaded: dict, origins: Sequence[str],
                 classes: Sequence[str] | None) -> None:
     """Read ``node``'s head (config, sidecars: its own, else its ancestors' at the revisions it is pinned to, or
     at its inferred parent's for an adopted node) into ``loaded`` and add to ``node.problems`` what would stop
@@ -292,7 +292,7 @@ def _check_node(hub, node: NodePlan, loaded: dict, origins: Sequence[str],
         node.problems.append(str(exc))
 
 
-def adopt_node(hub, plan: Plan, g: nx.DiGraph, repo: str, sources: Sequence[str],
+def adopt_node(hub: Hub, plan: Plan, g: nx.DiGraph, repo: str, sources: Sequence[str],
                adopted_from: dict[str, Any] | None, depth: int = 1,
                inferred: dict[str, Any] | None = None) -> NodePlan:
     """A node for ``repo``, which the cards do not link to ``plan``'s origins, added to ``plan`` (to do): an
@@ -442,7 +442,7 @@ def utc_now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _loaded(hub, plan: Plan, node: NodePlan) -> tuple[Any, Any, Any]:
+def _loaded(hub: Hub, plan: Plan, node: NodePlan) -> tuple[Any, Any, Any]:
     """(config, sidecars, commit info) of ``node``'s head, from what planning read when it can."""
     got = plan._loaded.get(node.repo) or ()
     info = got[2] if len(got) > 2 else hub.commit_info(node.repo, node.head)
@@ -639,7 +639,7 @@ def run_forget(
     )
 
 
-def _features_edit(hub, plan: Plan, node: NodePlan) -> dict[str, Any] | None:
+def _features_edit(hub: Hub, plan: Plan, node: NodePlan) -> dict[str, Any] | None:
     """The features edit of one repo for its task: the fold point, the directions, the centre, the BNs' eps."""
     from .feature_forget import fold_point, projection
 
@@ -656,7 +656,7 @@ def _features_edit(hub, plan: Plan, node: NodePlan) -> dict[str, Any] | None:
             "eps": float(model.get_submodule(point["bn"]).eps)}  # type: ignore[arg-type]
 
 
-def _new_prototypes(hub, plan: Plan, node: NodePlan, info, sha: str | None) -> dict[str, bytes]:
+def _new_prototypes(hub: Hub, plan: Plan, node: NodePlan, info: CommitInfo, sha: str | None) -> dict[str, bytes]:
     """A repo's own prototype sidecar for its new revision: the forgotten classes dropped, the others projected
     as its features were (exact), bound to the new weights. Nothing when it has none."""
     from .feature_forget import PROTO_FILE, encode_prototypes, project_prototypes, projection
