@@ -27,3 +27,7 @@ NO_SPACE = (errno.ENOSPC, errno.EDQUOT)  # what a full file system raises: out o
 # fiun_hub/purge.py); their meaning: fiun_hub/compliance/status.py (Status.UNDECLARED_DERIVATIVE, Status.UNPURGED).
 FINDING_UNDECLARED_DERIVATIVE = "undeclared-derivative"
 FINDING_UNPURGED = "unpurged"
+# A ledger record's per-repo ``action`` (docs/takedowns.md, "The ledger"): written by the takedown's step
+# (fiun_hub/compliance/takedown.py), read by the ledger's proof rule and by the purge (fiun_hub/purge.py).
+LEDGER_FORGOT = "forgot"      # fiun-hub's own forget wrote this revision (with the sha256 of its weights)
+LEDGER_RECORDED = "recorded"  # the repo already carried the request: only entered in the ledger

@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 from typing import AbstractSet, Any, Iterable, Mapping
 
-from .constants import CARD_FILE, CONFIG_FILE, FIM_CLASSES_FILE, FIM_FILE, FINDING_UNPURGED
+from .constants import CARD_FILE, CONFIG_FILE, FIM_CLASSES_FILE, FIM_FILE, FINDING_UNPURGED, LEDGER_FORGOT
 from .errors import BadInput
 from .hub.base import Blob, Hub, PurgeHub, RepoChange
 from .hub.local import LocalHub, sha256_file
@@ -224,7 +224,7 @@ def leftovers(hub: LocalHub, request_id: str, record: dict, records: Mapping[str
     starts: dict[str, set[str]] = {}
     for ev in record.get("events", []):
         for repo, e in (ev.get("repos") or {}).items():
-            if e.get("action") == "forgot" and e.get("from") and hub.repo_exists(repo):
+            if e.get("action") == LEDGER_FORGOT and e.get("from") and hub.repo_exists(repo):
                 starts.setdefault(repo, set()).add(e["from"])
     entries: list[dict] = []
     for repo, froms in sorted(starts.items()):

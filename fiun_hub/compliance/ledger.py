@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..constants import CARD_FILE, LEDGER_REPO
+from ..constants import CARD_FILE, LEDGER_FORGOT, LEDGER_REPO
 from ..errors import BadInput
 from ..hub.base import Hub, RepoChange
 from .request import TakedownRequest
@@ -20,7 +20,8 @@ LEDGER_FORMAT = "fiun-ledger/1"
 def ledger_proof(entry: Any) -> bool:
     """A ledger entry that proves a forget: written by fiun-hub's own forget (``action: forgot``) with the sha256
     of the weights it wrote. An entry that only ``recorded`` what a card claimed proves nothing."""
-    return isinstance(entry, dict) and entry.get("action") == "forgot" and isinstance(entry.get("weights_sha256"), str)
+    return (isinstance(entry, dict) and entry.get("action") == LEDGER_FORGOT
+            and isinstance(entry.get("weights_sha256"), str))
 
 
 def ledger_exists(hub: Hub) -> bool:

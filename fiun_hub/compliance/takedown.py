@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from ..constants import DEFAULT_AUTHOR, LEDGER_REPO, WEIGHTS_FILE
+from ..constants import DEFAULT_AUTHOR, LEDGER_FORGOT, LEDGER_RECORDED, LEDGER_REPO, WEIGHTS_FILE
 from ..errors import BadInput, FiunError
 from ..hub.ids import split_repo_rev
 from ..hub.base import Blob, Hub, PurgeHub, RepoChange
@@ -255,7 +255,8 @@ def apply_plan(hub: PurgeHub, tp: TakedownPlan, kind: str, *, eval_data: str | N
     heads = {s.repo: s.head for s in tp.states}
     for repo in tp.record_only:
         rec = lin.record(repo, heads[repo], request.id)
-        event["repos"][repo] = {"action": "recorded", "from": rec.from_revision if rec else None, "to": heads[repo],
+        event["repos"][repo] = {"action": LEDGER_RECORDED, "from": rec.from_revision if rec else None,
+                                "to": heads[repo],
                                 "weights_sha256": hub.list_files(repo, heads[repo]).get(WEIGHTS_FILE)}
     texts = {} if tp.record is not None else {request.id: request.text or _yaml_of(request)}
 
@@ -264,7 +265,7 @@ def apply_plan(hub: PurgeHub, tp: TakedownPlan, kind: str, *, eval_data: str | N
 
     def build(changes: list[RepoChange]) -> RepoChange:
         for ch in changes:
-            event["repos"][ch.repo] = {"action": "forgot", "from": ch.parent_commit, "to": None,
+            event["repos"][ch.repo] = {"action": LEDGER_FORGOT, "from": ch.parent_commit, "to": None,
                                        "sidecar": used.get(ch.repo, "own"),
                                        **({"adopted_from": adopted[ch.repo]} if ch.repo in adopted else {}),
                                        "weights_sha256": _weights_of(ch), **{f"{k}_before": v for k, v in
