@@ -23,3 +23,11 @@ MAX_LIST = 100_000  # entries of one list in a card (card.MAX_LIST): labels, rec
 MAX_CLASSES = 100_000  # labels of one model or data set: bounds every label list built from an untrusted integer
 LEDGER_REPO = "fiun-hub/ledger"  # the takedown ledger: a repo in the hub, not a model (kept out of the lineage)
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)  # what a full file system raises: out of bytes, inodes or quota
+# Two audit finding kinds, written by the tiers below compliance that find them (fiun_hub/fingerprint.py,
+# fiun_hub/purge.py); their meaning: fiun_hub/compliance/status.py (Status.UNDECLARED_DERIVATIVE, Status.UNPURGED).
+FINDING_UNDECLARED_DERIVATIVE = "undeclared-derivative"
+FINDING_UNPURGED = "unpurged"
+# A ledger record's per-repo ``action`` (docs/takedowns.md, "The ledger"): written by the takedown's step
+# (fiun_hub/compliance/takedown.py), read by the ledger's proof rule and by the purge (fiun_hub/purge.py).
+LEDGER_FORGOT = "forgot"      # fiun-hub's own forget wrote this revision (with the sha256 of its weights)
+LEDGER_RECORDED = "recorded"  # the repo already carried the request: only entered in the ledger

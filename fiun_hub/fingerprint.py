@@ -21,12 +21,13 @@ suspected merge when its sketches are a convex combination of two or more others
 """
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 from typing import Iterable
 
 import numpy as np
 
-from .constants import LEDGER_REPO, WEIGHTS_FILE
+from .constants import FINDING_UNDECLARED_DERIVATIVE, LEDGER_REPO, WEIGHTS_FILE
 from .errors import BadInput
 # Computing and storing fingerprints sits below the lineage layer (fingerprint_store: every index entry writes
 # through it); its names are re-exported here, where the tests, the benchmarks and the CLI find them.
@@ -50,7 +51,7 @@ from .fingerprint_store import (  # noqa: F401
     sketch_values,
     write_fingerprint,
 )
-from .hub.base import LOCAL_FOLDER, supports
+from .hub.base import LOCAL_FOLDER, Hub, supports
 
 #: decision thresholds, calibrated on independently trained models (docs/lineage-inference.md)
 IDENTICAL_MIN = 0.5      # share of comparable tensors that are byte-identical
@@ -70,6 +71,47 @@ CLOSE_MERGE_RESIDUAL = 0.06  # the same among close models (:func:`_merges_among
 COMPACT_DIM = 64
 
 
+# ------------------------------------------------------------------------------------------- what an edge says
+class _Value(str, enum.Enum):
+    """A ``str`` enum: it compares, hashes, formats and JSON-encodes as its value; ``to_dict`` holds the plain
+    value (``.value``), so the ``lineage --infer --json`` output (and a card's ``adopted_from`` evidence) is what it
+    was when these were strings."""
+
+    __str__ = str.__str__
+
+    def __format__(self, format_spec: str) -> str:
+        return str.__format__(self, format_spec)
+
+
+class EdgeKind(_Value):
+    """What the weights of a suspected edge's two models show (:attr:`SuspectedEdge.kind`)."""
+
+    REUPLOAD = "re-upload"   # the same weights file
+    IDENTICAL = "identical"  # most shared tensors byte-identical (a frozen-backbone transfer child, say)
+    CLOSE = "close"          # both groups of tensors close (a fine-tune, a noisy copy)
+    MERGE = "merge"          # a convex combination of two or more others' (a FedAvg merge)
+
+
+class Direction(_Value):
+    """Why a suspected edge's parent is the parent (:attr:`SuspectedEdge.direction`)."""
+
+    TIME = "time"        # its weights appeared first on the history
+    MERGE = "merge"      # a merge fit: the parents are the fitted ones
+    FORGET = "forget"    # from an affected repo's pre-forget revision (takedown plans, audits)
+    UNKNOWN = "unknown"  # no way to tell: parent and child are the two models in name order
+
+
+class Relation(_Value):
+    """What a suspected edge is in the inferred lineage (:attr:`SuspectedEdge.relation`; :func:`_relations`,
+    :func:`_merges_among_close`)."""
+
+    DERIVED = "derived"      # a suspected derivation: child from parent
+    SIBLING = "sibling"      # both ends derive from ``via`` (their own reported edges say so), neither from the other
+    ANCESTOR = "ancestor"    # parent is an earlier ancestor of child through the reported edge ``via`` -> child
+    AMBIGUOUS = "ambiguous"  # a merge parent of child only in an alternative explanation of child's merge that fits
+    #                          its weights as well (``merge_alternatives``)
+
+
 # ------------------------------------------------------------------------------------------- comparing
 @dataclass
 class Evidence:
@@ -81,15 +123,15 @@ class Evidence:
     learned_similarity: float | None  # mean cosine over shared learned tensors
 
     @property
-    def kind(self) -> str | None:
+    def kind(self) -> EdgeKind | None:
         """``identical`` / ``close`` when the pair looks derived, else None."""
         if self.shared and self.identical >= max(1, IDENTICAL_MIN * self.shared):
-            return "identical"
+            return EdgeKind.IDENTICAL
         ini, lea = self.init_similarity, self.learned_similarity
         if ini is not None and ini >= INIT_MIN and (lea is None or lea >= LEARNED_MIN):
-            return "close"
+            return EdgeKind.CLOSE
         if ini is None and lea is not None and lea >= LEARNED_MIN:
-            return "close"
+            return EdgeKind.CLOSE
         return None
 
     @property
@@ -206,7 +248,7 @@ def candidate_pairs(groups: dict[str, _Group], queries: set | None = None, block
                 lo = int(r[0]) if ka == kb and queries is None else 0
                 ok = np.ones((r.size, len(gb.keys) - lo), dtype=bool)
                 for A, B in zip(comp_a, comp_b):
-                    if A is not None:
+                    if A is not None and B is not None:  # (both or neither: the same columns)
                         ok &= (A[r] @ B[lo:].T) >= CANDIDATE_MIN
                 if ka == kb:
                     if queries is None:
@@ -221,7 +263,7 @@ def candidate_pairs(groups: dict[str, _Group], queries: set | None = None, block
                 if rows_b.size:
                     ok = np.ones((rows_b.size, len(ga.keys)), dtype=bool)
                     for A, B in zip(comp_b, comp_a):
-                        if A is not None:
+                        if A is not None and B is not None:
                             ok &= (A[rows_b] @ B.T) >= CANDIDATE_MIN
                     ib2, ia2 = np.nonzero(ok)
                     ib2 = rows_b[ib2]
@@ -256,28 +298,26 @@ class SuspectedEdge:
 
     parent: str
     child: str
-    kind: str                 # re-upload | identical | close | merge
-    direction: str            # time | merge | forget | unknown
+    kind: EdgeKind            # re-upload | identical | close | merge
+    direction: Direction      # time | merge | forget | unknown
     declared: bool
     evidence: dict = field(default_factory=dict)
-    # derived: a suspected derivation (child from parent); sibling: both ends derive from ``via`` (their own
-    # reported edges say so), neither from the other; ancestor: parent is an earlier ancestor of child through the
-    # reported edge ``via`` -> child (a grandparent); ambiguous: parent is a merge parent of child only in an
-    # alternative explanation of child's merge that fits its weights as well (``merge_alternatives``). See
-    # :func:`_relations` and :func:`_merges_among_close`.
-    relation: str = "derived"
+    # derived | sibling | ancestor | ambiguous (:class:`Relation` says what each means; ``via``: the model a
+    # sibling or an ancestor edge goes through)
+    relation: Relation = Relation.DERIVED
     via: str | None = None
 
     def to_dict(self) -> dict:
-        d = {"parent": self.parent, "child": self.child, "kind": self.kind, "direction": self.direction,
-             "declared": self.declared, "relation": self.relation}
+        d = {"parent": self.parent, "child": self.child, "kind": EdgeKind(self.kind).value,
+             "direction": Direction(self.direction).value, "declared": self.declared,
+             "relation": Relation(self.relation).value}
         if self.via is not None:
             d["via"] = self.via
         return {**d, **self.evidence}
 
     def line(self) -> str:
         e = self.evidence
-        arrow = "->" if self.direction != "unknown" else "<->"
+        arrow = "->" if self.direction != Direction.UNKNOWN else "<->"
         bits = [f"{e.get('identical_tensors', 0)}/{e.get('shared_tensors', 0)} tensors identical"]
         for k, name in (("init_similarity", "init"), ("learned_similarity", "learned")):
             if e.get(k) is not None:
@@ -285,12 +325,12 @@ class SuspectedEdge:
         if "merge_weights" in e:
             bits.append(f"merge weight {e['merge_weights']:.2f}, residual {e['merge_residual']:.3f}")
         bits.append(f"direction: {self.direction}")
-        what = self.kind
-        if self.relation == "sibling":
+        what: str = self.kind
+        if self.relation == Relation.SIBLING:
             arrow, what = "<->", f"sibling ({self.kind}, both from {self.via})"
-        elif self.relation == "ancestor":
+        elif self.relation == Relation.ANCESTOR:
             what = f"ancestor ({self.kind}, through {self.via})"
-        elif self.relation == "ambiguous":
+        elif self.relation == Relation.AMBIGUOUS:
             alts = e.get("merge_alternatives") or [{}]
             what = (f"ambiguous ({self.kind}, a parent only if {self.child} is the merge of "
                     f"{' + '.join(alts[0].get('merge_parents', []))} rather than of its fitted parents)")
@@ -341,7 +381,7 @@ def relate(items: dict, queries: set | None = None) -> tuple[dict, list]:
     for child, cands in loose.items():
         if queries is not None and child in queries:
             continue
-        uniq = {}
+        uniq: dict = {}  # parent -> its best Evidence
         for p, ev in cands:
             if p not in uniq or ev.score > uniq[p].score:
                 uniq[p] = ev
@@ -515,7 +555,7 @@ def _prune_explained(pairs: dict) -> set:
         for start in range(0, len(keys), 2048):
             sl = slice(start, start + 2048)
             bar = sc[sl, None] + 1e-9
-            explained = ((S[ia[sl]] > bar) & (S[ib[sl]] > bar)).any(axis=1)
+            explained = np.any((S[ia[sl]] > bar) & (S[ib[sl]] > bar), axis=1)
             keep.update(k for k, e in zip(keys[sl], explained.tolist()) if not e or _whole_copy(pairs[k][1]))
     return keep
 
@@ -536,7 +576,7 @@ def _prune_pairwise(pairs: dict) -> dict:
     return out
 
 
-def _since(hub, repo: str, head: str, records: Iterable = ()) -> str:
+def _since(hub: Hub, repo: str, head: str, records: Iterable = ()) -> str:
     """When ``repo``'s weights at ``head`` first appeared on its history (the oldest commit still holding them).
     A forget's new weights are the same model's: walking back, a change of weights made by a forget that started
     from the older commit (its ``from_revision``, in the head's forget ``records``) is crossed, so a forget does not
@@ -569,7 +609,7 @@ def _declared(g, a: str, b: str) -> bool:
     return bool(nx.ancestors(g, a) & nx.ancestors(g, b))
 
 
-def head_fingerprints(hub, entries: dict) -> dict[str, Fingerprint]:
+def head_fingerprints(hub: Hub, entries: dict) -> dict[str, Fingerprint]:
     """repo -> fingerprint of its head's weights, for index entries (repos without weights or fingerprint are
     left out). :class:`BadInput` on a damaged fingerprint."""
     out: dict[str, Fingerprint] = {}
@@ -587,12 +627,13 @@ def head_fingerprints(hub, entries: dict) -> dict[str, Fingerprint]:
             continue
         if w not in cache:
             cache[w] = fingerprint_of(hub, repo, w, where=f"{repo}@{str(e.get('head'))[:12]}")
-        if cache[w] is not None:
-            out[repo] = cache[w]
+        fp = cache[w]
+        if fp is not None:
+            out[repo] = fp
     return out
 
 
-def infer(hub, g=None, entries: dict | None = None) -> list[SuspectedEdge]:
+def infer(hub: Hub, g=None, entries: dict | None = None) -> list[SuspectedEdge]:
     """Suspected edges among the heads of every repo in the hub, with evidence, direction and whether the cards
     declare them (declared: one is an ancestor of the other in ``g``, or both descend from one declared model)."""
     from .lineage import read_index_file, rebuild_index, resolve
@@ -620,13 +661,13 @@ def infer(hub, g=None, entries: dict | None = None) -> list[SuspectedEdge]:
     edges: list[SuspectedEdge] = []
 
     for (a, b), (kind, ev) in sorted(pairs.items()):
-        if kind == "identical" and fps[a].weights == fps[b].weights:
-            kind = "re-upload"
+        if kind == EdgeKind.IDENTICAL and fps[a].weights == fps[b].weights:
+            kind = EdgeKind.REUPLOAD
         ta, tb = when(a), when(b)
         if ta and tb and ta != tb:
-            parent, child, direction = (a, b, "time") if ta < tb else (b, a, "time")
+            parent, child, direction = (a, b, Direction.TIME) if ta < tb else (b, a, Direction.TIME)
         else:
-            parent, child, direction = a, b, "unknown"
+            parent, child, direction = a, b, Direction.UNKNOWN
         edges.append(SuspectedEdge(parent, child, kind, direction, _declared(g, a, b), ev.to_dict()))
     for child, parents, (r_init, r_learned), evs in merges:
         for p, w in parents:
@@ -634,7 +675,7 @@ def infer(hub, g=None, entries: dict | None = None) -> list[SuspectedEdge]:
             d.update(merge_weights=round(w, 4), merge_residual=round(max(r for r in (r_init, r_learned)
                                                                         if r is not None), 4),
                      merge_parents=[q for q, _ in parents])
-            edges.append(SuspectedEdge(p, child, "merge", "merge", _declared(g, p, child), d))
+            edges.append(SuspectedEdge(p, child, EdgeKind.MERGE, Direction.MERGE, _declared(g, p, child), d))
     _merges_among_close(fps, every, edges, times, lambda a, b: _declared(g, a, b), timed)
     _relations(edges, oldest)
     edges.sort(key=lambda e: (e.declared, e.parent, e.child))
@@ -661,7 +702,7 @@ def _merges_among_close(fps: dict, pairs: dict, edges: list[SuspectedEdge], time
     the composite candidate is reported with ``relation`` ``ambiguous``: from the weights, it may or may not be a
     parent. ``edges`` is changed in place; ``declared(a, b)`` for the edges added."""
     times = times or {}
-    merged = {e.child for e in edges if e.kind == "merge"}
+    merged = {e.child for e in edges if e.kind == EdgeKind.MERGE}
     key = lambda a, b: (a, b) if str(a) <= str(b) else (b, a)  # noqa: E731
     by_key = {key(e.parent, e.child): e for e in edges}
     # every pair with a time on both sides (:func:`_timed_pairs`): per later end, its relations, most similar first
@@ -670,7 +711,7 @@ def _merges_among_close(fps: dict, pairs: dict, edges: list[SuspectedEdge], time
     if timed is not None:
         keys, ra, rb, score, ia, ib, names_ = timed
         whole = np.zeros(len(keys), dtype=bool)  # only an `identical` pair can be a whole copy
-        ident = [i for i, k in enumerate(keys) if pairs[k][0] == "identical"]
+        ident = [i for i, k in enumerate(keys) if pairs[k][0] == EdgeKind.IDENTICAL]
         whole[ident] = [_whole_copy(pairs[keys[i]][1]) for i in ident]
         young, old = np.where(ra > rb, ia, ib), np.where(ra > rb, ib, ia)
         order = np.lexsort((-score, young))  # per later model: its relations, most similar first
@@ -690,7 +731,7 @@ def _merges_among_close(fps: dict, pairs: dict, edges: list[SuspectedEdge], time
         e = by_key.get(key(p, child))
         if e is None:  # pruned: some third model was closer to both
             kind, ev = pairs[key(p, child)]
-            e = SuspectedEdge(p, child, kind, "time", declared(p, child), ev.to_dict())
+            e = SuspectedEdge(p, child, kind, Direction.TIME, declared(p, child), ev.to_dict())
             edges.append(e)
             by_key[key(p, child)] = e
         return e
@@ -717,19 +758,19 @@ def _merges_among_close(fps: dict, pairs: dict, edges: list[SuspectedEdge], time
             alt = {q: w for q, w in alt.items() if w > 1e-3}
             if alpha >= 0.05 and len(alt) >= 2:
                 alternatives.append((m, alt))
-        order = sorted(weights, key=lambda q: (-weights[q], str(q)))
-        common = {"merge_residual": float(f"{res:.3g}"), "merge_parents": order,
+        by_weight = sorted(weights, key=lambda q: (-weights[q], str(q)))
+        common = {"merge_residual": float(f"{res:.3g}"), "merge_parents": by_weight,
                   "merge_single_residual": float(f"{single:.3g}")}
         if alternatives:
             common["merge_alternatives"] = [
                 {"merge_parents": sorted(alt, key=lambda q: (-alt[q], str(q))),
                  "merge_weights": [round(alt[q], 4) for q in sorted(alt, key=lambda q: (-alt[q], str(q)))]}
                 for _, alt in alternatives]
-        for p in order:
+        for p in by_weight:
             edge(p, child).evidence.update(merge_weights=round(weights[p], 4), **common)
         for m, alt in alternatives:
             e = edge(m, child)
-            e.relation, e.via = "ambiguous", None
+            e.relation, e.via = Relation.AMBIGUOUS, None
             e.evidence.update(alternative_merge_weight=round(alt[m], 4), merge_alternatives=common["merge_alternatives"])
 
 
@@ -825,9 +866,9 @@ def _convex_fit(fps: dict, child, cands: list, matched: dict | None = None, excl
             continue
         ca, cb = aligned[p]
         pos = dict(zip(ca.tolist(), cb.tolist()))
-        idx = np.array([pos[c] for c in cols.tolist()], dtype=np.int64)
-        views.append(fps[p].sketch[idx])
-        valid = valid & (fps[p].norms[idx] > 0)
+        theirs = np.array([pos[c] for c in cols.tolist()], dtype=np.int64)
+        views.append(fps[p].sketch[theirs])
+        valid = valid & (fps[p].norms[theirs] > 0)
     target = (fc.sketch if cols is None else fc.sketch[cols]).astype(np.float64)
     learned = fc.layout.learned if cols is None else fc.layout.learned[cols]
     scale = np.linalg.norm(target, axis=1)
@@ -912,14 +953,14 @@ def _relations(edges: list[SuspectedEdge], oldest: set) -> None:
         key = (e.parent, e.child) if str(e.parent) <= str(e.child) else (e.child, e.parent)
         # a re-upload (the same file); not "identical" (the same tensors under another head): a frozen-backbone
         # transfer and a re-upload of its parent are identical on what they share, and siblings
-        whole = e.kind == "re-upload"
-        fit = e.kind == "merge" or "merge_parents" in e.evidence
-        if e.relation == "ambiguous":
+        whole = e.kind == EdgeKind.REUPLOAD
+        fit = e.kind == EdgeKind.MERGE or "merge_parents" in e.evidence
+        if e.relation == Relation.AMBIGUOUS:
             fixed.add(id(e))  # a parent only in an alternative explanation of a merge: neither core nor relabelled
             continue
         if fit or whole:
             fixed.add(id(e))  # a whole copy or a merge fit is a derivation whatever else is reported
-        if e.direction == "unknown":
+        if e.direction == Direction.UNKNOWN:
             continue
         if fit or whole or key in oldest:
             core.add_edge(e.parent, e.child)
@@ -937,7 +978,7 @@ def _relations(edges: list[SuspectedEdge], oldest: set) -> None:
         if b in core:
             via = sorted((d for d in core.predecessors(b) if d != a and a in ancestors(d)), key=str)
             if via:
-                e.relation, e.via = "ancestor", via[0]
+                e.relation, e.via = Relation.ANCESTOR, via[0]
                 continue
         if core.has_edge(a, b) or a in ancestors(b) or b in ancestors(a):
             continue  # a core edge, or one along a chain of them (kept as a derivation)
@@ -945,10 +986,10 @@ def _relations(edges: list[SuspectedEdge], oldest: set) -> None:
         if shared:
             # the nearest: a shared ancestor none of whose descendants is also shared
             near = sorted((s for s in shared if not any(s in ancestors(t) for t in shared)), key=str)
-            e.relation, e.via = "sibling", near[0]
+            e.relation, e.via = Relation.SIBLING, near[0]
 
 
-def derivatives_of(hub, sources: dict[str, Fingerprint], entries: dict, exclude: Iterable[str] = ()) \
+def derivatives_of(hub: Hub, sources: dict[str, Fingerprint], entries: dict, exclude: Iterable[str] = ()) \
         -> dict[str, list[tuple[str, SuspectedEdge]]]:
     """Heads that look derived from the fingerprints ``sources`` (key, e.g. ``repo@rev`` -> Fingerprint), except
     repos in ``exclude``: source key -> [(repo, edge)]. Used by takedown plans and audits to find the undeclared
@@ -967,10 +1008,10 @@ def derivatives_of(hub, sources: dict[str, Fingerprint], entries: dict, exclude:
         src, other = (a, b) if a in qkeys else (b, a)
         if src not in qkeys or other in qkeys:
             continue
-        if kind == "identical" and items[src].weights == items[other].weights:
-            kind = "re-upload"
+        if kind == EdgeKind.IDENTICAL and items[src].weights == items[other].weights:
+            kind = EdgeKind.REUPLOAD
         out.setdefault(src[1], []).append(
-            (other, SuspectedEdge(src[1], other, kind, "forget", False, ev.to_dict())))
+            (other, SuspectedEdge(src[1], other, kind, Direction.FORGET, False, ev.to_dict())))
     for child, parents, res, evs in merges:
         if child in qkeys:
             continue
@@ -979,11 +1020,12 @@ def derivatives_of(hub, sources: dict[str, Fingerprint], entries: dict, exclude:
                 d = evs[p].to_dict()
                 d.update(merge_weights=round(w, 4), merge_parents=[str(q[1]) if isinstance(q, tuple) else q
                                                                    for q, _ in parents])
-                out.setdefault(p[1], []).append((child, SuspectedEdge(p[1], child, "merge", "forget", False, d)))
+                out.setdefault(p[1], []).append(
+                    (child, SuspectedEdge(p[1], child, EdgeKind.MERGE, Direction.FORGET, False, d)))
     return out
 
 
-def undeclared_findings(hub, request_id: str, pre_forget: dict[str, str], exclude: Iterable[str],
+def undeclared_findings(hub: Hub, request_id: str, pre_forget: dict[str, str], exclude: Iterable[str],
                         carries=None) -> list[dict]:
     """Findings ``undeclared-derivative`` for a request: heads outside ``exclude`` (the declared affected set)
     that look derived from the pre-forget revision ``pre_forget[repo]`` of an affected repo. ``carries(repo,
@@ -1021,7 +1063,7 @@ def undeclared_findings(hub, request_id: str, pre_forget: dict[str, str], exclud
             continue
         src_repo, _, src_rev = src.partition("@")
         ev = {k: v for k, v in edge.to_dict().items() if k not in ("parent", "child", "direction", "declared")}
-        out[repo] = {"request": request_id, "repo": repo, "kind": "undeclared-derivative",
+        out[repo] = {"request": request_id, "repo": repo, "kind": FINDING_UNDECLARED_DERIVATIVE,
                      "message": f"{repo}: its weights look derived from {src_repo}@{src_rev[:12]} (before the "
                                 f"forget of request {request_id}) but its card does not declare it "
                                 f"({edge.line().split('(', 1)[1]}",
@@ -1029,6 +1071,6 @@ def undeclared_findings(hub, request_id: str, pre_forget: dict[str, str], exclud
     return [out[r] for r in sorted(out)]
 
 
-__all__ = ["Fingerprint", "Layout", "Evidence", "SuspectedEdge", "compute_fingerprint", "fingerprint_file",
-           "record_fingerprint", "load_fingerprint", "fingerprint_of", "rebuild_fingerprints", "infer", "relate",
+__all__ = ["Fingerprint", "Layout", "Evidence", "SuspectedEdge", "EdgeKind", "Direction", "Relation",
+           "compute_fingerprint", "fingerprint_file", "record_fingerprint", "load_fingerprint", "fingerprint_of", "rebuild_fingerprints", "infer", "relate",
            "derivatives_of", "head_fingerprints", "undeclared_findings"]

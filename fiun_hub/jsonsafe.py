@@ -26,7 +26,7 @@ def depth_of(value: Any, limit: int = MAX_DEPTH) -> int:
     return deepest
 
 
-def loads(data: bytes | str, where: str, what: str = "JSON", max_depth: int = MAX_DEPTH) -> Any:
+def loads(data: bytes | bytearray | str, where: str, what: str = "JSON", max_depth: int = MAX_DEPTH) -> Any:
     """``json.loads`` with one-line errors: not JSON (or not UTF-8, or an integer too long to convert), or nested
     deeper than ``max_depth``."""
     try:

@@ -95,7 +95,7 @@ def unlearn_node(task: NodeTask) -> tuple[str, bytes | str, dict[str, Any]]:
         if header[n]["dtype"] not in ("F16", "BF16", "F32", "F64"):
             raise UnlearnError(f"{task.repo}: unlearnable tensor {n} is {header[n]['dtype']}, not floating point")
     params = read_tensors(data, header, task.mfim)
-    if getattr(task, "sample_counts", None) is not None:
+    if task.sample_counts is not None:
         new = sample_forget_update(params, task.labels, task.model_fim, task.class_fims, task.counts, task.mfim,
                                    task.sample_counts, task.head_params, alpha=task.alpha, lam=task.lam,
                                    inert=task.inert or ())

@@ -18,11 +18,12 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import AbstractSet, Any, Iterable, Mapping
 
-from .constants import CARD_FILE, CONFIG_FILE, FIM_CLASSES_FILE, FIM_FILE
+from .constants import CARD_FILE, CONFIG_FILE, FIM_CLASSES_FILE, FIM_FILE, FINDING_UNPURGED, LEDGER_FORGOT
 from .errors import BadInput
-from .hub.local import Blob, LocalHub, RepoChange, sha256_file
+from .hub.base import Blob, Hub, PurgeHub, RepoChange
+from .hub.local import LocalHub, sha256_file
 from .repo import read_meta
 
 KEPT_FILES = frozenset({CARD_FILE, CONFIG_FILE, ".gitattributes"})
@@ -34,14 +35,14 @@ def purgeable(path: str) -> bool:
     return path not in KEPT_FILES
 
 
-def _carries(hub: LocalHub, repo: str, cid: str, request_id: str) -> bool:
+def _carries(hub: Hub, repo: str, cid: str, request_id: str) -> bool:
     try:
         return read_meta(hub, repo, cid).record(request_id) is not None
     except BadInput:
         return False  # an unreadable card proves nothing: the revision holds the data
 
 
-def holding_revisions(hub: LocalHub, repo: str, start: str, request_id: str) -> list[str]:
+def holding_revisions(hub: Hub, repo: str, start: str, request_id: str) -> list[str]:
     """The revisions from ``start`` back (first parents) that still hold what ``request_id`` forgets: those that
     do not carry it."""
     return [c.id for c in hub.history(repo, start) if not _carries(hub, repo, c.id, request_id)]
@@ -85,9 +86,9 @@ def fim_sources(records: Mapping[str, dict], extra: Iterable[str] = ()) -> set[t
     return out
 
 
-def purge_entries(hub: LocalHub, request_id: str, starts: Mapping[str, str], at: str, *,
-                  held: set[tuple[str, str]] = frozenset(), fim_keep: set[tuple[str, str]] = frozenset(),
-                  include_tombstoned: bool = False) -> list[dict]:
+def purge_entries(hub: PurgeHub, request_id: str, starts: Mapping[str, str | None], at: str, *,
+                  held: AbstractSet[tuple[str, str]] = frozenset(),
+                  fim_keep: AbstractSet[tuple[str, str]] = frozenset(), include_tombstoned: bool = False) -> list[dict]:
     """Tombstones for a purge of ``request_id``: ``starts`` maps each repo to the revision its forget started
     from. Files already tombstoned are left out (unless ``include_tombstoned``: an audit's re-check)."""
     out, seen = [], set()
@@ -110,12 +111,12 @@ def purge_entries(hub: LocalHub, request_id: str, starts: Mapping[str, str], at:
     return out
 
 
-def held_revisions(hub: LocalHub, request_id: str, starts: Mapping[str, str]) -> dict[str, list[str]]:
+def held_revisions(hub: Hub, request_id: str, starts: Mapping[str, str | None]) -> dict[str, list[str]]:
     """What a ``--keep-history`` takedown keeps: per repo, the revisions that still hold the data."""
     return {repo: holding_revisions(hub, repo, start, request_id) for repo, start in sorted(starts.items()) if start}
 
 
-def summary(hub: LocalHub, entries: list[dict], live: Iterable[tuple[str, str]] = ()) -> dict[str, Any]:
+def summary(hub: PurgeHub, entries: list[dict], live: Iterable[tuple[str, str]] = ()) -> dict[str, Any]:
     """The ledger's record of a purge: per repo the purged files (revision, path, sha256, size), and the blobs
     (and bytes) it deletes."""
     blobs = hub.purge_blobs(entries, live)
@@ -127,7 +128,7 @@ def summary(hub: LocalHub, entries: list[dict], live: Iterable[tuple[str, str]] 
             "revisions": len({(e["repo"], e["commit"]) for e in entries})}
 
 
-def change_live(hub: LocalHub, changes: Iterable[RepoChange]) -> set[tuple[str, str]]:
+def change_live(hub: Hub, changes: Iterable[RepoChange]) -> set[tuple[str, str]]:
     """``(repo, sha256)`` that the new revisions of ``changes`` will name (kept by the purge in their publish)."""
     out = set()
     for ch in changes:
@@ -164,8 +165,10 @@ class PurgingHub(LocalHub):
 # ------------------------------------------------------------------------------------------------ audit
 def purged_shas(hub: LocalHub, freed_only: bool = False) -> dict[tuple[str, str], dict]:
     """``{(repo, sha256): tombstone}`` of every purged file in the hub (one read per tombstone record); with
-    ``freed_only``, only those whose blob the purge deleted (others are still named by a kept revision)."""
-    out = {}
+    ``freed_only``, only those whose blob the purge deleted (others are still named by a kept revision). A LocalHub:
+    it reads the tombstone records in the hub's folder (as do :func:`stray_files`, :func:`leftovers` and
+    :func:`purge_leftovers`, which look for the purged bytes in its blob stores and staging too)."""
+    out: dict[tuple[str, str], dict] = {}
     base = hub.meta / "purged"
     for path in sorted(base.glob("*/*.json")) if base.is_dir() else []:
         try:
@@ -179,7 +182,7 @@ def purged_shas(hub: LocalHub, freed_only: bool = False) -> dict[tuple[str, str]
     return out
 
 
-def live_shas(hub: LocalHub, repo: str) -> dict[str, str]:
+def live_shas(hub: PurgeHub, repo: str) -> dict[str, str]:
     """``{sha256: commit}`` of the blobs some commit of ``repo`` names outside a tombstone."""
     out: dict[str, str] = {}
     for cid in hub.commits(repo):
@@ -221,7 +224,7 @@ def leftovers(hub: LocalHub, request_id: str, record: dict, records: Mapping[str
     starts: dict[str, set[str]] = {}
     for ev in record.get("events", []):
         for repo, e in (ev.get("repos") or {}).items():
-            if e.get("action") == "forgot" and e.get("from") and hub.repo_exists(repo):
+            if e.get("action") == LEDGER_FORGOT and e.get("from") and hub.repo_exists(repo):
                 starts.setdefault(repo, set()).add(e["from"])
     entries: list[dict] = []
     for repo, froms in sorted(starts.items()):
@@ -250,7 +253,7 @@ def leftovers(hub: LocalHub, request_id: str, record: dict, records: Mapping[str
     for e in todo:
         per_repo.setdefault(e["repo"], []).append(e)
     for repo, es in sorted(per_repo.items()):
-        findings.append({"request": request_id, "repo": repo, "kind": "unpurged",
+        findings.append({"request": request_id, "repo": repo, "kind": FINDING_UNPURGED,
                          "message": f"{repo}: {len(es)} file(s) of {len({e['commit'] for e in es})} pre-forget "
                                     f"revision(s) still hold the data of request {request_id} "
                                     f"(e.g. {es[0]['commit'][:12]} {es[0]['path']})"})
@@ -266,7 +269,7 @@ def leftovers(hub: LocalHub, request_id: str, record: dict, records: Mapping[str
                 continue  # already named above
             where = live(repo).get(sha)
             blobs.append({"repo": repo, "sha256": sha, "where": where})
-            findings.append({"request": request_id, "repo": repo, "kind": "unpurged",
+            findings.append({"request": request_id, "repo": repo, "kind": FINDING_UNPURGED,
                              "message": f"{repo}: blob {sha[:12]}, purged by request {request_id}, is back in the hub"
                                         + (f" (named by revision {where[:12]})" if where else "")})
     for path in stray_files(hub):
@@ -276,10 +279,10 @@ def leftovers(hub: LocalHub, request_id: str, record: dict, records: Mapping[str
             continue
         if sha in shas:
             strays.append(path)
-            findings.append({"request": request_id, "repo": "", "kind": "unpurged",
+            findings.append({"request": request_id, "repo": "", "kind": FINDING_UNPURGED,
                              "message": f"{path.relative_to(hub.root)} holds a file purged by request {request_id} "
                                         f"(sha256 {sha[:12]})"})
-    held = {}
+    held: dict[str, list[str]] = {}
     for repo, cid in sorted(mine):
         held.setdefault(repo, []).append(cid)
     return {"entries": todo, "blobs": blobs, "strays": strays, "held": held, "findings": findings}

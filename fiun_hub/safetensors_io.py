@@ -41,7 +41,7 @@ class _LazyDtypes(dict):
 DTYPES = _LazyDtypes()
 
 
-def parse_header(head: bytes, total_size: int, where: str = "") -> tuple[dict, dict[str, str]]:
+def parse_header(head: bytes | bytearray, total_size: int, where: str = "") -> tuple[dict, dict[str, str]]:
     """Validate a safetensors header (``head`` = the file's first bytes, at least 8 + header length).
 
     Returns ``(tensors, metadata)`` where tensors maps name -> {dtype, shape, data_offsets}. Raises
@@ -108,7 +108,7 @@ def read_header(path: str | Path, where: str = "") -> tuple[dict, dict[str, str]
     return parse_header(first, size, where or str(p))
 
 
-def header_of_bytes(data: bytes, where: str = "") -> tuple[dict, dict[str, str]]:
+def header_of_bytes(data: bytes | bytearray, where: str = "") -> tuple[dict, dict[str, str]]:
     return parse_header(data, len(data), where)
 
 

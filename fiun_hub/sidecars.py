@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from .card import card_body, fim_entry, render_card
@@ -14,15 +15,15 @@ from .data import load_for_model, parse_spec
 from .errors import BadInput, EntryNotFound, SidecarError
 from .executors import check_executor, run_call
 from .fisher import DEFAULT_ESTIMATOR, ESTIMATORS, compute_fisher, read_sidecars, resolve_layers, sidecar_bytes
-from .hub.base import BLOB_STORE, Hub, RepoChange, supports
+from .hub.base import BLOB_STORE, CommitInfo, Hub, RepoChange, supports
 from .lineage import weights_state
 from .models import load_model
 from .preprocessing import SIDECAR_KEY, of_config, stale_preprocessing
 from .repo import read_meta
 
 
-def path_at(hub, repo: str, info, path: str):
-    """Where the content of ``path`` in the commit ``info`` (a :class:`~fiun_hub.hub.local.CommitInfo` already
+def path_at(hub: Hub, repo: str, info: CommitInfo, path: str) -> Path:
+    """Where the content of ``path`` in the commit ``info`` (a :class:`~fiun_hub.hub.base.CommitInfo` already
     read) lies: on a hub with a blob store (a LocalHub) the blob it names, found without resolving the commit again (``hub.file_path``
     reads the commit record once more); elsewhere ``hub.file_path``. A missing path or blob raises
     :class:`~fiun_hub.errors.EntryNotFound`, as ``file_path`` does."""
@@ -37,7 +38,7 @@ def path_at(hub, repo: str, info, path: str):
     return hub.file_path(repo, path, info.id)
 
 
-def read_at(hub, repo: str, info, path: str) -> bytes:
+def read_at(hub: Hub, repo: str, info: CommitInfo, path: str) -> bytes:
     """The bytes of ``path`` in the commit ``info`` (see :func:`path_at`)."""
     if supports(hub, BLOB_STORE):
         return path_at(hub, repo, info, path).read_bytes()
@@ -67,7 +68,7 @@ def load_sidecars(hub: Hub, repo: str, revision: str | None = None, *, need_clas
     return sc
 
 
-def check_preprocessing(hub, repo: str, info, meta: dict, where: str, fix: str) -> None:
+def check_preprocessing(hub: Hub, repo: str, info: CommitInfo, meta: dict, where: str, fix: str) -> None:
     """SidecarError unless the sidecar (header ``meta``) was computed with the preprocessing the model's
     ``config.json`` at ``info`` declares (the rule of :func:`fiun_hub.preprocessing.stale_preprocessing`, which
     ``lineage.sidecar_state`` applies too). A garbled recorded preprocessing is bad input, exit 2."""
@@ -102,7 +103,7 @@ def torch_threads(n: int | None) -> Iterator[None]:
             torch.set_num_threads(old)
 
 
-def fisher_of(hub, repo: str, revision: str, data_spec: str, *, layers: str = "head",
+def fisher_of(hub: Hub, repo: str, revision: str, data_spec: str, *, layers: str = "head",
               estimator: str = DEFAULT_ESTIMATOR, batch_size: int = 64, device: str | None = None,
               threads: int | None = None, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
     """The Fisher computation of ``fiun-hub fim``, on its own so that it can run as one Ray task: load ``repo``
@@ -119,6 +120,7 @@ def fisher_of(hub, repo: str, revision: str, data_spec: str, *, layers: str = "h
     if not bool(data.x.isfinite().all()):
         raise SidecarError(f"{repo}: data {data_spec} holds NaN or Inf values")
     names = resolve_layers(model, layers, classifier=config.classifier)
+    assert config.preprocessing is not None  # (load_model's config always has it)
     with torch_threads(threads):
         result = compute_fisher(model, data.x, data.y, config.labels, names, estimator=estimator,
                                 batch_size=batch_size, device=device, progress=progress)

@@ -24,7 +24,7 @@ from .forget_record import UNCHANGED, ForgetRecord, forget_records
 from .constants import CARD_FILE, CONFIG_FILE, FIM_CLASSES_FILE, FIM_FILE, WEIGHTS_FILE
 from .errors import BadInput, ConflictError, DataSpecError, FiunError, LineageError, UnlearnError
 from .hub.ids import validate_repo_id, validate_request_id
-from .hub.base import BLOB_STORE, LOCK, PURGE, Blob, Hub, RepoChange, check_card_write, supports
+from .hub.base import BLOB_STORE, LOCK, PURGE, Blob, CommitInfo, Hub, RepoChange, check_card_write, supports
 from .hub.staging import StagedBlob, Staging
 from .lineage import affected, merge_sources, resolve
 from .models import parse_config
@@ -202,7 +202,8 @@ def plan_forget(
         raise UnlearnError(f"cannot tell whether {broken[0]} derives from the origins: "
                            f"{g.nodes[broken[0]]['card_error']}; fix its card first"
                            + (f" ({len(broken) - 1} more such repo(s))" if len(broken) > 1 else ""))
-    nodes, loaded = [], {}
+    nodes: list[NodePlan] = []
+    loaded: dict[str, tuple[Any, ...]] = {}
     for repo in sorted(depths, key=lambda r: (depths[r], r)):
         a = g.nodes[repo]
         records = forget_records(a.get("unlearned"))
@@ -227,7 +228,7 @@ def plan_forget(
 SCOPES = ("head", "features")
 
 
-def _check_features(hub, plan: Plan) -> None:
+def _check_features(hub: Hub, plan: Plan) -> None:
     """Features scope: read every affected repo's prototype sidecar (its own; the first origin's that has them for
     forgotten classes it lacks) into ``plan._protos``, and add to the nodes' problems what would stop the edit."""
     from .feature_forget import PROTO_FILE
@@ -259,7 +260,7 @@ def _check_features(hub, plan: Plan) -> None:
         plan._protos[node.repo] = (own[src][0], own[src][1], f"origin {src}")
 
 
-def _check_node(hub, node: NodePlan, loaded: dict, origins: Sequence[str],
+def _check_node(hub: Hub, node: NodePlan, loaded: dict, origins: Sequence[str],
                 classes: Sequence[str] | None) -> None:
     """Read ``node``'s head (config, sidecars: its own, else its ancestors' at the revisions it is pinned to, or
     at its inferred parent's for an adopted node) into ``loaded`` and add to ``node.problems`` what would stop
@@ -291,7 +292,7 @@ def _check_node(hub, node: NodePlan, loaded: dict, origins: Sequence[str],
         node.problems.append(str(exc))
 
 
-def adopt_node(hub, plan: Plan, g: nx.DiGraph, repo: str, sources: Sequence[str],
+def adopt_node(hub: Hub, plan: Plan, g: nx.DiGraph, repo: str, sources: Sequence[str],
                adopted_from: dict[str, Any] | None, depth: int = 1,
                inferred: dict[str, Any] | None = None) -> NodePlan:
     """A node for ``repo``, which the cards do not link to ``plan``'s origins, added to ``plan`` (to do): an
@@ -346,8 +347,10 @@ def samples_fingerprint(spec: str) -> dict[str, Any]:
     elif kind == "fashion-mnist":
         x, y, labels = D._fashion_mnist(Path(arg) if arg else D.FASHION_MNIST_DIR, split)
     elif kind == "npz":
+        assert arg is not None  # (parse_spec refuses npz: and folder: without a path)
         x, y, labels = D._npz(Path(arg), split, explicit)
     else:
+        assert arg is not None
         x, y, labels = D._folder(Path(arg), split, explicit)
     x, y = np.ascontiguousarray(x), np.ascontiguousarray(y, dtype=np.int64)
     h = hashlib.sha256()
@@ -409,6 +412,7 @@ def origin_unlearning_fim(hub: Hub, plan: Plan, origin: str, device: str | None 
         return OriginFim(unlearning_fim(sc.class_fims, sc.counts, have), sc.labels, revision, sc.estimator)
 
     model, config, _ = load_model(hub, origin, revision)
+    assert plan.data_spec is not None  # sample-wise (a plan has classes or a data spec)
     data = load_for_model(plan.data_spec, config)
     data = data.to_label_space(config.labels)
     if len(data) == 0:
@@ -438,7 +442,7 @@ def utc_now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _loaded(hub, plan: Plan, node: NodePlan) -> tuple[Any, Any, Any]:
+def _loaded(hub: Hub, plan: Plan, node: NodePlan) -> tuple[Any, Any, Any]:
     """(config, sidecars, commit info) of ``node``'s head, from what planning read when it can."""
     got = plan._loaded.get(node.repo) or ()
     info = got[2] if len(got) > 2 else hub.commit_info(node.repo, node.head)
@@ -526,13 +530,13 @@ def run_forget(
 
     now = utc_now()
     origin_revs = [f"{o}@{fims[o].revision}" for o in plan.origins]
-    what = (f"classes {', '.join(plan.classes)}" if plan.classes else
+    what = (f"classes {', '.join(plan.classes or [])}" if samples is None else
             f"{samples['count']} samples (sha256 {samples['sha256'][:12]})")
     changes: dict[str, RepoChange] = {}
     stats: dict[str, dict[str, Any]] = {}
     t_finish = [0.0]
 
-    def finish(repo: str, result: tuple) -> dict[str, Any]:
+    def finish(repo: str, result: tuple | None) -> dict[str, Any]:
         """One repo's new revision, made as its result arrives: weights (staged), sidecars, card."""
         t = time.perf_counter()
         node, sc, info = nodes[repo]
@@ -546,7 +550,8 @@ def run_forget(
             if isinstance(payload, (bytes, bytearray)):
                 weights = Blob(bytes(payload), sha) if sha else Blob.of(bytes(payload))
                 sha = weights.sha256
-            else:
+            else:  # a path: the task wrote its new weights into the staging (out_path)
+                assert staging is not None
                 weights = staging.adopt(repo, payload, sha)
             files[WEIGHTS_FILE] = weights
             if node.sidecar_used == "own":
@@ -634,7 +639,7 @@ def run_forget(
     )
 
 
-def _features_edit(hub, plan: Plan, node: NodePlan) -> dict[str, Any] | None:
+def _features_edit(hub: Hub, plan: Plan, node: NodePlan) -> dict[str, Any] | None:
     """The features edit of one repo for its task: the fold point, the directions, the centre, the BNs' eps."""
     from .feature_forget import fold_point, projection
 
@@ -646,10 +651,12 @@ def _features_edit(hub, plan: Plan, node: NodePlan) -> dict[str, Any] | None:
         return None
     model, _, _ = load_model(hub, node.repo, node.head)
     point = fold_point(model)
-    return {"point": point, "q": q, "center": c, "eps": float(model.get_submodule(point["bn"]).eps)}
+    # (torch types a module's attributes as Tensor | Module: a BatchNorm's eps is a float)
+    return {"point": point, "q": q, "center": c,
+            "eps": float(model.get_submodule(point["bn"]).eps)}  # type: ignore[arg-type]
 
 
-def _new_prototypes(hub, plan: Plan, node: NodePlan, info, sha: str | None) -> dict[str, bytes]:
+def _new_prototypes(hub: Hub, plan: Plan, node: NodePlan, info: CommitInfo, sha: str | None) -> dict[str, bytes]:
     """A repo's own prototype sidecar for its new revision: the forgotten classes dropped, the others projected
     as its features were (exact), bound to the new weights. Nothing when it has none."""
     from .feature_forget import PROTO_FILE, encode_prototypes, project_prototypes, projection
@@ -658,11 +665,14 @@ def _new_prototypes(hub, plan: Plan, node: NodePlan, info, sha: str | None) -> d
     if PROTO_FILE not in info.files or not sha:
         return {}
     try:
-        protos, counts, meta = load_prototypes(hub, node.repo, info)
+        loaded = load_prototypes(hub, node.repo, info)
     except FiunError:
         if plan.scope == "features":
             raise
         return {}  # head scope: a stale or unreadable prototype sidecar is left as it was (it stays refused)
+    if loaded is None:  # (none: checked above)
+        return {}
+    protos, counts, meta = loaded
     got = plan._protos.get(node.repo)
     if plan.scope == "features" and got is not None:
         q, c = projection(got[0], got[1], node.forget_here)

@@ -77,7 +77,8 @@ def _verify_once(hub: LocalHub) -> list[str]:
                     hub.commit_info(repo, cid)
                 except Exception:
                     problems.append(f"{repo}: {kind[:-1]} {name} points at unknown commit {cid[:12]}")
-        live, purged = set(), {}
+        live: set[str] = set()
+        purged: dict[str | None, dict] = {}  # sha256 (None: a tombstone of no file) -> its tombstone
         for cid in hub.commits(repo):
             try:
                 info = hub.commit_info(repo, cid)

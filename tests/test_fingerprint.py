@@ -430,6 +430,27 @@ def test_edges_explained_by_reported_derivations_are_marked_sibling_or_ancestor_
     assert der.line().startswith("UNDECLARED close: p -> ft1 (")
 
 
+def test_edge_kinds_directions_and_relations_are_written_as_plain_values():
+    """An edge's kind, direction and relation are ``str`` enums (``EdgeKind``, ``Direction``, ``Relation``), each
+    value defined once; ``to_dict`` holds their plain values: an adopted derivative's evidence is written into its
+    card's YAML, where a str subclass would be dumped as a Python object, and ``--json`` is what it was when they
+    were strings. The line prints the values."""
+    import yaml
+
+    from fiun_hub import fingerprint as F
+
+    e = F.SuspectedEdge("p", "c", F.EdgeKind.REUPLOAD, F.Direction.TIME, False,
+                        {"shared_tensors": 2, "identical_tensors": 2}, F.Relation.ANCESTOR, "v")
+    d = e.to_dict()
+    assert [type(d[k]) for k in ("kind", "direction", "relation")] == [str, str, str]
+    assert "!!python" not in yaml.dump(d, Dumper=yaml.Dumper)
+    assert json.dumps(d) == json.dumps({"parent": "p", "child": "c", "kind": "re-upload", "direction": "time",
+                                        "declared": False, "relation": "ancestor", "via": "v",
+                                        "shared_tensors": 2, "identical_tensors": 2})
+    assert e.line() == "UNDECLARED ancestor (re-upload, through v): p -> c (2/2 tensors identical, direction: time)"
+    assert F.Relation("sibling") is F.Relation.SIBLING and f"{F.EdgeKind.CLOSE:>6}" == " close"
+
+
 def test_fedavg_merges_of_undeclared_clients_get_merge_edges_to_every_client(built, tmp_path):
     """Measured in benchmarks/infer_lineage.py (section 10): a FedAvg of one parent's fine-tunes is close to each
     client, and the pruning dropped its edge to the lighter client of a 2:1 merge (the heavier one is closer to

@@ -9,7 +9,7 @@ from typing import Any
 from ..constants import WEIGHTS_FILE
 from ..errors import BadInput
 from ..forget_record import ForgetRecord
-from ..hub.local import LocalHub
+from ..hub.base import Hub
 from .ledger import adopted_entries, ledger_proof
 from .request import TakedownRequest
 from .status import Status
@@ -17,7 +17,7 @@ from .status import Status
 class CardCache:
     """Cached reads of cards and histories for one classification."""
 
-    def __init__(self, hub: LocalHub):
+    def __init__(self, hub: Hub):
         self.hub = hub
         self._meta: dict[tuple[str, str], Any] = {}
         self._hist: dict[tuple[str, str], list] = {}
@@ -96,7 +96,7 @@ def _find_to(lin: CardCache, repo: str, head: str, entry: dict, request_id: str)
     return None
 
 
-def classify(hub: LocalHub, request: TakedownRequest, record: dict | None, all_records: dict[str, dict],
+def classify(hub: Hub, request: TakedownRequest, record: dict | None, all_records: dict[str, dict],
              g=None, lin: CardCache | None = None) -> tuple[list[RepoState], list[dict]]:
     """Every repo of the request's affected set *now*, with its status (:class:`Status`), and the problems that
     concern the request as a whole (an origin missing from the hub)."""
@@ -120,8 +120,8 @@ def classify(hub: LocalHub, request: TakedownRequest, record: dict | None, all_r
     for repo in sorted(adopted, key=lambda r: depths.get(adopted[r]["repo"], 0)):
         if repo not in depths:
             base = depths.get(adopted[repo]["repo"], 0) + 1
-            for r, d in affected(g, [repo]).items():
-                depths[r] = min(depths.get(r, base + d), base + d)
+            for r, dist in affected(g, [repo]).items():
+                depths[r] = min(depths.get(r, base + dist), base + dist)
     heads = {r: g.nodes[r]["head"] for r in depths}
     applied = {r for r in depths if r in ledger_repos or lin.carries(r, heads[r], rid)}
     known_weights: dict[str, set[str]] = {}

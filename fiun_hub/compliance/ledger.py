@@ -8,9 +8,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..constants import CARD_FILE, LEDGER_REPO
+from ..constants import CARD_FILE, LEDGER_FORGOT, LEDGER_REPO
 from ..errors import BadInput
-from ..hub.local import LocalHub, RepoChange
+from ..hub.base import Hub, RepoChange
 from .request import TakedownRequest
 
 LEDGER_TAG = "fiun-hub-ledger"
@@ -20,14 +20,15 @@ LEDGER_FORMAT = "fiun-ledger/1"
 def ledger_proof(entry: Any) -> bool:
     """A ledger entry that proves a forget: written by fiun-hub's own forget (``action: forgot``) with the sha256
     of the weights it wrote. An entry that only ``recorded`` what a card claimed proves nothing."""
-    return isinstance(entry, dict) and entry.get("action") == "forgot" and isinstance(entry.get("weights_sha256"), str)
+    return (isinstance(entry, dict) and entry.get("action") == LEDGER_FORGOT
+            and isinstance(entry.get("weights_sha256"), str))
 
 
-def ledger_exists(hub: LocalHub) -> bool:
+def ledger_exists(hub: Hub) -> bool:
     return hub.repo_exists(LEDGER_REPO)
 
 
-def ledger_records(hub: LocalHub, revision: str | None = None) -> dict[str, dict]:
+def ledger_records(hub: Hub, revision: str | None = None) -> dict[str, dict]:
     """Every request's ledger record, by request id (empty when the hub has no ledger yet)."""
     if not ledger_exists(hub):
         return {}
@@ -49,7 +50,7 @@ def ledger_records(hub: LocalHub, revision: str | None = None) -> dict[str, dict
     return out
 
 
-def ledger_record(hub: LocalHub, request_id: str) -> dict | None:
+def ledger_record(hub: Hub, request_id: str) -> dict | None:
     return ledger_records(hub).get(request_id)
 
 
@@ -72,7 +73,7 @@ def ledger_card(records: dict[str, dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def ledger_change(hub: LocalHub, updates: dict[str, dict], texts: dict[str, str], message: str) -> RepoChange:
+def ledger_change(hub: Hub, updates: dict[str, dict], texts: dict[str, str], message: str) -> RepoChange:
     """One ledger commit writing ``updates`` (request id -> record) and the request files in ``texts``."""
     parent = hub.head(LEDGER_REPO) if ledger_exists(hub) else ""
     records = {**ledger_records(hub, parent or None), **updates}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import BadInput, FiunError
-from ..hub.local import LocalHub
+from ..hub.base import Hub
 from .request import TakedownRequest
 
 _DATA_CACHE: dict[tuple, Any] = {}
@@ -24,7 +24,7 @@ def _dataset(spec: str, config) -> Any:
     return _DATA_CACHE[key]
 
 
-def measure(hub: LocalHub, request: TakedownRequest, repo: str, revision: str, eval_data: str) -> dict[str, Any]:
+def measure(hub: Hub, request: TakedownRequest, repo: str, revision: str, eval_data: str) -> dict[str, Any]:
     """Held-out forget / retain accuracy (class-wise: on the request's classes the model has, and on its other
     classes) or accuracy on the forget samples and on ``eval_data`` (sample-wise) of ``repo@revision``, in
     percent; ``eval_error`` instead when the data does not fit the model."""
@@ -41,6 +41,7 @@ def measure(hub: LocalHub, request: TakedownRequest, repo: str, revision: str, e
                 return {"forget_acc": None, "retain_acc": r}
             return {"forget_acc": f, "retain_acc": r}
         known = held_out.to_label_space(config.labels)
+        assert request.data is not None  # a request names classes or data
         on_forget = _dataset(request.data, config).to_label_space(config.labels)
         if len(known) == 0 or len(on_forget) == 0:
             raise BadInput(f"{repo}: {eval_data if len(known) == 0 else request.data} holds no sample of its classes")

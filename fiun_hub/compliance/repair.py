@@ -47,24 +47,24 @@ def _fix_purge(hub: LocalHub, rid: str, rec: dict, records: dict[str, dict]) -> 
     return out
 
 
-def _adoptable(g, finding: dict, affected_now: set[str]) -> tuple[dict | None, str | None]:
-    """``(adopted_from, None)`` for an ``undeclared-derivative`` finding that ``audit --fix --adopt`` can treat
-    as a child of its inferred parent, else ``(None, why not)``."""
+def _adoptable(g, finding: dict, affected_now: set[str]) -> dict | str:
+    """``adopted_from`` for an ``undeclared-derivative`` finding that ``audit --fix --adopt`` can treat as a
+    child of its inferred parent, else why not (a string)."""
     repo, src = finding["repo"], finding.get("derived_from") or {}
     a = g.nodes[repo] if repo in g else None
     if not (isinstance(src.get("repo"), str) and isinstance(src.get("revision"), str)):
-        return None, f"{repo}: the finding names no inferred parent revision"
+        return f"{repo}: the finding names no inferred parent revision"
     if a is None or a.get("missing"):
-        return None, f"{repo} is no longer in the hub"
+        return f"{repo} is no longer in the hub"
     if a.get("no_card"):
-        return None, (f"{repo} has no model card ({CARD_FILE}): the forget record (and the inferred parent in it) "
-                      f"would have nowhere to go; push one, e.g. with `--parent {src['repo']}@{src['revision']}`, "
-                      "and run `fiun-hub audit --fix` again")
+        return (f"{repo} has no model card ({CARD_FILE}): the forget record (and the inferred parent in it) "
+                f"would have nowhere to go; push one, e.g. with `--parent {src['repo']}@{src['revision']}`, "
+                "and run `fiun-hub audit --fix` again")
     if a.get("card_error"):
-        return None, a["card_error"]
+        return a["card_error"]
     if src["repo"] not in affected_now:
-        return None, f"{repo}: its inferred parent {src['repo']} is no longer affected by the request"
-    return {"repo": src["repo"], "revision": src["revision"], "evidence": dict(finding.get("evidence") or {})}, None
+        return f"{repo}: its inferred parent {src['repo']} is no longer affected by the request"
+    return {"repo": src["repo"], "revision": src["revision"], "evidence": dict(finding.get("evidence") or {})}
 
 
 def fix(hub: LocalHub, report: dict[str, Any], *, eval_data: str | None = None, workers: int = 1,
@@ -112,9 +112,9 @@ def fix(hub: LocalHub, report: dict[str, Any], *, eval_data: str | None = None, 
         for f in entry["findings"] if adopt else ():
             if f["kind"] != Status.UNDECLARED_DERIVATIVE or f["repo"] in depths:
                 continue
-            got, why = _adoptable(g, f, set(depths))
-            if got is None:
-                not_adopted[f["repo"]] = why
+            got = _adoptable(g, f, set(depths))
+            if isinstance(got, str):
+                not_adopted[f["repo"]] = got
             else:
                 found[f["repo"]] = got
         # one whose card declares its descent from another one adopted here is that one's descendant: only the

@@ -10,6 +10,7 @@ from typing import Any
 from ..constants import LEDGER_REPO
 from ..errors import BadInput
 from ..forget_record import forget_records
+from ..hub.base import Hub
 from ..hub.local import LocalHub
 from . import clock
 from .classification import CardCache, RepoState, classify
@@ -60,7 +61,7 @@ def request_entry(g, rec: dict, states: list[RepoState], problems: list[dict]) -
     }
 
 
-def undeclared_derivatives(hub: LocalHub, rid: str, states: list[RepoState], lin: CardCache) -> list[dict]:
+def undeclared_derivatives(hub: Hub, rid: str, states: list[RepoState], lin: CardCache) -> list[dict]:
     """Findings ``undeclared-derivative``: heads outside the affected set whose weights look derived from an
     affected repo's pre-forget revision (fiun_hub.fingerprint)."""
     from ..fingerprint import undeclared_findings
@@ -80,7 +81,8 @@ def audit(hub: LocalHub, request_id: str | None = None, *, eval_data: str | None
 
     Returns ``{"kind", "hub", "generated_at", "ok", "eval_data", "findings", "requests": [...]}``; each request
     entry has its ``request``, ledger facts, ``repos`` (one row per affected repo: status, head, weights,
-    ledger revisions and hashes, accuracies) and ``lineage`` (nodes with status, edges) for the picture."""
+    ledger revisions and hashes, accuracies) and ``lineage`` (nodes with status, edges) for the picture. A
+    LocalHub: the purge's leftovers are looked for in its folder (:func:`fiun_hub.purge.leftovers`)."""
     from ..lineage import resolve
 
     check_eval_data(eval_data)

@@ -9,7 +9,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 from ..constants import LEDGER_REPO
 from ..errors import BadInput, FiunError
@@ -97,6 +97,10 @@ def day(iso: str) -> _dt.date:
     return _dt.date.fromisoformat(iso[:10])
 
 
+@overload
+def _text(d: dict, key: str, where: str, required: Literal[True] = ..., max_len: int = ...) -> str: ...
+@overload
+def _text(d: dict, key: str, where: str, required: bool, max_len: int = ...) -> str | None: ...
 def _text(d: dict, key: str, where: str, required: bool = True, max_len: int = 10_000) -> str | None:
     value = d.get(key)
     if value is None or (isinstance(value, str) and not value.strip()):

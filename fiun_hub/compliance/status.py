@@ -14,13 +14,17 @@ plain value (``status.value``), so the JSON is what it was when statuses were st
 ('{"status": "pre-forget-pin"}', '  done', True)
 
 Two finding kinds are written, as plain values, by the lower tiers that find them (they cannot import this
-package): ``undeclared-derivative`` by fiun_hub/fingerprint.py, ``unpurged`` by fiun_hub/purge.py.
+package): ``undeclared-derivative`` by fiun_hub/fingerprint.py, ``unpurged`` by fiun_hub/purge.py. Their values
+are named once, in fiun_hub/constants.py, which both sides import.
 """
 from __future__ import annotations
 
 import enum
 import json  # noqa: F401  (the doctest)
 from dataclasses import dataclass
+from typing import overload
+
+from ..constants import FINDING_UNDECLARED_DERIVATIVE, FINDING_UNPURGED
 
 #: the lineage picture's legend classes (fiun_hub/report.py colours them)
 LEGENDS = ("done", "inherited", "pending", "flagged", "context")
@@ -49,7 +53,10 @@ class StatusInfo:
     fix: str = "–"
 
 
-_FORGET = {"takedown": "forget", "takedown_forgets": True, "fix_forgets": True, "fix": "forgets it"}
+def _forgets(meaning: str, *, takedown: str = "forget", fix: str = "forgets it", legend: str = "flagged") -> StatusInfo:
+    """The row of a finding a takedown and ``audit --fix`` both forget."""
+    return StatusInfo(meaning, True, legend=legend, takedown=takedown, takedown_forgets=True, fix_forgets=True,
+                      fix=fix)
 
 
 class Status(str, enum.Enum):
@@ -57,7 +64,13 @@ class Status(str, enum.Enum):
 
     info: StatusInfo
 
-    def __new__(cls, value: str, info: StatusInfo) -> "Status":
+    # `Status(value)` looks a member up by its value (Enum's own lookup: this __new__ only builds the members below)
+    @overload
+    def __new__(cls, value: object) -> "Status": ...
+    @overload
+    def __new__(cls, value: str, info: StatusInfo) -> "Status": ...
+    def __new__(cls, value: object, info: StatusInfo | None = None) -> "Status":
+        assert isinstance(value, str) and info is not None, "a member is a value and its row"
         member = str.__new__(cls, value)
         member._value_ = value
         member.info = info
@@ -65,7 +78,9 @@ class Status(str, enum.Enum):
 
     # str() and format() give the value (as they do for a str, and for a StrEnum on Python 3.11+)
     __str__ = str.__str__
-    __format__ = str.__format__
+
+    def __format__(self, format_spec: str) -> str:
+        return str.__format__(self, format_spec)
 
     DONE = "done", StatusInfo(
         "its head carries the request; its weights are the ones the ledger recorded, or later ones the ledger also "
@@ -74,38 +89,38 @@ class Status(str, enum.Enum):
         "its head does not carry the request, but every pin leading to it from the origins is a revision that "
         "carries it: a model derived *after* the takedown from a cleaned revision", False, legend="inherited",
         takedown="keep (derived after the takedown)")
-    PRE_FORGET_PIN = "pre-forget-pin", StatusInfo(
+    PRE_FORGET_PIN = "pre-forget-pin", _forgets(
         "derived from a revision of an affected repo that predates the takedown (the lineage pin shows it; the "
-        "message names the pin and, through ancestors, the cause)", True, **_FORGET)
-    DERIVED_FROM_FLAGGED = "derived-from-flagged", StatusInfo(
-        "derived from a revision that lost the record (see `lost-record`)", True, **_FORGET)
-    UNPINNED_PARENT = "unpinned-parent", StatusInfo(
-        "derived from an affected repo without a pinned revision, so it cannot be proved clean", True, **_FORGET)
-    LOST_RECORD = "lost-record", StatusInfo(
+        "message names the pin and, through ancestors, the cause)")
+    DERIVED_FROM_FLAGGED = "derived-from-flagged", _forgets(
+        "derived from a revision that lost the record (see `lost-record`)")
+    UNPINNED_PARENT = "unpinned-parent", _forgets(
+        "derived from an affected repo without a pinned revision, so it cannot be proved clean")
+    LOST_RECORD = "lost-record", _forgets(
         "the ledger recorded the forget here, but the head's card no longer carries it (a later `push` dropped it)",
-        True, **{**_FORGET, "fix": "forgets it again"})
+        fix="forgets it again")
     WEIGHTS_CHANGED = "weights-changed", StatusInfo(
         "the head carries the request, but a later commit changed its weights to ones the ledger never recorded",
         True, takedown="left as is (see `fiun-hub audit --fix`)", fix_forgets=True,
         fix="forgets it again, if its sidecar matches the new weights")
-    UNRECORDED = "unrecorded", StatusInfo(
+    UNRECORDED = "unrecorded", _forgets(
         "the head's card claims the request but the ledger holds no entry of a fiun-hub forget there (a record in a "
-        "card is a claim anyone who can write the repo can make; also a plain `fiun-hub forget --request-id`)", True,
-        **{**_FORGET, "takedown": "forget (its card only claims it)",
-           "fix": "forgets it (a takedown re-run too): never recorded on the card's word"})
-    PENDING = "pending", StatusInfo(
-        "the request was never applied here (an origin without it); in a takedown's plan, the work to do", True,
-        **{**_FORGET, "legend": "pending"})
+        "card is a claim anyone who can write the repo can make; also a plain `fiun-hub forget --request-id`)",
+        takedown="forget (its card only claims it)",
+        fix="forgets it (a takedown re-run too): never recorded on the card's word")
+    PENDING = "pending", _forgets(
+        "the request was never applied here (an origin without it); in a takedown's plan, the work to do",
+        legend="pending")
     FORGET_ACCURACY = "forget-accuracy", StatusInfo(
         "with `--eval-data`: held-out forget accuracy above `--max-forget-acc` (default 5%)", True,
         fix="forgets it, if it was `inherited`")
     ORIGIN_MISSING = "origin-missing", StatusInfo(
         "an origin of the request is no longer in the hub", True, row=False)
-    UNDECLARED_DERIVATIVE = "undeclared-derivative", StatusInfo(
+    UNDECLARED_DERIVATIVE = FINDING_UNDECLARED_DERIVATIVE, StatusInfo(
         "a model *outside* the affected set whose weights look derived from an affected repo's pre-forget revision, "
         "though its card does not declare it", True, row=False,
         fix="`--fix --adopt` forgets it; plain `--fix` leaves it")
-    UNPURGED = "unpurged", StatusInfo(
+    UNPURGED = FINDING_UNPURGED, StatusInfo(
         "a file of a pre-forget revision not tombstoned or whose blob is still on disk, a purged blob back in a "
         "repo, or a staged or temporary file holding a purged one", True, row=False,
         fix="purges it (a `purge` ledger event) and deletes the strays")

@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from ..constants import DEFAULT_AUTHOR, LEDGER_REPO, WEIGHTS_FILE
+from ..constants import DEFAULT_AUTHOR, LEDGER_FORGOT, LEDGER_RECORDED, LEDGER_REPO, WEIGHTS_FILE
 from ..errors import BadInput, FiunError
 from ..hub.ids import split_repo_rev
-from ..hub.local import Blob, LocalHub, RepoChange
+from ..hub.base import Blob, Hub, PurgeHub, RepoChange
+from ..hub.local import LocalHub
 from . import clock
 from .classification import CardCache, RepoState, classify
 from .ledger import adopted_entries, ledger_change, ledger_exists, ledger_records, new_record, with_event
@@ -50,7 +51,7 @@ class TakedownPlan:
                 "noop": not self.targets and not self.record_only}
 
 
-def _origin_pins(hub: LocalHub, request: TakedownRequest) -> None:
+def _origin_pins(hub: Hub, request: TakedownRequest) -> None:
     """An ``org/name@rev`` origin must name a revision on the line of the origin's head."""
     for spec in request.origins:
         repo, rev = split_repo_rev(spec)
@@ -63,7 +64,7 @@ def _origin_pins(hub: LocalHub, request: TakedownRequest) -> None:
                                    "the forget applies to the head and everything derived from it")
 
 
-def restrict_plan(hub: LocalHub, request: TakedownRequest, plan, apply: Iterable[str]) -> tuple[Any, dict[str, str]]:
+def restrict_plan(hub: Hub, request: TakedownRequest, plan, apply: Iterable[str]) -> tuple[Any, dict[str, str]]:
     """The FIUn plan with only ``apply`` left to do (every other node marked done and its problems dropped),
     and the targets that cannot be applied, with why."""
     from ..constants import CONFIG_FILE
@@ -106,7 +107,7 @@ def restrict_plan(hub: LocalHub, request: TakedownRequest, plan, apply: Iterable
     return dataclasses.replace(plan, nodes=nodes), blocked
 
 
-def add_adopted(hub: LocalHub, plan, g, repos: Iterable[str], adoptions: dict[str, dict],
+def add_adopted(hub: Hub, plan, g, repos: Iterable[str], adoptions: dict[str, dict],
                 depths: dict[str, int]) -> dict[str, str]:
     """Add to ``plan`` (to do) a node for each repo of ``repos`` that the cards do not link to the origins: an
     undeclared derivative adopted with ``adoptions[repo]`` (``{repo, revision, evidence}`` of its inferred
@@ -143,7 +144,7 @@ def add_adopted(hub: LocalHub, plan, g, repos: Iterable[str], adoptions: dict[st
     return blocked
 
 
-def plan_takedown(hub: LocalHub, request: TakedownRequest) -> TakedownPlan:
+def plan_takedown(hub: Hub, request: TakedownRequest) -> TakedownPlan:
     """Validate ``request`` against the hub and the ledger and work out what a takedown does. Changes nothing.
 
     A request id already in the ledger must have the same content (a re-run then applies it to what was derived
@@ -179,7 +180,7 @@ def plan_takedown(hub: LocalHub, request: TakedownRequest) -> TakedownPlan:
                         undeclared=undeclared_derivatives(hub, request.id, states, CardCache(hub)))
 
 
-def plan_report(hub: LocalHub, tp: TakedownPlan) -> dict[str, Any]:
+def plan_report(hub: Hub, tp: TakedownPlan) -> dict[str, Any]:
     """Report data (as :func:`audit` gives) for a takedown that has not run: what it would do (``--dry-run``)."""
     from ..lineage import resolve
 
@@ -219,7 +220,7 @@ def _weights_of(change: RepoChange) -> str | None:
     return None
 
 
-def _origins_used(hub: LocalHub, plan, lin: CardCache) -> list[str]:
+def _origins_used(hub: Hub, plan, lin: CardCache) -> list[str]:
     """Each origin with the revision whose sidecar gives its unlearning FIM (the pre-forget one when done)."""
     out = []
     for o in plan.origins:
@@ -229,7 +230,7 @@ def _origins_used(hub: LocalHub, plan, lin: CardCache) -> list[str]:
     return out
 
 
-def apply_plan(hub: LocalHub, tp: TakedownPlan, kind: str, *, eval_data: str | None, workers: int,
+def apply_plan(hub: PurgeHub, tp: TakedownPlan, kind: str, *, eval_data: str | None, workers: int,
                progress: Callable[[str], None] | None, findings: list[dict] | None = None, executor: str = "local",
                ray_address: str | None = None, purge: bool = True, hold_reason: str | None = None) -> dict[str, Any]:
     """Forget ``tp.targets`` (those not blocked) and record them and ``tp.record_only`` in the ledger: the forget's
@@ -254,7 +255,8 @@ def apply_plan(hub: LocalHub, tp: TakedownPlan, kind: str, *, eval_data: str | N
     heads = {s.repo: s.head for s in tp.states}
     for repo in tp.record_only:
         rec = lin.record(repo, heads[repo], request.id)
-        event["repos"][repo] = {"action": "recorded", "from": rec.from_revision if rec else None, "to": heads[repo],
+        event["repos"][repo] = {"action": LEDGER_RECORDED, "from": rec.from_revision if rec else None,
+                                "to": heads[repo],
                                 "weights_sha256": hub.list_files(repo, heads[repo]).get(WEIGHTS_FILE)}
     texts = {} if tp.record is not None else {request.id: request.text or _yaml_of(request)}
 
@@ -263,7 +265,7 @@ def apply_plan(hub: LocalHub, tp: TakedownPlan, kind: str, *, eval_data: str | N
 
     def build(changes: list[RepoChange]) -> RepoChange:
         for ch in changes:
-            event["repos"][ch.repo] = {"action": "forgot", "from": ch.parent_commit, "to": None,
+            event["repos"][ch.repo] = {"action": LEDGER_FORGOT, "from": ch.parent_commit, "to": None,
                                        "sidecar": used.get(ch.repo, "own"),
                                        **({"adopted_from": adopted[ch.repo]} if ch.repo in adopted else {}),
                                        "weights_sha256": _weights_of(ch), **{f"{k}_before": v for k, v in
@@ -330,7 +332,7 @@ def run_takedown(hub: LocalHub, tp: TakedownPlan, *, eval_data: str | None = Non
     """Carry out a :func:`plan_takedown`: forget every target and record the request and its outcome in the ledger.
     By default the pre-forget revisions' weights and sidecars are purged in the same publish (docs/takedowns.md,
     "Purge"); ``hold_reason`` keeps them as a recorded legal hold instead. Returns the outcome and the report data
-    (``report``) of the request's state afterwards."""
+    (``report``) of the request's state afterwards (an :func:`audit`: a LocalHub)."""
     if hold_reason is not None and not hold_reason.strip():
         raise BadInput("--keep-history needs --reason TEXT: a legal hold is recorded with why")
     if tp.problems:

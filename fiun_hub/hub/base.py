@@ -17,7 +17,8 @@ capability                LocalHub   HfHub  what it promises
                                             ``verify``; ``None`` on a backend without one
 ``BLOB_STORE``            yes        no     ``blob_path(repo, sha256)`` and ``staging()``: content-addressed
                                             files a writer can stage before a publish names them
-``PURGE``                 yes        no     tombstones: ``tombstones()``, ``purge()``, ``publish(purge=...)``
+``PURGE``                 yes        no     tombstones: ``tombstones()``, ``purge()``, ``publish(purge=...)``,
+                                            ``purge_blobs()`` (the blobs a purge frees)
 ``PURGE_HISTORY``         no         yes    ``purge_history(repo, request_id)``: the endpoint's LFS purge
 ========================  =========  =====  =================================================================
 """
@@ -193,6 +194,7 @@ class PurgeHub(Hub, Protocol):
     """PURGE."""
 
     def tombstones(self, repo: str, cid: str) -> dict[str, dict]: ...
+    def purge_blobs(self, purge: list[dict], live: Iterable[tuple[str, str]] = ()) -> list[dict]: ...
     def purge(self, entries: list[dict], changes: list[RepoChange] | None = None, *,
               author: str | None = None) -> dict[str, str]: ...
     def publish(self, changes: list[RepoChange], *, author: str | None = None,
