@@ -12,6 +12,8 @@ from typing import Any
 
 import click
 
+from fiun_hub.constants import LEDGER_RECORDED
+
 from .common import fail, handled, short_sidecar
 
 def _check_report_path(path: str | None) -> None:
@@ -76,7 +78,7 @@ def _outcome_text(tp, result: dict) -> str:
         if "forget_acc" in e or "retain_acc" in e:
             acc = (f"  forget {_pct(e.get('forget_acc_before'))} -> {_pct(e.get('forget_acc'))}"
                    f"  retain {_pct(e.get('retain_acc_before'))} -> {_pct(e.get('retain_acc'))}")
-        if e.get("action") == "recorded":
+        if e.get("action") == LEDGER_RECORDED:
             lines.append(f"  {repo:32s} recorded at {e['to'][:12]}  weights {(e['weights_sha256'] or '-')[:12]}{acc}")
         else:
             lines.append(f"  {repo:32s} {e['from'][:12]} -> {e['to'][:12]}  weights {e['weights_sha256'][:12]}{acc}")

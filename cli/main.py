@@ -220,7 +220,7 @@ def lineage(c: Ctx, repo: str | None, up: bool, down: bool, fmt: str | None, out
     hub = c.hub()
     g, entries = L.resolve_entries(hub, rebuild=rebuild)
     if infer:
-        from fiun_hub.fingerprint import infer as infer_edges
+        from fiun_hub.fingerprint import Relation, infer as infer_edges
 
         # the entries g was built from, not a second read of the index (with --rebuild, infer reads it as before)
         edges = infer_edges(hub, g, None if rebuild else entries)
@@ -230,7 +230,7 @@ def lineage(c: Ctx, repo: str | None, up: bool, down: bool, fmt: str | None, out
         # sibling/ancestor edges count too (docs/lineage-inference.md): one is normally undeclared only when a
         # derivation edge it rests on is, and nothing reported is left out of the check
         c.emit({"edges": [e.to_dict() for e in edges], "undeclared": len(undeclared),
-                "undeclared_derived": sum(e.relation == "derived" for e in undeclared)},
+                "undeclared_derived": sum(e.relation == Relation.DERIVED for e in undeclared)},
                lambda: "\n".join(e.line() for e in edges) or "no suspected edges")
         if check and undeclared:
             sys.exit(1)
