@@ -48,7 +48,7 @@ the forget record), with a budget of ``SAMPLE_TOPK`` head entries (:func:`top_ra
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
 
@@ -237,6 +237,31 @@ def ranked_last_stacked(w: torch.Tensor, b: torch.Tensor, keep: torch.Tensor, fe
 # --------------------------------------------------------------------------------------------------- the update, composed
 
 
+class PerName(Mapping[str, torch.Tensor]):
+    """A mapping of parameter names whose tensors are computed when read (``fn(name)``) and not kept, so that an
+    update over many parameters holds one parameter's inputs at a time (:func:`forget_update_stacked` reads each
+    non-head parameter's inputs once)."""
+
+    def __init__(self, names: Iterable[str], fn: Callable[[str], torch.Tensor]):
+        self._names = list(dict.fromkeys(names))
+        self._have = set(self._names)
+        self._fn = fn
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name not in self._have:
+            raise KeyError(name)
+        return self._fn(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._have
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
 def reference_rows_stacked(heads: Mapping[str, torch.Tensor], keep: torch.Tensor,
                            model_fim: Mapping[str, torch.Tensor] | None = None, *, rule: str | None = None,
                            margin: float | None = None) -> dict[str, torch.Tensor]:
@@ -395,17 +420,19 @@ def forget_update_stacked(
         if drops and totals is None:
             raise UnlearnError("the retain FIM needs the models' total sample counts (totals)")
         tot = torch.zeros(0, dtype=torch.float64) if totals is None else totals  # read only with drops
-        f_cmp = {n: retain_fim_stacked(nonneg64(t), tot, [(nc, nonneg64(fc[n])) for nc, fc in drops])
-                 for n, t in model_fim.items() if n in mfim}
+        f_cmp = PerName([n for n in model_fim if n in mfim], lambda n: retain_fim_stacked(
+            nonneg64(model_fim[n]), tot, [(nc, nonneg64(fc[n])) for nc, fc in drops]))
     else:
         f_cmp = model_fim
-    m = dict(mfim)
+    head_m: dict[str, torch.Tensor] = {}  # the head's MFIM, rows restricted; other parameters' as given
     known = any(forgotten) and bool(head)
     if known and forget_rows:
         for n in head:
-            if n in m:
-                _check_rows_stacked(n, m[n], len(forgotten))
-                m[n] = forget_rows_stacked(m[n], forgotten)
+            if n in mfim:
+                head_m[n] = mfim[n]
+                _check_rows_stacked(n, head_m[n], len(forgotten))
+                head_m[n] = forget_rows_stacked(head_m[n], forgotten)
+    m = PerName(mfim, lambda n: head_m[n] if n in head_m else mfim[n])
     ref = None
     if known and mean_reference and kept:
         heads = {n: params[n] for n in head}
@@ -964,5 +991,5 @@ __all__ = [
     "SAMPLE_TOPK", "top_ratio_only", "match_mass", "normalized_head_fisher", "DEFAULT_REFERENCE_RULE",
     "DEFAULT_RANK_MARGIN", "REFERENCE_RULES", "head_weight_bias", "feature_norm_stacked", "ranked_last_stacked",
     "ranked_last_reference", "DEFAULT_WHOLE_ROWS", "reached_rows_stacked", "whole_rows_stacked",
-    "reference_rows_stacked", "dampen_params_stacked", "anchor_inert_stacked", "forget_update_stacked",
+    "reference_rows_stacked", "dampen_params_stacked", "anchor_inert_stacked", "forget_update_stacked", "PerName",
 ]

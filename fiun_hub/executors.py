@@ -563,22 +563,31 @@ def dampen_group(group: Sequence[_Loaded], device: Any = None) -> list[dict[str,
     parameter name for the whole group. Returns each repo's new tensors, on CPU, in the group's order."""
     import torch
 
-    from .dampening import forget_update_stacked
+    from .dampening import PerName, forget_update_stacked
 
     dev = resolve_device(device)
     sig, mask, inert_mask, drop, alpha, lam = group[0].key
     tasks = [ld.task for ld in group]
     names = [n for n, *_ in sig]
+    heads = [n for n, _s, _d, _m, _f, is_head in sig if is_head]
     rows = len(mask or inert_mask or ())
+
+    def stacks(get: Callable[[int, str], Any]) -> PerName:
+        """name -> the group's stack (B, ...) on ``dev``: the head's made once, the others' each time they are read
+        (once: one parameter's inputs at a time on the device)."""
+        fixed = {n: _stack((get(i, n) for i in range(len(group))), dev) for n in heads}
+        return PerName(names, lambda n: fixed[n] if n in fixed else _stack((get(i, n) for i in range(len(group))), dev))
+
+    def class_fim(c: str) -> Callable[[int, str], Any]:
+        return lambda i, n: tasks[i].class_fims[c][n]
+
     totals = torch.tensor([float(sum(int(v) for v in t.counts.values())) for t in tasks], dtype=torch.float64,
                           device=dev)
     drops = [(torch.tensor([float(int(t.counts[c])) for t in tasks], dtype=torch.float64, device=dev),
-              {n: _stack((t.class_fims[c][n] for t in tasks), dev) for n in names}) for c in drop]
+              stacks(class_fim(c))) for c in drop]
     new = forget_update_stacked(
-        {n: _stack((ld.params[n] for ld in group), dev) for n in names},
-        {n: _stack((t.model_fim[n] for t in tasks), dev) for n in names},
-        {n: _stack((t.mfim[n] for t in tasks), dev) for n in names},
-        [n for n, _s, _d, _m, _f, is_head in sig if is_head], mask or (False,) * rows, inert_mask or (False,) * rows,
+        stacks(lambda i, n: group[i].params[n]), stacks(lambda i, n: tasks[i].model_fim[n]),
+        stacks(lambda i, n: tasks[i].mfim[n]), heads, mask or (False,) * rows, inert_mask or (False,) * rows,
         totals=totals, drops=drops, alpha=alpha, lam=lam)
     return [{n: new[n][i].cpu() for n in names} for i in range(len(group))]
 
