@@ -10,7 +10,8 @@ The class-wise step for one affected model ``v`` (origin or descendant), all of 
     M      = merge_fims([align_rows(U_o, o.labels, v.labels, head) for o in origins of v])
     new    = class_forget_update(v.params, v.labels, v.model_fim, v.class_fims, v.counts, M, forget, head)
 
-:func:`class_forget_update` is :func:`dampen` with the chosen defaults:
+:func:`class_forget_update` is :func:`forget_update_stacked` (the update, written once over stacks of models) on
+a stack of one, with the chosen defaults:
 
 1. the model FIM it compares against is v's **retain FIM** (:func:`retain_fim`: v's model FIM with its own
    forget-class FIMs taken out, from its own sidecars). The paper compares against the FIM of all of v's
@@ -47,7 +48,7 @@ the forget record), with a budget of ``SAMPLE_TOPK`` head entries (:func:`top_ra
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
 
@@ -78,11 +79,13 @@ DEFAULT_WHOLE_ROWS = True
 
 # --------------------------------------------------------------------------------------------------- the update, stacked
 # The formulas of the update, each written once, over *stacks*: the leading dimension indexes models, so a single
-# model is a stack of one (``t[None]``). The per-repo functions below (:func:`retain_fim`, :func:`forget_rows_only`,
-# :func:`retained_mean_reference`, :func:`dampen`, :func:`anchor_inert_rows`) check their inputs and call these
-# on a stack of one; :func:`fiun_hub.executors.dampen_group` calls them on the stacked tensors of many repos
-# with the same head shape (one set of operations per parameter name, on any device). Elementwise, or reducing
-# along the row dimension only, so a model's result does not depend on what else is in its stack.
+# model is a stack of one (``t[None]``), and their composition, written once too (:func:`forget_update_stacked`).
+# The per-repo functions below (:func:`class_forget_update`, :func:`sample_forget_update`, :func:`dampen`,
+# :func:`anchor_inert_rows`, :func:`retain_fim`, :func:`ranked_last_reference`, ...) check their inputs and call
+# these on a stack of one; :func:`fiun_hub.executors.dampen_group` calls :func:`forget_update_stacked` on the
+# stacked tensors of many repos with the same head shape (one set of operations per parameter name, on any device).
+# Elementwise, or reducing along the row dimension only, so a model's result does not depend on what else is in its
+# stack.
 
 
 def nonneg64(t: torch.Tensor) -> torch.Tensor:
@@ -231,6 +234,227 @@ def ranked_last_stacked(w: torch.Tensor, b: torch.Tensor, keep: torch.Tensor, fe
     return wref, bref
 
 
+# --------------------------------------------------------------------------------------------------- the update, composed
+
+
+class PerName(Mapping[str, torch.Tensor]):
+    """A mapping of parameter names whose tensors are computed when read (``fn(name)``) and not kept, so that an
+    update over many parameters holds one parameter's inputs at a time (:func:`forget_update_stacked` reads each
+    non-head parameter's inputs once)."""
+
+    def __init__(self, names: Iterable[str], fn: Callable[[str], torch.Tensor]):
+        self._names = list(dict.fromkeys(names))
+        self._have = set(self._names)
+        self._fn = fn
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name not in self._have:
+            raise KeyError(name)
+        return self._fn(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._have
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
+def reference_rows_stacked(heads: Mapping[str, torch.Tensor], keep: torch.Tensor,
+                           model_fim: Mapping[str, torch.Tensor] | None = None, *, rule: str | None = None,
+                           margin: float | None = None) -> dict[str, torch.Tensor]:
+    """Each head parameter's reference row (B, 1, ...), float64, for a stack of heads (``heads``: name -> (B, rows,
+    ...), every head parameter) and the retained rows ``keep`` (long indices): the ranked-last row of
+    :func:`ranked_last_stacked` when the head is one weight and one bias (:func:`head_weight_bias`; the features'
+    norm from ``model_fim``, the models' own head FIM stacks, where it has both with the heads' shapes), else, or
+    for ``rule="retained-mean"``, the retained rows' mean (:func:`row_mean_stacked`). The rule of
+    :func:`ranked_last_reference`, which is this on a stack of one; raises :class:`UnlearnError` on an unknown
+    rule or a bad margin."""
+    rule = DEFAULT_REFERENCE_RULE if rule is None else rule
+    margin = DEFAULT_RANK_MARGIN if margin is None else margin
+    if rule not in REFERENCE_RULES:
+        raise UnlearnError(f"unknown reference rule {rule!r} (one of {', '.join(REFERENCE_RULES)})")
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not math.isfinite(margin) or margin < 0:
+        raise UnlearnError(f"margin must be a finite number >= 0, got {margin!r}")
+    rows = next(iter(heads.values())).shape[1] if heads else 0
+    pair = head_weight_bias({n: tuple(t.shape[1:]) for n, t in heads.items()}, rows)
+    if rule == "retained-mean" or pair is None:
+        return {n: row_mean_stacked(t, keep) for n, t in heads.items()}
+    wn, bn = pair
+    w, b = heads[wn], heads[bn]
+    fn = None
+    if model_fim is not None and wn in model_fim and bn in model_fim \
+            and tuple(model_fim[wn].shape) == tuple(w.shape) and tuple(model_fim[bn].shape) == tuple(b.shape):
+        fn = feature_norm_stacked(model_fim[wn], model_fim[bn])
+    wref, bref = ranked_last_stacked(w, b, keep, fn, rule=rule, margin=margin)
+    return {wn: wref, bn: bref}
+
+
+def dampen_params_stacked(params: Mapping[str, torch.Tensor], model_fim: Mapping[str, torch.Tensor],
+                          mfim: Mapping[str, torch.Tensor], *, alpha: float = DEFAULT_ALPHA,
+                          lam: float = DEFAULT_LAMBDA, exponent: float = DEFAULT_EXPONENT,
+                          reference: Mapping[str, torch.Tensor] | None = None, floor: float = 0.0) -> Fim:
+    """:func:`dampen` on stacks: every tensor (B, ...) (``reference`` too, already expanded to its parameter's
+    shape), same checks and errors (shapes in messages are one model's), no device moves. Parameters not in
+    ``mfim`` are returned as they are (the same tensors)."""
+    for name, val in (("alpha", alpha), ("lam", lam), ("exponent", exponent)):
+        if isinstance(val, bool) or not isinstance(val, (int, float)) or not math.isfinite(val) or val < 0:
+            raise UnlearnError(f"{name} must be a finite number >= 0, got {val!r}")
+    if exponent == 0:
+        raise UnlearnError("exponent must be > 0")
+    if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0.0 <= float(floor) <= 1.0:
+        raise UnlearnError(f"floor must be a number in [0, 1], got {floor!r}")
+    out: Fim = {}
+    for n, p in params.items():
+        if n not in mfim:
+            out[n] = p
+            continue
+        if n not in model_fim:
+            raise UnlearnError(f"the model FIM lacks {n}, which the unlearning FIM covers")
+        m, f = mfim[n], model_fim[n]
+        if m.shape != p.shape or f.shape != p.shape:
+            raise UnlearnError(f"{n}: parameter {tuple(p.shape[1:])}, model FIM {tuple(f.shape[1:])}, "
+                               f"unlearning FIM {tuple(m.shape[1:])}")
+        if not bool(torch.isfinite(p).all()):
+            raise UnlearnError(f"parameter {n} holds non-finite values")
+        r = None
+        if reference is not None and n in reference:
+            r = reference[n]
+            if r.shape != p.shape:
+                raise UnlearnError(f"reference of {n} is {tuple(r.shape[1:])}, parameter {tuple(p.shape[1:])}")
+            if not bool(torch.isfinite(r).all()):
+                raise UnlearnError(f"reference of {n} holds non-finite values")
+        out[n] = dampen_stacked(p, f, m, alpha=alpha, lam=lam, exponent=exponent, reference=r, floor=floor)
+    return out
+
+
+def _check_rows_stacked(name: str, t: torch.Tensor, k: int) -> None:
+    """:func:`_check_rows` for one model of a stack (B, rows, ...)."""
+    if t.ndim <= 1 or t.shape[1] != k:
+        raise UnlearnError(f"head parameter {name} has {tuple(t.shape)[1:2] or 'no'} rows but {k} labels")
+
+
+def anchor_inert_stacked(params: Mapping[str, torch.Tensor], head: Sequence[str], inert: Sequence[bool],
+                         forgotten: Sequence[bool], model_fim: Mapping[str, torch.Tensor] | None = None, *,
+                         rule: str | None = None, margin: float | None = None) -> Fim:
+    """``params`` (stacks (B, ...)) with the head rows flagged in ``inert`` (forgotten by earlier requests) set to
+    the reference row (:func:`reference_rows_stacked`) of the retained rows (flagged neither in ``inert`` nor in
+    ``forgotten``) of ``params`` itself (the updated head): such a row ranks below the retained rows, whatever the
+    update did to them. ``head``: the head parameters (all in ``params``). Others are returned as they are;
+    nothing flagged in ``inert``: ``params`` as it is. :func:`anchor_inert_rows` is this on a stack of one."""
+    rows = [i for i, a in enumerate(inert) if a]
+    if not rows:
+        return dict(params)
+    kept = [i for i, (a, f) in enumerate(zip(inert, forgotten)) if not a and not f]
+    if not kept:
+        raise UnlearnError("every label of the model is forgotten; nothing to keep")
+    for n in head:
+        _check_rows_stacked(n, params[n], len(inert))
+    keep = torch.tensor(kept, dtype=torch.long, device=params[head[0]].device if head else None)
+    refs = reference_rows_stacked({n: params[n] for n in head}, keep, model_fim, rule=rule, margin=margin)
+    out = dict(params)
+    for n in head:
+        p = params[n]
+        out[n] = anchor_rows_stacked(p, rows, keep, refs[n].to(p.dtype).to(torch.float64))
+    return out
+
+
+def forget_update_stacked(
+    params: Mapping[str, torch.Tensor],
+    model_fim: Mapping[str, torch.Tensor],
+    mfim: Mapping[str, torch.Tensor],
+    head: Sequence[str],
+    forgotten: Sequence[bool],
+    inert: Sequence[bool] = (),
+    *,
+    against: Mapping[str, torch.Tensor] | None = None,
+    totals: torch.Tensor | None = None,
+    drops: Sequence[tuple[torch.Tensor, Mapping[str, torch.Tensor]]] = (),
+    alpha: float = DEFAULT_ALPHA,
+    lam: float = DEFAULT_LAMBDA,
+    exponent: float = DEFAULT_EXPONENT,
+    use_retain_fim: bool = True,
+    forget_rows: bool = True,
+    mean_reference: bool = True,
+    reference_rule: str | None = None,
+    margin: float | None = None,
+    whole_rows: bool = DEFAULT_WHOLE_ROWS,
+) -> Fim:
+    """THE FIUn update of B models at once, written once: :func:`class_forget_update` and
+    :func:`sample_forget_update` run it on a stack of one, :func:`fiun_hub.executors.dampen_group` on the stacked
+    tensors of many repos. Every tensor is a stack (B, ...) of models that share parameter names and shapes and the
+    per-row flags below (their labels may differ; their values too). Returns the new stacks, one per name of
+    ``params`` (a parameter the update does not touch: the same tensor as given).
+
+    ``params``: the unlearnable parameters; ``model_fim``: the models' own model FIMs, as stored; ``mfim``: the
+    merged unlearning FIMs aligned to each model's rows (names within ``params``); ``head``: the head parameters
+    among ``params`` (one row per label); ``forgotten`` / ``inert``: per head row, whether its label is forgotten
+    now / was forgotten by an earlier request (empty: no head rows are flagged). The steps (the module docstring,
+    docs/method.md):
+
+    1. the FIM compared against: ``against`` when given (the sample-wise class-mix FIM), else the retain FIM
+       (:func:`retain_fim_stacked` of ``model_fim``, ``totals`` (B,) float64 sample counts and ``drops``, one
+       ``(n_c (B,) float64, {name: F_c (B, ...)})`` per class with training samples taken out) with
+       ``use_retain_fim``, else ``model_fim`` as it is;
+    2. with a forgotten row and ``forget_rows``: on the head only the forgotten rows of the MFIM are kept
+       (:func:`forget_rows_stacked`);
+    3. with a forgotten row, ``mean_reference`` and a retained row (neither forgotten nor inert): dampened head
+       rows move toward the reference row of the retained rows (:func:`reference_rows_stacked`, ``reference_rule``
+       / ``margin``); else toward 0;
+    4. selection and dampening (:func:`dampen_params_stacked`, ``alpha`` / ``lam`` / ``exponent``);
+    5. with that reference and ``whole_rows``: the forgotten rows the MFIM reaches are set to it whole
+       (:func:`reached_rows_stacked`, :func:`whole_rows_stacked`);
+    6. with an inert row and a retained row: the inert rows are set to the reference row of the UPDATED head's
+       retained rows (:func:`anchor_inert_stacked`), so that no later forget can make such a class win again."""
+    head = [n for n in head if n in params]
+    forgotten = [bool(v) for v in forgotten]
+    inert = [bool(v) for v in inert] or [False] * len(forgotten)
+    if len(inert) != len(forgotten):
+        raise UnlearnError(f"{len(forgotten)} forgotten-row flags but {len(inert)} inert-row flags")
+    kept = [i for i, (f, a) in enumerate(zip(forgotten, inert)) if not f and not a]
+    if against is not None:
+        f_cmp: Mapping[str, torch.Tensor] = against
+    elif use_retain_fim:
+        if drops and totals is None:
+            raise UnlearnError("the retain FIM needs the models' total sample counts (totals)")
+        tot = torch.zeros(0, dtype=torch.float64) if totals is None else totals  # read only with drops
+        f_cmp = PerName([n for n in model_fim if n in mfim], lambda n: retain_fim_stacked(
+            nonneg64(model_fim[n]), tot, [(nc, nonneg64(fc[n])) for nc, fc in drops]))
+    else:
+        f_cmp = model_fim
+    head_m: dict[str, torch.Tensor] = {}  # the head's MFIM, rows restricted; other parameters' as given
+    known = any(forgotten) and bool(head)
+    if known and forget_rows:
+        for n in head:
+            if n in mfim:
+                head_m[n] = mfim[n]
+                _check_rows_stacked(n, head_m[n], len(forgotten))
+                head_m[n] = forget_rows_stacked(head_m[n], forgotten)
+    m = PerName(mfim, lambda n: head_m[n] if n in head_m else mfim[n])
+    ref = None
+    if known and mean_reference and kept:
+        heads = {n: params[n] for n in head}
+        rule = DEFAULT_REFERENCE_RULE if reference_rule is None else reference_rule
+        if rule not in REFERENCE_RULES:  # checked before the rows, as ever
+            raise UnlearnError(f"unknown reference rule {rule!r} (one of {', '.join(REFERENCE_RULES)})")
+        for n in head:
+            _check_rows_stacked(n, params[n], len(forgotten))
+        keep = torch.tensor(kept, dtype=torch.long, device=params[head[0]].device)
+        refs = reference_rows_stacked(heads, keep, model_fim, rule=rule, margin=margin)
+        ref = {n: r.to(heads[n].dtype).expand_as(heads[n]) for n, r in refs.items()}
+    out = dampen_params_stacked(params, f_cmp, m, alpha=alpha, lam=lam, exponent=exponent, reference=ref)
+    reach = [n for n in head if n in m]
+    if whole_rows and ref is not None and reach:
+        reached = reached_rows_stacked([m[n] for n in reach], forgotten)
+        for n in reach:
+            out[n] = whole_rows_stacked(out[n], ref[n], reached)
+    if any(inert) and head and kept:
+        out = anchor_inert_stacked(out, head, inert, forgotten, model_fim, rule=reference_rule, margin=margin)
+    return out
+
+
 # --------------------------------------------------------------------------------------------------- FIMs
 
 
@@ -319,26 +543,40 @@ def retain_fim(
     >>> retain_fim(fm, {"a": {"w": torch.tensor([1.0])}, "b": {"w": torch.tensor([4.0])}}, {"a": 1, "b": 1}, ["b"])["w"].tolist()
     [1.0]
     """
+    total, drop = _retain_drops(model_fim, class_fims, counts, forget)
+    if not drop:
+        return {n: _finite_nonneg(t).float() for n, t in model_fim.items()}
+    out: Fim = {}
+    totals = torch.tensor([float(total)], dtype=torch.float64)
+    for n, t in model_fim.items():
+        drops = [(torch.tensor([float(int(counts[c]))], dtype=torch.float64), _finite_nonneg(class_fims[c][n])[None])
+                 for c in drop]
+        out[n] = retain_fim_stacked(_finite_nonneg(t)[None], totals, drops)[0]
+    return out
+
+
+def _retain_drops(
+    model_fim: Mapping[str, torch.Tensor],
+    class_fims: Mapping[str, Mapping[str, torch.Tensor]],
+    counts: Mapping[str, int],
+    forget: Sequence[str],
+) -> tuple[int, list[str]]:
+    """The checks of :func:`retain_fim` (same errors, same order): its total sample count and the forget classes
+    with training samples that it takes out (none: the retain FIM is the model FIM)."""
     total = sum(int(v) for v in counts.values())
     drop = [c for c in dict.fromkeys(str(c) for c in forget) if int(counts.get(c, 0)) > 0]
     missing = [c for c in drop if c not in class_fims]
     if missing:
         raise UnlearnError(f"the retain FIM needs the class FIMs of {missing} (fim-classes sidecar)")
-    n_drop = sum(int(counts[c]) for c in drop)
     if not drop:
-        return {n: _finite_nonneg(t).float() for n, t in model_fim.items()}
-    if total - n_drop <= 0:
+        return total, drop
+    if total - sum(int(counts[c]) for c in drop) <= 0:
         raise UnlearnError(f"forgetting {list(forget)} leaves no retained training sample")
-    out: Fim = {}
-    totals = torch.tensor([float(total)], dtype=torch.float64)
     for n, t in model_fim.items():
         for c in drop:
             if n not in class_fims[c] or class_fims[c][n].shape != t.shape:
                 raise UnlearnError(f"class FIM {n}@{c} is missing or shaped unlike the model FIM")
-        drops = [(torch.tensor([float(int(counts[c]))], dtype=torch.float64), _finite_nonneg(class_fims[c][n])[None])
-                 for c in drop]
-        out[n] = retain_fim_stacked(_finite_nonneg(t)[None], totals, drops)[0]
-    return out
+    return total, drop
 
 
 def _check_rows(name: str, t: torch.Tensor, k: int) -> None:
@@ -499,14 +737,11 @@ def ranked_last_reference(
     keep = torch.tensor([i for i, lab in enumerate(labels) if str(lab) not in drop_set], dtype=torch.long)
     wn, bn = pair
     w, b = params[wn].detach().to("cpu"), params[bn].detach().to("cpu")
-    fn = None
-    if model_fim is not None and wn in model_fim and bn in model_fim \
-            and tuple(model_fim[wn].shape) == tuple(w.shape) and tuple(model_fim[bn].shape) == tuple(b.shape):
-        fn = feature_norm_stacked(model_fim[wn].detach().to("cpu")[None], model_fim[bn].detach().to("cpu")[None])
-    wref, bref = ranked_last_stacked(w[None], b[None], keep, fn, rule=rule, margin=margin)
+    fims = None if model_fim is None else {n: model_fim[n].detach().to("cpu")[None] for n in pair if n in model_fim}
+    refs = reference_rows_stacked({wn: w[None], bn: b[None]}, keep, fims, rule=rule, margin=margin)
     out = dict(mean)
-    out[wn] = wref[0].expand_as(w).to(w.dtype).clone()
-    out[bn] = bref[0].expand_as(b).to(b.dtype).clone()
+    out[wn] = refs[wn][0].expand_as(w).to(w.dtype).clone()
+    out[bn] = refs[bn][0].expand_as(b).to(b.dtype).clone()
     return out
 
 
@@ -538,38 +773,34 @@ def dampen(
     selected are returned bit-identical. Raises :class:`UnlearnError` on shape mismatches, non-finite
     parameters or references, or bad ``alpha`` / ``lam`` / ``exponent``.
     """
-    for name, val in (("alpha", alpha), ("lam", lam), ("exponent", exponent)):
-        if isinstance(val, bool) or not isinstance(val, (int, float)) or not math.isfinite(val) or val < 0:
-            raise UnlearnError(f"{name} must be a finite number >= 0, got {val!r}")
-    if exponent == 0:
-        raise UnlearnError("exponent must be > 0")
-    if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0.0 <= float(floor) <= 1.0:
-        raise UnlearnError(f"floor must be a number in [0, 1], got {floor!r}")
-    out: Fim = {}
-    for n, p in params.items():
-        if n not in mfim:
-            out[n] = p.detach().clone()
-            continue
-        if n not in model_fim:
-            raise UnlearnError(f"the model FIM lacks {n}, which the unlearning FIM covers")
-        m_raw, f_raw = mfim[n].detach().to("cpu"), model_fim[n].detach().to("cpu")
-        if m_raw.shape != p.shape or f_raw.shape != p.shape:
-            raise UnlearnError(f"{n}: parameter {tuple(p.shape)}, model FIM {tuple(f_raw.shape)}, "
-                               f"unlearning FIM {tuple(m_raw.shape)}")
-        theta = p.detach().to("cpu", torch.float64)
-        if not bool(torch.isfinite(theta).all()):
-            raise UnlearnError(f"parameter {n} holds non-finite values")
-        r = None
-        if reference is not None and n in reference:
-            r = reference[n].detach().to("cpu")
-            if r.shape != p.shape:
-                raise UnlearnError(f"reference of {n} is {tuple(r.shape)}, parameter {tuple(p.shape)}")
-            if not bool(torch.isfinite(r).all()):
-                raise UnlearnError(f"reference of {n} holds non-finite values")
-        new = dampen_stacked(p.detach().to("cpu"), f_raw, m_raw, alpha=alpha, lam=lam, exponent=exponent,
-                             reference=r, floor=floor)
-        out[n] = new.to(p.device)
-    return out
+    stacks = {n: _one(p) for n, p in params.items()}
+    new = dampen_params_stacked(
+        stacks, {n: _one(model_fim[n]) for n in params if n in mfim and n in model_fim},
+        {n: _one(mfim[n]) for n in params if n in mfim}, alpha=alpha, lam=lam, exponent=exponent,
+        reference=None if reference is None else {n: _one(reference[n]) for n in params if n in mfim and n in reference},
+        floor=floor)
+    return _unstack(new, stacks, params)
+
+
+def _one(t: torch.Tensor) -> torch.Tensor:
+    """A stack of one: ``t`` on the CPU with a leading dimension of 1 (a view where it already is on the CPU)."""
+    return t.detach().to("cpu")[None]
+
+
+def _unstack(new: Mapping[str, torch.Tensor], stacks: Mapping[str, torch.Tensor],
+             params: Mapping[str, torch.Tensor]) -> Fim:
+    """One model's tensors from the update of its stack of one (``stacks``: what was given, by :func:`_one`), on
+    each parameter's device; a parameter the update did not touch is returned as a copy."""
+    return {n: p.detach().clone() if new[n] is stacks[n] else new[n][0].to(p.device) for n, p in params.items()}
+
+
+def _unkept(labels: Sequence[str], known: Sequence[str], inert: Sequence[str], head: Sequence[str],
+            needs: bool) -> None:
+    """Labels that repeat can leave no retained head row where the labels' names count one (a card's labels
+    never repeat; only a direct call gets here): the error the per-name rule gave."""
+    if needs and head and len(known) + len(inert) < len(labels) \
+            and all(lab in set(known) or lab in set(inert) for lab in labels):
+        raise UnlearnError(f"every label of the model ({list(labels)}) is to be forgotten; nothing to keep")
 
 
 def class_forget_update(
@@ -616,25 +847,19 @@ def class_forget_update(
     if forget and not known:  # none of the forgotten labels here: nothing of this model is selectable
         return {n: p.detach().clone() for n, p in params.items()}
     inert_here = [c for c in dict.fromkeys(str(c) for c in inert) if c in labels and c not in known]
-    f = retain_fim(model_fim, class_fims, counts, forget) if use_retain_fim else dict(model_fim)
-    m = dict(mfim)
-    ref = None
+    total, drop = _retain_drops(model_fim, class_fims, counts, forget) if use_retain_fim else (0, [])
     head = [n for n in head_params if n in params]
-    if known and head:
-        if forget_rows:
-            m = forget_rows_only(m, labels, known, head)
-        if mean_reference and len(known) + len(inert_here) < len(labels):
-            ref = ranked_last_reference(params, labels, known + inert_here, head, model_fim, rule=reference_rule)
-    out = dampen(params, f, m, alpha=alpha, lam=lam, exponent=exponent, reference=ref)
-    reach = [n for n in head if n in m]
-    if whole_rows and ref is not None and reach:
-        mask = [lab in set(known) for lab in labels]
-        reached = reached_rows_stacked([m[n].detach().to("cpu")[None] for n in reach], mask)
-        for n in reach:
-            out[n] = whole_rows_stacked(out[n].detach().to("cpu")[None], ref[n][None], reached)[0].to(out[n].device)
-    if inert_here and head and len(known) + len(inert_here) < len(labels):
-        out = anchor_inert_rows(out, labels, inert_here, known, head, model_fim, rule=reference_rule)
-    return out
+    _unkept(labels, known, inert_here, head, bool(known and mean_reference) or bool(inert_here))
+    stacks = {n: _one(p) for n, p in params.items()}
+    new = forget_update_stacked(
+        stacks, {n: _one(t) for n, t in model_fim.items()}, {n: _one(t) for n, t in mfim.items()}, head,
+        [lab in set(known) for lab in labels], [lab in set(inert_here) for lab in labels],
+        totals=torch.tensor([float(total)], dtype=torch.float64),
+        drops=[(torch.tensor([float(int(counts[c]))], dtype=torch.float64),
+                {n: _one(class_fims[c][n]) for n in model_fim if n in mfim}) for c in drop],
+        alpha=alpha, lam=lam, exponent=exponent, use_retain_fim=use_retain_fim, forget_rows=forget_rows,
+        mean_reference=mean_reference, reference_rule=reference_rule, whole_rows=whole_rows)
+    return _unstack(new, stacks, params)
 
 
 def top_ratio_only(mfim: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor], labels: Sequence[str],
@@ -720,11 +945,13 @@ def sample_forget_update(
     m = match_mass(mfim, f) if mass else dict(mfim)
     if topk is not None:
         m = top_ratio_only(m, f, labels, [c for c, k in forgotten_counts.items() if int(k) > 0], head, int(topk))
-    out = dampen(params, f, m, alpha=alpha, lam=lam)
     inert_here = [c for c in dict.fromkeys(str(c) for c in inert) if c in labels]
-    if inert_here and head and len(inert_here) < len(labels):
-        out = anchor_inert_rows(out, labels, inert_here, [], head, model_fim)
-    return out
+    _unkept(labels, [], inert_here, head, bool(inert_here))
+    stacks = {n: _one(p) for n, p in params.items()}
+    new = forget_update_stacked(stacks, {n: _one(t) for n, t in model_fim.items()}, {n: _one(t) for n, t in m.items()},
+                                head, [False] * len(labels), [lab in set(inert_here) for lab in labels],
+                                against={n: _one(t) for n, t in f.items()}, alpha=alpha, lam=lam)
+    return _unstack(new, stacks, params)
 
 
 def anchor_inert_rows(
@@ -747,10 +974,12 @@ def anchor_inert_rows(
     head = [n for n in head_params if n in params]
     for n in head:
         _check_rows(n, params[n], len(labels))
-    ref = ranked_last_reference(params, labels, sorted(drop), head, model_fim, rule=rule)
+    fims = None if model_fim is None else {n: _one(model_fim[n]) for n in head if n in model_fim}
+    new = anchor_inert_stacked({n: _one(params[n]) for n in head}, head,
+                               [str(lab) in {str(c) for c in inert} for lab in labels],
+                               [str(lab) in {str(c) for c in forget} for lab in labels], fims, rule=rule)
     for n in head:
-        p = params[n]
-        out[n] = anchor_rows_stacked(p.detach()[None], rows, keep, ref[n][:1][None].to(p.device, torch.float64))[0]
+        out[n] = new[n][0].to(params[n].device)
     return out
 
 
@@ -762,4 +991,5 @@ __all__ = [
     "SAMPLE_TOPK", "top_ratio_only", "match_mass", "normalized_head_fisher", "DEFAULT_REFERENCE_RULE",
     "DEFAULT_RANK_MARGIN", "REFERENCE_RULES", "head_weight_bias", "feature_norm_stacked", "ranked_last_stacked",
     "ranked_last_reference", "DEFAULT_WHOLE_ROWS", "reached_rows_stacked", "whole_rows_stacked",
+    "reference_rows_stacked", "dampen_params_stacked", "anchor_inert_stacked", "forget_update_stacked", "PerName",
 ]

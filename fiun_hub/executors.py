@@ -43,7 +43,7 @@ import os
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from typing import Any, Callable, Iterable, Sequence
 
-from .errors import BadInput, FiunError
+from .errors import BadInput, FiunError, UnlearnError
 
 EXECUTORS = ("local", "ray")
 RAY_HINT = "the ray executor needs Ray: pip install 'fiun-hub[ray]' (or: pip install ray)"
@@ -491,8 +491,8 @@ def _load_named(task: Any) -> _Loaded:
 
 def _group_key(ld: _Loaded) -> Any:
     """What must be equal for repos to be dampened together: names, shapes and dtypes of the unlearnable
-    tensors, which are head rows, the forgotten-row mask, the classes taken out of the retain FIM, alpha and
-    lambda. None when anything is off the common path (missing layer, shape mismatch, non-finite weights, ...):
+    tensors, which are head rows, the forgotten-row mask, the mask of rows forgotten earlier, the classes taken out
+    of the retain FIM, alpha and lambda. None when anything is off the common path (missing layer, shape mismatch, non-finite weights, ...):
     such a repo goes through :func:`~fiun_hub.node_update.unlearn_node`, which raises the same error as ever."""
     import torch
 
@@ -537,14 +537,14 @@ def _group_key(ld: _Loaded) -> Any:
             if is_head and known and (p.ndim == 0 or p.shape[0] != len(labels)):
                 return None
             sig.append((n, tuple(p.shape), str(p.dtype), str(t.mfim[n].dtype), str(t.model_fim[n].dtype), is_head))
-        mask = tuple(lab in set(known) for lab in labels) if (known and head) else None
-        use_ref = bool(known and head) and len(known) + len(inert) < len(labels)
-        anchor = tuple(lab in set(inert) for lab in labels) \
-            if (inert and head and len(known) + len(inert) < len(labels)) else None
-        if anchor is not None and any(p_.ndim == 0 or p_.shape[0] != len(labels)
-                                      for n_, p_ in ld.params.items() if n_ in head):
+        if len(set(labels)) != len(labels):  # (never from a card) the per-repo path counts labels by name
             return None
-        return (tuple(sig), mask, use_ref, tuple(drop), float(t.alpha), float(t.lam), anchor)
+        mask = tuple(lab in set(known) for lab in labels) if (known and head) else None
+        inert_mask = tuple(lab in set(inert) for lab in labels) if (inert and head) else None
+        if inert_mask is not None and len(known) + len(inert) < len(labels) \
+                and any(p_.ndim == 0 or p_.shape[0] != len(labels) for n_, p_ in ld.params.items() if n_ in head):
+            return None
+        return (tuple(sig), mask, inert_mask, tuple(drop), float(t.alpha), float(t.lam))
     except Exception:  # noqa: BLE001  (anything odd: the per-repo path reports it)
         return None
 
@@ -556,85 +556,40 @@ def _stack(tensors: Iterable[Any], dev):
 
 
 def dampen_group(group: Sequence[_Loaded], device: Any = None) -> list[dict[str, Any]]:
-    """The class-wise FIUn update (:func:`fiun_hub.dampening.class_forget_update` with its defaults) of every
-    repo in ``group`` (all with the same :func:`_group_key`) on stacked tensors: one set of operations per
-    parameter name for the whole group, through the same stacked functions of :mod:`fiun_hub.dampening` that the
-    per-repo update runs on a stack of one. Returns each repo's new tensors, on CPU, in the group's order."""
+    """The class-wise FIUn update of every repo in ``group`` (all with the same :func:`_group_key`), on stacked
+    tensors on ``device``: :func:`fiun_hub.dampening.forget_update_stacked`, the update that
+    :func:`~fiun_hub.dampening.class_forget_update` runs on a stack of one, with its defaults (retain FIM, forget
+    rows only, ranked-last reference, whole rows, rows forgotten earlier anchored), one set of operations per
+    parameter name for the whole group. Returns each repo's new tensors, on CPU, in the group's order."""
     import torch
 
-    from .dampening import (DEFAULT_RANK_MARGIN, DEFAULT_REFERENCE_RULE, DEFAULT_WHOLE_ROWS, anchor_rows_stacked,
-                            dampen_stacked, feature_norm_stacked, forget_rows_stacked, head_weight_bias, nonneg64,
-                            ranked_last_stacked, reached_rows_stacked, retain_fim_stacked, row_mean_stacked,
-                            whole_rows_stacked)
+    from .dampening import PerName, forget_update_stacked
 
     dev = resolve_device(device)
-    first = group[0]
-    sig, mask, use_ref, drop, alpha, lam, anchor = first.key
-    b = len(group)
+    sig, mask, inert_mask, drop, alpha, lam = group[0].key
     tasks = [ld.task for ld in group]
+    names = [n for n, *_ in sig]
+    heads = [n for n, _s, _d, _m, _f, is_head in sig if is_head]
+    rows = len(mask or inert_mask or ())
+
+    def stacks(get: Callable[[int, str], Any]) -> PerName:
+        """name -> the group's stack (B, ...) on ``dev``: the head's made once, the others' each time they are read
+        (once: one parameter's inputs at a time on the device)."""
+        fixed = {n: _stack((get(i, n) for i in range(len(group))), dev) for n in heads}
+        return PerName(names, lambda n: fixed[n] if n in fixed else _stack((get(i, n) for i in range(len(group))), dev))
+
+    def class_fim(c: str) -> Callable[[int, str], Any]:
+        return lambda i, n: tasks[i].class_fims[c][n]
+
     totals = torch.tensor([float(sum(int(v) for v in t.counts.values())) for t in tasks], dtype=torch.float64,
                           device=dev)
-    counts = {c: torch.tensor([float(int(t.counts[c])) for t in tasks], dtype=torch.float64, device=dev)
-              for c in drop}
-    out: list[dict[str, Any]] = [{} for _ in group]
-    rows = len(mask or anchor or ())
-    pair = head_weight_bias({n: shape for n, shape, _dt, _mdt, _fdt, is_head in sig if is_head}, rows) \
-        if rows and DEFAULT_REFERENCE_RULE != "retained-mean" else None
-    fnorm = None
-    if pair is not None:
-        fnorm = feature_norm_stacked(_stack((t.model_fim[pair[0]] for t in tasks), dev),
-                                     _stack((t.model_fim[pair[1]] for t in tasks), dev))
-
-    heads = [n for n, _s, _d, _m, _f, is_head in sig if is_head]
-
-    def head_refs(keep, stack_of) -> dict[str, Any]:
-        """Each head parameter's reference row (B, 1, ...), float64, from the stacks ``stack_of(name)`` and the
-        retained rows ``keep``: ranked last (:func:`fiun_hub.dampening.ranked_last_reference`)."""
-        if pair is None:
-            return {n: row_mean_stacked(stack_of(n), keep) for n in heads}
-        wn, bn = pair
-        wref, bref = ranked_last_stacked(stack_of(wn), stack_of(bn), keep, fnorm, rule=DEFAULT_REFERENCE_RULE,
-                                         margin=DEFAULT_RANK_MARGIN)
-        return {wn: wref, bn: bref}
-
-    head_params = {n: _stack((ld.params[n] for ld in group), dev) for n in heads}
-    head_m = {n: _stack((t.mfim[n] for t in tasks), dev) for n in heads}
-    reached = None  # the forgotten rows the forget data reach, set whole to the reference
-    if mask is not None and use_ref and DEFAULT_WHOLE_ROWS and heads:
-        reached = reached_rows_stacked([head_m[n] for n in heads], mask)
-    refs = {}
-    if mask is not None and use_ref:  # the retained rows (rows forgotten earlier are not retained)
-        refs = head_refs(torch.tensor([i for i, fl in enumerate(mask) if not fl and not (anchor and anchor[i])],
-                                      dtype=torch.long, device=dev), head_params.__getitem__)
-    updated = {}  # the heads' new stacks
-    for n, shape, _dt, _mdt, _fdt, is_head in sig:
-        p = head_params[n] if is_head else _stack((ld.params[n] for ld in group), dev)
-        f = retain_fim_stacked(nonneg64(_stack((t.model_fim[n] for t in tasks), dev)), totals,
-                               [(counts[c], nonneg64(_stack((t.class_fims[c][n] for t in tasks), dev)))
-                                for c in drop])
-        m = head_m[n] if is_head else _stack((t.mfim[n] for t in tasks), dev)
-        ref = None
-        if is_head and mask is not None:
-            m = forget_rows_stacked(m, mask)
-            if use_ref:
-                ref = refs[n].expand_as(p).to(p.dtype)
-        new = dampen_stacked(p, f, m, alpha=alpha, lam=lam, reference=ref)
-        if is_head and reached is not None:
-            new = whole_rows_stacked(new, ref, reached)
-        if is_head:
-            updated[n] = new
-        for i in range(b):
-            out[i][n] = new[i]
-    if anchor is not None:  # rows forgotten earlier: the ranked-last row of the UPDATED head's retained rows
-        keep = torch.tensor([i for i, a in enumerate(anchor) if not a and not (mask and mask[i])],
-                            dtype=torch.long, device=dev)
-        arefs = head_refs(keep, updated.__getitem__)
-        for n in heads:
-            new = anchor_rows_stacked(updated[n], [i for i, a in enumerate(anchor) if a], keep,
-                                      arefs[n].to(updated[n].dtype).to(torch.float64))
-            for i in range(b):
-                out[i][n] = new[i]
-    return [{n: t.cpu() for n, t in o.items()} for o in out]
+    drops = [(torch.tensor([float(int(t.counts[c])) for t in tasks], dtype=torch.float64, device=dev),
+              stacks(class_fim(c))) for c in drop]
+    new = forget_update_stacked(
+        stacks(lambda i, n: group[i].params[n]), stacks(lambda i, n: tasks[i].model_fim[n]),
+        stacks(lambda i, n: tasks[i].mfim[n]), heads, mask or (False,) * rows, inert_mask or (False,) * rows,
+        totals=totals, drops=drops, alpha=alpha, lam=lam)
+    return [{n: new[n][i].cpu() for n in names} for i in range(len(group))]
 
 
 def _finish(ld: _Loaded, new: dict[str, Any]) -> tuple[str, bytes | str, dict[str, Any]]:
@@ -672,8 +627,13 @@ def run_batched(tasks: Sequence[Any], *, device: Any = None, max_batch: int = DE
             else:
                 groups.setdefault(ld.key, []).append(ld)
         for group in groups.values():
-            for ld, new in zip(group, dampen_group(group, dev)):
-                out[ld.task.repo] = _kept(on_result, ld.task.repo, _finish(ld, new))
+            try:
+                news: list[Any] = dampen_group(group, dev)
+            except UnlearnError:  # e.g. a reference row the weights' dtype cannot hold: each repo's own error
+                news = [None] * len(group)
+            for ld, new in zip(group, news):
+                result = call_named(unlearn_node, ld.task) if new is None else _finish(ld, new)
+                out[ld.task.repo] = _kept(on_result, ld.task.repo, result)
                 ld.data = bytearray()  # free the input copy early
                 if progress:
                     progress(ld.task.repo)

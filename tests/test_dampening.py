@@ -185,6 +185,44 @@ def test_sample_forget_update_changes_at_most_topk_entries_and_keeps_inert_rows_
     assert torch.allclose(b[3], ref["fc.bias"][0].double(), atol=1e-6)
 
 
+def test_the_stacked_update_of_several_models_is_each_models_own_update():
+    """forget_update_stacked is the one update: on a stack of 3 models (same labels, their own weights, FIMs and
+    counts) it gives, model by model, the bytes of class_forget_update, for every ablation switch and with rows
+    forgotten earlier; so the batched path could run the switches too."""
+    g = torch.Generator().manual_seed(3)
+    labels = [str(i) for i in range(6)]
+    names = HEAD + ["conv.weight"]
+    models = []
+    for b in range(3):
+        params = {"fc.weight": torch.randn(6, 5, generator=g), "fc.bias": torch.randn(6, generator=g),
+                  "conv.weight": torch.randn(4, 3, generator=g)}
+        counts = {c: 4 + (b * 3 + i) % 5 for i, c in enumerate(labels)}
+        cf = {c: {n: torch.rand(params[n].shape, generator=g) for n in names} for c in labels}
+        for i, c in enumerate(labels):
+            for n in HEAD:
+                cf[c][n][i] += 2.0
+        fm = {n: sum(counts[c] * cf[c][n] for c in labels) / sum(counts.values()) for n in names}
+        models.append((params, fm, cf, counts, D.unlearning_fim(cf, counts, ["2", "4"])))
+    forget, inert = ["2", "4"], ["0"]
+    stack = lambda get: {n: torch.stack([get(m)[n] for m in models]) for n in names}  # noqa: E731
+    drops = [(torch.tensor([float(m[3][c]) for m in models], dtype=torch.float64), stack(lambda m: m[2][c]))
+             for c in forget]
+    totals = torch.tensor([float(sum(m[3].values())) for m in models], dtype=torch.float64)
+    changed = set()
+    for switches in ({}, {"use_retain_fim": False}, {"forget_rows": False}, {"mean_reference": False},
+                     {"whole_rows": False}, {"reference_rule": "elementwise-min"}, {"reference_rule": "retained-mean"},
+                     {"alpha": 10.0, "lam": 1.0}):
+        got = D.forget_update_stacked(stack(lambda m: m[0]), stack(lambda m: m[1]), stack(lambda m: m[4]), HEAD,
+                                      [c in forget for c in labels], [c in inert for c in labels], totals=totals,
+                                      drops=drops, **switches)
+        for b, (params, fm, cf, counts, u) in enumerate(models):
+            want = D.class_forget_update(params, labels, fm, cf, counts, u, forget, HEAD, inert=inert, **switches)
+            for n in names:
+                assert torch.equal(got[n][b], want[n]), (switches, b, n)
+            changed.add(tuple(float(want["fc.bias"][i]) for i in range(6)))
+    assert len(changed) > 4  # the switches do change the update
+
+
 def test_normalized_head_fisher_matches_autograd():
     torch.manual_seed(0)
     lin = torch.nn.Linear(5, 3)

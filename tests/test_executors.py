@@ -149,6 +149,25 @@ def test_batched_failure_is_unlearn_nodes_error(tmp_path):
         run_batched([lacking], device="cpu")
 
 
+def test_batched_reference_the_dtype_cannot_hold_fails_as_unlearn_node(tmp_path):
+    """A float16 head whose ranked-last bias is below float16's range: the per-repo update refuses the reference; the
+    batched path used to write -inf/NaN into the forgotten row (then failed on another message, or on none where no
+    entry was selected). It now gives the repo's own per-repo error (its group re-run repo by repo)."""
+    labels = [str(c) for c in range(10)]
+
+    def big_half(w):
+        w["fc.weight"] = (w["fc.weight"] * 5000).half()
+        w["fc.bias"] = w["fc.bias"].half()
+
+    good = [make_task(tmp_path, i, labels, ["3"], mutate=big_half) for i in range(2)]
+    with pytest.raises(UnlearnError) as want:
+        run_tasks(unlearn_node, good)
+    assert "reference of fc.bias holds non-finite values" in str(want.value)
+    with pytest.raises(UnlearnError) as got:
+        run_batched(good, device="cpu")
+    assert str(got.value) == str(want.value) and str(got.value).startswith("t/m0: ")
+
+
 def test_run_unlearn_picks_the_path(tasks, monkeypatch):
     import fiun_hub.executors as ex
 
