@@ -262,6 +262,18 @@ class PerName(Mapping[str, torch.Tensor]):
         return len(self._names)
 
 
+def _rule_and_margin(rule: str | None, margin: float | None) -> tuple[str, float]:
+    """The reference rule and rank margin, defaults filled in; :class:`UnlearnError` on an unknown rule or a margin
+    that is not a finite number >= 0."""
+    rule = DEFAULT_REFERENCE_RULE if rule is None else rule
+    margin = DEFAULT_RANK_MARGIN if margin is None else margin
+    if rule not in REFERENCE_RULES:
+        raise UnlearnError(f"unknown reference rule {rule!r} (one of {', '.join(REFERENCE_RULES)})")
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not math.isfinite(margin) or margin < 0:
+        raise UnlearnError(f"margin must be a finite number >= 0, got {margin!r}")
+    return rule, margin
+
+
 def reference_rows_stacked(heads: Mapping[str, torch.Tensor], keep: torch.Tensor,
                            model_fim: Mapping[str, torch.Tensor] | None = None, *, rule: str | None = None,
                            margin: float | None = None) -> dict[str, torch.Tensor]:
@@ -272,12 +284,7 @@ def reference_rows_stacked(heads: Mapping[str, torch.Tensor], keep: torch.Tensor
     for ``rule="retained-mean"``, the retained rows' mean (:func:`row_mean_stacked`). The rule of
     :func:`ranked_last_reference`, which is this on a stack of one; raises :class:`UnlearnError` on an unknown
     rule or a bad margin."""
-    rule = DEFAULT_REFERENCE_RULE if rule is None else rule
-    margin = DEFAULT_RANK_MARGIN if margin is None else margin
-    if rule not in REFERENCE_RULES:
-        raise UnlearnError(f"unknown reference rule {rule!r} (one of {', '.join(REFERENCE_RULES)})")
-    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not math.isfinite(margin) or margin < 0:
-        raise UnlearnError(f"margin must be a finite number >= 0, got {margin!r}")
+    rule, margin = _rule_and_margin(rule, margin)
     rows = next(iter(heads.values())).shape[1] if heads else 0
     pair = head_weight_bias({n: tuple(t.shape[1:]) for n, t in heads.items()}, rows)
     if rule == "retained-mean" or pair is None:
@@ -723,12 +730,7 @@ def ranked_last_reference(
       average retained logit, between the retained ones).
 
     Heads that are not one weight (rows, D, ...) and one bias (rows,) get the retained mean."""
-    rule = DEFAULT_REFERENCE_RULE if rule is None else rule
-    margin = DEFAULT_RANK_MARGIN if margin is None else margin
-    if rule not in REFERENCE_RULES:
-        raise UnlearnError(f"unknown reference rule {rule!r} (one of {', '.join(REFERENCE_RULES)})")
-    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not math.isfinite(margin) or margin < 0:
-        raise UnlearnError(f"margin must be a finite number >= 0, got {margin!r}")
+    rule, margin = _rule_and_margin(rule, margin)
     mean = retained_mean_reference(params, labels, drop, head_params)  # checks rows and that a label is kept
     pair = head_weight_bias({n: tuple(params[n].shape) for n in head_params}, len(labels))
     if rule == "retained-mean" or pair is None:
