@@ -56,6 +56,10 @@ LABELS = [str(i) for i in range(10)]
 HEAD = ["fc.weight", "fc.bias"]
 L4_CONV = "layer4.*conv*.weight,layer4.*downsample.1.weight"
 RESULTS = ROOT / "benchmarks" / "results"
+#: the dag phase's fold families: the origin's prototypes (all / all-1 directions), each model's own (top k of the
+#: class-mean directions, k = 1..n), each model's own ``unique`` part (top k of the directions orthogonalized
+#: against the retained classes' deviations)
+FAMILIES = tuple(os.environ.get("FFE_FAMILIES", "origin,own,unique").split(","))
 T0 = time.perf_counter()
 
 
@@ -276,17 +280,104 @@ def single(families=("ssd", "shrink")) -> dict:
     return out
 
 
+# ------------------------------------------------------------------ phase rules: per-model rank rules, offline
+def rank_rules(protos, counts, rows):
+    """The rank each candidate rule picks for one model and request, from its prototypes alone (``protos``: row ->
+    (C,) float64, ``rows``: the forgotten rows it has). ``n-1``: the scope's ``max(1, n - 1)``; ``scatter``: the
+    smallest k >= 1 whose projection brings the forgotten prototypes' mean nearest-neighbour distance (to any other
+    prototype) down to the retained prototypes' closest pair; ``spread``: remove the directions whose singular
+    value is at least the retained prototypes' RMS distance to their mean (at least one)."""
+    keep = [r for r in protos if r not in rows]
+    n = torch.tensor([float(counts[r]) for r in keep], dtype=torch.float64)
+    mu = (torch.stack([protos[r] for r in keep]) * n[:, None]).sum(0) / n.sum()
+    d = torch.stack([protos[r] - mu for r in rows], 1)
+    u, sv, _ = torch.linalg.svd(d, full_matrices=False)
+
+    def nn(r, table):
+        return min(float((table[r] - table[o]).norm()) for o in table if o != r)
+
+    closest = min(nn(r, {k: protos[k] for k in keep}) for r in keep)
+    scatter = len(rows)
+    for k in range(1, len(rows) + 1):
+        q = u[:, :k]
+        moved = {r: (protos[r] - q @ (q.T @ (protos[r] - mu))) if r in rows else protos[r] for r in protos}
+        if sum(nn(r, moved) for r in rows) / len(rows) <= closest:
+            scatter = k
+            break
+    spread = float(((torch.stack([protos[r] for r in keep]) - mu) ** 2).sum(1).mean().sqrt())
+    return {"n-1": max(1, len(rows) - 1), "scatter": scatter, "spread": max(1, int((sv >= spread).sum()))}
+
+
+def rules() -> dict:
+    """Score the rank rules on the dag results already written (digits and Fashion-MNIST): each rule's pick is a
+    ``fold-own k=K`` cell of the same run (the same fold), so no model is re-evaluated."""
+    out = {"command": "python benchmarks/features_forget_explore.py rules", "datasets": {}}
+    for ds in ("digits", "fashion-mnist"):
+        path = RESULTS / f"features_forget_explore_dag{'' if ds == 'digits' else '_' + ds}.json"
+        if not path.exists():
+            continue
+        res = json.loads(path.read_text())
+        pro = json.loads((RESULTS / res["prototypes_file"]).read_text())["prototypes"]
+        got = out["datasets"][ds] = {}
+        for req, cells in res["requests"].items():
+            for r, pj in pro.items():
+                lab = pj["labels"]
+                P = {i: torch.tensor(v, dtype=torch.float64) for i, v in enumerate(pj["prototypes"]) if v}
+                counts = dict(enumerate(pj["counts"]))
+                forget = [str(lab0) for lab0 in _request_labels(req, pro)]
+                rows = [lab.index(c) for c in forget if c in lab]
+                if not rows:
+                    continue
+                rt = cells["retrain"][r]["probe_recall"]
+                for rule, k in rank_rules(P, counts, rows).items():
+                    cell = cells[f"fold-own k={k}"][r]
+                    got.setdefault(rule, {}).setdefault(req, {})[r] = {
+                        "k": k, "probe_recall": cell["probe_recall"], "retrain": rt,
+                        "gap": round(cell["probe_recall"] - rt, 1), "met": abs(cell["probe_recall"] - rt) <= 5.0}
+                    log(f"{ds} {req} {r} {rule}: k={k} probe {cell['probe_recall']} retrain {rt}")
+                # the ceiling of any rank rule: the rank closest to the retrained model, chosen in hindsight
+                best = min(range(1, len(rows) + 1), key=lambda k: abs(cells[f"fold-own k={k}"][r]["probe_recall"] - rt))
+                pr = cells[f"fold-own k={best}"][r]["probe_recall"]
+                got.setdefault("oracle (not a rule: uses the retrained model)", {}).setdefault(req, {})[r] = {
+                    "k": best, "probe_recall": pr, "retrain": rt, "gap": round(pr - rt, 1), "met": abs(pr - rt) <= 5.0}
+        for rule, reqs in got.items():
+            reqs["every_cell_met"] = all(c["met"] for q in reqs.values() for c in q.values())
+    return out
+
+
+def _request_labels(req, pro):
+    import beyond_head as BH
+
+    labels = pro["bench/R"]["labels"]
+    return [labels[i] for i in BH.CLASS_REQUESTS[req]]
+
+
 def main() -> int:
     torch.set_num_threads(1)
     phase = sys.argv[1] if len(sys.argv) > 1 else "single"
+    if phase == "rules":
+        sys.path.insert(0, str(ROOT / "benchmarks"))
     out = single() if phase == "single" else single(("fold",)) if phase == "fold" else \
-        single(("rank",)) if phase == "rank" else dag()
+        single(("rank",)) if phase == "rank" else rules() if phase == "rules" else dag()
     out["seconds"] = round(time.perf_counter() - T0, 1)
     ds = os.environ.get("FFE_DATASET", "digits")
-    path = RESULTS / f"features_forget_explore_{phase}{'' if ds == 'digits' or phase != 'dag' else '_' + ds}.json"
+    tag = os.environ.get("FFE_TAG", "")
+    path = RESULTS / (f"features_forget_explore_{phase}{'' if ds == 'digits' or phase != 'dag' else '_' + ds}"
+                      f"{'_' + tag if tag else ''}.json")
+    split_prototypes(out, path)
     path.write_text(json.dumps(out, indent=1) + "\n")
     log(f"wrote {path}")
     return 0
+
+
+def split_prototypes(out, path):
+    """The dag phase's prototypes (the originals' and the retrained models') go to ``<name>_prototypes.json``, one
+    line per model, so that the results file stays readable; ``rank_rules.py``-style checks read both."""
+    keep = {k: out.pop(k) for k in ("prototypes", "retrain_prototypes") if k in out}
+    if keep:
+        side = path.with_name(path.stem + "_prototypes.json")
+        side.write_text(json.dumps(keep, separators=(",", ":")) + "\n")
+        out["prototypes_file"] = side.name
 
 
 def prototypes(model, data):
@@ -297,16 +388,82 @@ def prototypes(model, data):
         {r: int((data.y == r).sum()) for r in range(len(data.labels))}
 
 
-def proto_dirs(protos, counts, labels, forget):
+def proto_dirs(protos, counts, labels, forget, unique=False):
     """Forgotten class means about the retained mean (count-weighted), from prototypes only; None if a forgotten
-    class has no prototype here."""
+    class has no prototype here. ``unique``: only their part orthogonal to the retained classes' own deviations
+    from that mean (what the retained classes' features do not already say about them; the retained prototypes
+    are then left exactly where they are)."""
     rows = [labels.index(c) for c in forget if c in labels]
     if any(r not in protos for r in rows):
         return None
     keep = [r for r in protos if r not in rows]
     n = torch.tensor([float(counts[r]) for r in keep], dtype=torch.float64)
     mu_r = (torch.stack([protos[r] for r in keep], 0) * n[:, None]).sum(0) / n.sum()
-    return torch.stack([protos[r] - mu_r for r in rows], 1), mu_r
+    d = torch.stack([protos[r] - mu_r for r in rows], 1)
+    if unique:
+        u, sv, _ = torch.linalg.svd(torch.stack([protos[r] - mu_r for r in keep], 1), full_matrices=False)
+        u = u[:, sv > 1e-6 * sv[0]]
+        d = d - u @ (u.T @ d)
+    return d, mu_r
+
+
+def proto_json(protos, counts, labels):
+    """A model's prototypes for the JSON (row order), so that a rank rule can be evaluated from them afterwards."""
+    return {"labels": list(labels), "counts": [counts[r] for r in range(len(labels))],
+            "prototypes": [[round(float(v), 5) for v in protos[r]] if r in protos else None
+                           for r in range(len(labels))]}
+
+
+def classwise_fast(ev, r, mm, classes):
+    """beyond_head's class-wise metrics without the relearn test (the origin-prototype variants)."""
+    labels = ev.labels[r]
+    if not any(c in labels for c in classes):
+        return {"knows_forgotten": False}
+    f, rr = forget_retain_accuracy(mm, labels, ev.test, classes)
+    probe = linear_probe(mm, labels, ev.probe_train, ev.test, classes)
+    return {"forget_acc": round(f, 1), "retain_acc": round(rr, 1),
+            "top2_leak": round(top2_leak(mm, labels, ev.test, classes), 1),
+            "probe_recall": round(probe["forget_recall"], 1), "probe_retain_acc": round(probe["retain_acc"], 1)}
+
+
+def class_mia(scn, ev, r, mm, classes):
+    """The membership view of a class forget: the loss-threshold attack's AUC (percent) of the model's own
+    training samples of the forgotten classes against held-out test samples of the same classes (a model that
+    never trained on them: near 50), and the accuracy on those training samples."""
+    from fiun_hub.evaluate import sample_forget_metrics
+
+    here = [c for c in classes if c in ev.labels[r]]
+    train = scn.load_train().subset(scn.node(r).shard)
+    mine = train.select_labels([c for c in here if c in train.labels])
+    held = ev.test.select_labels(here)
+    if len(mine) == 0 or len(held) == 0:
+        return {}
+    m = sample_forget_metrics(mm, ev.labels[r], mine, held)
+    return {"class_mia_auc": round(m["mia_auc"], 1), "forgotten_train_acc": round(m["forgotten_acc"], 1)}
+
+
+#: the few-shot relearn: beyond_head's relearn budget (RELEARN) on the retained data plus this many training
+#: samples of each forgotten class (the model's own shard), then forget accuracy on the test split
+FEW = int(os.environ.get("FFE_FEW", "5"))
+FEW_EPOCHS = int(os.environ.get("FFE_FEW_EPOCHS", "1"))
+
+
+def relearn_few(scn, ev, r, mm, classes, budget):
+    """How fast the class comes back when a few of its samples are in the fine-tuning data (a retrained model gets
+    the same data and budget): a harder relearn test than the retained-only one."""
+    from fiun_hub.research.training import train_classifier
+
+    data = scn.train_data(r)
+    labels = ev.labels[r]
+    rows = [labels.index(c) for c in classes if c in labels]
+    keep = [int(i) for i in torch.nonzero(~torch.isin(data.y, torch.tensor(rows))).flatten()]
+    for row in rows:
+        keep += [int(i) for i in torch.nonzero(data.y == row).flatten()[:FEW]]
+    twin = copy.deepcopy(mm)
+    train_classifier(twin, data.subset(sorted(keep)), epochs=budget["epochs"], lr=budget["lr"],
+                     batch_size=budget["batch_size"], seed=scn.node(r).recipe.seed + 37)
+    f, rr = forget_retain_accuracy(twin.eval(), labels, ev.test, classes)
+    return {"relearn_few_forget_acc": round(f, 1), "relearn_few_retain_acc": round(rr, 1)}
 
 
 def dag() -> dict:
@@ -325,7 +482,8 @@ def dag() -> dict:
     prof = BH.PROFILES[os.environ.get("FFE_DATASET", "digits")]
     out = {"command": ("" if prof["dataset"] == "digits" else f"FFE_DATASET={prof['dataset']} ")
            + "nice -n 10 python benchmarks/features_forget_explore.py dag", "dataset": prof["dataset"],
-           "requests": {}}
+           "relearn": BH.RELEARN, "relearn_few": {"per_class": FEW, "epochs": FEW_EPOCHS},
+           "families": list(FAMILIES), "requests": {}}
     with torch_threads(1), tempfile.TemporaryDirectory(prefix="fiun-ffe-") as tmp:
         scn = BH.plan_dag(prof, 0)
         built = Path(tmp) / "built"
@@ -337,36 +495,53 @@ def dag() -> dict:
         aff = scn.affected()
         orig = {r: ev.model(r, None) for r in aff}
         protos = {r: prototypes(orig[r], scn.train_data(r)) for r in aff}
+        out["prototypes"] = {r: proto_json(*protos[r], scn.node(r).labels) for r in aff}
+        o = scn.origin
         for req, idx in BH.CLASS_REQUESTS.items():
             classes = [labels[i] for i in idx]
-            sc = lambda r, mm: {k: v for k, v in ev.classwise(r, mm, classes).items()  # noqa: E731
-                                if not k.startswith("relearn")}
-            res = {"original": {r: sc(r, orig[r]) for r in aff}}
+
+            def sc(r, mm, full=False):
+                """probe etc.; ``full``: also the relearn test (beyond_head's budget) and the class-wise MIA"""
+                got = ev.classwise(r, mm, classes) if full else classwise_fast(ev, r, mm, classes)
+                if full and got.get("knows_forgotten", True):
+                    got.update(class_mia(scn, ev, r, mm, classes))
+                    got.update(relearn_few(scn, ev, r, mm, classes, {**BH.RELEARN, "epochs": FEW_EPOCHS}))
+                return got
+
+            res = {"original": {r: sc(r, orig[r], True) for r in aff}}
             hub = BH.copy_hub(built, Path(tmp) / req)
             _, states, _ = BH.run_fiun(hub, scn, classes=classes)
             heads = {r: ev.model(r, states[r]) for r in aff}
-            res["head"] = {r: sc(r, heads[r]) for r in aff}
+            res["head"] = {r: sc(r, heads[r], True) for r in aff}
             rt = BL.retrain(scn, hub0, classes, num_threads=1)
-            res["retrain"] = {r: sc(r, ev.model(r, rt.states[r])) for r in aff}
-            log(f"{req}: head/retrain done")
-            o = scn.origin
-            for src in ("origin", "own"):
-                for k in ("all", "all-1"):
+            rtm = {r: ev.model(r, rt.states[r]) for r in aff}
+            res["retrain"] = {r: sc(r, rtm[r], True) for r in aff}
+            # diagnostics for a per-model rank rule: the retrained models' prototypes on the same shards (the
+            # forgotten classes' samples included: where a backbone that never saw them puts them)
+            out.setdefault("retrain_prototypes", {})[req] = {
+                r: proto_json(*prototypes(rtm[r], scn.train_data(r)), scn.node(r).labels) for r in aff}
+            log(f"{req}: head/retrain done " + json.dumps({r.split('/')[-1]: v for r, v in res["retrain"].items()}))
+            for src in FAMILIES:
+                ks = ("all", "all-1") if src == "origin" else tuple(range(1, len(classes) + 1))
+                for k in ks:
                     key = f"fold-{src} k={k}"
                     res[key] = {}
                     for r in aff:
                         lab = scn.node(r).labels
                         here = [c for c in classes if c in lab]
-                        got = proto_dirs(*protos[r], lab, here) if src == "own" else None
+                        got = (proto_dirs(*protos[r], lab, here, unique=src == "unique") if src != "origin"
+                               else None)
                         if got is None:
                             got = proto_dirs(*protos[o], scn.node(o).labels, classes)
                         dirs, c = got
                         if k == "all-1":  # the top n-1 singular directions (none for one class: head only)
                             dirs = torch.linalg.svd(dirs, full_matrices=False)[0][:, :dirs.shape[1] - 1]
+                        elif isinstance(k, int):  # the top k (k > the classes this model knows: all of them)
+                            dirs = torch.linalg.svd(dirs, full_matrices=False)[0][:, :min(k, dirs.shape[1])]
                         if dirs.shape[1] == 0:
                             res[key][r] = res["head"][r]
                             continue
-                        res[key][r] = sc(r, fold_projection(heads[r], projector(dirs, 1.0), c))
+                        res[key][r] = sc(r, fold_projection(heads[r], projector(dirs, 1.0), c), src != "origin")
                     log(f"{req}: {key} " + json.dumps({r.split('/')[-1]: v for r, v in res[key].items()}))
             out["requests"][req] = res
             shutil.rmtree(Path(tmp) / req, ignore_errors=True)
