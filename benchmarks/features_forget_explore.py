@@ -16,15 +16,27 @@ forgotten classes (probe fit on every other training sample), next to a model re
 - ``proj-oracle``: option (c) as an upper bound that is not a weight edit (no exact fold through the final ReLU
   exists for a ResNet): the probe is fit on features with the forgotten classes' mean directions projected out.
 
-Phase ``dag``: ``benchmarks/beyond_head.py``'s digits DAG (R root, A fine-tune child, T transfer child with R's
-frozen backbone); the origin's ``shrink`` delta on ``layer4`` added to every affected model (A, T: data-free),
-on top of FIUn's head update, against the retrained DAG.
+Phase ``dag``: ``benchmarks/beyond_head.py``'s DAG (R root, A fine-tune child, T transfer child with R's frozen
+backbone), FIUn's head update through ``plan_forget``/``run_forget``, then the last block's residual sum projected
+off the forgotten classes' prototype directions (folded, docs/method.md section 11): from the origin's prototypes
+(all / all-1 directions), each model's own (the top k, k = 1..n: the scope is ``max(1, n-1)``) and each model's own
+``unique`` part (orthogonalized against the retained prototypes' deviations), against the retrained DAG. The
+original, head, retrained and own/unique models also get beyond_head's relearn test (retained data only), a
+few-shot relearn (+``FFE_FEW`` samples per forgotten class, ``FFE_FEW_EPOCHS`` epochs) and the class MIA (the
+model's forgotten-class training samples against their test samples). The models' prototypes (originals and
+retrained) go to ``..._prototypes.json``.
+
+Phase ``rules``: per-model rank rules (from prototypes alone) scored on the dag results: each rule's pick is a
+``fold-own k=K`` cell, plus the rank closest to retrain in hindsight (the ceiling of any rank rule).
 
     nice -n 10 python benchmarks/features_forget_explore.py single
-    nice -n 10 python benchmarks/features_forget_explore.py dag
-    FFE_DATASET=fashion-mnist nice -n 10 python benchmarks/features_forget_explore.py dag   # ~21 min, shared cores
+    nice -n 10 python benchmarks/features_forget_explore.py dag                              # ~4 min, shared cores
+    FFE_DATASET=fashion-mnist nice -n 10 python benchmarks/features_forget_explore.py dag   # ~6-21 min
+    python benchmarks/features_forget_explore.py rules                                      # after both dag runs
 
-Writes ``benchmarks/results/features_forget_explore_<phase>.json``.
+Env: ``FFE_DATASET`` (digits), ``FFE_FAMILIES`` (origin,own,unique), ``FFE_FEW`` (5), ``FFE_FEW_EPOCHS`` (1),
+``FFE_TAG`` (appended to the results file's name). Writes ``benchmarks/results/features_forget_explore_<phase>
+[_<dataset>][_<tag>].json``.
 """
 from __future__ import annotations
 
