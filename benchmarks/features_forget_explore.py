@@ -492,8 +492,10 @@ def dag() -> dict:
     from fiun_hub.research.scenarios import realize_scenario, torch_threads
 
     prof = BH.PROFILES[os.environ.get("FFE_DATASET", "digits")]
-    out = {"command": ("" if prof["dataset"] == "digits" else f"FFE_DATASET={prof['dataset']} ")
-           + "nice -n 10 python benchmarks/features_forget_explore.py dag", "dataset": prof["dataset"],
+    env = " ".join(f"{k}={os.environ[k]}" for k in ("FFE_DATASET", "FFE_TAG", "FFE_FAMILIES", "FFE_FEW",
+                                                    "FFE_FEW_EPOCHS") if os.environ.get(k))
+    out = {"command": (env + " " if env else "") + "nice -n 10 python benchmarks/features_forget_explore.py dag",
+           "dataset": prof["dataset"],
            "relearn": BH.RELEARN, "relearn_few": {"per_class": FEW, "epochs": FEW_EPOCHS},
            "families": list(FAMILIES), "requests": {}}
     with torch_threads(1), tempfile.TemporaryDirectory(prefix="fiun-ffe-") as tmp:
