@@ -33,6 +33,7 @@ Phase ``rules``: per-model rank rules (from prototypes alone) scored on the dag 
     nice -n 10 python benchmarks/features_forget_explore.py dag                              # ~4 min, shared cores
     FFE_DATASET=fashion-mnist nice -n 10 python benchmarks/features_forget_explore.py dag   # ~6-21 min
     python benchmarks/features_forget_explore.py rules                                      # after both dag runs
+    nice -n 10 python benchmarks/features_forget_explore.py libcheck   # the library's features_forget = this fold
 
 Env: ``FFE_DATASET`` (digits), ``FFE_FAMILIES`` (origin,own,unique), ``FFE_FEW`` (5), ``FFE_FEW_EPOCHS`` (1),
 ``FFE_TAG`` (appended to the results file's name). Writes ``benchmarks/results/features_forget_explore_<phase>
@@ -357,6 +358,42 @@ def rules() -> dict:
     return out
 
 
+def libcheck() -> dict:
+    """The scope as the library runs it (``fiun_hub.feature_forget``: ``class_prototypes`` + ``features_forget``,
+    what ``forget --scope features`` folds) against this file's fold (``fold-own k=max(1, n-1)``) on the digits
+    DAG's original models: the largest logit difference on 200 test samples per (request, model)."""
+    import tempfile
+
+    import beyond_head as BH
+    from fiun_hub.feature_forget import class_prototypes, features_forget
+    from fiun_hub.hub.local import LocalHub
+    from fiun_hub.research.scenarios import realize_scenario, torch_threads
+
+    out = {"command": "nice -n 10 python benchmarks/features_forget_explore.py libcheck", "cells": {}}
+    with torch_threads(1), tempfile.TemporaryDirectory(prefix="fiun-ffe-") as tmp:
+        prof = BH.PROFILES["digits"]
+        scn = BH.plan_dag(prof, 0)
+        hub0 = LocalHub.init(Path(tmp) / "built")
+        realize_scenario(scn, hub0, num_threads=1)
+        ev = BH.Evaluator(scn, hub0, prof, 0)
+        labels = list(scn.load_train().labels)
+        for req, idx in BH.CLASS_REQUESTS.items():
+            classes = [labels[i] for i in idx]
+            for r in scn.affected():
+                m, lab, data = ev.model(r, None), scn.node(r).labels, scn.train_data(r)
+                new, info = features_forget(m, *class_prototypes(m, data.x, data.y, lab), classes)
+                lib = copy.deepcopy(m)
+                lib.load_state_dict({**lib.state_dict(), **new})
+                d, c = proto_dirs(*prototypes(m, data), lab, [x for x in classes if x in lab])
+                q = torch.linalg.svd(d, full_matrices=False)[0][:, :max(1, d.shape[1] - 1)]
+                with torch.no_grad():
+                    diff = float((lib(ev.test.x[:200]) - fold_projection(m, projector(q, 1.0), c)(ev.test.x[:200]))
+                                 .abs().max())
+                out["cells"][f"{req} {r}"] = {"directions": info["directions"], "max_abs_logit_diff": diff}
+                log(f"{req} {r}: {info['directions']} directions, max |logit diff| {diff:.2e}")
+    return out
+
+
 def _request_labels(req, pro):
     import beyond_head as BH
 
@@ -367,10 +404,11 @@ def _request_labels(req, pro):
 def main() -> int:
     torch.set_num_threads(1)
     phase = sys.argv[1] if len(sys.argv) > 1 else "single"
-    if phase == "rules":
+    if phase in ("rules", "libcheck"):
         sys.path.insert(0, str(ROOT / "benchmarks"))
     out = single() if phase == "single" else single(("fold",)) if phase == "fold" else \
-        single(("rank",)) if phase == "rank" else rules() if phase == "rules" else dag()
+        single(("rank",)) if phase == "rank" else rules() if phase == "rules" else \
+        libcheck() if phase == "libcheck" else dag()
     out["seconds"] = round(time.perf_counter() - T0, 1)
     ds = os.environ.get("FFE_DATASET", "digits")
     tag = os.environ.get("FFE_TAG", "")
