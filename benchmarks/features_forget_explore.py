@@ -20,7 +20,9 @@ Phase ``dag``: ``benchmarks/beyond_head.py``'s DAG (R root, A fine-tune child, T
 backbone), FIUn's head update through ``plan_forget``/``run_forget``, then the last block's residual sum projected
 off the forgotten classes' prototype directions (folded, docs/method.md section 11): from the origin's prototypes
 (all / all-1 directions), each model's own (the top k, k = 1..n: the scope is ``max(1, n-1)``) and each model's own
-``unique`` part (orthogonalized against the retained prototypes' deviations), against the retrained DAG. The
+``unique`` part (orthogonalized against the retained prototypes' deviations) and, opt-in (``FFE_FAMILIES=mix``),
+an edit between rank n-2 and n-1 (the (n-1)-th direction mixed with a class-free one at ``FFE_MIX`` degrees),
+against the retrained DAG. The
 original, head, retrained and own/unique models also get beyond_head's relearn test (retained data only), a
 few-shot relearn (+``FFE_FEW`` samples per forgotten class, ``FFE_FEW_EPOCHS`` epochs) and the class MIA (the
 model's forgotten-class training samples against their test samples). The models' prototypes (originals and
@@ -35,8 +37,8 @@ Phase ``rules``: per-model rank rules (from prototypes alone) scored on the dag 
     python benchmarks/features_forget_explore.py rules                                      # after both dag runs
     nice -n 10 python benchmarks/features_forget_explore.py libcheck   # the library's features_forget = this fold
 
-Env: ``FFE_DATASET`` (digits), ``FFE_FAMILIES`` (origin,own,unique), ``FFE_FEW`` (5), ``FFE_FEW_EPOCHS`` (1),
-``FFE_TAG`` (appended to the results file's name). Writes ``benchmarks/results/features_forget_explore_<phase>
+Env: ``FFE_DATASET`` (digits), ``FFE_FAMILIES`` (origin,own,unique; or mix), ``FFE_FEW`` (5), ``FFE_FEW_EPOCHS``
+(1), ``FFE_MIX`` (0,30,45,60,90), ``FFE_TAG`` (appended to the results file's name). Writes ``benchmarks/results/features_forget_explore_<phase>
 [_<dataset>][_<tag>].json``.
 """
 from __future__ import annotations
@@ -438,6 +440,30 @@ def prototypes(model, data):
         {r: int((data.y == r).sum()) for r in range(len(data.labels))}
 
 
+#: the ``mix`` family (an edit between rank n-2 and n-1 that is not invertible): degrees of the mixing angle
+MIX_DEGREES = tuple(int(v) for v in os.environ.get("FFE_MIX", "0,30,45,60,90").split(","))
+
+
+def mix_dirs(model, protos, d, deg):
+    """The top n-2 directions of ``d`` and ``cos(a) q_{n-1} + sin(a) w``: ``w`` is the direction orthogonal to every
+    prototype's deviation (class-free as far as the means tell) with the largest data-free variance estimate of
+    ``s`` (per channel ``gamma_bn^2 + gamma_ds^2``: the BatchNorms' outputs have about their weights' variance on
+    the training data). a = 0: rank n-1; a = 90: rank n-2 plus a class-free direction. Removing the mixed direction
+    loses part of the q_{n-1} signal under w's noise: not invertible, unlike a shrink."""
+    blk = model.layer4[-1]
+    var = (blk.bn2.weight.detach().double() ** 2 + blk.downsample[2].weight.detach().double() ** 2)
+    allp = torch.stack(list(protos.values()), 1)
+    u, sv, _ = torch.linalg.svd(allp - allp.mean(1, keepdim=True), full_matrices=False)
+    u = u[:, sv > 1e-6 * sv[0]]
+    comp = torch.eye(u.shape[0], dtype=torch.float64) - u @ u.T
+    w = torch.linalg.eigh(comp @ torch.diag(var) @ comp)[1][:, -1]
+    q = torch.linalg.svd(d, full_matrices=False)[0]
+    n = d.shape[1]
+    a = torch.deg2rad(torch.tensor(float(deg), dtype=torch.float64))
+    v = torch.cos(a) * q[:, n - 2] + torch.sin(a) * w
+    return torch.cat([q[:, :n - 2], v[:, None]], 1)
+
+
 def proto_dirs(protos, counts, labels, forget, unique=False):
     """Forgotten class means about the retained mean (count-weighted), from prototypes only; None if a forgotten
     class has no prototype here. ``unique``: only their part orthogonal to the retained classes' own deviations
@@ -531,7 +557,7 @@ def dag() -> dict:
 
     prof = BH.PROFILES[os.environ.get("FFE_DATASET", "digits")]
     env = " ".join(f"{k}={os.environ[k]}" for k in ("FFE_DATASET", "FFE_TAG", "FFE_FAMILIES", "FFE_FEW",
-                                                    "FFE_FEW_EPOCHS") if os.environ.get(k))
+                                                    "FFE_FEW_EPOCHS", "FFE_MIX") if os.environ.get(k))
     out = {"command": (env + " " if env else "") + "nice -n 10 python benchmarks/features_forget_explore.py dag",
            "dataset": prof["dataset"],
            "relearn": BH.RELEARN, "relearn_few": {"per_class": FEW, "epochs": FEW_EPOCHS},
@@ -573,7 +599,17 @@ def dag() -> dict:
             out.setdefault("retrain_prototypes", {})[req] = {
                 r: proto_json(*prototypes(rtm[r], scn.train_data(r)), scn.node(r).labels) for r in aff}
             log(f"{req}: head/retrain done " + json.dumps({r.split('/')[-1]: v for r, v in res["retrain"].items()}))
-            for src in FAMILIES:
+            if "mix" in FAMILIES and len(classes) > 1:
+                for deg in MIX_DEGREES:
+                    key = f"fold-mix deg={deg}"
+                    res[key] = {}
+                    for r in aff:
+                        lab = scn.node(r).labels
+                        d, c = proto_dirs(*protos[r], lab, [x for x in classes if x in lab])
+                        res[key][r] = classwise_fast(ev, r, fold_projection(
+                            heads[r], projector(mix_dirs(orig[r], protos[r][0], d, deg), 1.0), c), classes)
+                    log(f"{req}: {key} " + json.dumps({r.split('/')[-1]: v for r, v in res[key].items()}))
+            for src in [f for f in FAMILIES if f != "mix"]:
                 ks = ("all", "all-1") if src == "origin" else tuple(range(1, len(classes) + 1))
                 for k in ks:
                     key = f"fold-{src} k={k}"
