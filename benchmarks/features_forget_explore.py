@@ -38,7 +38,8 @@ Phase ``rules``: per-model rank rules (from prototypes alone) scored on the dag 
     nice -n 10 python benchmarks/features_forget_explore.py libcheck   # the library's features_forget = this fold
 
 Env: ``FFE_DATASET`` (digits), ``FFE_FAMILIES`` (origin,own,unique; or mix), ``FFE_FEW`` (5), ``FFE_FEW_EPOCHS``
-(1), ``FFE_MIX`` (0,30,45,60,90), ``FFE_TAG`` (appended to the results file's name). Writes ``benchmarks/results/features_forget_explore_<phase>
+(1), ``FFE_MIX`` (0,30,45,60,90), ``FFE_SEED`` (0), ``FFE_TAG`` (appended to the results file's name). Writes
+``benchmarks/results/features_forget_explore_<phase>
 [_<dataset>][_<tag>].json``.
 """
 from __future__ import annotations
@@ -75,6 +76,8 @@ RESULTS = ROOT / "benchmarks" / "results"
 #: class-mean directions, k = 1..n), each model's own ``unique`` part (top k of the directions orthogonalized
 #: against the retained classes' deviations)
 FAMILIES = tuple(os.environ.get("FFE_FAMILIES", "origin,own,unique").split(","))
+#: the DAG's seed (beyond_head's ``plan_dag``: shards, inits, shuffles; the retrained DAG uses the same recipes)
+SEED = int(os.environ.get("FFE_SEED", "0"))
 T0 = time.perf_counter()
 
 
@@ -557,18 +560,18 @@ def dag() -> dict:
 
     prof = BH.PROFILES[os.environ.get("FFE_DATASET", "digits")]
     env = " ".join(f"{k}={os.environ[k]}" for k in ("FFE_DATASET", "FFE_TAG", "FFE_FAMILIES", "FFE_FEW",
-                                                    "FFE_FEW_EPOCHS", "FFE_MIX") if os.environ.get(k))
+                                                    "FFE_FEW_EPOCHS", "FFE_MIX", "FFE_SEED") if os.environ.get(k))
     out = {"command": (env + " " if env else "") + "nice -n 10 python benchmarks/features_forget_explore.py dag",
-           "dataset": prof["dataset"],
+           "dataset": prof["dataset"], "seed": SEED,
            "relearn": BH.RELEARN, "relearn_few": {"per_class": FEW, "epochs": FEW_EPOCHS},
            "families": list(FAMILIES), "requests": {}}
     with torch_threads(1), tempfile.TemporaryDirectory(prefix="fiun-ffe-") as tmp:
-        scn = BH.plan_dag(prof, 0)
+        scn = BH.plan_dag(prof, SEED)
         built = Path(tmp) / "built"
         hub0 = LocalHub.init(built)
         realize_scenario(scn, hub0, num_threads=1)
         log("built DAG")
-        ev = BH.Evaluator(scn, hub0, prof, 0)
+        ev = BH.Evaluator(scn, hub0, prof, SEED)
         labels = list(scn.load_train().labels)
         aff = scn.affected()
         orig = {r: ev.model(r, None) for r in aff}
