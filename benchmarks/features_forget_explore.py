@@ -16,15 +16,31 @@ forgotten classes (probe fit on every other training sample), next to a model re
 - ``proj-oracle``: option (c) as an upper bound that is not a weight edit (no exact fold through the final ReLU
   exists for a ResNet): the probe is fit on features with the forgotten classes' mean directions projected out.
 
-Phase ``dag``: ``benchmarks/beyond_head.py``'s digits DAG (R root, A fine-tune child, T transfer child with R's
-frozen backbone); the origin's ``shrink`` delta on ``layer4`` added to every affected model (A, T: data-free),
-on top of FIUn's head update, against the retrained DAG.
+Phase ``dag``: ``benchmarks/beyond_head.py``'s DAG (R root, A fine-tune child, T transfer child with R's frozen
+backbone), FIUn's head update through ``plan_forget``/``run_forget``, then the last block's residual sum projected
+off the forgotten classes' prototype directions (folded, docs/method.md section 11): from the origin's prototypes
+(all / all-1 directions), each model's own (the top k, k = 1..n: the scope is ``max(1, n-1)``) and each model's own
+``unique`` part (orthogonalized against the retained prototypes' deviations) and, opt-in (``FFE_FAMILIES=mix``),
+an edit between rank n-2 and n-1 (the (n-1)-th direction mixed with a class-free one at ``FFE_MIX`` degrees),
+against the retrained DAG. The
+original, head, retrained and own/unique models also get beyond_head's relearn test (retained data only), a
+few-shot relearn (+``FFE_FEW`` samples per forgotten class, ``FFE_FEW_EPOCHS`` epochs) and the class MIA (the
+model's forgotten-class training samples against their test samples). The models' prototypes (originals and
+retrained) go to ``..._prototypes.json``.
+
+Phase ``rules``: per-model rank rules (from prototypes alone) scored on the dag results: each rule's pick is a
+``fold-own k=K`` cell, plus the rank closest to retrain in hindsight (the ceiling of any rank rule).
 
     nice -n 10 python benchmarks/features_forget_explore.py single
-    nice -n 10 python benchmarks/features_forget_explore.py dag
-    FFE_DATASET=fashion-mnist nice -n 10 python benchmarks/features_forget_explore.py dag   # ~21 min, shared cores
+    nice -n 10 python benchmarks/features_forget_explore.py dag                              # ~4 min, shared cores
+    FFE_DATASET=fashion-mnist nice -n 10 python benchmarks/features_forget_explore.py dag   # ~6-21 min
+    python benchmarks/features_forget_explore.py rules                                      # after both dag runs
+    nice -n 10 python benchmarks/features_forget_explore.py libcheck   # the library's features_forget = this fold
 
-Writes ``benchmarks/results/features_forget_explore_<phase>.json``.
+Env: ``FFE_DATASET`` (digits), ``FFE_FAMILIES`` (origin,own,unique; or mix), ``FFE_FEW`` (5), ``FFE_FEW_EPOCHS``
+(1), ``FFE_MIX`` (0,30,45,60,90), ``FFE_SEED`` (0), ``FFE_TAG`` (appended to the results file's name). Writes
+``benchmarks/results/features_forget_explore_<phase>
+[_<dataset>][_<tag>].json``.
 """
 from __future__ import annotations
 
@@ -56,6 +72,12 @@ LABELS = [str(i) for i in range(10)]
 HEAD = ["fc.weight", "fc.bias"]
 L4_CONV = "layer4.*conv*.weight,layer4.*downsample.1.weight"
 RESULTS = ROOT / "benchmarks" / "results"
+#: the dag phase's fold families: the origin's prototypes (all / all-1 directions), each model's own (top k of the
+#: class-mean directions, k = 1..n), each model's own ``unique`` part (top k of the directions orthogonalized
+#: against the retained classes' deviations)
+FAMILIES = tuple(os.environ.get("FFE_FAMILIES", "origin,own,unique").split(","))
+#: the DAG's seed (beyond_head's ``plan_dag``: shards, inits, shuffles; the retrained DAG uses the same recipes)
+SEED = int(os.environ.get("FFE_SEED", "0"))
 T0 = time.perf_counter()
 
 
@@ -276,17 +298,141 @@ def single(families=("ssd", "shrink")) -> dict:
     return out
 
 
+# ------------------------------------------------------------------ phase rules: per-model rank rules, offline
+def rank_rules(protos, counts, rows):
+    """The rank each candidate rule picks for one model and request, from its prototypes alone (``protos``: row ->
+    (C,) float64, ``rows``: the forgotten rows it has). ``n-1``: the scope's ``max(1, n - 1)``; ``scatter``: the
+    smallest k >= 1 whose projection brings the forgotten prototypes' mean nearest-neighbour distance (to any other
+    prototype) down to the retained prototypes' closest pair; ``spread``: remove the directions whose singular
+    value is at least the retained prototypes' RMS distance to their mean (at least one)."""
+    keep = [r for r in protos if r not in rows]
+    n = torch.tensor([float(counts[r]) for r in keep], dtype=torch.float64)
+    mu = (torch.stack([protos[r] for r in keep]) * n[:, None]).sum(0) / n.sum()
+    d = torch.stack([protos[r] - mu for r in rows], 1)
+    u, sv, _ = torch.linalg.svd(d, full_matrices=False)
+
+    def nn(r, table):
+        return min(float((table[r] - table[o]).norm()) for o in table if o != r)
+
+    closest = min(nn(r, {k: protos[k] for k in keep}) for r in keep)
+    scatter = len(rows)
+    for k in range(1, len(rows) + 1):
+        q = u[:, :k]
+        moved = {r: (protos[r] - q @ (q.T @ (protos[r] - mu))) if r in rows else protos[r] for r in protos}
+        if sum(nn(r, moved) for r in rows) / len(rows) <= closest:
+            scatter = k
+            break
+    spread = float(((torch.stack([protos[r] for r in keep]) - mu) ** 2).sum(1).mean().sqrt())
+    return {"n-1": max(1, len(rows) - 1), "scatter": scatter, "spread": max(1, int((sv >= spread).sum()))}
+
+
+def rules() -> dict:
+    """Score the rank rules on the dag results already written (digits and Fashion-MNIST): each rule's pick is a
+    ``fold-own k=K`` cell of the same run (the same fold), so no model is re-evaluated."""
+    out = {"command": "python benchmarks/features_forget_explore.py rules", "datasets": {}}
+    for ds in ("digits", "fashion-mnist"):
+        path = RESULTS / f"features_forget_explore_dag{'' if ds == 'digits' else '_' + ds}.json"
+        if not path.exists():
+            continue
+        res = json.loads(path.read_text())
+        pro = json.loads((RESULTS / res["prototypes_file"]).read_text())["prototypes"]
+        got = out["datasets"][ds] = {}
+        for req, cells in res["requests"].items():
+            for r, pj in pro.items():
+                lab = pj["labels"]
+                P = {i: torch.tensor(v, dtype=torch.float64) for i, v in enumerate(pj["prototypes"]) if v}
+                counts = dict(enumerate(pj["counts"]))
+                forget = [str(lab0) for lab0 in _request_labels(req, pro)]
+                rows = [lab.index(c) for c in forget if c in lab]
+                if not rows:
+                    continue
+                rt = cells["retrain"][r]["probe_recall"]
+                for rule, k in rank_rules(P, counts, rows).items():
+                    cell = cells[f"fold-own k={k}"][r]
+                    got.setdefault(rule, {}).setdefault(req, {})[r] = {
+                        "k": k, "probe_recall": cell["probe_recall"], "retrain": rt,
+                        "gap": round(cell["probe_recall"] - rt, 1), "met": abs(cell["probe_recall"] - rt) <= 5.0}
+                    log(f"{ds} {req} {r} {rule}: k={k} probe {cell['probe_recall']} retrain {rt}")
+                # the ceiling of any rank rule: the rank closest to the retrained model, chosen in hindsight
+                best = min(range(1, len(rows) + 1), key=lambda k: abs(cells[f"fold-own k={k}"][r]["probe_recall"] - rt))
+                pr = cells[f"fold-own k={best}"][r]["probe_recall"]
+                got.setdefault("oracle (not a rule: uses the retrained model)", {}).setdefault(req, {})[r] = {
+                    "k": best, "probe_recall": pr, "retrain": rt, "gap": round(pr - rt, 1), "met": abs(pr - rt) <= 5.0}
+        for rule, reqs in got.items():
+            reqs["every_cell_met"] = all(c["met"] for q in reqs.values() for c in q.values())
+    return out
+
+
+def libcheck() -> dict:
+    """The scope as the library runs it (``fiun_hub.feature_forget``: ``class_prototypes`` + ``features_forget``,
+    what ``forget --scope features`` folds) against this file's fold (``fold-own k=max(1, n-1)``) on the digits
+    DAG's original models: the largest logit difference on 200 test samples per (request, model)."""
+    import tempfile
+
+    import beyond_head as BH
+    from fiun_hub.feature_forget import class_prototypes, features_forget
+    from fiun_hub.hub.local import LocalHub
+    from fiun_hub.research.scenarios import realize_scenario, torch_threads
+
+    out = {"command": "nice -n 10 python benchmarks/features_forget_explore.py libcheck", "cells": {}}
+    with torch_threads(1), tempfile.TemporaryDirectory(prefix="fiun-ffe-") as tmp:
+        prof = BH.PROFILES["digits"]
+        scn = BH.plan_dag(prof, 0)
+        hub0 = LocalHub.init(Path(tmp) / "built")
+        realize_scenario(scn, hub0, num_threads=1)
+        ev = BH.Evaluator(scn, hub0, prof, 0)
+        labels = list(scn.load_train().labels)
+        for req, idx in BH.CLASS_REQUESTS.items():
+            classes = [labels[i] for i in idx]
+            for r in scn.affected():
+                m, lab, data = ev.model(r, None), scn.node(r).labels, scn.train_data(r)
+                new, info = features_forget(m, *class_prototypes(m, data.x, data.y, lab), classes)
+                lib = copy.deepcopy(m)
+                lib.load_state_dict({**lib.state_dict(), **new})
+                d, c = proto_dirs(*prototypes(m, data), lab, [x for x in classes if x in lab])
+                q = torch.linalg.svd(d, full_matrices=False)[0][:, :max(1, d.shape[1] - 1)]
+                with torch.no_grad():
+                    diff = float((lib(ev.test.x[:200]) - fold_projection(m, projector(q, 1.0), c)(ev.test.x[:200]))
+                                 .abs().max())
+                out["cells"][f"{req} {r}"] = {"directions": info["directions"], "max_abs_logit_diff": diff}
+                log(f"{req} {r}: {info['directions']} directions, max |logit diff| {diff:.2e}")
+    return out
+
+
+def _request_labels(req, pro):
+    import beyond_head as BH
+
+    labels = pro["bench/R"]["labels"]
+    return [labels[i] for i in BH.CLASS_REQUESTS[req]]
+
+
 def main() -> int:
     torch.set_num_threads(1)
     phase = sys.argv[1] if len(sys.argv) > 1 else "single"
+    if phase in ("rules", "libcheck"):
+        sys.path.insert(0, str(ROOT / "benchmarks"))
     out = single() if phase == "single" else single(("fold",)) if phase == "fold" else \
-        single(("rank",)) if phase == "rank" else dag()
+        single(("rank",)) if phase == "rank" else rules() if phase == "rules" else \
+        libcheck() if phase == "libcheck" else dag()
     out["seconds"] = round(time.perf_counter() - T0, 1)
     ds = os.environ.get("FFE_DATASET", "digits")
-    path = RESULTS / f"features_forget_explore_{phase}{'' if ds == 'digits' or phase != 'dag' else '_' + ds}.json"
+    tag = os.environ.get("FFE_TAG", "")
+    path = RESULTS / (f"features_forget_explore_{phase}{'' if ds == 'digits' or phase != 'dag' else '_' + ds}"
+                      f"{'_' + tag if tag else ''}.json")
+    split_prototypes(out, path)
     path.write_text(json.dumps(out, indent=1) + "\n")
     log(f"wrote {path}")
     return 0
+
+
+def split_prototypes(out, path):
+    """The dag phase's prototypes (the originals' and the retrained models') go to ``<name>_prototypes.json``, one
+    line per model, so that the results file stays readable; ``rank_rules.py``-style checks read both."""
+    keep = {k: out.pop(k) for k in ("prototypes", "retrain_prototypes") if k in out}
+    if keep:
+        side = path.with_name(path.stem + "_prototypes.json")
+        side.write_text(json.dumps(keep, separators=(",", ":")) + "\n")
+        out["prototypes_file"] = side.name
 
 
 def prototypes(model, data):
@@ -297,16 +443,106 @@ def prototypes(model, data):
         {r: int((data.y == r).sum()) for r in range(len(data.labels))}
 
 
-def proto_dirs(protos, counts, labels, forget):
+#: the ``mix`` family (an edit between rank n-2 and n-1 that is not invertible): degrees of the mixing angle
+MIX_DEGREES = tuple(int(v) for v in os.environ.get("FFE_MIX", "0,30,45,60,90").split(","))
+
+
+def mix_dirs(model, protos, d, deg):
+    """The top n-2 directions of ``d`` and ``cos(a) q_{n-1} + sin(a) w``: ``w`` is the direction orthogonal to every
+    prototype's deviation (class-free as far as the means tell) with the largest data-free variance estimate of
+    ``s`` (per channel ``gamma_bn^2 + gamma_ds^2``: the BatchNorms' outputs have about their weights' variance on
+    the training data). a = 0: rank n-1; a = 90: rank n-2 plus a class-free direction. Removing the mixed direction
+    loses part of the q_{n-1} signal under w's noise: not invertible, unlike a shrink."""
+    blk = model.layer4[-1]
+    var = (blk.bn2.weight.detach().double() ** 2 + blk.downsample[2].weight.detach().double() ** 2)
+    allp = torch.stack(list(protos.values()), 1)
+    u, sv, _ = torch.linalg.svd(allp - allp.mean(1, keepdim=True), full_matrices=False)
+    u = u[:, sv > 1e-6 * sv[0]]
+    comp = torch.eye(u.shape[0], dtype=torch.float64) - u @ u.T
+    w = torch.linalg.eigh(comp @ torch.diag(var) @ comp)[1][:, -1]
+    q = torch.linalg.svd(d, full_matrices=False)[0]
+    n = d.shape[1]
+    a = torch.deg2rad(torch.tensor(float(deg), dtype=torch.float64))
+    v = torch.cos(a) * q[:, n - 2] + torch.sin(a) * w
+    return torch.cat([q[:, :n - 2], v[:, None]], 1)
+
+
+def proto_dirs(protos, counts, labels, forget, unique=False):
     """Forgotten class means about the retained mean (count-weighted), from prototypes only; None if a forgotten
-    class has no prototype here."""
+    class has no prototype here. ``unique``: only their part orthogonal to the retained classes' own deviations
+    from that mean (what the retained classes' features do not already say about them; the retained prototypes
+    are then left exactly where they are)."""
     rows = [labels.index(c) for c in forget if c in labels]
     if any(r not in protos for r in rows):
         return None
     keep = [r for r in protos if r not in rows]
     n = torch.tensor([float(counts[r]) for r in keep], dtype=torch.float64)
     mu_r = (torch.stack([protos[r] for r in keep], 0) * n[:, None]).sum(0) / n.sum()
-    return torch.stack([protos[r] - mu_r for r in rows], 1), mu_r
+    d = torch.stack([protos[r] - mu_r for r in rows], 1)
+    if unique:
+        u, sv, _ = torch.linalg.svd(torch.stack([protos[r] - mu_r for r in keep], 1), full_matrices=False)
+        u = u[:, sv > 1e-6 * sv[0]]
+        d = d - u @ (u.T @ d)
+    return d, mu_r
+
+
+def proto_json(protos, counts, labels):
+    """A model's prototypes for the JSON (row order), so that a rank rule can be evaluated from them afterwards."""
+    return {"labels": list(labels), "counts": [counts[r] for r in range(len(labels))],
+            "prototypes": [[round(float(v), 5) for v in protos[r]] if r in protos else None
+                           for r in range(len(labels))]}
+
+
+def classwise_fast(ev, r, mm, classes):
+    """beyond_head's class-wise metrics without the relearn test (the origin-prototype variants)."""
+    labels = ev.labels[r]
+    if not any(c in labels for c in classes):
+        return {"knows_forgotten": False}
+    f, rr = forget_retain_accuracy(mm, labels, ev.test, classes)
+    probe = linear_probe(mm, labels, ev.probe_train, ev.test, classes)
+    return {"forget_acc": round(f, 1), "retain_acc": round(rr, 1),
+            "top2_leak": round(top2_leak(mm, labels, ev.test, classes), 1),
+            "probe_recall": round(probe["forget_recall"], 1), "probe_retain_acc": round(probe["retain_acc"], 1)}
+
+
+def class_mia(scn, ev, r, mm, classes):
+    """The membership view of a class forget: the loss-threshold attack's AUC (percent) of the model's own
+    training samples of the forgotten classes against held-out test samples of the same classes (a model that
+    never trained on them: near 50), and the accuracy on those training samples."""
+    from fiun_hub.evaluate import sample_forget_metrics
+
+    here = [c for c in classes if c in ev.labels[r]]
+    train = scn.load_train().subset(scn.node(r).shard)
+    mine = train.select_labels([c for c in here if c in train.labels])
+    held = ev.test.select_labels(here)
+    if len(mine) == 0 or len(held) == 0:
+        return {}
+    m = sample_forget_metrics(mm, ev.labels[r], mine, held)
+    return {"class_mia_auc": round(m["mia_auc"], 1), "forgotten_train_acc": round(m["forgotten_acc"], 1)}
+
+
+#: the few-shot relearn: beyond_head's relearn budget (RELEARN) on the retained data plus this many training
+#: samples of each forgotten class (the model's own shard), then forget accuracy on the test split
+FEW = int(os.environ.get("FFE_FEW", "5"))
+FEW_EPOCHS = int(os.environ.get("FFE_FEW_EPOCHS", "1"))
+
+
+def relearn_few(scn, ev, r, mm, classes, budget):
+    """How fast the class comes back when a few of its samples are in the fine-tuning data (a retrained model gets
+    the same data and budget): a harder relearn test than the retained-only one."""
+    from fiun_hub.research.training import train_classifier
+
+    data = scn.train_data(r)
+    labels = ev.labels[r]
+    rows = [labels.index(c) for c in classes if c in labels]
+    keep = [int(i) for i in torch.nonzero(~torch.isin(data.y, torch.tensor(rows))).flatten()]
+    for row in rows:
+        keep += [int(i) for i in torch.nonzero(data.y == row).flatten()[:FEW]]
+    twin = copy.deepcopy(mm)
+    train_classifier(twin, data.subset(sorted(keep)), epochs=budget["epochs"], lr=budget["lr"],
+                     batch_size=budget["batch_size"], seed=scn.node(r).recipe.seed + 37)
+    f, rr = forget_retain_accuracy(twin.eval(), labels, ev.test, classes)
+    return {"relearn_few_forget_acc": round(f, 1), "relearn_few_retain_acc": round(rr, 1)}
 
 
 def dag() -> dict:
@@ -323,50 +559,80 @@ def dag() -> dict:
     from fiun_hub.research.scenarios import realize_scenario, torch_threads
 
     prof = BH.PROFILES[os.environ.get("FFE_DATASET", "digits")]
-    out = {"command": ("" if prof["dataset"] == "digits" else f"FFE_DATASET={prof['dataset']} ")
-           + "nice -n 10 python benchmarks/features_forget_explore.py dag", "dataset": prof["dataset"],
-           "requests": {}}
+    env = " ".join(f"{k}={os.environ[k]}" for k in ("FFE_DATASET", "FFE_TAG", "FFE_FAMILIES", "FFE_FEW",
+                                                    "FFE_FEW_EPOCHS", "FFE_MIX", "FFE_SEED") if os.environ.get(k))
+    out = {"command": (env + " " if env else "") + "nice -n 10 python benchmarks/features_forget_explore.py dag",
+           "dataset": prof["dataset"], "seed": SEED,
+           "relearn": BH.RELEARN, "relearn_few": {"per_class": FEW, "epochs": FEW_EPOCHS},
+           "families": list(FAMILIES), "requests": {}}
     with torch_threads(1), tempfile.TemporaryDirectory(prefix="fiun-ffe-") as tmp:
-        scn = BH.plan_dag(prof, 0)
+        scn = BH.plan_dag(prof, SEED)
         built = Path(tmp) / "built"
         hub0 = LocalHub.init(built)
         realize_scenario(scn, hub0, num_threads=1)
         log("built DAG")
-        ev = BH.Evaluator(scn, hub0, prof, 0)
+        ev = BH.Evaluator(scn, hub0, prof, SEED)
         labels = list(scn.load_train().labels)
         aff = scn.affected()
         orig = {r: ev.model(r, None) for r in aff}
         protos = {r: prototypes(orig[r], scn.train_data(r)) for r in aff}
+        out["prototypes"] = {r: proto_json(*protos[r], scn.node(r).labels) for r in aff}
+        o = scn.origin
         for req, idx in BH.CLASS_REQUESTS.items():
             classes = [labels[i] for i in idx]
-            sc = lambda r, mm: {k: v for k, v in ev.classwise(r, mm, classes).items()  # noqa: E731
-                                if not k.startswith("relearn")}
-            res = {"original": {r: sc(r, orig[r]) for r in aff}}
+
+            def sc(r, mm, full=False):
+                """probe etc.; ``full``: also the relearn test (beyond_head's budget) and the class-wise MIA"""
+                got = ev.classwise(r, mm, classes) if full else classwise_fast(ev, r, mm, classes)
+                if full and got.get("knows_forgotten", True):
+                    got.update(class_mia(scn, ev, r, mm, classes))
+                    got.update(relearn_few(scn, ev, r, mm, classes, {**BH.RELEARN, "epochs": FEW_EPOCHS}))
+                return got
+
+            res = {"original": {r: sc(r, orig[r], True) for r in aff}}
             hub = BH.copy_hub(built, Path(tmp) / req)
             _, states, _ = BH.run_fiun(hub, scn, classes=classes)
             heads = {r: ev.model(r, states[r]) for r in aff}
-            res["head"] = {r: sc(r, heads[r]) for r in aff}
+            res["head"] = {r: sc(r, heads[r], True) for r in aff}
             rt = BL.retrain(scn, hub0, classes, num_threads=1)
-            res["retrain"] = {r: sc(r, ev.model(r, rt.states[r])) for r in aff}
-            log(f"{req}: head/retrain done")
-            o = scn.origin
-            for src in ("origin", "own"):
-                for k in ("all", "all-1"):
+            rtm = {r: ev.model(r, rt.states[r]) for r in aff}
+            res["retrain"] = {r: sc(r, rtm[r], True) for r in aff}
+            # diagnostics for a per-model rank rule: the retrained models' prototypes on the same shards (the
+            # forgotten classes' samples included: where a backbone that never saw them puts them)
+            out.setdefault("retrain_prototypes", {})[req] = {
+                r: proto_json(*prototypes(rtm[r], scn.train_data(r)), scn.node(r).labels) for r in aff}
+            log(f"{req}: head/retrain done " + json.dumps({r.split('/')[-1]: v for r, v in res["retrain"].items()}))
+            if "mix" in FAMILIES and len(classes) > 1:
+                for deg in MIX_DEGREES:
+                    key = f"fold-mix deg={deg}"
+                    res[key] = {}
+                    for r in aff:
+                        lab = scn.node(r).labels
+                        d, c = proto_dirs(*protos[r], lab, [x for x in classes if x in lab])
+                        res[key][r] = classwise_fast(ev, r, fold_projection(
+                            heads[r], projector(mix_dirs(orig[r], protos[r][0], d, deg), 1.0), c), classes)
+                    log(f"{req}: {key} " + json.dumps({r.split('/')[-1]: v for r, v in res[key].items()}))
+            for src in [f for f in FAMILIES if f != "mix"]:
+                ks = ("all", "all-1") if src == "origin" else tuple(range(1, len(classes) + 1))
+                for k in ks:
                     key = f"fold-{src} k={k}"
                     res[key] = {}
                     for r in aff:
                         lab = scn.node(r).labels
                         here = [c for c in classes if c in lab]
-                        got = proto_dirs(*protos[r], lab, here) if src == "own" else None
+                        got = (proto_dirs(*protos[r], lab, here, unique=src == "unique") if src != "origin"
+                               else None)
                         if got is None:
                             got = proto_dirs(*protos[o], scn.node(o).labels, classes)
                         dirs, c = got
                         if k == "all-1":  # the top n-1 singular directions (none for one class: head only)
                             dirs = torch.linalg.svd(dirs, full_matrices=False)[0][:, :dirs.shape[1] - 1]
+                        elif isinstance(k, int):  # the top k (k > the classes this model knows: all of them)
+                            dirs = torch.linalg.svd(dirs, full_matrices=False)[0][:, :min(k, dirs.shape[1])]
                         if dirs.shape[1] == 0:
                             res[key][r] = res["head"][r]
                             continue
-                        res[key][r] = sc(r, fold_projection(heads[r], projector(dirs, 1.0), c))
+                        res[key][r] = sc(r, fold_projection(heads[r], projector(dirs, 1.0), c), src != "origin")
                     log(f"{req}: {key} " + json.dumps({r.split('/')[-1]: v for r, v in res[key].items()}))
             out["requests"][req] = res
             shutil.rmtree(Path(tmp) / req, ignore_errors=True)

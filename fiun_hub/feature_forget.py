@@ -26,8 +26,10 @@ shapes and dtypes are unchanged; timm loads it as before. The new prototypes are
 
 Removing all ``n`` directions of several classes collapses them onto each other (probe recall 56-72% for 4 classes,
 below a retrained model's 88-91%); ``n - 1`` keeps one axis between them and lands within 3 points of the
-retrained models on the digits DAG. One class has nothing to collapse onto: its one direction goes. Supported: timm ResNet-style models whose last block has a downsample
-(``test_resnet``); a last block with an identity shortcut (resnet18's ``layer4.1``) has no exact fold and raises
+retrained models on the digits DAG (seed 0; on a second seed one model is 10 points below, and per-model rank rules
+from prototypes did no better: docs/method.md section 11.4). One class has nothing to collapse onto: its one
+direction goes. Supported: timm ResNet-style models whose last block has a downsample (``test_resnet``); a last
+block with an identity shortcut (resnet18's ``layer4.1``) has no exact fold and raises
 :class:`~fiun_hub.errors.UnlearnError`.
 """
 from __future__ import annotations
