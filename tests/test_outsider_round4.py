@@ -1,0 +1,107 @@
+"""Round 4 of outside testing: cases the earlier rounds did not cover, each found failing on the real CLI.
+
+1. A child pinned to an older revision of its parent, whose card then declared an ancestor that the parent's
+   head no longer declares (the parent was re-pushed with other parents). The child still derives from that
+   ancestor through the revision it pins, so a forget at the ancestor must reach it, and an audit must not say ok
+   while it is left untouched. The child here has weights of its own (a distillation-like retrain), so no
+   weight fingerprint can find it: only the cards say where it came from.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from conftest import DIGIT_LABELS
+from fiun_hub.hub.local import LocalHub
+
+IN = (1, 16, 16)
+REQUEST = """\
+id: TKD-R4-1
+reason: outsider round 4
+requested_by: dpo@example.org
+received: 2026-11-20
+origins: [t/o]
+forget:
+  classes: ["3"]
+"""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _digits(split: str):
+    from fiun_hub.data import load_data
+
+    return load_data(f"digits:{split}", in_chans=1, input_size=IN[1:]).to_label_space(DIGIT_LABELS)
+
+
+def _trained(seed: int, data, epochs: int, init=None):
+    from fiun_hub.research.scenarios import new_model
+    from fiun_hub.research.training import train_classifier
+
+    model = new_model("test_resnet", 10, 1, seed)
+    if init is not None:
+        model.load_state_dict(init.state_dict())
+    train_classifier(model, data, epochs=epochs, lr=3e-3, batch_size=32, seed=seed)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def reparented(tmp_path_factory):
+    """t/o -> t/a@rev1 -> t/x, then t/a re-pushed (rev2) with no parent: t/x still pins t/a@rev1.
+
+    Real trained test_resnet models with sidecars; t/x is trained from fresh weights (its card is its only
+    provenance)."""
+    from fiun_hub.research.scenarios import push_model
+
+    hub = LocalHub.init(tmp_path_factory.mktemp("reparented") / "hub")
+    train = _digits("train")
+    shard = train.subset(torch.arange(400))
+    o = _trained(1, shard, 5)
+    rev_o = push_model(hub, o, "t/o", DIGIT_LABELS, input_size=IN, fim_data=shard, data_spec="d")["revision"]
+    a = _trained(2, train.subset(torch.arange(400, 500)), 1, init=o)
+    rev_a1 = push_model(hub, a, "t/a", DIGIT_LABELS, input_size=IN, parents=[f"t/o@{rev_o}"], relation="finetune",
+                        fim_data=shard, data_spec="d")["revision"]
+    x = _trained(3, train.subset(torch.arange(500, 900)), 5)
+    push_model(hub, x, "t/x", DIGIT_LABELS, input_size=IN, parents=[f"t/a@{rev_a1}"], relation="finetune",
+               fim_data=shard, data_spec="d")
+    a2 = _trained(4, train.subset(torch.arange(900, 1200)), 2)
+    push_model(hub, a2, "t/a", DIGIT_LABELS, input_size=IN, fim_data=shard, data_spec="d")  # no parent now
+    return hub
+
+
+def test_a_forget_reaches_a_child_through_the_revision_it_pins_not_the_parents_head(reparented, cli):
+    code, out, err = cli("--hub", reparented.root, "--json", "forget", "--origin", "t/o", "--classes", "3",
+                         "--dry-run")
+    assert code == 0, err
+    affected = [n["repo"] for n in json.loads(out)["nodes"]]
+    assert "t/x" in affected, affected  # t/x <- t/a@rev1 <- t/o: it learned from t/o's data
+    assert "t/a" not in affected, affected  # t/a's head was retrained without t/o
+
+
+def test_an_audit_says_ok_only_once_that_child_forgot_too(reparented, tmp_path, cli):
+    from fiun_hub.evaluate import forget_retain_accuracy
+    from fiun_hub.models import load_model
+    from fiun_hub.repo import read_meta
+
+    shutil.copytree(reparented.root, tmp_path / "hub", symlinks=True)
+    hub = LocalHub(tmp_path / "hub")
+    req = tmp_path / "req.yaml"
+    req.write_text(REQUEST)
+    code, out, err = cli("--hub", hub.root, "takedown", req)
+    assert code == 0, err
+    code, out, err = cli("--hub", hub.root, "audit")
+    x_forgot = any(r["request"] == "TKD-R4-1" for r in read_meta(hub, "t/x").unlearned)
+    model, config, _ = load_model(hub, "t/x")
+    forget_acc, _ = forget_retain_accuracy(model, config.labels, _digits("test"), ["3"])
+    assert code != 0 or (x_forgot and forget_acc <= 5.0), (code, out, forget_acc)
+    assert x_forgot and forget_acc <= 5.0, (forget_acc, out)
+    assert code == 0, out
