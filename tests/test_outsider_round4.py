@@ -105,3 +105,37 @@ def test_an_audit_says_ok_only_once_that_child_forgot_too(reparented, tmp_path, 
     assert code != 0 or (x_forgot and forget_acc <= 5.0), (code, out, forget_acc)
     assert x_forgot and forget_acc <= 5.0, (forget_acc, out)
     assert code == 0, out
+
+
+# 2. A takedown at a model in the middle of a declared lineage: its declared ancestors and their other fine-tunes
+#    look like it (they all share one ancestor's weights), but the cards explain that; they are no undeclared
+#    derivatives of it (`lineage --infer` says so too), and `audit --fix --adopt` must not forget the request in
+#    models that never saw its data.
+@pytest.fixture(scope="module")
+def family(tmp_path_factory):
+    """t/o -> t/a, t/b (fine-tunes of t/o; trained test_resnet models with sidecars)."""
+    from fiun_hub.research.scenarios import push_model
+
+    hub = LocalHub.init(tmp_path_factory.mktemp("family") / "hub")
+    train = _digits("train")
+    shard = train.subset(torch.arange(400))
+    o = _trained(1, shard, 4)
+    rev_o = push_model(hub, o, "t/o", DIGIT_LABELS, input_size=IN, fim_data=shard, data_spec="d")["revision"]
+    for repo, seed, rows in (("t/a", 2, (400, 500)), ("t/b", 3, (500, 600))):
+        m = _trained(seed, train.subset(torch.arange(*rows)), 1, init=o)
+        push_model(hub, m, repo, DIGIT_LABELS, input_size=IN, parents=[f"t/o@{rev_o}"], relation="finetune",
+                   fim_data=shard, data_spec="d")
+    return hub
+
+
+def test_an_audit_of_a_mid_lineage_origin_does_not_flag_its_declared_ancestor_and_siblings(family, tmp_path, cli):
+    shutil.copytree(family.root, tmp_path / "hub", symlinks=True)
+    hub = LocalHub(tmp_path / "hub")
+    req = tmp_path / "req.yaml"
+    req.write_text(REQUEST.replace("origins: [t/o]", "origins: [t/a]"))
+    code, out, err = cli("--hub", hub.root, "takedown", req)
+    assert code == 0, err
+    code, out, err = cli("--hub", hub.root, "--json", "audit")
+    findings = json.loads(out)["findings"]
+    assert not [p for p in findings if p["kind"] == "undeclared-derivative"], findings
+    assert code == 0, out
