@@ -163,7 +163,7 @@ def show(c: Ctx, spec: str) -> None:
 
 @main.command()
 @click.argument("repo")
-@click.option("-n", "--limit", type=int, help="Show at most N revisions.")
+@click.option("-n", "--limit", type=click.IntRange(min=1), help="Show at most N revisions (N >= 1).")
 @pass_ctx
 @handled
 def log(c: Ctx, repo: str, limit: int | None) -> None:

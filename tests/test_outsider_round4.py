@@ -139,3 +139,14 @@ def test_an_audit_of_a_mid_lineage_origin_does_not_flag_its_declared_ancestor_an
     findings = json.loads(out)["findings"]
     assert not [p for p in findings if p["kind"] == "undeclared-derivative"], findings
     assert code == 0, out
+
+
+# 3. Numbers out of range in options: one line, exit 2, nothing written.
+@pytest.mark.parametrize("n", ["-1", "0"])
+def test_log_with_a_limit_below_one_is_bad_input(family, cli, hub_fingerprint, n):
+    before = hub_fingerprint(family.root)
+    code, out, err = cli("--hub", family.root, "log", "t/a", "-n", n)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("fiun-hub: error: ") and "--limit" in lines[0], \
+        (code, out, err)
+    assert hub_fingerprint(family.root) == before
