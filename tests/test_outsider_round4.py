@@ -150,3 +150,18 @@ def test_log_with_a_limit_below_one_is_bad_input(family, cli, hub_fingerprint, n
     assert code == 2 and len(lines) == 1 and lines[0].startswith("fiun-hub: error: ") and "--limit" in lines[0], \
         (code, out, err)
     assert hub_fingerprint(family.root) == before
+
+
+@pytest.mark.parametrize("args", [
+    ("fim", "t/a", "--data", "digits:train", "--workers", "99999999999"),  # was: ValueError traceback from torch
+    ("demo", "--seed", "-1"),  # was: numpy's ValueError traceback, after the demo folder was made
+    ("demo", "--seed", "99999999999999999999999"),
+])
+def test_numbers_out_of_range_are_one_line(family, tmp_path, cli, hub_fingerprint, args):
+    before = hub_fingerprint(family.root)
+    if args[0] == "demo":
+        args = args + ("--dir", str(tmp_path / "demo"))
+    code, out, err = cli("--hub", family.root, *args)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("fiun-hub: error: "), (code, out, err)
+    assert hub_fingerprint(family.root) == before and not (tmp_path / "demo").exists()
