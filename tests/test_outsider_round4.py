@@ -165,3 +165,30 @@ def test_numbers_out_of_range_are_one_line(family, tmp_path, cli, hub_fingerprin
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and lines[0].startswith("fiun-hub: error: "), (code, out, err)
     assert hub_fingerprint(family.root) == before and not (tmp_path / "demo").exists()
+
+
+# 4. A sidecar whose header gives a class a count no data set has (2^80, 10^400): pushed, it made every forget of
+#    that class a traceback (OverflowError in the unlearning FIM). Refused where the header is read.
+@pytest.mark.parametrize("count", [2 ** 80, 10 ** 400])
+def test_a_sidecar_with_an_impossible_sample_count_is_refused_in_one_line(family, tmp_path, cli, hub_fingerprint,
+                                                                          count):
+    from fiun_hub.constants import CONFIG_FILE, FIM_CLASSES_FILE, FIM_FILE, WEIGHTS_FILE
+    from fiun_hub.safetensors_io import header_of_bytes
+    from fiun_hub.sidecar_format import RESERVED_KEYS, encode_sidecars, read_sidecars
+
+    folder = tmp_path / "lying"
+    folder.mkdir()
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        (folder / name).write_bytes(family.read_file("t/o", name))
+    fim, classes = family.read_file("t/o", FIM_FILE), family.read_file("t/o", FIM_CLASSES_FILE)
+    s = read_sidecars(fim, classes)
+    meta = {k: v for k, v in header_of_bytes(fim)[1].items() if k not in RESERVED_KEYS}
+    a, b = encode_sidecars(s.model_fim, s.class_fims, {**s.counts, "3": count}, s.labels, s.layers, s.estimator,
+                           s.batch_size, meta)
+    (folder / FIM_FILE).write_bytes(a)
+    (folder / FIM_CLASSES_FILE).write_bytes(b)
+    before = hub_fingerprint(family.root)
+    code, out, err = cli("--hub", family.root, "push", folder, "t/lying")
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "count" in lines[0], (code, out, err)
+    assert hub_fingerprint(family.root) == before
