@@ -231,7 +231,8 @@ def classify(hub: LocalHub, request: TakedownRequest, record: dict | None, all_r
             d = dirt(repo, head)
             if d is None:
                 st.status = Status.INHERITED
-                pins = [f"{p.repo}@{p.revision[:12]}" for p in lin.meta(repo, head).parents if p.repo in depths]
+                pins = [f"{p.repo}@{p.revision[:12]}" for p in lin.meta(repo, head).parents
+                        if p.repo in depths or p.repo in through]
                 st.message = f"derived after the takedown from {', '.join(pins)}, which carry request {rid}"
             else:
                 chain, why = d
