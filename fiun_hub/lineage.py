@@ -21,7 +21,7 @@ import networkx as nx
 from .card import parse_card
 from .forget_record import check_record, forget_records
 from .constants import CARD_FILE, CONFIG_FILE, FIM_FILE, FIUN_DIR, LEDGER_REPO, WEIGHTS_FILE
-from .errors import BadInput, CardError, LineageError, RepoNotFound
+from .errors import BadInput, CardError, FiunError, LineageError, RepoNotFound
 from .hub import local as _local
 from .hub.base import CONSISTENT_HEADS, LOCAL_FOLDER, supports
 from .preprocessing import of_config, stale_preprocessing
@@ -129,11 +129,14 @@ def former_parents(hub, repo: str, info, head_parents: set[str]) -> dict[str, li
     """Earlier revisions of ``repo`` whose card declares a parent its head's card does not: revision -> every
     parent that revision's card declares. A child pinned to such a revision derives from those parents (say
     ``repo`` was re-pushed retrained without them), so :func:`graph_from_entries` links them to it; cards that
-    cannot be read add nothing (``lineage --check`` reports the head's; older ones are history)."""
+    cannot be read add nothing (``lineage --check`` reports the head's; older ones are history). Only on a hub
+    with a folder (whose index keeps them): a remote hub's history is one request per commit, for every command."""
     out: dict[str, list[dict]] = {}
+    if not supports(hub, LOCAL_FOLDER) or not info.parents:
+        return out
     try:
         older = hub.history(repo, info.id)[1:]
-    except (BadInput, OSError):
+    except (FiunError, OSError):
         return out
     for c in older:
         sha = c.files.get(CARD_FILE)
