@@ -206,3 +206,28 @@ def test_a_sidecar_with_an_impossible_sample_count_is_refused_in_one_line(family
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and "count" in lines[0], (code, out, err)
     assert hub_fingerprint(family.root) == before
+
+
+# 5. A model that cannot run on the input size its config declares (test_convnext at 1x16x16: its stages shrink a
+#    16-pixel image below their 2x2 kernels). `push` took it; `fim` and `eval` then died with torch's RuntimeError
+#    traceback (exit 1). Refused at push, and one line where an already stored one is read.
+def test_a_model_that_cannot_run_on_its_declared_input_is_refused_in_one_line(tmp_path, cli, model_folder):
+    from fiun_hub.constants import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE
+
+    folder = model_folder(arch="test_convnext")  # saved with input size 1x16x16
+    hub = LocalHub.init(tmp_path / "hub")
+    code, out, err = cli("--hub", hub.root, "push", folder, "z/convnext")
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "cannot run on its declared input 1x16x16" in lines[0], (code, out, err)
+    assert hub.list_repos() == []
+    # as an older version stored it: committed without the check
+    from fiun_hub.card import CardMeta, render_card
+    from fiun_hub.hub.local import RepoChange
+
+    files = {n: (folder / n).read_bytes() for n in (CONFIG_FILE, WEIGHTS_FILE)}
+    files[CARD_FILE] = render_card(CardMeta(labels=["cat", "dog", "bird"])).encode()
+    hub.publish([RepoChange("z/convnext", files, message="stored by an older version")])
+    for args in (("fim", "z/convnext", "--data", "digits:train"), ("eval", "z/convnext", "--data", "digits:test")):
+        code, out, err = cli("--hub", hub.root, *args)
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and "cannot run on its declared input" in lines[0], (args, code, err)
