@@ -17,7 +17,7 @@ from .common import Ctx, fail, handled, pass_ctx, short_sidecar
 from .compliance import audit, takedown
 from .serve import serve
 
-
+MAX_FIM_THREADS = 1024  # fim --workers: torch threads (torch refuses more than a C int and starts them all)
 
 
 def _json_after_command(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
@@ -163,7 +163,7 @@ def show(c: Ctx, spec: str) -> None:
 
 @main.command()
 @click.argument("repo")
-@click.option("-n", "--limit", type=int, help="Show at most N revisions.")
+@click.option("-n", "--limit", type=click.IntRange(min=1), help="Show at most N revisions (N >= 1).")
 @pass_ctx
 @handled
 def log(c: Ctx, repo: str, limit: int | None) -> None:
@@ -296,7 +296,7 @@ def _progress(c: Ctx, total: int | None, description: str):
                    "per-sample: the exact empirical Fisher; batch: the paper's squared batch gradients.")
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option("--device", help="torch device (default: cuda if available, else cpu).")
-@click.option("--workers", type=int, default=None,
+@click.option("--workers", type=click.IntRange(1, MAX_FIM_THREADS), default=None,
               help="CPU threads for the computation (and the CPUs the Ray task reserves); default: torch's "
                    "thread count here. The same count gives the same bytes on either executor.")
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
@@ -529,7 +529,7 @@ def verify(c: Ctx, repair_index: bool) -> None:
 @click.option("--scenario", type=click.Choice(["fl", "ddpl", "il", "tl"]), default="fl", show_default=True,
               help="Inheritance network: federated (fl), data-parallel (ddpl), incremental (il), transfer (tl).")
 @click.option("--forget", "forget_class", default="3", show_default=True, help="The digit class to forget.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0, 2 ** 32 - 1), default=0, show_default=True)
 @click.option("--no-retrain", is_flag=True, help="Skip the retraining baseline.")
 @pass_ctx
 @handled

@@ -1030,7 +1030,7 @@ def undeclared_findings(hub: Hub, request_id: str, pre_forget: dict[str, str], e
     """Findings ``undeclared-derivative`` for a request: heads outside ``exclude`` (the declared affected set)
     that look derived from the pre-forget revision ``pre_forget[repo]`` of an affected repo. ``carries(repo,
     head)`` tells a head that already carries the request (adopted by a fix): not a finding."""
-    from .lineage import read_index_file, rebuild_index
+    from .lineage import graph_from_entries, read_index_file, rebuild_index
 
     if not supports(hub, LOCAL_FOLDER) or not pre_forget:
         return []
@@ -1047,6 +1047,12 @@ def undeclared_findings(hub: Hub, request_id: str, pre_forget: dict[str, str], e
         if fp is not None:
             sources[f"{repo}@{rev}"] = fp
     found = derivatives_of(hub, sources, entries, exclude)
+    # a head whose likeness the cards explain (an ancestor of the affected repo, a sibling or cousin through a
+    # declared ancestor, as `lineage --infer` counts them) is no undeclared derivative of it
+    g = graph_from_entries(entries)
+    found = {src: [(r, e) for r, e in hits if not _declared(g, src.partition("@")[0], r)]
+             for src, hits in found.items()}
+
     def strength(edge):
         e = edge.evidence
         sims = [v for v in (e.get("init_similarity"), e.get("learned_similarity")) if v is not None]

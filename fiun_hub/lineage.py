@@ -21,7 +21,7 @@ import networkx as nx
 from .card import parse_card
 from .forget_record import check_record, forget_records
 from .constants import CARD_FILE, CONFIG_FILE, FIM_FILE, FIUN_DIR, LEDGER_REPO, WEIGHTS_FILE
-from .errors import BadInput, CardError, LineageError, RepoNotFound
+from .errors import BadInput, CardError, FiunError, LineageError, RepoNotFound
 from .hub import local as _local
 from .hub.base import CONSISTENT_HEADS, LOCAL_FOLDER, supports
 from .preprocessing import of_config, stale_preprocessing
@@ -32,7 +32,8 @@ from .jsonsafe import loads as loads_json
 
 MAX_INDEX = 1 << 30
 # /2: a sidecar's state also depends on the preprocessing it recorded (an index written before is rebuilt)
-INDEX_FORMAT = "fiun-lineage/2"
+# /3: entries hold ``former_parents`` (the parents earlier revisions declared that the head does not)
+INDEX_FORMAT = "fiun-lineage/3"
 
 
 # ---------------------------------------------------------------------------- index
@@ -115,7 +116,44 @@ def index_entry(hub, repo: str, revision: str | None = None) -> dict:
         labels=meta.labels,
         unlearned=meta.unlearned,
     )
+    former = former_parents(hub, repo, info, {p.repo for p in meta.parents})
+    if former:
+        entry["former_parents"] = former
     return entry
+
+
+_CARD_PARENTS: dict[str, list[dict] | None] = {}  # card sha256 -> its parents (a card's content never changes)
+
+
+def former_parents(hub, repo: str, info, head_parents: set[str]) -> dict[str, list[dict]]:
+    """Earlier revisions of ``repo`` whose card declares a parent its head's card does not: revision -> every
+    parent that revision's card declares. A child pinned to such a revision derives from those parents (say
+    ``repo`` was re-pushed retrained without them), so :func:`graph_from_entries` links them to it; cards that
+    cannot be read add nothing (``lineage --check`` reports the head's; older ones are history). Only on a hub
+    with a folder (whose index keeps them): a remote hub's history is one request per commit, for every command."""
+    out: dict[str, list[dict]] = {}
+    if not supports(hub, LOCAL_FOLDER) or not info.parents:
+        return out
+    try:
+        older = hub.history(repo, info.id)[1:]
+    except (FiunError, OSError):
+        return out
+    for c in older:
+        sha = c.files.get(CARD_FILE)
+        if sha is None:
+            continue
+        if sha not in _CARD_PARENTS:
+            if len(_CARD_PARENTS) > 100_000:
+                _CARD_PARENTS.clear()
+            try:
+                meta = parse_card(hub.read_file(repo, CARD_FILE, c.id), where=f"{repo}@{c.id[:12]}")
+                _CARD_PARENTS[sha] = [p.to_dict() for p in meta.parents]
+            except Exception:  # noqa: BLE001 - an old card never makes the hub unusable
+                _CARD_PARENTS[sha] = None
+        pins = _CARD_PARENTS[sha]
+        if pins and any(p["repo"] not in head_parents for p in pins):
+            out[c.id] = pins
+    return out
 
 
 def _index_path(hub) -> Path:
@@ -169,8 +207,14 @@ def _entry_ok(e: object) -> bool:
             and _weights_ok(e.get("weights"))
             and all(_record_ok(u) for u in e["unlearned"])
             and isinstance(e.get("parents"), list)
-            and all(isinstance(p, dict) and isinstance(p.get("repo"), str) and isinstance(p.get("revision"), str)
-                    for p in e["parents"]))
+            and all(_pin_ok(p) for p in e["parents"])
+            and isinstance(e.get("former_parents", {}), dict)
+            and all(isinstance(k, str) and isinstance(v, list) and all(_pin_ok(p) for p in v)
+                    for k, v in e.get("former_parents", {}).items()))
+
+
+def _pin_ok(p: object) -> bool:
+    return isinstance(p, dict) and isinstance(p.get("repo"), str) and isinstance(p.get("revision"), str)
 
 
 def write_index_file(hub, repos: dict) -> None:
@@ -214,6 +258,21 @@ def graph_from_entries(entries: dict) -> nx.DiGraph:
                 g.add_node(p["repo"], missing=True, head=None, labels=[], relation=None, sidecar="none",
                            unlearned=[], card_error=None)
             g.add_edge(p["repo"], repo, relation=e["relation"], revision=p["revision"])
+    # A child pinned to an earlier revision of its parent derives from what that revision's card declared, also
+    # where the parent's head no longer declares it (re-pushed with other parents): an edge from each of those
+    # (``via`` the parent), and so on up, through their own earlier revisions.
+    todo = [(p, c, d["revision"]) for p, c, d in g.edges(data=True)]
+    while todo:
+        parent, child, rev = todo.pop()
+        for pin in ((entries.get(parent) or {}).get("former_parents") or {}).get(rev, ()):
+            q = pin["repo"]
+            if q == child or g.has_edge(q, child):
+                continue
+            if q not in g:
+                g.add_node(q, missing=True, head=None, labels=[], relation=None, sidecar="none", unlearned=[],
+                           card_error=None)
+            g.add_edge(q, child, relation=g.edges[parent, child]["relation"], revision=pin["revision"], via=parent)
+            todo.append((q, child, pin["revision"]))
     return g
 
 

@@ -146,13 +146,38 @@ def load_state(model: torch.nn.Module, weights: bytes, where: str = "") -> torch
     return model.eval()
 
 
+def check_runs(model: torch.nn.Module, config: ModelConfig, where: str) -> None:
+    """``model`` runs on one input of the size its config declares and gives one logit per label, else
+    :class:`BadInput` (say a timm architecture whose stages shrink a small input below their kernels). On the meta
+    device it allocates nothing; the model is left in the mode it was in."""
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros((1, *config.input_size), device=device))
+    except Exception as exc:  # noqa: BLE001 - whatever the architecture raises on that input
+        lines = str(exc).strip().splitlines() or [type(exc).__name__]
+        if device.type == "meta" and (isinstance(exc, NotImplementedError) or "meta" in lines[0]):
+            raise  # an op without a meta kernel: the caller checks on a real model
+        size = "x".join(str(v) for v in config.input_size)
+        raise BadInput(f"{where}: {config.architecture} cannot run on its declared input {size} "
+                       f"(pretrained_cfg.input_size): {lines[0][:200]}") from None
+    finally:
+        model.train(training)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (1, config.num_classes):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise BadInput(f"{where}: {config.architecture} gives {shape} for one input, not {config.num_classes} logits")
+
+
 def load_model(hub, repo: str, revision: str | None = None) -> tuple[torch.nn.Module, ModelConfig, str]:
     """Model, config and commit id of ``repo`` at ``revision``, read from the hub (never the network)."""
     cid = hub.resolve(repo, revision)
     where = f"{repo}@{cid[:12]}"
     config = parse_config(hub.read_file(repo, CONFIG_FILE, cid), f"{where}:{CONFIG_FILE}")
-    model = build_model(config)
-    return load_state(model, hub.read_file(repo, WEIGHTS_FILE, cid), f"{where}:{WEIGHTS_FILE}"), config, cid
+    model = load_state(build_model(config), hub.read_file(repo, WEIGHTS_FILE, cid), f"{where}:{WEIGHTS_FILE}")
+    check_runs(model, config, where)
+    return model, config, cid
 
 
 def state_bytes(model_or_state: torch.nn.Module | dict) -> bytes:
@@ -269,6 +294,12 @@ def check_folder(folder: str | Path) -> ModelConfig:
             model = build_model(config)
     except BadInput:
         model = build_model(config)
+    try:
+        check_runs(model, config, str(folder))
+    except BadInput:
+        raise
+    except Exception:  # noqa: BLE001 - an op with no meta kernel: run it for real (random weights: shapes only)
+        check_runs(build_model(config), config, str(folder))
     state = model.state_dict()
     expected = {k: tuple(v.shape) for k, v in state.items()}
     got = {k: tuple(v["shape"]) for k, v in header.items()}
@@ -295,5 +326,5 @@ def check_folder(folder: str | Path) -> ModelConfig:
     return config
 
 
-__all__ = ["ModelConfig", "parse_config", "build_model", "load_state", "load_model", "state_bytes",
+__all__ = ["ModelConfig", "parse_config", "build_model", "load_state", "load_model", "check_runs", "state_bytes",
            "save_model_folder", "check_folder", "folder_file", "check_architecture", "config_dict", "header_of_bytes"]

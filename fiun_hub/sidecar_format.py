@@ -24,6 +24,7 @@ FORMAT = "fiun-fim/1"
 ESTIMATORS = ("normalized", "per-sample", "batch")
 #: header metadata keys written by this module; callers' metadata may not set them to other values
 RESERVED_KEYS = ("format", "estimator", "batch_size", "layers", "labels", "counts")
+MAX_COUNT = 2 ** 53  # a class's sample count: beyond float64's exact integers it is no count (the FIMs' weights)
 _MAX_HEADER = 100 << 20
 
 
@@ -242,8 +243,9 @@ def _parse_meta(meta: dict[str, str], fname: str, where: str):
     for lab, cnt in counts.items():
         if lab not in labels:
             raise SidecarError(f"{where}{fname}: counts name {lab!r}, which is not among the labels")
-        if isinstance(cnt, bool) or not isinstance(cnt, int) or cnt < 0:
-            raise SidecarError(f"{where}{fname}: count of {lab!r} is {cnt!r}, expected an integer >= 0")
+        if isinstance(cnt, bool) or not isinstance(cnt, int) or not 0 <= cnt <= MAX_COUNT:
+            raise SidecarError(f"{where}{fname}: count of {lab!r} is {str(cnt)[:30]}, expected an integer from 0 "
+                               f"to 2**53")
     counts = {lab: counts[lab] for lab in labels if lab in counts}
     return estimator, batch_size, layers, labels, counts
 

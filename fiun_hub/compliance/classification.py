@@ -154,6 +154,9 @@ def classify(hub: Hub, request: TakedownRequest, record: dict | None, all_record
         return f is None or rev in set(lin.history_ids(repo, f))
 
     memo: dict[tuple[str, str], tuple[list[tuple[str, str]], str] | None] = {}
+    # repos outside the affected set through an earlier revision of which an affected repo derives from it (the
+    # graph's ``via`` edges: that revision declared a parent the repo's head no longer does)
+    through = {d["via"] for _, v, d in g.edges(data=True) if v in depths and d.get("via")}
 
     def dirt(repo: str, rev: str, stack: frozenset = frozenset()) -> tuple[list[tuple[str, str]], str] | None:
         """None if ``repo@rev`` holds nothing the request removes; else (the chain of pins down to the cause,
@@ -177,7 +180,7 @@ def classify(hub: Hub, request: TakedownRequest, record: dict | None, all_record
         else:
             out = None
             for p in meta.parents:
-                if p.repo not in depths:
+                if p.repo not in depths and p.repo not in through:
                     continue
                 if not p.revision:
                     out = ([(p.repo, "")], "unpinned")
@@ -228,7 +231,8 @@ def classify(hub: Hub, request: TakedownRequest, record: dict | None, all_record
             d = dirt(repo, head)
             if d is None:
                 st.status = Status.INHERITED
-                pins = [f"{p.repo}@{p.revision[:12]}" for p in lin.meta(repo, head).parents if p.repo in depths]
+                pins = [f"{p.repo}@{p.revision[:12]}" for p in lin.meta(repo, head).parents
+                        if p.repo in depths or p.repo in through]
                 st.message = f"derived after the takedown from {', '.join(pins)}, which carry request {rid}"
             else:
                 chain, why = d
