@@ -111,6 +111,42 @@ def purge_entries(hub: PurgeHub, request_id: str, starts: Mapping[str, str | Non
     return out
 
 
+def derived_history_starts(hub: Hub, request_id: str, starts: Mapping[str, Iterable[str]]) -> dict[str, str]:
+    """Where else a purge of ``request_id`` must start: repos outside ``starts`` whose *earlier* revisions declared a
+    parent at a revision that holds the data (one a purge from ``starts`` walks), though their head no longer does
+    (re-pushed without that parent: the lineage index's ``former_parents``). Each such revision is a derivative of
+    the data; the repo's head, which declares other parents, is not. ``starts``: repo -> the revisions a purge
+    walks back from. Returns repo -> the newest such revision (walk back from it), closed over chains of them."""
+    from .lineage import read_index_file, rebuild_index
+
+    entries = read_index_file(hub)
+    if entries is None:
+        entries = rebuild_index(hub)
+    former = {r: e["former_parents"] for r, e in entries.items() if e.get("former_parents")}
+    if not former:
+        return {}
+    holding = {repo: {c for s in froms if s for c in holding_revisions(hub, repo, s, request_id)}
+               for repo, froms in starts.items()}
+    out: dict[str, str] = {}
+    grew = True
+    while grew:
+        grew = False
+        for repo, revs in sorted(former.items()):
+            if repo in holding or not hub.repo_exists(repo):
+                continue
+            hit = {rev for rev, pins in revs.items()
+                   if any(p["revision"] in holding.get(p["repo"], ()) for p in pins)}
+            if not hit:
+                continue
+            newest = next((c.id for c in hub.history(repo) if c.id in hit), None)
+            if newest is None:
+                continue
+            out[repo] = newest
+            holding[repo] = set(holding_revisions(hub, repo, newest, request_id))
+            grew = True
+    return out
+
+
 def held_revisions(hub: Hub, request_id: str, starts: Mapping[str, str | None]) -> dict[str, list[str]]:
     """What a ``--keep-history`` takedown keeps: per repo, the revisions that still hold the data."""
     return {repo: holding_revisions(hub, repo, start, request_id) for repo, start in sorted(starts.items()) if start}
@@ -156,8 +192,9 @@ class PurgingHub(LocalHub):
 
     def publish(self, changes, *, author=None, precondition=None, purge=None):
         changes = list(changes)
-        entries = list(purge or []) + purge_entries(self, self.request_id, {c.repo: c.parent_commit for c in changes},
-                                                    self.at)
+        starts: dict[str, str | None] = {c.repo: c.parent_commit for c in changes}
+        starts.update(derived_history_starts(self, self.request_id, {r: [c] for r, c in starts.items() if c}))
+        entries = list(purge or []) + purge_entries(self, self.request_id, starts, self.at)
         self.last = summary(self, entries, change_live(self, changes))
         return super().publish(changes, author=author, precondition=precondition, purge=entries)
 
@@ -226,6 +263,8 @@ def leftovers(hub: LocalHub, request_id: str, record: dict, records: Mapping[str
         for repo, e in (ev.get("repos") or {}).items():
             if e.get("action") == LEDGER_FORGOT and e.get("from") and hub.repo_exists(repo):
                 starts.setdefault(repo, set()).add(e["from"])
+    for repo, start in derived_history_starts(hub, request_id, starts).items():
+        starts.setdefault(repo, set()).add(start)
     entries: list[dict] = []
     for repo, froms in sorted(starts.items()):
         for start in sorted(froms):
@@ -310,5 +349,5 @@ def purge_leftovers(hub: LocalHub, request_id: str, left: dict[str, Any],
     return out
 
 
-__all__ = ["purgeable", "purge_entries", "held_revisions", "summary", "PurgingHub", "leftovers", "purge_leftovers",
+__all__ = ["purgeable", "purge_entries", "derived_history_starts", "held_revisions", "summary", "PurgingHub", "leftovers", "purge_leftovers",
            "holds", "kept_revisions", "fim_sources", "KEPT_FILES"]

@@ -4,8 +4,9 @@
    head no longer declares (the parent was re-pushed with other parents). The child still derives from that
    ancestor through the revision it pins, so a forget at the ancestor must reach it, and an audit must not say ok
    while it is left untouched. The child here has weights of its own (a distillation-like retrain), so no
-   weight fingerprint can find it: only the cards say where it came from. (Left, strict xfail: the takedown's
-   purge keeps the weights of the parent's earlier revision the child derives through.)
+   weight fingerprint can find it: only the cards say where it came from. The takedown's purge also removes the
+   weights of the parent's earlier revision that the child derives through (it is a fine-tune of the data too),
+   or keeps it on the legal hold of --keep-history.
 2. A takedown at a model in the middle of a declared lineage: its ancestor and siblings are no undeclared
    derivatives of it.
 3. Numbers out of range: `log -n 0/-1`, `fim --workers 10^11`, `demo --seed -1/10^23`.
@@ -22,6 +23,7 @@ import pytest
 import torch
 
 from conftest import DIGIT_LABELS
+from fiun_hub.compliance.ledger import ledger_record
 from fiun_hub.hub.local import LocalHub
 
 IN = (1, 16, 16)
@@ -114,9 +116,6 @@ def test_an_audit_says_ok_only_once_that_child_forgot_too(reparented, tmp_path, 
     assert code == 0, out
 
 
-@pytest.mark.xfail(strict=True, reason="left: the takedown's purge covers the pre-forget revisions of the affected "
-                   "repos only; t/a@rev1 (outside the affected set, a fine-tune of t/o's pre-forget revision that "
-                   "t/x derives through) keeps its weights (fiun_hub/purge.py, compliance/takedown.py starts)")
 def test_the_takedown_purges_the_earlier_revision_the_child_derives_through(reparented, tmp_path, cli):
     shutil.copytree(reparented.root, tmp_path / "hub", symlinks=True)
     hub = LocalHub(tmp_path / "hub")
@@ -126,6 +125,22 @@ def test_the_takedown_purges_the_earlier_revision_the_child_derives_through(repa
     assert cli("--hub", hub.root, "takedown", req)[0] == 0
     code, out, err = cli("--hub", hub.root, "eval", f"t/a@{first}", "--data", "digits:test")
     assert code == 2 and "purged" in err, (code, out, err)
+    code, out, err = cli("--hub", hub.root, "--json", "audit")
+    assert code == 0 and json.loads(out)["ok"], (code, out, err)
+
+
+def test_keep_history_holds_the_earlier_revision_the_child_derives_through(reparented, tmp_path, cli):
+    shutil.copytree(reparented.root, tmp_path / "hub", symlinks=True)
+    hub = LocalHub(tmp_path / "hub")
+    first = hub.history("t/a")[-1].id
+    req = tmp_path / "req.yaml"
+    req.write_text(REQUEST)
+    assert cli("--hub", hub.root, "takedown", req, "--keep-history", "--reason", "litigation")[0] == 0
+    held = {}
+    for ev in ledger_record(hub, "TKD-R4-1")["events"]:
+        held.update((ev.get("hold") or {}).get("revisions") or {})
+    assert first in held.get("t/a", []), held
+    assert cli("--hub", hub.root, "eval", f"t/a@{first}", "--data", "digits:test")[0] == 0  # kept, on hold
 
 
 # 2. A takedown at a model in the middle of a declared lineage: its declared ancestors and their other fine-tunes

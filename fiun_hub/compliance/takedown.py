@@ -279,7 +279,9 @@ def apply_plan(hub: PurgeHub, tp: TakedownPlan, kind: str, *, eval_data: str | N
     def purge_of(changes: list[RepoChange]) -> list[dict] | None:
         from .. import purge as P
 
-        starts = {ch.repo: ch.parent_commit for ch in changes if ch.repo != LEDGER_REPO}
+        starts: dict[str, str | None] = {ch.repo: ch.parent_commit for ch in changes if ch.repo != LEDGER_REPO}
+        # earlier revisions of other repos that declared a holding revision as parent (re-pushed since)
+        starts.update(P.derived_history_starts(hub, request.id, {r: [s] for r, s in starts.items() if s}))
         if hold_reason is not None:
             event["hold"] = {"reason": hold_reason, "at": at, "revisions": P.held_revisions(hub, request.id, starts)}
             return None
