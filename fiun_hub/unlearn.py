@@ -239,6 +239,10 @@ def _check_features(hub: Hub, plan: Plan) -> None:
         got = plan._loaded.get(node.repo)
         if got is None or len(got) < 3:
             continue
+        unfoldable = _no_fold(node.repo, got[0]) if node.forget_here else None
+        if unfoldable:  # before asking for prototypes that `fim --prototypes` could not make either
+            node.problems.append(unfoldable)
+            continue
         try:
             own[node.repo] = load_prototypes(hub, node.repo, got[2])
         except FiunError as exc:
@@ -258,6 +262,23 @@ def _check_features(hub: Hub, plan: Plan) -> None:
                                  f"`fiun-hub fim {node.repo} --data SPEC --prototypes`")
             continue
         plan._protos[node.repo] = (own[src][0], own[src][1], f"origin {src}")
+
+
+def _no_fold(repo: str, config: Any) -> str | None:
+    """Why the features scope cannot edit ``repo``'s architecture (no exact fold point), else None; from the
+    model built on the meta device (shapes only, nothing allocated)."""
+    import torch
+
+    from .feature_forget import fold_point
+    from .models import build_model
+
+    try:
+        with torch.device("meta"):
+            model = build_model(config)
+        fold_point(model)
+    except FiunError as exc:
+        return f"{repo}: {exc}"
+    return None
 
 
 def _check_node(hub: Hub, node: NodePlan, loaded: dict, origins: Sequence[str],

@@ -201,3 +201,15 @@ def test_cli_fim_prototypes_and_forget_scope_features(tmp_path, cli):
     assert "scope" not in read_meta(hub, "h/base", cid).unlearned[-1]
     protos, _, _ = load_prototypes(hub, "h/base", hub.commit_info("h/base", cid))
     assert "0" not in protos and "1" not in protos and "2" in protos
+
+
+def test_features_scope_on_an_architecture_without_a_fold_names_it_not_the_prototypes(tmp_path, cli):
+    """A ViT has no last residual block to fold into: ``forget --scope features`` says so in one line (exit 2),
+    rather than asking for ``fim --prototypes``, which could not make them either."""
+    from conftest import base_and_child_hub
+
+    torch.set_num_threads(1)
+    hub = base_and_child_hub(tmp_path, "test_vit", 50)["hub"]
+    code, out, err = cli("--hub", hub.root, "forget", "--origin", "h/base", "--classes", "3", "--scope", "features")
+    assert code == 2 and "ResNet-style" in err and "--prototypes" not in err, (code, out, err)
+    assert len(hub.history("h/base")) == 1
