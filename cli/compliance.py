@@ -170,7 +170,7 @@ def takedown(c, request_file: str, dry_run: bool, eval_data: str | None, report_
     if report_path:
         write_report(result["report"], report_path)
     data = {"request": request.to_dict(), "plan": tp.to_dict(), **{k: v for k, v in result.items() if k != "report"},
-            "ok": result["report"]["ok"], "report": report_path}
+            "ok": result["report"]["ok"], "verified": result["report"]["verified"], "report": report_path}
     c.emit(data, lambda: _outcome_text(tp, result) + (f"\nwrote {report_path}" if report_path else ""))
 
 

@@ -9,7 +9,8 @@ m/unseen on the shard without S (it still learnt 8s, from the other 40). Request
   docs/benchmarks.md §7.1 measures) with its AUC, SE and n in the JSON, exit 1; m/unseen, which never saw S, is not
   (its AUC of S against held-out 8s is near 50) and keeps its status;
 - without `--eval-data` the audit says the membership was not checked: exit 0, but not "audit ok";
-- a request of the 10 samples T is "not decidable (n=10 ...)": a warning, exit 0, never a plain ok.
+- a request of the 10 samples T is "not decidable (n=10 ...)": a warning, exit 0, never a plain ok;
+- `audit --fix` does not pretend to clear the finding (no new revision; the audit after it still fails).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import pytest
 import torch
 
 from test_compliance import invoke, one_thread  # noqa: F401  (autouse: one torch thread)
-from test_forget import IN, digits, fresh_model, push
+from test_forget import copy_hub, digits, fresh_model, heads, push
 
 LABELS = [str(i) for i in range(10)]
 SEEN, UNSEEN = "m/seen", "m/unseen"
@@ -94,7 +95,7 @@ def test_samples_the_model_still_remembers_are_a_finding(story):
     assert _rows(story["S_json"])[SEEN]["status"] == "samples-still-members"
     text = story["S_text"][1]
     assert story["S_text"][0] == 1 and "SAMPLES-STILL-MEMBERS" in text and "audit failed" in text
-    assert f"AUC {m['auc']:.1f}" in text and "n=50" in text
+    assert f"AUC {m['auc']:.1f}" in text and "n=50" in text and "retrain without the samples" in text
     assert "samples-still-members" in story["S_md"]
 
 
@@ -128,3 +129,16 @@ def test_too_few_samples_are_not_decidable_never_ok(story):
     assert w["repo"] == SEEN and w["membership"]["verdict"] == "not-decidable" and w["membership"]["n"] == 10
     text = story["T_text"][1]
     assert "membership not decidable (n=10" in text and "audit ok" not in text and "not verified" in text
+
+
+def test_fix_does_not_pretend_to_clear_it(story, tmp_path):
+    """`audit --fix` would apply the same sample-wise rule again: it leaves the repo as it is and says so, and the
+    audit after it still fails."""
+    hub = copy_hub(story["hub"].root, tmp_path / "hub")
+    before = heads(hub)
+    code, out, err = invoke("--hub", hub.root, "--json", "audit", "--request", "TKD-S", "--fix", "--eval-data",
+                            "digits:test")
+    assert code == 1, (out, err)
+    data = json.loads(out)
+    assert data["fixed"][0]["revisions"] == {} and data["fixed"][0]["unfixable"] == [SEEN]
+    assert [f["kind"] for f in data["findings"]] == ["samples-still-members"] and heads(hub) == before
