@@ -142,3 +142,34 @@ def test_fix_does_not_pretend_to_clear_it(story, tmp_path):
     data = json.loads(out)
     assert data["fixed"][0]["revisions"] == {} and data["fixed"][0]["unfixable"] == [SEEN]
     assert [f["kind"] for f in data["findings"]] == ["samples-still-members"] and heads(hub) == before
+
+
+def _hand_set(conf: list[float], y: list[int]):
+    """Samples whose logits are set by hand (conftest's FixedLogits): the true class gets logit ``conf``."""
+    from fiun_hub.data import LabeledData
+
+    x = torch.zeros(len(y), 1, 1, 2)
+    x[torch.arange(len(y)), 0, 0, torch.tensor(y)] = torch.tensor(conf)
+    return LabeledData(x, torch.tensor(y), ["a", "b"])
+
+
+def test_the_test_is_class_conditional_and_counts_what_it_compares():
+    """Hand-set losses: the request's "a"s score like held-out "a"s, but held-out "b"s are hard. Pooled against
+    every held-out sample the "a"s would look like members (AUC about 75); against held-out "a"s they are not.
+    Under 20 of either: not decidable. Samples of a label the held-out data lacks are counted as unmatched."""
+    from conftest import FixedLogits
+    from fiun_hub.compliance.measure import membership
+    from fiun_hub.evaluate import mia_auc_from_losses, per_sample_losses
+
+    model = FixedLogits(2)
+    conf = [float(v) for v in np.linspace(0.5, 3.0, 30)]
+    members = _hand_set(conf, [0] * 30)
+    held = _hand_set(conf + [0.1] * 30, [0] * 30 + [1] * 30)
+    pooled = mia_auc_from_losses(per_sample_losses(model, ["a", "b"], members),
+                                 per_sample_losses(model, ["a", "b"], held))
+    assert pooled > 70  # what an unconditional test would call membership
+    m = membership(model, ["a", "b"], members, held)
+    assert m["verdict"] == "not-detected" and m["auc"] == 50.0 and m["n"] == 30 and m["n_held_out"] == 30
+    assert m["per_label"] == {"a": [30, 30, 50.0]} and m["unmatched"] == 0
+    few = membership(model, ["a", "b"], _hand_set(conf[:10] + [1.0], [0] * 10 + [1]), _hand_set(conf, [0] * 30))
+    assert few["verdict"] == "not-decidable" and few["n"] == 10 and few["unmatched"] == 1
