@@ -170,7 +170,7 @@ def takedown(c, request_file: str, dry_run: bool, eval_data: str | None, report_
     if report_path:
         write_report(result["report"], report_path)
     data = {"request": request.to_dict(), "plan": tp.to_dict(), **{k: v for k, v in result.items() if k != "report"},
-            "ok": result["report"]["ok"], "report": report_path}
+            "ok": result["report"]["ok"], "verified": result["report"]["verified"], "report": report_path}
     c.emit(data, lambda: _outcome_text(tp, result) + (f"\nwrote {report_path}" if report_path else ""))
 
 
@@ -201,11 +201,11 @@ def _audit_text(data: dict) -> str:
         met = entry.get("deadline_met")
         lines.append(f"  completed {done or '-'}" + ("" if met is None else " (deadline met)" if met
                                                       else " (DEADLINE MISSED)"))
-        lines.append(f"  {'repo':32s} {'status':20s} {'head':12s}  {'weights':12s}  {'forget':>7s} {'retain':>7s}"
+        lines.append(f"  {'repo':32s} {'status':21s} {'head':12s}  {'weights':12s}  {'forget':>7s} {'retain':>7s}"
                      + ("" if data.get("eval_data") else "  (accuracies as recorded)"))
         for r in entry["repos"]:
             status = r["status"].upper() if r["finding"] else r["status"]
-            lines.append(f"  {r['repo']:32s} {status:20s} {r['head'][:12]:12s}  {(r['weights_sha256'] or '-')[:12]:12s}"
+            lines.append(f"  {r['repo']:32s} {status:21s} {r['head'][:12]:12s}  {(r['weights_sha256'] or '-')[:12]:12s}"
                          f"  {_pct(r.get('forget_acc', r.get('forget_acc_recorded'))):>7s}"
                          f" {_pct(r.get('retain_acc', r.get('retain_acc_recorded'))):>7s}")
             if r.get("adopted_from"):
@@ -214,6 +214,9 @@ def _audit_text(data: dict) -> str:
                              "(inferred; its card does not declare it)")
             if r["finding"] or r.get("eval_error"):
                 lines.append(f"      ! {r['message'] or r.get('eval_error')}")
+            if r.get("membership") and not (r["finding"] and r["status"] == Status.SAMPLES_STILL_MEMBERS):
+                lines.append(f"      {'~' if r['membership']['verdict'] != 'members' else '!'} "
+                             f"{r['membership']['text']}")
         for f in entry["findings"]:
             kind = Status.lookup(f["kind"])
             if kind is not None and not kind.info.row and kind.finding:  # a finding no repo's row shows
@@ -237,12 +240,22 @@ def _summary(data: dict) -> str:
     if data.get("untracked_requests"):
         note = (f"; forgets without a ledger record (not audited; see `fiun-hub lineage --check`): "
                 f"{', '.join(data['untracked_requests'])}")
+    warned = data.get("warnings") or []
+    if data["ok"] and warned:  # no finding, but not a plain ok: what could not be verified is named
+        rids = sorted({w["request"] for w in warned})
+        return (f"audit passed with {len(warned)} warning(s), not verified: membership of the samples of "
+                f"{', '.join(rids)} unverified at {len(warned)} repo(s) (not checked without --eval-data, or not "
+                f"decidable from so few samples); {k} request(s), {repos} repo(s) checked{note}")
     if data["ok"]:
         return f"audit ok: {k} request(s), {repos} repo(s) checked{note}"
+    kinds = {f["kind"] for f in data["findings"]}
     return (f"audit failed: {n} finding(s) in {sum(not e['ok'] for e in data['requests'])} of {k} request(s); "
-            "`fiun-hub audit --fix` applies the request to the flagged repos"
-            + (" (`--fix --adopt` to undeclared derivatives too)"
-               if any(f["kind"] == Status.UNDECLARED_DERIVATIVE for f in data["findings"]) else "") + note)
+            + ("`fiun-hub audit --fix` applies the request to the flagged repos"
+               if kinds - {Status.SAMPLES_STILL_MEMBERS} else "")
+            + (" (`--fix --adopt` to undeclared derivatives too)" if Status.UNDECLARED_DERIVATIVE in kinds else "")
+            + ("; " if len(kinds) > 1 and Status.SAMPLES_STILL_MEMBERS in kinds else "")
+            + ("samples-still-members: `--fix` cannot clear it (it applies the same sample-wise rule again); "
+               "retrain without the samples" if Status.SAMPLES_STILL_MEMBERS in kinds else "") + note)
 
 
 @click.command()

@@ -18,6 +18,9 @@ Beyond the head (issue 16; each to be read next to a model retrained without the
   fine-tune of a copy on retained data only;
 - :func:`sample_forget_metrics`: for sample-wise forgets, accuracy on the forgotten samples and the
   loss-threshold membership attack's AUC of the forgotten samples against held-out ones;
+- :func:`class_conditional_mia`: the same attack, each forgotten sample compared with held-out samples of its own
+  label, with Hanley-McNeil's standard error (:func:`auc_standard_error`); what ``audit --eval-data`` judges a
+  sample-wise request's membership on (fiun_hub/compliance/measure.py);
 - :func:`beyond_head_repo`: top-2 leak and probe recall of a hub repo, fed with its own preprocessing.
 """
 from __future__ import annotations
@@ -378,6 +381,62 @@ def sample_forget_metrics(model: nn.Module, model_labels: Sequence[str], forgott
     return {"forgotten_acc": accuracy(model, f_known, batch_size, device),
             "held_out_acc": accuracy(model, h_known, batch_size, device),
             "mia_auc": mia_auc_from_losses(lf, lh)}
+
+
+def auc_standard_error(auc_pct: float, n_member: int, n_non: int) -> float:
+    """Hanley-McNeil standard error (percent) of an AUC (percent) measured on ``n_member`` and ``n_non`` samples
+    (the one benchmarks/ablation_samplewise.py reports). At AUC 50 it is the exact null one,
+    ``sqrt((n_member + n_non + 1) / (12 n_member n_non))``.
+
+    >>> round(auc_standard_error(50.0, 50, 54), 2)
+    5.69
+    """
+    if n_member < 1 or n_non < 1:
+        raise BadInput("an AUC's standard error needs both member and non-member samples")
+    a = auc_pct / 100.0
+    q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
+    v = (a * (1 - a) + (n_member - 1) * (q1 - a * a) + (n_non - 1) * (q2 - a * a)) / (n_member * n_non)
+    return 100.0 * max(v, 0.0) ** 0.5
+
+
+def class_conditional_mia(model: nn.Module, model_labels: Sequence[str], members: LabeledData,
+                          held_out: LabeledData, batch_size: int = 256, device=None) -> dict:
+    """The loss-threshold attack (:func:`mia_auc_from_losses`) of ``members`` against ``held_out``, label by label:
+    each label's samples are compared with the held-out samples of that label only (a person's 3s with held-out
+    3s, so that a class the model finds easy does not pass for membership). Both sets are in their dataset's label
+    space; samples of labels the model does not know, or that ``held_out`` has none of, are left out (``unmatched``).
+
+    The per-label AUCs are averaged weighted by their member counts; the standard errors (Hanley-McNeil,
+    :func:`auc_standard_error`) combine as ``sqrt(sum (w_l se_l)^2)``. Returned: ``mia_auc`` and ``mia_auc_se``
+    (at the measured AUCs), ``mia_auc_se_null`` (the same at AUC 50: the spread of a model that never saw the
+    samples, for which they are exchangeable with held-out ones), ``n_members``, ``n_held_out`` (of the matched
+    labels), ``unmatched`` and ``per_label`` (label -> [members, held-out, AUC]); ``mia_auc`` is None when no
+    label matches.
+    """
+    labels = model_rows(model_labels)
+    m, h = members.to_label_space(labels), held_out.to_label_space(labels)
+    lm = per_sample_losses(model, labels, m, batch_size, device) if len(m) else np.zeros(0)
+    lh = per_sample_losses(model, labels, h, batch_size, device) if len(h) else np.zeros(0)
+    ym, yh = m.y.numpy(), h.y.numpy()
+    per_label, parts = {}, []
+    for row in sorted(set(ym.tolist())):
+        a, b = lm[ym == row], lh[yh == row]
+        if a.size == 0 or b.size == 0:
+            continue
+        auc = mia_auc_from_losses(a, b)
+        parts.append((a.size, b.size, auc))
+        per_label[labels[row]] = [int(a.size), int(b.size), round(auc, 2)]
+    n_m, n_h = sum(p[0] for p in parts), sum(p[1] for p in parts)
+    out: dict = {"n_members": int(n_m), "n_held_out": int(n_h), "unmatched": int(len(members) - n_m),
+                 "per_label": per_label, "mia_auc": None, "mia_auc_se": None, "mia_auc_se_null": None}
+    if n_m:
+        w = [p[0] / n_m for p in parts]
+        out["mia_auc"] = float(sum(wi * p[2] for wi, p in zip(w, parts)))
+        out["mia_auc_se"] = float(sum((wi * auc_standard_error(p[2], p[0], p[1])) ** 2
+                                      for wi, p in zip(w, parts)) ** 0.5)
+        out["mia_auc_se_null"] = float(sum((wi * auc_standard_error(50.0, p[0], p[1])) ** 2
+                                           for wi, p in zip(w, parts)) ** 0.5)
+    return out
 
 
 def beyond_head_repo(hub, repo: str, forget: Sequence[str], *, probe_spec: str, test_spec: str,

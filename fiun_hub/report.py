@@ -69,6 +69,9 @@ def _note(r: dict) -> str:
     """A repo row's note: its status message (or evaluation error), and the sidecar its forget used when it was not
     its own ("approximate: from acme/a@3f2c..."; docs/method.md section 8)."""
     note = r.get("message") or r.get("eval_error") or ""
+    m = r.get("membership")  # a sample-wise request's membership test, unless the message already says it
+    if isinstance(m, dict) and m.get("text") and m.get("text") not in note:
+        note = f"{note}; {m['text']}" if note else m["text"]
     used = r.get("sidecar")
     if used and used != "own":
         short = re.sub(r"@([0-9a-f]{12})[0-9a-f]{28}", r"@\1…", str(used))
@@ -90,7 +93,9 @@ def _headline(data: dict) -> str:
     n = len(data.get("findings") or [])
     if data.get("kind") == "takedown-plan":
         return f"{title}: nothing changed yet"
-    return f"{title}: {'PASSED' if data.get('ok') else 'FAILED'}" + (f" ({n} finding{'s' * (n != 1)})" if n else "")
+    w = len(data.get("warnings") or [])
+    passed = f"PASSED with {w} warning{'s' * (w != 1)} (not verified)" if w else "PASSED"
+    return f"{title}: {passed if data.get('ok') else 'FAILED'}" + (f" ({n} finding{'s' * (n != 1)})" if n else "")
 
 
 def _deadline(entry: dict) -> str:
@@ -105,6 +110,8 @@ def _state(entry: dict) -> str:
     if "todo" in entry:  # a plan
         return f"{len(entry['todo'])} repo(s) to forget" + (
             f", {len(entry['record_only'])} to record" if entry.get("record_only") else "")
+    if entry["ok"] and entry.get("warnings"):
+        return f"no finding, membership unverified ({len(entry['warnings'])} warning(s))"
     return "ok" if entry["ok"] else f"{len(entry['findings'])} finding(s)"
 
 
@@ -193,6 +200,9 @@ def to_markdown(data: dict) -> str:
         if entry["findings"]:
             lines += ["", "### Findings", ""]
             lines += [f"- **{f['kind']}** `{f['repo']}`: {f['message']}" for f in entry["findings"]]
+        if entry.get("warnings"):
+            lines += ["", "### Warnings (not verified)", ""]
+            lines += [f"- **{w['kind']}** `{w['repo']}`: {w['message']}" for w in entry["warnings"]]
         lines += ["", "### Lineage", "", _mermaid(entry["lineage"], kind), "",
                   "### Repos", "",
                   "| repo | status | depth | head | weights sha256 | forgotten from → to | recorded weights "
@@ -245,7 +255,8 @@ def _code(v: Any, n: int = 12) -> str:
 def to_html(data: dict) -> str:
     """One self-contained page: no external resource (styles inline, pictures as data: URIs)."""
     kind = data.get("kind", "audit")
-    cls = "plan" if kind == "takedown-plan" else ("ok" if data.get("ok") else "bad")
+    cls = "plan" if kind == "takedown-plan" else (
+        ("plan" if data.get("warnings") else "ok") if data.get("ok") else "bad")  # a warning: not green
     head = _headline(data)
     out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
            '<meta name="viewport" content="width=device-width, initial-scale=1">',
@@ -281,6 +292,11 @@ def to_html(data: dict) -> str:
             out.append('<h3>Findings</h3><ul class="findings">')
             out += [f"<li><strong>{_e(f['kind'])}</strong> <code>{_e(f['repo'])}</code>: {_e(f['message'])}</li>"
                     for f in entry["findings"]]
+            out.append("</ul>")
+        if entry.get("warnings"):
+            out.append('<h3>Warnings (not verified)</h3><ul class="findings warnings">')
+            out += [f"<li><strong>{_e(w['kind'])}</strong> <code>{_e(w['repo'])}</code>: {_e(w['message'])}</li>"
+                    for w in entry["warnings"]]
             out.append("</ul>")
         out += ["<h3>Lineage</h3>", "<figure>",
                 f'<img class="lineage" id="lineage-{i}" alt="lineage of request {_e(rid)}" '

@@ -17,7 +17,9 @@ DOCS = Path(__file__).resolve().parents[1] / "docs" / "takedowns.md"
 # What the code did before the table (compliance.py's FINDINGS and APPLY tuples, plan_takedown's target list,
 # cli/compliance.py's ACTIONS, report.py's color_class): the table must say the same.
 FINDINGS = {"pending", "pre-forget-pin", "derived-from-flagged", "unpinned-parent", "lost-record", "weights-changed",
-            "unrecorded", "forget-accuracy", "origin-missing", "undeclared-derivative"}
+            "unrecorded", "forget-accuracy", "origin-missing", "undeclared-derivative",
+            # added with the table: a sample-wise request's samples still members (tests/test_compliance_membership.py)
+            "samples-still-members"}
 APPLY = {"pending", "pre-forget-pin", "derived-from-flagged", "unpinned-parent", "lost-record", "weights-changed",
          "unrecorded"}
 TARGETS = {"pending", "pre-forget-pin", "derived-from-flagged", "unpinned-parent", "lost-record", "unrecorded"}

@@ -79,10 +79,14 @@ def audit(hub: LocalHub, request_id: str | None = None, *, eval_data: str | None
           max_forget_acc: float = DEFAULT_MAX_FORGET_ACC, kind: str = "audit") -> dict[str, Any]:
     """Check every request in the ledger (or only ``request_id``) against the hub as it is now.
 
-    Returns ``{"kind", "hub", "generated_at", "ok", "eval_data", "findings", "requests": [...]}``; each request
-    entry has its ``request``, ledger facts, ``repos`` (one row per affected repo: status, head, weights,
-    ledger revisions and hashes, accuracies) and ``lineage`` (nodes with status, edges) for the picture. A
-    LocalHub: the purge's leftovers are looked for in its folder (:func:`fiun_hub.purge.leftovers`)."""
+    Returns ``{"kind", "hub", "generated_at", "ok", "verified", "warnings", "eval_data", "findings",
+    "requests": [...]}``; each request entry has its ``request``, ledger facts, ``ok`` (no finding), ``verified``
+    (no finding and no warning), ``findings``, ``warnings``, ``repos`` (one row per affected repo: status, head,
+    weights, ledger revisions and hashes, accuracies; a sample-wise request's rows their ``membership``) and
+    ``lineage`` (nodes with status, edges) for the picture. ``ok`` decides the exit code; a warning
+    (``membership-unverified``: a sample-wise request's membership not checked or not decidable) does not fail
+    the audit but makes it not ``verified``. A LocalHub: the purge's leftovers are looked for in its folder
+    (:func:`fiun_hub.purge.leftovers`)."""
     from ..lineage import resolve
 
     check_eval_data(eval_data)
@@ -101,13 +105,19 @@ def audit(hub: LocalHub, request_id: str | None = None, *, eval_data: str | None
         states, problems = classify(hub, request, rec, records, g, lin)
         if eval_data:
             for s in states:
-                s.eval = measure(hub, request, s.repo, s.head, eval_data)
+                s.eval = measure(hub, request, s.repo, s.head, eval_data, with_membership=True)
                 fa = s.eval.get("forget_acc")
                 if request.classes and fa is not None and fa > max_forget_acc and not s.finding:
                     s.status = Status.FORGET_ACCURACY
                     s.message = (f"{s.repo}: held-out forget accuracy {fa:.1f}% on {eval_data} is above "
                                  f"{max_forget_acc:g}%")
+        warnings = [] if request.classes else _membership(rid, states, eval_data)
         entry = request_entry(g, rec, states, problems + undeclared_derivatives(hub, rid, states, lin))
+        entry["warnings"] = warnings
+        member = {s.repo: s.eval["membership"] for s in states if s.status == Status.SAMPLES_STILL_MEMBERS}
+        for f in entry["findings"]:
+            if f["kind"] == Status.SAMPLES_STILL_MEMBERS and f["repo"] in member:
+                f["membership"] = member[f["repo"]]
         _purge_facts(hub, rid, rec, records, entry)
         entries.append(entry)
         req_findings = entry["findings"]
@@ -116,10 +126,30 @@ def audit(hub: LocalHub, request_id: str | None = None, *, eval_data: str | None
     # (`fiun-hub lineage --check` still reports models derived from their pre-forget revisions).
     untracked = [] if request_id is not None else sorted(
         {r.request for n in g.nodes for r in forget_records(g.nodes[n].get("unlearned"))} - set(records))
+    warnings = [w for e in entries for w in e["warnings"]]
     return {"kind": kind, "hub": str(hub.root), "generated_at": clock.now(), "ok": not findings,
-            "eval_data": eval_data, "max_forget_acc": max_forget_acc,
+            "verified": not findings and not warnings, "warnings": warnings, "eval_data": eval_data,
+            "max_forget_acc": max_forget_acc,
             "ledger_revision": hub.head(LEDGER_REPO) if records else None,
             "findings": findings, "requests": entries, "untracked_requests": untracked}
+
+
+def _membership(rid: str, states: list[RepoState], eval_data: str | None) -> list[dict]:
+    """A sample-wise request: each row's ``membership`` (measured with ``eval_data``, else ``not-checked``); a repo
+    whose samples are still members becomes a ``samples-still-members`` finding (unless it is already flagged),
+    one whose membership is not decidable or not checked a ``membership-unverified`` warning (returned)."""
+    from .measure import membership_text
+
+    warnings = []
+    for s in states:
+        m = s.eval.setdefault("membership", {"verdict": "not-checked", "why": "no --eval-data"})
+        m["text"] = membership_text(m)
+        if m["verdict"] == "members" and not s.finding:
+            s.status, s.message = Status.SAMPLES_STILL_MEMBERS, f"{s.repo}: {m['text']} on {eval_data}"
+        elif m["verdict"] in ("not-decidable", "not-checked"):
+            warnings.append({"request": rid, "repo": s.repo, "kind": Status.MEMBERSHIP_UNVERIFIED.value,
+                             "message": f"{s.repo}: {m['text']}", "membership": m})
+    return warnings
 
 
 def _purge_facts(hub: LocalHub, rid: str, rec: dict, records: dict[str, dict], entry: dict) -> None:
@@ -130,6 +160,7 @@ def _purge_facts(hub: LocalHub, rid: str, rec: dict, records: dict[str, dict], e
     left = leftovers(hub, rid, rec, records, at=clock.now())
     entry["findings"] = entry["findings"] + left["findings"]
     entry["ok"] = not entry["findings"]
+    entry["verified"] = entry["ok"] and not entry.get("warnings")
     events = rec.get("events", [])
     entry["purge"] = {
         "bytes_removed": sum((e.get("purge") or {}).get("bytes_removed", 0) for e in events),

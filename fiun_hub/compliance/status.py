@@ -51,6 +51,9 @@ class StatusInfo:
     fix_forgets: bool = False
     #: what ``audit --fix`` does about it, in words (docs/takedowns.md's ``--fix`` column)
     fix: str = "–"
+    #: a warning (never a finding): the audit passes (exit 0) but does not say a plain "ok"; its text and JSON
+    #: (``warnings``) name what it could not verify
+    warning: bool = False
 
 
 def _forgets(meaning: str, *, takedown: str = "forget", fix: str = "forgets it", legend: str = "flagged") -> StatusInfo:
@@ -114,6 +117,15 @@ class Status(str, enum.Enum):
     FORGET_ACCURACY = "forget-accuracy", StatusInfo(
         "with `--eval-data`: held-out forget accuracy above `--max-forget-acc` (default 5%)", True,
         fix="forgets it, if it was `inherited`")
+    SAMPLES_STILL_MEMBERS = "samples-still-members", StatusInfo(
+        "sample-wise, with `--eval-data`: a loss-threshold membership test still tells the request's samples from "
+        "held-out samples of their labels (AUC above 50 by more than 2 standard errors; AUC, SE and n in the "
+        "message and the row's `membership`)", True,
+        fix="– (forgetting again applies the same rule: retrain without the samples)")
+    MEMBERSHIP_UNVERIFIED = "membership-unverified", StatusInfo(
+        "(a warning, not a finding) sample-wise: the samples' membership was not checked (no `--eval-data`, or the "
+        "data did not fit) or is not decidable (fewer than 20 samples or 20 held-out samples of their labels)",
+        False, row=False, warning=True)
     ORIGIN_MISSING = "origin-missing", StatusInfo(
         "an origin of the request is no longer in the hub", True, row=False)
     UNDECLARED_DERIVATIVE = FINDING_UNDECLARED_DERIVATIVE, StatusInfo(
