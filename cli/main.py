@@ -294,7 +294,9 @@ def _progress(c: Ctx, total: int | None, description: str):
               show_default=True,
               help="normalized: per-sample squared gradients over their squared norm (scale-free, the default); "
                    "per-sample: the exact empirical Fisher; batch: the paper's squared batch gradients.")
-@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--batch-size", type=int, default=64, show_default=True,
+              help="Batch size of the batch estimator; the others run the data in chunks of this size (their "
+                   "estimate does not depend on it, up to float rounding).")
 @click.option("--device", help="torch device (default: cuda if available, else cpu).")
 @click.option("--workers", type=click.IntRange(1, MAX_FIM_THREADS), default=None,
               help="CPU threads for the computation (and the CPUs the Ray task reserves); default: torch's "
@@ -529,7 +531,8 @@ def verify(c: Ctx, repair_index: bool) -> None:
 @click.option("--scenario", type=click.Choice(["fl", "ddpl", "il", "tl"]), default="fl", show_default=True,
               help="Inheritance network: federated (fl), data-parallel (ddpl), incremental (il), transfer (tl).")
 @click.option("--forget", "forget_class", default="3", show_default=True, help="The digit class to forget.")
-@click.option("--seed", type=click.IntRange(0, 2 ** 32 - 1), default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0, 2 ** 32 - 1), default=0, show_default=True,
+              help="Seeds the scenario: the shards of digits, the initial weights and the training order.")
 @click.option("--no-retrain", is_flag=True, help="Skip the retraining baseline.")
 @pass_ctx
 @handled
