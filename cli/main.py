@@ -162,12 +162,13 @@ def show(c: Ctx, spec: str) -> None:
 
 
 @main.command()
-@click.argument("repo")
+@click.argument("repo", metavar="REPO[@REV]")
 @click.option("-n", "--limit", type=click.IntRange(min=1), help="Show at most N revisions (N >= 1).")
 @pass_ctx
 @handled
 def log(c: Ctx, repo: str, limit: int | None) -> None:
-    """Revision history of REPO, newest first, with the forget requests each revision carries."""
+    """Revision history of REPO (from REV, default its head), newest first, with the forget requests each revision
+    carries."""
     from fiun_hub.hub import split_repo_rev
     from fiun_hub.repo import log as repo_log
 
