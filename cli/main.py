@@ -407,7 +407,8 @@ def _plan_text(plan) -> str:
               help="Join this Ray cluster (default: start a local Ray with --workers CPUs).")
 @click.option("--purge", is_flag=True,
               help="Also purge the weights and sidecars of every pre-forget revision of the affected repos "
-                   "(tombstones in their place, in the same publish; local hubs). `takedown` does this by default.")
+                   "(on a local hub: tombstones in their place, in the same publish; on a remote hub, after the commits, "
+                   "through the endpoint's LFS purge where it has one). `takedown` does this by default.")
 @pass_ctx
 @handled
 def forget(c: Ctx, origins, classes, data_spec, request_id, alpha, lam, record_spec, scope, dry_run, workers,
