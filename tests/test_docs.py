@@ -65,3 +65,11 @@ def test_every_module_has_a_tier():
     assert sorted(m for m in top - {"fiun_hub.research"} if m not in core) == []
     arch = (ROOT / "docs" / "architecture.md").read_text()
     assert sorted(m for m in top if f"`{m.split('.')[-1]}" not in arch) == []
+
+
+def test_architecture_names_every_module_of_every_package():
+    arch = (ROOT / "docs" / "architecture.md").read_text()
+    missing = [f"{pkg}/{p.stem}" for pkg in ("compliance", "hub", "research", "serve")
+               for p in sorted((ROOT / "fiun_hub" / pkg).glob("*.py"))
+               if p.stem != "__init__" and not re.search(rf"`(?:{pkg}/)?{p.stem}(?:\.py)?`", arch)]
+    assert missing == []
