@@ -27,6 +27,7 @@ LOCAL_ONLY = {
     "takedown": "its ledger is published atomically with the unlearned repos, which a remote hub cannot do "
                 "(use `fiun-hub forget`, which reports which repos landed)",
     "audit": "it reads the takedown ledger of a local hub",
+    "serve": "it serves a hub folder (a remote hub is served already)",
 }
 
 

@@ -162,12 +162,13 @@ def show(c: Ctx, spec: str) -> None:
 
 
 @main.command()
-@click.argument("repo")
+@click.argument("repo", metavar="REPO[@REV]")
 @click.option("-n", "--limit", type=click.IntRange(min=1), help="Show at most N revisions (N >= 1).")
 @pass_ctx
 @handled
 def log(c: Ctx, repo: str, limit: int | None) -> None:
-    """Revision history of REPO, newest first, with the forget requests each revision carries."""
+    """Revision history of REPO (from REV, default its head), newest first, with the forget requests each revision
+    carries."""
     from fiun_hub.hub import split_repo_rev
     from fiun_hub.repo import log as repo_log
 
@@ -294,7 +295,9 @@ def _progress(c: Ctx, total: int | None, description: str):
               show_default=True,
               help="normalized: per-sample squared gradients over their squared norm (scale-free, the default); "
                    "per-sample: the exact empirical Fisher; batch: the paper's squared batch gradients.")
-@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--batch-size", type=int, default=64, show_default=True,
+              help="Batch size of the batch estimator; the others run the data in chunks of this size (their "
+                   "estimate does not depend on it, up to float rounding).")
 @click.option("--device", help="torch device (default: cuda if available, else cpu).")
 @click.option("--workers", type=click.IntRange(1, MAX_FIM_THREADS), default=None,
               help="CPU threads for the computation (and the CPUs the Ray task reserves); default: torch's "
@@ -404,7 +407,8 @@ def _plan_text(plan) -> str:
               help="Join this Ray cluster (default: start a local Ray with --workers CPUs).")
 @click.option("--purge", is_flag=True,
               help="Also purge the weights and sidecars of every pre-forget revision of the affected repos "
-                   "(tombstones in their place, in the same publish; local hubs). `takedown` does this by default.")
+                   "(on a local hub: tombstones in their place, in the same publish; on a remote hub, after the commits, "
+                   "through the endpoint's LFS purge where it has one). `takedown` does this by default.")
 @pass_ctx
 @handled
 def forget(c: Ctx, origins, classes, data_spec, request_id, alpha, lam, record_spec, scope, dry_run, workers,
@@ -529,7 +533,8 @@ def verify(c: Ctx, repair_index: bool) -> None:
 @click.option("--scenario", type=click.Choice(["fl", "ddpl", "il", "tl"]), default="fl", show_default=True,
               help="Inheritance network: federated (fl), data-parallel (ddpl), incremental (il), transfer (tl).")
 @click.option("--forget", "forget_class", default="3", show_default=True, help="The digit class to forget.")
-@click.option("--seed", type=click.IntRange(0, 2 ** 32 - 1), default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0, 2 ** 32 - 1), default=0, show_default=True,
+              help="Seeds the scenario: the shards of digits, the initial weights and the training order.")
 @click.option("--no-retrain", is_flag=True, help="Skip the retraining baseline.")
 @pass_ctx
 @handled

@@ -341,6 +341,13 @@ def test_no_hub_and_non_empty_folder(cli, tmp_path):
     one_error_line(*cli("--hub", "hf://huggingface.co", "show", "org/x"))
 
 
+def test_serve_over_a_remote_hub_is_one_line(cli):
+    """`serve` serves a hub folder: with --hub hf://... it is one line naming that (it was a TypeError traceback),
+    before any connection is tried (nothing listens on port 9)."""
+    line = one_error_line(*cli("--hub", "hf://127.0.0.1:9", "serve", "--port", "0"))
+    assert "needs a local hub folder" in line, line
+
+
 @pytest.mark.parametrize("args", [
     ["lineage", "--format", "png"],  # png needs -o FILE
     ["push", "{good}/config.json", "org/new"],  # a file where a folder is expected
