@@ -20,7 +20,8 @@ import os
 from pathlib import Path
 from typing import AbstractSet, Any, Iterable, Mapping
 
-from .constants import CARD_FILE, CONFIG_FILE, FIM_CLASSES_FILE, FIM_FILE, FINDING_UNPURGED, LEDGER_FORGOT
+from .constants import (CARD_FILE, CONFIG_FILE, FIM_CLASSES_FILE, FIM_FILE, FINDING_UNPURGED, LEDGER_FORGOT,
+                        LEDGER_REPO, WEIGHTS_FILE)
 from .errors import BadInput
 from .hub.base import Blob, Hub, PurgeHub, RepoChange
 from .hub.local import LocalHub, sha256_file
@@ -249,14 +250,19 @@ def leftovers(hub: LocalHub, request_id: str, record: dict, records: Mapping[str
         on_disk = hub.blob_path(e["repo"], e["sha256"]).is_file()
         if not stoned or (on_disk and e["sha256"] not in live(e["repo"])):
             todo.append(e)
+    hidden, hidden_findings = hidden_copies(hub, request_id, record, held_all, at)
+    todo += hidden
     per_repo: dict[str, list[dict]] = {}
     for e in todo:
+        if any(e is h for h in hidden):
+            continue
         per_repo.setdefault(e["repo"], []).append(e)
     for repo, es in sorted(per_repo.items()):
         findings.append({"request": request_id, "repo": repo, "kind": FINDING_UNPURGED,
                          "message": f"{repo}: {len(es)} file(s) of {len({e['commit'] for e in es})} pre-forget "
                                     f"revision(s) still hold the data of request {request_id} "
                                     f"(e.g. {es[0]['commit'][:12]} {es[0]['path']})"})
+    findings += hidden_findings
     # Anywhere in the hub: a blob or a staged file whose sha256 is one this request purged.
     stones = {k: v for k, v in purged_shas(hub, freed_only=True).items() if v.get("request") == request_id}
     shas = {sha for _, sha in stones}
@@ -288,6 +294,84 @@ def leftovers(hub: LocalHub, request_id: str, record: dict, records: Mapping[str
     return {"entries": todo, "blobs": blobs, "strays": strays, "held": held, "findings": findings}
 
 
+def _purged_by(hub: PurgeHub, repo: str, cid: str, request_id: str) -> bool:
+    try:
+        return any(isinstance(s, dict) and s.get("request") == request_id for s in hub.tombstones(repo, cid).values())
+    except BadInput:
+        return False  # an unreadable tombstone record: verify reports it
+
+
+def hidden_copies(hub: LocalHub, request_id: str, record: dict, held: AbstractSet[tuple[str, str]],
+                  at: str) -> tuple[list[dict], list[dict]]:
+    """Revisions behind the head of a repo the request's record does not name that still hold its data: their card
+    pins a revision this request purged, or (outside the affected set, declaring no affected parent) their weights
+    look derived from the pre-forget revision of a repo it forgot (the fingerprints, as for undeclared derivatives). Heads are the
+    classification's (``pre-forget-pin``, ``undeclared-derivative``); a later commit on top hides nothing.
+    Returns ``(tombstone entries for every purgeable file of each such revision, findings unpurged)``."""
+    from .fingerprint import fingerprint_of, relate
+    from .lineage import affected, resolve
+
+    recorded = {r for r in (record.get("repos") or {}) if hub.repo_exists(r)}
+    g = resolve(hub)
+    scope = set(affected(g, sorted(r for r in recorded if r in g))) | recorded
+    sources: dict = {}
+    for repo in sorted(recorded):
+        e = record["repos"][repo]
+        rev = e.get("first_from") or e.get("from")
+        try:
+            w = hub.commit_info(repo, rev).files.get(WEIGHTS_FILE) if rev else None
+            fp = fingerprint_of(hub, repo, w, where=f"{repo}@{rev[:12]}") if w and rev else None
+        except BadInput:
+            continue
+        if fp is not None:
+            sources[("source", f"{repo}@{rev}")] = fp
+    why: dict[tuple[str, str], str] = {}
+    items: dict = {}
+    for repo in hub.list_repos():
+        if repo in recorded or repo == LEDGER_REPO:
+            continue
+        head = hub.head(repo)
+        for cid in hub.commits(repo):
+            if cid == head or (repo, cid) in held:
+                continue
+            try:
+                files, stones = hub.commit_info(repo, cid).files, hub.tombstones(repo, cid)
+                parents = read_meta(hub, repo, cid).parents if CARD_FILE in files else []
+            except BadInput:
+                parents = []
+            if WEIGHTS_FILE not in files or WEIGHTS_FILE in stones:
+                continue
+            pins = [p for p in parents if _purged_by(hub, p.repo, p.revision, request_id)]
+            if pins:
+                why[(repo, cid)] = f"its card pins {pins[0].repo}@{pins[0].revision[:12]}, which request " \
+                                   f"{request_id} purged"
+            elif sources and repo not in scope and not any(p.repo in scope for p in parents):
+                fp = fingerprint_of(hub, repo, files[WEIGHTS_FILE], where=f"{repo}@{cid[:12]}")
+                if fp is not None:
+                    items[(repo, cid)] = fp
+    if items:
+        pairs, merges = relate({**items, **sources}, set(sources))
+        found = [(a, b, ev) for (a, b), (_, ev) in pairs.items()]
+        found += [(child, p, evs[p]) for child, ps, _, evs in merges for p, _ in ps]
+        for a, b, ev in sorted(found, key=str):
+            src, other = (a, b) if a in sources else (b, a)
+            if src in sources and other in items and other not in why:
+                e = ev.to_dict()
+                why[other] = (f"its weights look derived from {src[1].partition('@')[0]}@"
+                              f"{src[1].partition('@')[2][:12]} (before the forget; "
+                              f"{e.get('identical_tensors', 0)}/{e.get('shared_tensors', 0)} tensors identical)")
+    entries, findings = [], []
+    for (repo, cid), reason in sorted(why.items()):
+        info, stones = hub.commit_info(repo, cid), hub.tombstones(repo, cid)
+        entries += [{"repo": repo, "commit": cid, "path": p, "sha256": sha, "size": info.sizes.get(p),
+                     "request": request_id, "at": at}
+                    for p, sha in sorted(info.files.items()) if purgeable(p) and p not in stones]
+        findings.append({"request": request_id, "repo": repo, "kind": FINDING_UNPURGED,
+                         "message": f"{repo}: revision {cid[:12]} (behind its head) still holds the data of request "
+                                    f"{request_id}: {reason}"})
+    return entries, findings
+
+
 def purge_leftovers(hub: LocalHub, request_id: str, left: dict[str, Any],
                     changes: list[RepoChange] | None = None) -> dict[str, Any]:
     """Remove what :func:`leftovers` found: tombstones and blobs in one journaled step (with ``changes``, the
@@ -311,4 +395,4 @@ def purge_leftovers(hub: LocalHub, request_id: str, left: dict[str, Any],
 
 
 __all__ = ["purgeable", "purge_entries", "held_revisions", "summary", "PurgingHub", "leftovers", "purge_leftovers",
-           "holds", "kept_revisions", "fim_sources", "KEPT_FILES"]
+           "holds", "kept_revisions", "fim_sources", "hidden_copies", "KEPT_FILES"]

@@ -113,7 +113,10 @@ def test_a_late_derivative_re_pinned_to_the_clean_head_still_has_its_pre_forget_
     hub.publish([RepoChange("x/late", {WEIGHTS_FILE: hub.file_path(A, WEIGHTS_FILE), CARD_FILE: card(hub.head(A))},
                             "re-derived from the clean revision", parent_commit=first)])
     code, out, _ = _audit(hub)
-    assert code == 1 and f"x/late: revision {first[:12]}" in out, out
+    assert code == 1 and f"x/late: revision {first[:12]}" in out and "which request" in out, out
+    ok(invoke("--hub", hub.root, "audit", "--fix"))
+    assert WEIGHTS_FILE in hub.tombstones("x/late", first)
+    ok(_audit(hub))
 
 
 def test_an_unrelated_repo_with_history_is_not_flagged(hubs):
