@@ -156,3 +156,30 @@ def test_the_fingerprint_of_a_purged_revision_does_not_give_back_its_forgotten_p
     truth = load_file(str(before.file_path(R, WEIGHTS_FILE)))["fc.bias"]  # only to score the attack
     forgotten = int(np.nonzero(now != truth)[0][0])
     assert not np.isclose(guess[forgotten], truth[forgotten], rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------- sidecars of the new revisions
+def test_a_head_scope_takedown_keeps_no_stale_prototype_sidecar_holding_the_forgotten_class(taken_down, tmp_path):
+    """A prototype sidecar computed before the weights last changed is stale: a head-scope forget cannot rewrite it,
+    and kept as it was, the clean head would still hold class 3's prototype (its samples' mean features)."""
+    from safetensors import safe_open
+
+    from fiun_hub.feature_forget import PROTO_FILE
+
+    hub = copy_hub(taken_down / "before", tmp_path / "hub")
+    H = ("--hub", hub.root)
+    ok(invoke(*H, "fim", R, "--data", "digits:train", "--prototypes"))
+    sd = load_file(str(hub.file_path(R, WEIGHTS_FILE)))
+    sd["fc.bias"] = sd["fc.bias"] + np.float32(0.01)  # a later fine-tune...
+    save_file(sd, str(tmp_path / WEIGHTS_FILE), metadata={"format": "pt"})
+    hub.publish([RepoChange(R, {WEIGHTS_FILE: tmp_path / WEIGHTS_FILE}, "tweak", parent_commit=hub.head(R))])
+    ok(invoke(*H, "fim", R, "--data", "digits:train"))  # ...with fresh FIMs, not fresh prototypes
+    stale = hub.list_files(R)[PROTO_FILE]
+    (tmp_path / "req.yaml").write_text(REQUEST)
+    ok(invoke(*H, "takedown", tmp_path / "req.yaml"))
+    now = hub.list_files(R)
+    if PROTO_FILE in now:
+        with safe_open(str(hub.file_path(R, PROTO_FILE)), "np") as f:
+            assert "3" not in f.keys() and json.loads(f.metadata()["counts"]).get("3", 0) == 0
+    assert not (hub.repo_dir(R) / "blobs" / stale).exists()  # and the purge freed the stale file's bytes
+    ok(invoke(*H, "audit"))
