@@ -29,6 +29,7 @@ from .repo import read_meta
 
 KEPT_FILES = frozenset({CARD_FILE, CONFIG_FILE, ".gitattributes"})
 FIM_SOURCE_FILES = (FIM_FILE, FIM_CLASSES_FILE)
+SIDECAR_FILES = frozenset({FIM_FILE, FIM_CLASSES_FILE, "fim-prototypes.safetensors"})  # not weights
 
 
 def purgeable(path: str) -> bool:
@@ -303,11 +304,12 @@ def _purged_by(hub: PurgeHub, repo: str, cid: str, request_id: str) -> bool:
 
 def hidden_copies(hub: LocalHub, request_id: str, record: dict, held: AbstractSet[tuple[str, str]],
                   at: str) -> tuple[list[dict], list[dict]]:
-    """Revisions behind the head of a repo the request's record does not name that still hold its data: their card
-    pins a revision this request purged, or (outside the affected set, declaring no affected parent) their weights
-    look derived from the pre-forget revision of a repo it forgot (the fingerprints, as for undeclared derivatives). Heads are the
-    classification's (``pre-forget-pin``, ``undeclared-derivative``); a later commit on top hides nothing.
-    Returns ``(tombstone entries for every purgeable file of each such revision, findings unpurged)``."""
+    """What still holds a request's data in a repo its record does not name, where the classification does not
+    look: a revision behind the head whose card pins a revision this request purged; and, outside the affected set
+    (declaring no affected parent), a revision behind the head, or a head's safetensors file other than its
+    weights, that looks derived from the pre-forget weights of a repo it forgot (the fingerprints, as for
+    undeclared derivatives). A later commit on top, or another file name, hides nothing. Returns ``(tombstone
+    entries: every purgeable file of such a revision, or that one file of a head; findings unpurged)``."""
     from .fingerprint import fingerprint_of, relate
     from .lineage import affected, resolve
 
@@ -325,30 +327,34 @@ def hidden_copies(hub: LocalHub, request_id: str, record: dict, held: AbstractSe
             continue
         if fp is not None:
             sources[("source", f"{repo}@{rev}")] = fp
-    why: dict[tuple[str, str], str] = {}
+    why: dict[tuple[str, str, str | None], str] = {}  # (repo, commit, path or None: the whole revision) -> why
     items: dict = {}
     for repo in hub.list_repos():
         if repo in recorded or repo == LEDGER_REPO:
             continue
         head = hub.head(repo)
         for cid in hub.commits(repo):
-            if cid == head or (repo, cid) in held:
+            if (repo, cid) in held:
                 continue
             try:
                 files, stones = hub.commit_info(repo, cid).files, hub.tombstones(repo, cid)
                 parents = read_meta(hub, repo, cid).parents if CARD_FILE in files else []
             except BadInput:
-                parents = []
-            if WEIGHTS_FILE not in files or WEIGHTS_FILE in stones:
-                continue
+                files, stones, parents = {}, {}, []
             pins = [p for p in parents if _purged_by(hub, p.repo, p.revision, request_id)]
-            if pins:
-                why[(repo, cid)] = f"its card pins {pins[0].repo}@{pins[0].revision[:12]}, which request " \
-                                   f"{request_id} purged"
-            elif sources and repo not in scope and not any(p.repo in scope for p in parents):
-                fp = fingerprint_of(hub, repo, files[WEIGHTS_FILE], where=f"{repo}@{cid[:12]}")
+            if cid != head and pins and WEIGHTS_FILE in files and WEIGHTS_FILE not in stones:
+                why[(repo, cid, None)] = (f"its card pins {pins[0].repo}@{pins[0].revision[:12]}, which request "
+                                          f"{request_id} purged")
+                continue
+            if not sources or repo in scope or any(p.repo in scope for p in parents):
+                continue
+            for path, sha in sorted(files.items()):
+                weights_like = path.endswith(".safetensors") and path not in SIDECAR_FILES
+                if not weights_like or path in stones or (cid == head and path == WEIGHTS_FILE):
+                    continue  # a head's weights: the classification's undeclared-derivative check
+                fp = fingerprint_of(hub, repo, sha, where=f"{repo}@{cid[:12]} {path}")
                 if fp is not None:
-                    items[(repo, cid)] = fp
+                    items[(repo, cid, None if cid != head else path)] = fp
     if items:
         pairs, merges = relate({**items, **sources}, set(sources))
         found = [(a, b, ev) for (a, b), (_, ev) in pairs.items()]
@@ -356,19 +362,20 @@ def hidden_copies(hub: LocalHub, request_id: str, record: dict, held: AbstractSe
         for a, b, ev in sorted(found, key=str):
             src, other = (a, b) if a in sources else (b, a)
             if src in sources and other in items and other not in why:
-                e = ev.to_dict()
-                why[other] = (f"its weights look derived from {src[1].partition('@')[0]}@"
-                              f"{src[1].partition('@')[2][:12]} (before the forget; "
-                              f"{e.get('identical_tensors', 0)}/{e.get('shared_tensors', 0)} tensors identical)")
+                e, (srepo, _, srev) = ev.to_dict(), src[1].partition("@")
+                why[other] = (f"{'its' if other[2] is None else 'the'} weights look derived from {srepo}@{srev[:12]} "
+                              f"(before the forget; {e.get('identical_tensors', 0)}/{e.get('shared_tensors', 0)} "
+                              "tensors identical)")
     entries, findings = [], []
-    for (repo, cid), reason in sorted(why.items()):
+    for (repo, cid, only), reason in sorted(why.items(), key=str):
         info, stones = hub.commit_info(repo, cid), hub.tombstones(repo, cid)
         entries += [{"repo": repo, "commit": cid, "path": p, "sha256": sha, "size": info.sizes.get(p),
                      "request": request_id, "at": at}
-                    for p, sha in sorted(info.files.items()) if purgeable(p) and p not in stones]
+                    for p, sha in sorted(info.files.items())
+                    if (p == only if only is not None else purgeable(p)) and p not in stones]
+        where = f"revision {cid[:12]} (behind its head)" if only is None else f"{only} at its head {cid[:12]}"
         findings.append({"request": request_id, "repo": repo, "kind": FINDING_UNPURGED,
-                         "message": f"{repo}: revision {cid[:12]} (behind its head) still holds the data of request "
-                                    f"{request_id}: {reason}"})
+                         "message": f"{repo}: {where} still holds the data of request {request_id}: {reason}"})
     return entries, findings
 
 
