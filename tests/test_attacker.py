@@ -113,6 +113,19 @@ def test_a_pre_forget_copy_under_another_file_name_at_a_head_is_found_and_purged
     ok(invoke("--hub", hub.root, "verify"))
 
 
+def test_an_f16_copy_of_pre_forget_weights_is_an_undeclared_derivative(hubs, tmp_path):
+    """The same values in another float dtype (the common "quantized" re-upload): no tensor is byte-identical, but
+    the sketches are the same, so the fingerprints still match it (they compared tensors of the same dtype only)."""
+    hub, before = hubs
+    sd = {k: (v.astype(np.float16) if v.dtype == np.float32 else v)
+          for k, v in load_file(str(before.file_path(A, WEIGHTS_FILE))).items()}
+    save_file(sd, str(tmp_path / WEIGHTS_FILE), metadata={"format": "pt"})
+    hub.publish([RepoChange("x/half", {CONFIG_FILE: before.file_path(A, CONFIG_FILE), WEIGHTS_FILE: tmp_path / WEIGHTS_FILE},
+                            "fp16", parent_commit="")])
+    code, out, _ = _audit(hub)
+    assert code == 1 and "UNDECLARED-DERIVATIVE: x/half" in out and f"{A}@{before.head(A)[:12]}" in out, out
+
+
 def test_a_late_derivative_re_pinned_to_the_clean_head_still_has_its_pre_forget_revision_found(hubs, tmp_path):
     hub, before = hubs
     old = before.head(A)
