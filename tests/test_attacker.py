@@ -120,8 +120,8 @@ def test_an_f16_copy_of_pre_forget_weights_is_an_undeclared_derivative(hubs, tmp
     sd = {k: (v.astype(np.float16) if v.dtype == np.float32 else v)
           for k, v in load_file(str(before.file_path(A, WEIGHTS_FILE))).items()}
     save_file(sd, str(tmp_path / WEIGHTS_FILE), metadata={"format": "pt"})
-    hub.publish([RepoChange("x/half", {CONFIG_FILE: before.file_path(A, CONFIG_FILE), WEIGHTS_FILE: tmp_path / WEIGHTS_FILE},
-                            "fp16", parent_commit="")])
+    files = {CONFIG_FILE: before.file_path(A, CONFIG_FILE), WEIGHTS_FILE: tmp_path / WEIGHTS_FILE}
+    hub.publish([RepoChange("x/half", files, "fp16", parent_commit="")])
     code, out, _ = _audit(hub)
     assert code == 1 and "UNDECLARED-DERIVATIVE: x/half" in out and f"{A}@{before.head(A)[:12]}" in out, out
 
@@ -163,6 +163,25 @@ def test_a_ledger_record_deleted_by_a_ledger_commit_is_an_error_not_an_ok(hubs):
     code, out, err = _audit(hub)
     assert code == 2, (out, err)
     assert f"{RID}" in err and "deleted" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_ledger_record_rewritten_to_bless_pre_forget_weights_is_an_error_not_an_ok(hubs, tmp_path):
+    """Someone who can write the hub folder puts a copy of the pre-forget weights back in the head and rewrites the
+    ledger's record of that repo to name them: the weights check then agrees with the ledger."""
+    import hashlib
+
+    hub, before = hubs
+    weights = _resaved(before, A, tmp_path / "copy")
+    sha = hashlib.sha256(weights.read_bytes()).hexdigest()
+    new = hub.publish([RepoChange(A, {WEIGHTS_FILE: weights}, "weights", parent_commit=hub.head(A))])[A]
+    path = f"records/{RID}.json"
+    rec = json.loads(hub.read_file(LEDGER_REPO, path))
+    for e in [rec["repos"][A]] + [ev["repos"][A] for ev in rec["events"] if A in ev["repos"]]:
+        e.update(weights_sha256=sha, to=new)
+    hub.publish([RepoChange(LEDGER_REPO, {path: json.dumps(rec).encode()}, "fix typo",
+                            parent_commit=hub.head(LEDGER_REPO))])
+    code, out, err = _audit(hub)
+    assert code == 2 and "rewrote" in err and A in err and len(err.strip().splitlines()) == 1, (out, err)
 
 
 # ------------------------------------------------------------------------------------------- the fingerprint store
@@ -214,10 +233,10 @@ def test_a_head_scope_takedown_keeps_no_stale_prototype_sidecar_holding_the_forg
     ok(invoke(*H, "audit"))
 
 
-@pytest.mark.xfail(strict=True, reason="a sample-wise forget re-binds each new revision's sidecars (derived_by) but keeps "
-                   "them as computed on the training data, forgotten samples included: the origin's class FIMs and "
-                   "counts still hold their contributions. Removing them (subtracting the samples' per-sample terms "
-                   "at the pre-forget weights, which the origin's sidecar was computed on) is a design change to "
+@pytest.mark.xfail(strict=True, reason="a sample-wise forget re-binds each new revision's sidecars (derived_by) but "
+                   "keeps them as computed on the training data, forgotten samples included: the origin's class FIMs "
+                   "and counts still hold their contributions. Removing them (subtracting the samples' per-sample "
+                   "terms at the pre-forget weights, which the origin's sidecar was computed on) is a design change to "
                    "fisher.strip_classes' sample-wise counterpart")
 def test_a_sample_wise_takedown_leaves_no_contribution_of_the_samples_in_the_origins_new_sidecar(taken_down, tmp_path):
     from safetensors import safe_open
