@@ -68,56 +68,6 @@ def deleted_records(hub: Hub) -> dict[str, str]:
     return out
 
 
-_FIXED = ("action", "from", "weights_sha256")  # what an event recorded of a repo, never changed afterwards
-
-
-def rewritten_records(hub: Hub) -> str | None:
-    """The first place where a ledger commit rewrote what an earlier one recorded (one line), else None.
-    fiun-hub only appends events (a takedown's second commit fills in the ``to`` revisions and accuracies of its
-    first): an event's repos keep their ``action``, ``from``, ``weights_sha256`` and a ``to`` once set, the request
-    keeps its ``request_sha256``, and each repo's latest entry agrees with the event it names. What the audit
-    proves rests on those facts, so a record edited by hand is refused, not trusted."""
-    if not ledger_exists(hub):
-        return None
-    older: dict[str, dict] = {}
-    for c in reversed(hub.history(LEDGER_REPO)):  # oldest first
-        now: dict[str, dict] = {}
-        for path in c.files:
-            if path.startswith("records/") and path.endswith(".json"):
-                try:
-                    rec = json.loads(hub.read_file(LEDGER_REPO, path, c.id))
-                except (ValueError, UnicodeDecodeError, BadInput):
-                    continue  # ledger_records refuses an unreadable head record
-                if isinstance(rec, dict) and isinstance(rec.get("events"), list):
-                    now[path[len("records/"):-len(".json")]] = rec
-        where = f"{LEDGER_REPO}@{c.id[:12]} ({c.message.splitlines()[0] if c.message else ''})"
-        for rid, rec in sorted(now.items()):
-            try:
-                events = {(e["kind"], e["at"]): e for e in rec["events"]}
-                for repo, e in rec["repos"].items():
-                    ev = rec["events"][e["event"]]["repos"][repo]
-                    if any(e.get(k) != ev.get(k) for k in _FIXED + ("to",)):
-                        return f"{where}: the record of request {rid} names for {repo} other facts than its event"
-                old = older.get(rid)
-                if old is None:
-                    continue
-                if rec.get("request_sha256") != old.get("request_sha256"):
-                    return f"{where}: the record of request {rid} changed the request it records"
-                for oe in old["events"]:
-                    ne = events.get((oe["kind"], oe["at"]))
-                    if ne is None:
-                        return f"{where}: the record of request {rid} lost its {oe['kind']} event of {oe['at']}"
-                    for repo, was in oe["repos"].items():
-                        is_ = ne["repos"].get(repo) or {}
-                        if any(was.get(k) != is_.get(k) for k in _FIXED) or was.get("to") not in (None, is_.get("to")):
-                            return (f"{where}: the record of request {rid} rewrote what its {oe['kind']} event of "
-                                    f"{oe['at']} recorded for {repo}")
-            except (KeyError, IndexError, TypeError, AttributeError):
-                return f"{where}: the record of request {rid} is not a {LEDGER_FORMAT} record"
-        older = now
-    return None
-
-
 def ledger_record(hub: Hub, request_id: str) -> dict | None:
     return ledger_records(hub).get(request_id)
 
@@ -187,5 +137,5 @@ def with_event(record: dict, event: dict) -> dict:
 
 
 __all__ = ["LEDGER_REPO", "LEDGER_TAG", "LEDGER_FORMAT", "ledger_proof", "ledger_exists", "ledger_records",
-           "deleted_records", "rewritten_records", "ledger_record", "ledger_card", "ledger_change", "new_record",
-           "with_event", "adopted_entries"]
+           "deleted_records", "ledger_record", "ledger_card", "ledger_change", "new_record", "with_event",
+           "adopted_entries"]
