@@ -7,7 +7,7 @@ A fingerprint (:mod:`fiun_hub.fingerprint_store` says what it holds and where it
 of its bytes, the norm of its centred values and a linear count sketch, so a FedAvg merge's sketch is the average
 of its parents'.
 
-Two models are compared on the tensors they share (same name, dtype and shape) in two groups:
+Two models are compared on the tensors they share (same name and shape, any float dtype) in two groups:
 
 - *init* tensors (2 or more dimensions): random at initialisation. Any two models that started from the same
   random initialisation agree here, derived or not.
@@ -117,7 +117,7 @@ class Relation(_Value):
 class Evidence:
     """How two fingerprints compare on their shared tensors."""
 
-    shared: int            # tensors of the same name, dtype and shape, non-constant in both
+    shared: int            # tensors of the same name and shape (any float dtype), non-constant in both
     identical: int         # of those, byte-identical
     init_similarity: float | None     # mean cosine over shared init tensors (None: none shared)
     learned_similarity: float | None  # mean cosine over shared learned tensors
@@ -210,15 +210,31 @@ def _evidence(ga: _Group, ia: np.ndarray, ca: np.ndarray, gb: _Group, ib: np.nda
     return [Evidence(int(shared[p]), int(ident[p]), means[0][p], means[1][p]) for p in range(ia.size)]
 
 
+def _unwrapped(names: list[str]) -> list[str]:
+    """Tensor names without the dotted prefix every one of them shares (``module.`` of a DDP checkpoint,
+    ``model.``, ``_orig_mod.``: a wrapper's, which leaves the values as they were)."""
+    while len(names) > 1:
+        heads = {n.split(".", 1)[0] for n in names}
+        if len(heads) != 1 or any("." not in n for n in names):
+            break
+        cut = len(heads.pop()) + 1
+        names = [n[cut:] for n in names]
+    return names
+
+
 def _matched(la: Layout, lb: Layout) -> tuple[np.ndarray, np.ndarray] | None:
-    """Column indices of the tensors two layouts share (name, dtype, shape), if they share at least half of the
-    smaller one's (same architecture up to a new head)."""
-    pos = {t: i for i, t in enumerate(lb.tensors)}
+    """Column indices of the tensors two layouts share (name, less a prefix all of a layout's names share, and
+    shape, whatever the float dtype: an F16 or BF16 copy of F32 weights keeps their values, and so their sketches;
+    its digests differ, so no tensor is counted identical), if they share at least half of the smaller one's (same
+    architecture up to a new head)."""
+    names_b = _unwrapped([t[0] for t in lb.tensors])
+    pos = {(name, tuple(t[2])): i for i, (name, t) in enumerate(zip(names_b, lb.tensors))}
     ca, cb = [], []
-    for i, t in enumerate(la.tensors):
-        if t in pos:
+    for i, (name, t) in enumerate(zip(_unwrapped([t[0] for t in la.tensors]), la.tensors)):
+        j = pos.get((name, tuple(t[2])))
+        if j is not None:
             ca.append(i)
-            cb.append(pos[t])
+            cb.append(j)
     if not ca or len(ca) < 0.5 * min(len(la.tensors), len(lb.tensors)):
         return None
     return np.array(ca), np.array(cb)

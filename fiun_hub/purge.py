@@ -20,7 +20,8 @@ import os
 from pathlib import Path
 from typing import AbstractSet, Any, Iterable, Mapping
 
-from .constants import CARD_FILE, CONFIG_FILE, FIM_CLASSES_FILE, FIM_FILE, FINDING_UNPURGED, LEDGER_FORGOT
+from .constants import (CARD_FILE, CONFIG_FILE, FIM_CLASSES_FILE, FIM_FILE, FINDING_UNPURGED, LEDGER_FORGOT,
+                        LEDGER_REPO, WEIGHTS_FILE)
 from .errors import BadInput
 from .hub.base import Blob, Hub, PurgeHub, RepoChange
 from .hub.local import LocalHub, sha256_file
@@ -28,6 +29,7 @@ from .repo import read_meta
 
 KEPT_FILES = frozenset({CARD_FILE, CONFIG_FILE, ".gitattributes"})
 FIM_SOURCE_FILES = (FIM_FILE, FIM_CLASSES_FILE)
+SIDECAR_FILES = frozenset({FIM_FILE, FIM_CLASSES_FILE, "fim-prototypes.safetensors"})  # not weights
 
 
 def purgeable(path: str) -> bool:
@@ -288,14 +290,19 @@ def leftovers(hub: LocalHub, request_id: str, record: dict, records: Mapping[str
         on_disk = hub.blob_path(e["repo"], e["sha256"]).is_file()
         if not stoned or (on_disk and e["sha256"] not in live(e["repo"])):
             todo.append(e)
+    hidden, hidden_findings = hidden_copies(hub, request_id, record, held_all, at)
+    todo += hidden
     per_repo: dict[str, list[dict]] = {}
     for e in todo:
+        if any(e is h for h in hidden):
+            continue
         per_repo.setdefault(e["repo"], []).append(e)
     for repo, es in sorted(per_repo.items()):
         findings.append({"request": request_id, "repo": repo, "kind": FINDING_UNPURGED,
                          "message": f"{repo}: {len(es)} file(s) of {len({e['commit'] for e in es})} pre-forget "
                                     f"revision(s) still hold the data of request {request_id} "
                                     f"(e.g. {es[0]['commit'][:12]} {es[0]['path']})"})
+    findings += hidden_findings
     # Anywhere in the hub: a blob or a staged file whose sha256 is one this request purged.
     stones = {k: v for k, v in purged_shas(hub, freed_only=True).items() if v.get("request") == request_id}
     shas = {sha for _, sha in stones}
@@ -327,6 +334,90 @@ def leftovers(hub: LocalHub, request_id: str, record: dict, records: Mapping[str
     return {"entries": todo, "blobs": blobs, "strays": strays, "held": held, "findings": findings}
 
 
+def _purged_by(hub: PurgeHub, repo: str, cid: str, request_id: str) -> bool:
+    try:
+        return any(isinstance(s, dict) and s.get("request") == request_id for s in hub.tombstones(repo, cid).values())
+    except BadInput:
+        return False  # an unreadable tombstone record: verify reports it
+
+
+def hidden_copies(hub: LocalHub, request_id: str, record: dict, held: AbstractSet[tuple[str, str]],
+                  at: str) -> tuple[list[dict], list[dict]]:
+    """What still holds a request's data in a repo its record does not name, where the classification does not
+    look: a revision behind the head whose card pins a revision this request purged; and, outside the affected set
+    (declaring no affected parent), a revision behind the head, or a head's safetensors file other than its
+    weights, that looks derived from the pre-forget weights of a repo it forgot (the fingerprints, as for
+    undeclared derivatives). A later commit on top, or another file name, hides nothing. Returns ``(tombstone
+    entries: every purgeable file of such a revision, or that one file of a head; findings unpurged)``."""
+    from .fingerprint import fingerprint_of, relate
+    from .lineage import affected, resolve
+
+    recorded = {r for r in (record.get("repos") or {}) if hub.repo_exists(r)}
+    g = resolve(hub)
+    scope = set(affected(g, sorted(r for r in recorded if r in g))) | recorded
+    sources: dict = {}
+    for repo in sorted(recorded):
+        e = record["repos"][repo]
+        rev = e.get("first_from") or e.get("from")
+        try:
+            w = hub.commit_info(repo, rev).files.get(WEIGHTS_FILE) if rev else None
+            fp = fingerprint_of(hub, repo, w, where=f"{repo}@{rev[:12]}") if w and rev else None
+        except BadInput:
+            continue
+        if fp is not None:
+            sources[("source", f"{repo}@{rev}")] = fp
+    why: dict[tuple[str, str, str | None], str] = {}  # (repo, commit, path or None: the whole revision) -> why
+    items: dict = {}
+    for repo in hub.list_repos():
+        if repo in recorded or repo == LEDGER_REPO:
+            continue
+        head = hub.head(repo)
+        for cid in hub.commits(repo):
+            if (repo, cid) in held:
+                continue
+            try:
+                files, stones = hub.commit_info(repo, cid).files, hub.tombstones(repo, cid)
+                parents = read_meta(hub, repo, cid).parents if CARD_FILE in files else []
+            except BadInput:
+                files, stones, parents = {}, {}, []
+            pins = [p for p in parents if _purged_by(hub, p.repo, p.revision, request_id)]
+            if cid != head and pins and WEIGHTS_FILE in files and WEIGHTS_FILE not in stones:
+                why[(repo, cid, None)] = (f"its card pins {pins[0].repo}@{pins[0].revision[:12]}, which request "
+                                          f"{request_id} purged")
+                continue
+            if not sources or repo in scope or any(p.repo in scope for p in parents):
+                continue
+            for path, sha in sorted(files.items()):
+                weights_like = path.endswith(".safetensors") and path not in SIDECAR_FILES
+                if not weights_like or path in stones or (cid == head and path == WEIGHTS_FILE):
+                    continue  # a head's weights: the classification's undeclared-derivative check
+                fp = fingerprint_of(hub, repo, sha, where=f"{repo}@{cid[:12]} {path}")
+                if fp is not None:
+                    items[(repo, cid, None if cid != head else path)] = fp
+    if items:
+        pairs, merges = relate({**items, **sources}, set(sources))
+        found = [(a, b, ev) for (a, b), (_, ev) in pairs.items()]
+        found += [(child, p, evs[p]) for child, ps, _, evs in merges for p, _ in ps]
+        for a, b, ev in sorted(found, key=str):
+            src, other = (a, b) if a in sources else (b, a)
+            if src in sources and other in items and other not in why:
+                e, (srepo, _, srev) = ev.to_dict(), src[1].partition("@")
+                why[other] = (f"{'its' if other[2] is None else 'the'} weights look derived from {srepo}@{srev[:12]} "
+                              f"(before the forget; {e.get('identical_tensors', 0)}/{e.get('shared_tensors', 0)} "
+                              "tensors identical)")
+    entries, findings = [], []
+    for (repo, cid, only), reason in sorted(why.items(), key=str):
+        info, stones = hub.commit_info(repo, cid), hub.tombstones(repo, cid)
+        entries += [{"repo": repo, "commit": cid, "path": p, "sha256": sha, "size": info.sizes.get(p),
+                     "request": request_id, "at": at}
+                    for p, sha in sorted(info.files.items())
+                    if (p == only if only is not None else purgeable(p)) and p not in stones]
+        where = f"revision {cid[:12]} (behind its head)" if only is None else f"{only} at its head {cid[:12]}"
+        findings.append({"request": request_id, "repo": repo, "kind": FINDING_UNPURGED,
+                         "message": f"{repo}: {where} still holds the data of request {request_id}: {reason}"})
+    return entries, findings
+
+
 def purge_leftovers(hub: LocalHub, request_id: str, left: dict[str, Any],
                     changes: list[RepoChange] | None = None) -> dict[str, Any]:
     """Remove what :func:`leftovers` found: tombstones and blobs in one journaled step (with ``changes``, the
@@ -349,5 +440,5 @@ def purge_leftovers(hub: LocalHub, request_id: str, left: dict[str, Any],
     return out
 
 
-__all__ = ["purgeable", "purge_entries", "derived_history_starts", "held_revisions", "summary", "PurgingHub", "leftovers", "purge_leftovers",
-           "holds", "kept_revisions", "fim_sources", "KEPT_FILES"]
+__all__ = ["purgeable", "purge_entries", "derived_history_starts", "held_revisions", "summary", "PurgingHub",
+           "leftovers", "purge_leftovers", "holds", "kept_revisions", "fim_sources", "hidden_copies", "KEPT_FILES"]

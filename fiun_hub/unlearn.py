@@ -562,6 +562,7 @@ def run_forget(
         t = time.perf_counter()
         node, sc, info = nodes[repo]
         files: dict[str, Any] = {}
+        drop: tuple[str, ...] = ()
         if result is None:  # untouched: same weights, same sidecars
             sha = info.files.get(WEIGHTS_FILE)
             st = {"changed": 0, "params": sum(int(t.numel()) for t in sc.model_fim.values()), "unchanged": True}
@@ -583,7 +584,8 @@ def run_forget(
                                                                     "derived_from": node.head})
                 put = staging.put if staging is not None else (lambda _r, d: d)
                 files.update({FIM_FILE: put(repo, fim_b), FIM_CLASSES_FILE: put(repo, cls_b)})
-            files.update(_new_prototypes(hub, plan, node, info, sha))
+            protos, drop = _new_prototypes(hub, plan, node, info, sha)
+            files.update(protos)
         meta, body = parse_card_full(read_at(hub, repo, info, CARD_FILE), where=repo)
         record = ForgetRecord(
             request=plan.request_id,
@@ -614,7 +616,7 @@ def run_forget(
             + (f"; adopted: weights look derived from {node.adopted_from['repo']}@"
                f"{str(node.adopted_from['revision'])[:12]}" if node.adopted_from is not None else "") + ")"
             + ("; no forgotten label here, weights unchanged" if result is None else ""),
-            parent_commit=node.head,
+            parent_commit=node.head, delete=drop,
         )
         stats[repo] = {**st, "weights_sha256": sha}
         t_finish[0] += time.perf_counter() - t
@@ -677,22 +679,26 @@ def _features_edit(hub: Hub, plan: Plan, node: NodePlan) -> dict[str, Any] | Non
             "eps": float(model.get_submodule(point["bn"]).eps)}  # type: ignore[arg-type]
 
 
-def _new_prototypes(hub: Hub, plan: Plan, node: NodePlan, info: CommitInfo, sha: str | None) -> dict[str, bytes]:
+def _new_prototypes(hub: Hub, plan: Plan, node: NodePlan, info: CommitInfo, sha: str | None) \
+        -> tuple[dict[str, bytes], tuple[str, ...]]:
     """A repo's own prototype sidecar for its new revision: the forgotten classes dropped, the others projected
-    as its features were (exact), bound to the new weights. Nothing when it has none."""
+    as its features were (exact), bound to the new weights. Nothing when it has none. Returns ``(files, paths to
+    delete)``."""
     from .feature_forget import PROTO_FILE, encode_prototypes, project_prototypes, projection
     from .prototypes import load_prototypes
 
     if PROTO_FILE not in info.files or not sha:
-        return {}
+        return {}, ()
     try:
         loaded = load_prototypes(hub, node.repo, info)
     except FiunError:
         if plan.scope == "features":
             raise
-        return {}  # head scope: a stale or unreadable prototype sidecar is left as it was (it stays refused)
+        # head scope: a stale or unreadable prototype sidecar cannot be rewritten, and it still holds the forgotten
+        # classes' prototypes (means over their samples): the new revision drops it (it was refused anyway)
+        return {}, (PROTO_FILE,)
     if loaded is None:  # (none: checked above)
-        return {}
+        return {}, ()
     protos, counts, meta = loaded
     got = plan._protos.get(node.repo)
     if plan.scope == "features" and got is not None:
@@ -702,7 +708,7 @@ def _new_prototypes(hub: Hub, plan: Plan, node: NodePlan, info: CommitInfo, sha:
     counts = {k: (0 if k in node.forget_here else v) for k, v in counts.items()}
     extra = {k: v for k, v in meta.items() if k not in ("format", "block", "labels", "counts", "weights_sha256")}
     return {PROTO_FILE: encode_prototypes(keep, counts, json.loads(meta["labels"]), meta["block"], sha,
-                                          {**extra, "derived_by": plan.request_id})}
+                                          {**extra, "derived_by": plan.request_id})}, ()
 
 
 def _affected_set_unchanged(plan: Plan) -> Callable[[Hub], None]:

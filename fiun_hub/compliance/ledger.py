@@ -50,6 +50,24 @@ def ledger_records(hub: Hub, revision: str | None = None) -> dict[str, dict]:
     return out
 
 
+def deleted_records(hub: Hub) -> dict[str, str]:
+    """Requests whose record an earlier ledger revision holds and the head does not: ``{request id: the first
+    commit without it}``. fiun-hub only adds to the ledger, so such a record was deleted by hand (any client that
+    writes the repo can): the audit refuses to call the hub ok without it."""
+    if not ledger_exists(hub):
+        return {}
+    out: dict[str, str] = {}
+    newer: set[str] | None = None
+    newer_id = ""
+    for c in hub.history(LEDGER_REPO):  # newest first
+        have = {p for p in c.files if p.startswith("records/") and p.endswith(".json")}
+        if newer is not None:
+            for path in have - newer:
+                out.setdefault(path[len("records/"):-len(".json")], newer_id)
+        newer, newer_id = have if newer is None else newer | have, c.id
+    return out
+
+
 def ledger_record(hub: Hub, request_id: str) -> dict | None:
     return ledger_records(hub).get(request_id)
 
@@ -119,4 +137,5 @@ def with_event(record: dict, event: dict) -> dict:
 
 
 __all__ = ["LEDGER_REPO", "LEDGER_TAG", "LEDGER_FORMAT", "ledger_proof", "ledger_exists", "ledger_records",
-           "ledger_record", "ledger_card", "ledger_change", "new_record", "with_event", "adopted_entries"]
+           "deleted_records", "ledger_record", "ledger_card", "ledger_change", "new_record", "with_event",
+           "adopted_entries"]

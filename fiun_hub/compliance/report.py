@@ -14,7 +14,7 @@ from ..hub.base import Hub
 from ..hub.local import LocalHub
 from . import clock
 from .classification import CardCache, RepoState, classify
-from .ledger import ledger_records
+from .ledger import deleted_records, ledger_records
 from .measure import check_eval_data, measure
 from .request import TakedownRequest, day
 from .status import Status
@@ -93,6 +93,12 @@ def audit(hub: LocalHub, request_id: str | None = None, *, eval_data: str | None
     if not (max_forget_acc >= 0 and math.isfinite(max_forget_acc)):
         raise BadInput(f"--max-forget-acc must be a percentage, got {max_forget_acc}")
     records = ledger_records(hub)
+    deleted = sorted(deleted_records(hub).items())
+    if deleted:  # a hand edit: what the ledger recorded is the proof, and the audit is blind without it
+        rid, cid = deleted[0]
+        raise BadInput(f"the ledger's record of request {rid} was deleted at {LEDGER_REPO}@{cid[:12]}: the ledger "
+                       f"only grows, so nothing is proved without it; restore records/{rid}.json from "
+                       f"`fiun-hub log {LEDGER_REPO}`")
     if request_id is not None and request_id not in records:
         known = ", ".join(sorted(records)) or "none"
         raise BadInput(f"request {request_id} is not in the ledger (requests: {known})")

@@ -134,7 +134,9 @@ class Status(str, enum.Enum):
         fix="`--fix --adopt` forgets it; plain `--fix` leaves it")
     UNPURGED = FINDING_UNPURGED, StatusInfo(
         "a file of a pre-forget revision not tombstoned or whose blob is still on disk, a purged blob back in a "
-        "repo, or a staged or temporary file holding a purged one", True, row=False,
+        "repo, a staged or temporary file holding a purged one, or, in a repo the ledger does not name, a revision "
+        "behind the head or a head's safetensors file other than its weights that still holds the data (its card "
+        "pins a purged revision, or the weights look derived from a pre-forget one)", True, row=False,
         fix="purges it (a `purge` ledger event) and deletes the strays")
     CONTEXT = "context", StatusInfo(
         "(the lineage picture only) a parent outside the affected set", False, row=False, legend="context")
