@@ -113,28 +113,30 @@ def test_a_pre_forget_copy_under_another_file_name_at_a_head_is_found_and_purged
     ok(invoke("--hub", hub.root, "verify"))
 
 
+def _push_copy_and_audit(hub, before, tmp_path, repo: str, edit) -> None:
+    """Push ``A``'s pre-forget weights (from the copy ``before``), each tensor through ``edit(name, array) -> (name,
+    array)``, as ``repo`` without a card: the audit must report it an undeclared derivative of ``A``'s pre-forget
+    revision."""
+    sd = dict(edit(k, v) for k, v in load_file(str(before.file_path(A, WEIGHTS_FILE))).items())
+    save_file(sd, str(tmp_path / WEIGHTS_FILE), metadata={"format": "pt"})
+    files = {CONFIG_FILE: before.file_path(A, CONFIG_FILE), WEIGHTS_FILE: tmp_path / WEIGHTS_FILE}
+    hub.publish([RepoChange(repo, files, "a copy", parent_commit="")])
+    code, out, _ = _audit(hub)
+    assert code == 1 and f"UNDECLARED-DERIVATIVE: {repo}" in out and f"{A}@{before.head(A)[:12]}" in out, out
+
+
 def test_an_f16_copy_of_pre_forget_weights_is_an_undeclared_derivative(hubs, tmp_path):
     """The same values in another float dtype (the common "quantized" re-upload): no tensor is byte-identical, but
     the sketches are the same, so the fingerprints still match it (they compared tensors of the same dtype only)."""
     hub, before = hubs
-    sd = {k: (v.astype(np.float16) if v.dtype == np.float32 else v)
-          for k, v in load_file(str(before.file_path(A, WEIGHTS_FILE))).items()}
-    save_file(sd, str(tmp_path / WEIGHTS_FILE), metadata={"format": "pt"})
-    files = {CONFIG_FILE: before.file_path(A, CONFIG_FILE), WEIGHTS_FILE: tmp_path / WEIGHTS_FILE}
-    hub.publish([RepoChange("x/half", files, "fp16", parent_commit="")])
-    code, out, _ = _audit(hub)
-    assert code == 1 and "UNDECLARED-DERIVATIVE: x/half" in out and f"{A}@{before.head(A)[:12]}" in out, out
+    _push_copy_and_audit(hub, before, tmp_path, "x/half", lambda k, v: (k, v.astype(np.float16) if v.dtype == np.float32
+                                                                         else v))
 
 
 def test_a_copy_of_pre_forget_weights_with_every_key_prefixed_is_an_undeclared_derivative(hubs, tmp_path):
     """`model.` (or DDP's `module.`) before every tensor name: the same values under other names."""
     hub, before = hubs
-    sd = {f"module.{k}": v for k, v in load_file(str(before.file_path(A, WEIGHTS_FILE))).items()}
-    save_file(sd, str(tmp_path / WEIGHTS_FILE), metadata={"format": "pt"})
-    files = {CONFIG_FILE: before.file_path(A, CONFIG_FILE), WEIGHTS_FILE: tmp_path / WEIGHTS_FILE}
-    hub.publish([RepoChange("x/ddp", files, "ddp checkpoint", parent_commit="")])
-    code, out, _ = _audit(hub)
-    assert code == 1 and "UNDECLARED-DERIVATIVE: x/ddp" in out and f"{A}@{before.head(A)[:12]}" in out, out
+    _push_copy_and_audit(hub, before, tmp_path, "x/ddp", lambda k, v: (f"module.{k}", v))
 
 
 def test_a_late_derivative_re_pinned_to_the_clean_head_still_has_its_pre_forget_revision_found(hubs, tmp_path):

@@ -23,6 +23,7 @@ import pytest
 import torch
 
 from conftest import DIGIT_LABELS
+from test_compliance import one_thread  # noqa: F401  (autouse: one torch thread)
 from fiun_hub.compliance.ledger import ledger_record
 from fiun_hub.hub.local import LocalHub
 
@@ -36,14 +37,6 @@ origins: [t/o]
 forget:
   classes: ["3"]
 """
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _digits(split: str):
