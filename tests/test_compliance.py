@@ -322,6 +322,25 @@ def test_lost_record_and_changed_weights_are_flagged_and_fixed_where_possible(af
         [f["message"] for f in json.loads(res[1])["findings"]]
 
 
+def test_two_fixes_of_one_request_in_the_same_second_are_two_ledger_events(after_takedown, monkeypatch):
+    """The ledger is the audit trail: a second `audit --fix` stamped in the same second as the first (scripts run
+    them back to back) must not replace the first's event (with_event keyed events by time and kind)."""
+    import fiun_hub.compliance as C
+    from fiun_hub.compliance.ledger import ledger_record
+    from fiun_hub.models import load_model
+
+    hub = after_takedown
+    monkeypatch.setattr(C.clock, "now", lambda: "2026-11-22T10:00:00Z")
+    for n in range(2):  # child-b re-pushed without the record, then fixed: twice
+        model, config, _ = load_model(hub, B)
+        data = digits("train").subset(torch.arange(1000 + 100 * n, 1100 + 100 * n)).to_label_space(config.labels)
+        push(hub, model, B, config.labels, parents=[f"{R}@{hub.head(R)}"], fim_data=data)
+        ok(invoke("--hub", hub.root, "audit", "--fix"))
+    fixes = [e for e in ledger_record(hub, "TKD-2026-001")["events"] if e["kind"] == "fix"]
+    assert len(fixes) == 2 and all(B in e["repos"] for e in fixes), fixes
+    assert ok(invoke("--hub", hub.root, "audit"))
+
+
 def test_a_second_request_keeps_the_first_provable(after_takedown, story, tmp_path):
     hub = after_takedown
     second = tmp_path / "TKD-2026-002.yaml"

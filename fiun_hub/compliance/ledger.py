@@ -121,9 +121,10 @@ def new_record(request: TakedownRequest) -> dict:
 
 
 def with_event(record: dict, event: dict) -> dict:
-    """``record`` with ``event`` appended (replacing an earlier copy of the same event) and its repos updated."""
+    """``record`` with ``event`` appended and its repos updated. Never replaces an event already in ``record``: two
+    events of one kind stamped in the same second (two ``audit --fix`` runs) are two events. A caller that publishes
+    an event twice (the takedown's interim and final copies) builds both from the record *before* the event."""
     rec = json.loads(json.dumps(record))
-    rec["events"] = [e for e in rec["events"] if e.get("at") != event["at"] or e.get("kind") != event["kind"]]
     rec["events"].append(json.loads(json.dumps(event)))
     index = len(rec["events"]) - 1
     for repo, e in event["repos"].items():
