@@ -178,10 +178,6 @@ def test_a_ledger_record_deleted_by_a_ledger_commit_is_an_error_not_an_ok(hubs):
     assert f"{RID}" in err and "deleted" in err and len(err.strip().splitlines()) == 1, err
 
 
-@pytest.mark.xfail(strict=True, reason="the audit trusts the ledger's head record: a ledger commit that rewrites what "
-                   "an earlier one recorded passes. A check over the ledger's history (events only appended, their "
-                   "from/weights_sha256 fixed) was tried and false-positived on real fixes: ledger.with_event merges "
-                   "two events of one kind within one second, so history alone cannot tell a hand edit apart")
 def test_a_ledger_record_rewritten_to_bless_pre_forget_weights_is_an_error_not_an_ok(hubs, tmp_path):
     """Someone who can write the hub folder puts a copy of the pre-forget weights back in the head and rewrites the
     ledger's record of that repo to name them: the weights check then agrees with the ledger."""

@@ -68,6 +68,72 @@ def deleted_records(hub: Hub) -> dict[str, str]:
     return out
 
 
+_FIXED = ("action", "from", "weights_sha256")  # what an event recorded of a repo: never changed afterwards
+
+
+def _rewrite_in(rid: str, old: dict | None, rec: dict) -> str | None:
+    """How ``rec`` (one ledger commit's record of ``rid``) rewrote ``old`` (the previous commit's) or itself, else
+    None. fiun-hub only appends events; a takedown's second commit fills in its last event's ``to`` revisions
+    (and accuracies, and repos that record only)."""
+    for repo, e in rec["repos"].items():
+        ev = rec["events"][e["event"]]["repos"][repo]
+        if any(e.get(k) != ev.get(k) for k in _FIXED + ("to",)):
+            return f"the record of request {rid} names for {repo} other facts than its event"
+    if old is None:
+        return None
+    if rec.get("request_sha256") != old.get("request_sha256"):
+        return f"the record of request {rid} changed the request it records"
+    for i, oe in enumerate(old["events"]):
+        ne = rec["events"][i] if i < len(rec["events"]) else None
+        if ne is None or (ne.get("kind"), ne.get("at")) != (oe.get("kind"), oe.get("at")):
+            return f"the record of request {rid} lost or moved its {oe.get('kind')} event of {oe.get('at')}"
+        for repo, was in oe["repos"].items():
+            is_ = ne["repos"].get(repo) or {}
+            if any(was.get(k) != is_.get(k) for k in _FIXED) or was.get("to") not in (None, is_.get("to")):
+                return f"the record of request {rid} rewrote what its {oe['kind']} event of {oe['at']} recorded for {repo}"
+    return None
+
+
+def rewritten_records(hub: Hub) -> str | None:
+    """The first ledger commit that rewrote what an earlier one recorded, as one line, else None. The audit's proof
+    rests on the ledger only growing: each event's repos keep their ``action``, ``from`` and ``weights_sha256`` and
+    a ``to`` once set, events keep their place, the request its ``request_sha256``, and each repo's latest entry
+    agrees with the event it names. A record edited by hand (any client that writes the repo can) is refused, not
+    trusted. Reads each record blob once (a commit changes one or two)."""
+    if not ledger_exists(hub):
+        return None
+    parsed: dict[str, dict | None] = {}  # blob sha256 -> its record
+    older: dict[str, tuple[str, dict | None]] = {}  # rid -> (sha, record) at the previous commit
+    for c in reversed(hub.history(LEDGER_REPO)):  # oldest first
+        now: dict[str, tuple[str, dict | None]] = {}
+        for path, sha in c.files.items():
+            if not (path.startswith("records/") and path.endswith(".json")):
+                continue
+            rid = path[len("records/"):-len(".json")]
+            if rid in older and older[rid][0] == sha:
+                now[rid] = older[rid]
+                continue
+            if sha not in parsed:
+                try:
+                    rec = json.loads(hub.read_file(LEDGER_REPO, path, c.id))
+                except (ValueError, UnicodeDecodeError, BadInput):
+                    rec = None  # ledger_records refuses an unreadable head record
+                parsed[sha] = rec if isinstance(rec, dict) and isinstance(rec.get("events"), list) else None
+            now[rid] = (sha, parsed[sha])
+            rec = parsed[sha]
+            if rec is None:
+                continue
+            where = f"{LEDGER_REPO}@{c.id[:12]} ({c.message.splitlines()[0] if c.message else ''})"
+            try:
+                why = _rewrite_in(rid, (older.get(rid) or ("", None))[1], rec)
+            except (KeyError, IndexError, TypeError, AttributeError):
+                why = f"the record of request {rid} is not a {LEDGER_FORMAT} record"
+            if why:
+                return f"{where}: {why}"
+        older = now
+    return None
+
+
 def ledger_record(hub: Hub, request_id: str) -> dict | None:
     return ledger_records(hub).get(request_id)
 
@@ -138,5 +204,5 @@ def with_event(record: dict, event: dict) -> dict:
 
 
 __all__ = ["LEDGER_REPO", "LEDGER_TAG", "LEDGER_FORMAT", "ledger_proof", "ledger_exists", "ledger_records",
-           "deleted_records", "ledger_record", "ledger_card", "ledger_change", "new_record", "with_event",
+           "deleted_records", "rewritten_records", "ledger_record", "ledger_card", "ledger_change", "new_record", "with_event",
            "adopted_entries"]

@@ -14,7 +14,7 @@ from ..hub.base import Hub
 from ..hub.local import LocalHub
 from . import clock
 from .classification import CardCache, RepoState, classify
-from .ledger import deleted_records, ledger_records
+from .ledger import deleted_records, ledger_records, rewritten_records
 from .measure import check_eval_data, measure
 from .request import TakedownRequest, day
 from .status import Status
@@ -99,6 +99,10 @@ def audit(hub: LocalHub, request_id: str | None = None, *, eval_data: str | None
         raise BadInput(f"the ledger's record of request {rid} was deleted at {LEDGER_REPO}@{cid[:12]}: the ledger "
                        f"only grows, so nothing is proved without it; restore records/{rid}.json from "
                        f"`fiun-hub log {LEDGER_REPO}`")
+    rewritten = rewritten_records(hub)
+    if rewritten:
+        raise BadInput(f"{rewritten}: the ledger only grows, so nothing is proved by it; "
+                       f"see `fiun-hub log {LEDGER_REPO}`")
     if request_id is not None and request_id not in records:
         known = ", ".join(sorted(records)) or "none"
         raise BadInput(f"request {request_id} is not in the ledger (requests: {known})")
