@@ -297,6 +297,9 @@ def audit(c, request_id: str | None, eval_data: str | None, max_forget_acc: floa
 
     if adopt and not do_fix:
         raise BadInput("--adopt goes with --fix: `fiun-hub audit --fix --adopt` forgets the undeclared derivatives")
+    from fiun_hub.executors import check_executor
+
+    check_executor(executor, workers)  # a bad value is bad input with or without --fix
     _check_report_path(report_path)
     hub = c.hub()
     data = C.audit(hub, request_id, eval_data=eval_data, max_forget_acc=max_forget_acc)

@@ -218,6 +218,8 @@ def lineage(c: Ctx, repo: str | None, up: bool, down: bool, fmt: str | None, out
     """Show the inheritance DAG of the hub, or of REPO (its ancestors and descendants)."""
     from fiun_hub import lineage as L
 
+    if output is not None and not output.strip():
+        raise BadInput("-o/--output needs a file name")
     hub = c.hub()
     g, entries = L.resolve_entries(hub, rebuild=rebuild)
     if infer:

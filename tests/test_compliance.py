@@ -421,4 +421,9 @@ def test_cli_bad_input_is_one_line_and_changes_nothing(hub, tmp_path, hub_finger
     assert "must end in .md, .html or .json" in one_error_line(
         invoke("--hub", hub.root, "takedown", good, "--report", tmp_path / "r.pdf"))
     assert "cannot read request file" in one_error_line(invoke("--hub", hub.root, "takedown", tmp_path / "n.yaml"))
+    # out-of-range numbers are bad input even where nothing would run (an empty ledger, no --fix)
+    for args in (("--workers", "0"), ("--workers", "-1"), ("--max-forget-acc", "101"), ("--max-forget-acc", "nan"),
+                 ("--max-forget-acc", "-1")):
+        assert one_error_line(invoke("--hub", hub.root, "audit", *args))
+    assert "needs a file name" in one_error_line(invoke("--hub", hub.root, "lineage", "-o", ""))
     assert hub_fingerprint(hub.root) == before

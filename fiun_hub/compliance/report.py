@@ -4,7 +4,6 @@ the report data that ``fiun-hub audit`` prints and fiun_hub/report.py renders (d
 per request its ledger facts, one row per affected repo, the findings and its part of the lineage picture."""
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from ..constants import LEDGER_REPO
@@ -90,7 +89,7 @@ def audit(hub: LocalHub, request_id: str | None = None, *, eval_data: str | None
     from ..lineage import resolve
 
     check_eval_data(eval_data)
-    if not (max_forget_acc >= 0 and math.isfinite(max_forget_acc)):
+    if not (0 <= max_forget_acc <= 100):  # (NaN fails both)
         raise BadInput(f"--max-forget-acc must be a percentage, got {max_forget_acc}")
     records = ledger_records(hub)
     deleted = sorted(deleted_records(hub).items())
