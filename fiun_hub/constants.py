@@ -15,6 +15,7 @@ WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "README.md"
 FIM_FILE = "fim.safetensors"
 FIM_CLASSES_FILE = "fim-classes.safetensors"
+PROTO_FILE = "fim-prototypes.safetensors"  # class prototypes, for `forget --scope features` (fiun_hub/feature_forget.py)
 
 RELATIONS = ("finetune", "merge", "adapter", "quantized")
 DEFAULT_AUTHOR = os.environ.get("USER", "fiun-hub")

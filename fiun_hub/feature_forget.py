@@ -39,6 +39,7 @@ from typing import Mapping, Sequence
 import torch
 import torch.nn as nn
 
+from .constants import PROTO_FILE
 from .errors import UnlearnError
 
 #: where the features are edited: the last residual block of the last stage (timm ResNet)
@@ -192,7 +193,6 @@ __all__ = ["STAGE", "fold_point", "pooled_preactivation", "class_prototypes", "p
 # --------------------------------------------------------------------------------------------------- the sidecar
 #: the prototype sidecar: one float32 (C,) tensor per label with samples, header: format, block, labels, counts and
 #: the weights' sha256 it was computed on (bound like the FIM sidecars, ``lineage.weights_state``)
-PROTO_FILE = "fim-prototypes.safetensors"
 PROTO_FORMAT = "fiun-proto/1"
 
 

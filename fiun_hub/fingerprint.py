@@ -652,12 +652,10 @@ def head_fingerprints(hub: Hub, entries: dict) -> dict[str, Fingerprint]:
 def infer(hub: Hub, g=None, entries: dict | None = None) -> list[SuspectedEdge]:
     """Suspected edges among the heads of every repo in the hub, with evidence, direction and whether the cards
     declare them (declared: one is an ancestor of the other in ``g``, or both descend from one declared model)."""
-    from .lineage import read_index_file, rebuild_index, resolve
+    from .lineage import index_entries, resolve
 
     if entries is None:
-        entries = read_index_file(hub)
-        if entries is None:
-            entries = rebuild_index(hub)
+        entries = index_entries(hub)
     g = g if g is not None else resolve(hub)
     fps = head_fingerprints(hub, entries)
     pairs, merges = relate(fps)
@@ -1046,13 +1044,11 @@ def undeclared_findings(hub: Hub, request_id: str, pre_forget: dict[str, str], e
     """Findings ``undeclared-derivative`` for a request: heads outside ``exclude`` (the declared affected set)
     that look derived from the pre-forget revision ``pre_forget[repo]`` of an affected repo. ``carries(repo,
     head)`` tells a head that already carries the request (adopted by a fix): not a finding."""
-    from .lineage import graph_from_entries, read_index_file, rebuild_index
+    from .lineage import graph_from_entries, index_entries
 
     if not supports(hub, LOCAL_FOLDER) or not pre_forget:
         return []
-    entries = read_index_file(hub)
-    if entries is None:
-        entries = rebuild_index(hub)
+    entries = index_entries(hub)
     sources = {}
     for repo, rev in sorted(pre_forget.items()):
         try:

@@ -281,6 +281,13 @@ def resolve(hub, *, rebuild: bool = False) -> nx.DiGraph:
     return resolve_entries(hub, rebuild=rebuild)[0]
 
 
+def index_entries(hub) -> dict:
+    """The lineage index's entries: read from the index, or rebuilt from every card when there is none (or it is
+    out of date)."""
+    entries = read_index_file(hub)
+    return rebuild_index(hub) if entries is None else entries
+
+
 def resolve_entries(hub, *, rebuild: bool = False) -> tuple[nx.DiGraph, dict]:
     """:func:`resolve` and the entries it was built from (the index read once, e.g. for ``lineage --infer``)."""
     import gc
@@ -289,9 +296,7 @@ def resolve_entries(hub, *, rebuild: bool = False) -> tuple[nx.DiGraph, dict]:
     enabled = gc.isenabled()
     gc.disable()
     try:
-        entries = None if rebuild else read_index_file(hub)
-        if entries is None:
-            entries = rebuild_index(hub)
+        entries = rebuild_index(hub) if rebuild else index_entries(hub)
         return graph_from_entries(entries), entries
     finally:
         if enabled:

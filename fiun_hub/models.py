@@ -146,6 +146,16 @@ def load_state(model: torch.nn.Module, weights: bytes, where: str = "") -> torch
     return model.eval()
 
 
+def build_shapes(config: ModelConfig) -> torch.nn.Module:
+    """``config``'s model when only its shapes and structure are needed: built on the meta device (nothing
+    allocated), or for real where the architecture refuses the meta device (random weights)."""
+    try:
+        with torch.device("meta"):
+            return build_model(config)
+    except BadInput:
+        return build_model(config)
+
+
 def check_runs(model: torch.nn.Module, config: ModelConfig, where: str) -> None:
     """``model`` runs on one input of the size its config declares and gives one logit per label, else
     :class:`BadInput` (say a timm architecture whose stages shrink a small input below their kernels). On the meta
@@ -289,11 +299,7 @@ def check_folder(folder: str | Path) -> ModelConfig:
             raise BadInput(f"{folder} has no {name}; save the model with fiun_hub.models.save_model_folder")
     config = parse_config((folder / CONFIG_FILE).read_bytes(), str(folder / CONFIG_FILE))
     header, _ = read_header(folder / WEIGHTS_FILE)
-    try:  # only the shapes are needed: build on the meta device, allocating nothing
-        with torch.device("meta"):
-            model = build_model(config)
-    except BadInput:
-        model = build_model(config)
+    model = build_shapes(config)
     try:
         check_runs(model, config, str(folder))
     except BadInput:
@@ -326,5 +332,5 @@ def check_folder(folder: str | Path) -> ModelConfig:
     return config
 
 
-__all__ = ["ModelConfig", "parse_config", "build_model", "load_state", "load_model", "check_runs", "state_bytes",
+__all__ = ["ModelConfig", "parse_config", "build_model", "load_state", "load_model", "build_shapes", "check_runs", "state_bytes",
            "save_model_folder", "check_folder", "folder_file", "check_architecture", "config_dict", "header_of_bytes"]

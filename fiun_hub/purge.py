@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import AbstractSet, Any, Iterable, Mapping
 
 from .constants import (CARD_FILE, CONFIG_FILE, FIM_CLASSES_FILE, FIM_FILE, FINDING_UNPURGED, LEDGER_FORGOT,
-                        LEDGER_REPO, WEIGHTS_FILE)
+                        LEDGER_REPO, PROTO_FILE, WEIGHTS_FILE)
 from .errors import BadInput
 from .hub.base import Blob, Hub, PurgeHub, RepoChange
 from .hub.local import LocalHub, sha256_file
@@ -29,7 +29,7 @@ from .repo import read_meta
 
 KEPT_FILES = frozenset({CARD_FILE, CONFIG_FILE, ".gitattributes"})
 FIM_SOURCE_FILES = (FIM_FILE, FIM_CLASSES_FILE)
-SIDECAR_FILES = frozenset({FIM_FILE, FIM_CLASSES_FILE, "fim-prototypes.safetensors"})  # not weights
+SIDECAR_FILES = frozenset({FIM_FILE, FIM_CLASSES_FILE, PROTO_FILE})  # not weights
 
 
 def purgeable(path: str) -> bool:
@@ -113,17 +113,17 @@ def purge_entries(hub: PurgeHub, request_id: str, starts: Mapping[str, str | Non
     return out
 
 
-def derived_history_starts(hub: Hub, request_id: str, starts: Mapping[str, Iterable[str]]) -> dict[str, str]:
+def derived_history_starts(hub: Hub, request_id: str, starts: Mapping[str, Iterable[str]],
+                           entries: Mapping[str, dict] | None = None) -> dict[str, str]:
     """Where else a purge of ``request_id`` must start: repos outside ``starts`` whose *earlier* revisions declared a
     parent at a revision that holds the data (one a purge from ``starts`` walks), though their head no longer does
     (re-pushed without that parent: the lineage index's ``former_parents``). Each such revision is a derivative of
     the data; the repo's head, which declares other parents, is not. ``starts``: repo -> the revisions a purge
-    walks back from. Returns repo -> the newest such revision (walk back from it), closed over chains of them."""
-    from .lineage import read_index_file, rebuild_index
+    walks back from; ``entries``: the lineage index's (read when not given). Returns repo -> the newest such
+    revision (walk back from it), closed over chains of them."""
+    from .lineage import index_entries
 
-    entries = read_index_file(hub)
-    if entries is None:
-        entries = rebuild_index(hub)
+    entries = index_entries(hub) if entries is None else entries
     former = {r: e["former_parents"] for r, e in entries.items() if e.get("former_parents")}
     if not former:
         return {}
@@ -265,7 +265,10 @@ def leftovers(hub: LocalHub, request_id: str, record: dict, records: Mapping[str
         for repo, e in (ev.get("repos") or {}).items():
             if e.get("action") == LEDGER_FORGOT and e.get("from") and hub.repo_exists(repo):
                 starts.setdefault(repo, set()).add(e["from"])
-    for repo, start in derived_history_starts(hub, request_id, starts).items():
+    from .lineage import resolve_entries
+
+    g, index = resolve_entries(hub)
+    for repo, start in derived_history_starts(hub, request_id, starts, index).items():
         starts.setdefault(repo, set()).add(start)
     entries: list[dict] = []
     for repo, froms in sorted(starts.items()):
@@ -290,18 +293,16 @@ def leftovers(hub: LocalHub, request_id: str, record: dict, records: Mapping[str
         on_disk = hub.blob_path(e["repo"], e["sha256"]).is_file()
         if not stoned or (on_disk and e["sha256"] not in live(e["repo"])):
             todo.append(e)
-    hidden, hidden_findings = hidden_copies(hub, request_id, record, held_all, at)
-    todo += hidden
     per_repo: dict[str, list[dict]] = {}
     for e in todo:
-        if any(e is h for h in hidden):
-            continue
         per_repo.setdefault(e["repo"], []).append(e)
     for repo, es in sorted(per_repo.items()):
         findings.append({"request": request_id, "repo": repo, "kind": FINDING_UNPURGED,
                          "message": f"{repo}: {len(es)} file(s) of {len({e['commit'] for e in es})} pre-forget "
                                     f"revision(s) still hold the data of request {request_id} "
                                     f"(e.g. {es[0]['commit'][:12]} {es[0]['path']})"})
+    hidden, hidden_findings = hidden_copies(hub, request_id, record, held_all, at, g)
+    todo += hidden
     findings += hidden_findings
     # Anywhere in the hub: a blob or a staged file whose sha256 is one this request purged.
     stones = {k: v for k, v in purged_shas(hub, freed_only=True).items() if v.get("request") == request_id}
@@ -342,18 +343,19 @@ def _purged_by(hub: PurgeHub, repo: str, cid: str, request_id: str) -> bool:
 
 
 def hidden_copies(hub: LocalHub, request_id: str, record: dict, held: AbstractSet[tuple[str, str]],
-                  at: str) -> tuple[list[dict], list[dict]]:
+                  at: str, g=None) -> tuple[list[dict], list[dict]]:
     """What still holds a request's data in a repo its record does not name, where the classification does not
     look: a revision behind the head whose card pins a revision this request purged; and, outside the affected set
     (declaring no affected parent), a revision behind the head, or a head's safetensors file other than its
     weights, that looks derived from the pre-forget weights of a repo it forgot (the fingerprints, as for
     undeclared derivatives). A later commit on top, or another file name, hides nothing. Returns ``(tombstone
-    entries: every purgeable file of such a revision, or that one file of a head; findings unpurged)``."""
+    entries: every purgeable file of such a revision, or that one file of a head; findings unpurged)``; ``g``: the
+    lineage graph (resolved when not given)."""
     from .fingerprint import fingerprint_of, relate
     from .lineage import affected, resolve
 
     recorded = {r for r in (record.get("repos") or {}) if hub.repo_exists(r)}
-    g = resolve(hub)
+    g = resolve(hub) if g is None else g
     scope = set(affected(g, sorted(r for r in recorded if r in g))) | recorded
     sources: dict = {}
     for repo in sorted(recorded):

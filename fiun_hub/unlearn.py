@@ -266,16 +266,12 @@ def _check_features(hub: Hub, plan: Plan) -> None:
 
 def _no_fold(repo: str, config: Any) -> str | None:
     """Why the features scope cannot edit ``repo``'s architecture (no exact fold point), else None; from the
-    model built on the meta device (shapes only, nothing allocated)."""
-    import torch
-
+    model's structure (:func:`fiun_hub.models.build_shapes`)."""
     from .feature_forget import fold_point
-    from .models import build_model
+    from .models import build_shapes
 
     try:
-        with torch.device("meta"):
-            model = build_model(config)
-        fold_point(model)
+        fold_point(build_shapes(config))
     except FiunError as exc:
         return f"{repo}: {exc}"
     return None

@@ -50,16 +50,17 @@ def ledger_records(hub: Hub, revision: str | None = None) -> dict[str, dict]:
     return out
 
 
-def deleted_records(hub: Hub) -> dict[str, str]:
+def deleted_records(hub: Hub, history: list | None = None) -> dict[str, str]:
     """Requests whose record an earlier ledger revision holds and the head does not: ``{request id: the first
     commit without it}``. fiun-hub only adds to the ledger, so such a record was deleted by hand (any client that
-    writes the repo can): the audit refuses to call the hub ok without it."""
+    writes the repo can): the audit refuses to call the hub ok without it. ``history``: the ledger's
+    (``hub.history(LEDGER_REPO)``, newest first; read when not given)."""
     if not ledger_exists(hub):
         return {}
     out: dict[str, str] = {}
     newer: set[str] | None = None
     newer_id = ""
-    for c in hub.history(LEDGER_REPO):  # newest first
+    for c in hub.history(LEDGER_REPO) if history is None else history:  # newest first
         have = {p for p in c.files if p.startswith("records/") and p.endswith(".json")}
         if newer is not None:
             for path in have - newer:
@@ -94,17 +95,18 @@ def _rewrite_in(rid: str, old: dict | None, rec: dict) -> str | None:
     return None
 
 
-def rewritten_records(hub: Hub) -> str | None:
+def rewritten_records(hub: Hub, history: list | None = None) -> str | None:
     """The first ledger commit that rewrote what an earlier one recorded, as one line, else None. The audit's proof
     rests on the ledger only growing: each event's repos keep their ``action``, ``from`` and ``weights_sha256`` and
     a ``to`` once set, events keep their place, the request its ``request_sha256``, and each repo's latest entry
     agrees with the event it names. A record edited by hand (any client that writes the repo can) is refused, not
-    trusted. Reads each record blob once (a commit changes one or two)."""
+    trusted. Reads each record blob once (a commit changes one or two). ``history``: as for
+    :func:`deleted_records`."""
     if not ledger_exists(hub):
         return None
     parsed: dict[str, dict | None] = {}  # blob sha256 -> its record
     older: dict[str, tuple[str, dict | None]] = {}  # rid -> (sha, record) at the previous commit
-    for c in reversed(hub.history(LEDGER_REPO)):  # oldest first
+    for c in reversed(hub.history(LEDGER_REPO) if history is None else history):  # oldest first
         now: dict[str, tuple[str, dict | None]] = {}
         for path, sha in c.files.items():
             if not (path.startswith("records/") and path.endswith(".json")):

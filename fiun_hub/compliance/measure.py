@@ -53,12 +53,13 @@ def measure(hub: Hub, request: TakedownRequest, repo: str, revision: str, eval_d
             return {"forget_acc": f, "retain_acc": r}
         known = held_out.to_label_space(config.labels)
         assert request.data is not None  # a request names classes or data
-        on_forget = _dataset(request.data, config).to_label_space(config.labels)
+        samples = _dataset(request.data, config)
+        on_forget = samples.to_label_space(config.labels)
         if len(known) == 0 or len(on_forget) == 0:
             raise BadInput(f"{repo}: {eval_data if len(known) == 0 else request.data} holds no sample of its classes")
         out: dict[str, Any] = {"forget_acc": accuracy(model, on_forget), "retain_acc": accuracy(model, known)}
         if with_membership:
-            out["membership"] = membership(model, config.labels, _dataset(request.data, config), held_out)
+            out["membership"] = membership(model, config.labels, samples, held_out)
         return out
     except FiunError as exc:
         why = str(exc).splitlines()[0][:300]

@@ -92,13 +92,15 @@ def audit(hub: LocalHub, request_id: str | None = None, *, eval_data: str | None
     if not (0 <= max_forget_acc <= 100):  # (NaN fails both)
         raise BadInput(f"--max-forget-acc must be a percentage, got {max_forget_acc}")
     records = ledger_records(hub)
-    deleted = sorted(deleted_records(hub).items())
+    # the ledger's history, read once for both checks of its past (a ledger whose every record was deleted has one)
+    history = hub.history(LEDGER_REPO) if hub.repo_exists(LEDGER_REPO) else []
+    deleted = sorted(deleted_records(hub, history).items())
     if deleted:  # a hand edit: what the ledger recorded is the proof, and the audit is blind without it
         rid, cid = deleted[0]
         raise BadInput(f"the ledger's record of request {rid} was deleted at {LEDGER_REPO}@{cid[:12]}: the ledger "
                        f"only grows, so nothing is proved without it; restore records/{rid}.json from "
                        f"`fiun-hub log {LEDGER_REPO}`")
-    rewritten = rewritten_records(hub)
+    rewritten = rewritten_records(hub, history)
     if rewritten:
         raise BadInput(f"{rewritten}: the ledger only grows, so nothing is proved by it; "
                        f"see `fiun-hub log {LEDGER_REPO}`")
